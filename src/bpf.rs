@@ -1,0 +1,6 @@
+//! Generated BPF skeletons (one per `bpf/*.bpf.c`, built by `build.rs`).
+
+#[allow(clippy::all, clippy::pedantic, dead_code, unused_imports, missing_docs)]
+pub mod usdt_count {
+    include!(concat!(env!("OUT_DIR"), "/usdt_count.skel.rs"));
+}

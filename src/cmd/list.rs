@@ -1,0 +1,72 @@
+//! `vmwatch list`: QEMU processes on the host.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use vmwatch::procs;
+use vmwatch::stapsdt;
+
+/// List the QEMU processes on this host: PID, VM name, binary, USDT probes.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Entry {
+    pid: u32,
+    vm: String,
+    binary: String,
+    probes: usize,
+}
+
+const NO_PROBES_HINT: &str =
+    "no USDT probes: vmwatch needs a QEMU built with --enable-trace-backends=dtrace";
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let mut probe_counts = std::collections::HashMap::new();
+    let entries: Vec<Entry> = procs::qemu_processes()
+        .into_iter()
+        .map(|p| {
+            let probes = *probe_counts
+                .entry(p.binary_id)
+                .or_insert_with(|| stapsdt::count_probe_names(&p.exe_path(), "qemu"));
+            Entry {
+                pid: p.pid,
+                vm: p.vm,
+                binary: p.binary.display().to_string(),
+                probes,
+            }
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &entries)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if entries.is_empty() {
+        writeln!(out, "no QEMU processes running")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let vw = entries.iter().map(|e| e.vm.len()).max().unwrap_or(2).max(2);
+    writeln!(out, "{:>8}  {:<vw$}  {:>6}  BINARY", "PID", "VM", "PROBES")?;
+    for e in &entries {
+        let hint = if e.probes == 0 {
+            format!("  ({NO_PROBES_HINT})")
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "{:>8}  {:<vw$}  {:>6}  {}{hint}",
+            e.pid, e.vm, e.probes, e.binary
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

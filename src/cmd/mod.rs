@@ -1,0 +1,66 @@
+//! Subcommands of the `vmwatch` binary.
+
+pub mod list;
+pub mod probes;
+pub mod record;
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use vmwatch::session::Target;
+
+/// The error and its causes as one sentence.
+pub fn sentence(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        // thiserror messages already include their source's text.
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+/// Which VMs to watch.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = true)]
+pub struct TargetArgs {
+    /// Watch the process with this PID (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Watch the QEMU process(es) of the VM with this name (from `-name`;
+    /// repeatable). A VM restarted under the same name is picked up again.
+    #[arg(long = "vm", value_name = "NAME")]
+    pub vms: Vec<String>,
+    /// Watch every QEMU process, including ones started later.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl TargetArgs {
+    pub fn targets(&self) -> Vec<Target> {
+        let mut t: Vec<Target> = self.pids.iter().copied().map(Target::Pid).collect();
+        t.extend(self.vms.iter().cloned().map(Target::Vm));
+        if self.all {
+            t.push(Target::All);
+        }
+        t
+    }
+}
+
+/// Options shared by the commands that count (`record`, `monitor`).
+#[derive(Debug, Clone, Args)]
+pub struct CountArgs {
+    /// Count only these features (one name per line, e.g. `qemu:tap_send`);
+    /// only their probe sites are attached.
+    #[arg(long, value_name = "FILE")]
+    pub probes: Option<PathBuf>,
+    /// Window length (e.g. 2s, 500ms).
+    #[arg(long, default_value = "2s", value_parser = vmwatch::window::parse_duration)]
+    pub interval: std::time::Duration,
+    /// Most VMs watched at once (sizes the kernel maps).
+    #[arg(long, default_value_t = vmwatch::collector::DEFAULT_MAX_VMS, value_name = "N")]
+    pub max_vms: u32,
+}

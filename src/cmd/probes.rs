@@ -1,0 +1,59 @@
+//! `vmwatch probes`: the USDT probes of a binary.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use vmwatch::stapsdt::UsdtBinary;
+
+/// List the USDT probes of a binary: provider, name, call sites, semaphore.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The binary (e.g. a qemu-system-x86_64 built with the dtrace backend).
+    binary: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let bin = UsdtBinary::read(&args.binary)?;
+    let probes = bin.probes();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &probes)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = probes
+        .iter()
+        .map(|p| p.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    writeln!(
+        out,
+        "{:<10} {:<width$} {:>5}  SEMAPHORE",
+        "PROVIDER", "NAME", "SITES"
+    )?;
+    for p in &probes {
+        let sema = p
+            .semaphore
+            .map_or_else(|| "-".to_string(), |s| format!("{s:#x}"));
+        writeln!(
+            out,
+            "{:<10} {:<width$} {:>5}  {sema}",
+            p.provider, p.name, p.sites
+        )?;
+    }
+    writeln!(
+        out,
+        "{} probes, {} sites in {}",
+        probes.len(),
+        bin.sites.len(),
+        args.binary.display()
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,135 @@
+//! `vmwatch record`: feature rows for each watched VM and window.
+
+use std::io::IsTerminal;
+use std::mem::MaybeUninit;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use vmwatch::dataset::{DatasetWriter, Row};
+use vmwatch::session::{Ended, Session, SessionConfig};
+use vmwatch::signals::StopSignal;
+
+use super::{CountArgs, TargetArgs};
+
+/// Count probe hits per VM and write one CSV row per VM and window.
+///
+/// Rows are flushed as each window closes. A VM that exits stops getting
+/// rows while the others go on. SIGINT/SIGTERM end the recording cleanly
+/// (the open window is discarded) and exit 0.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    targets: TargetArgs,
+    #[command(flatten)]
+    count: CountArgs,
+    /// Stop after this many windows (default: until SIGINT/SIGTERM).
+    #[arg(long, value_name = "N")]
+    windows: Option<u64>,
+    /// Value of the `label` column (e.g. the scenario).
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Output file (`.csv`, or `.csv.gz` for gzip).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    // Install before attaching so a early Ctrl-C still detaches cleanly.
+    let stop = StopSignal::install()?;
+    let features = args
+        .count
+        .probes
+        .as_deref()
+        .map(vmwatch::features::read_feature_list)
+        .transpose()?;
+    let mut object = MaybeUninit::uninit();
+    let t = Instant::now();
+    let mut session = Session::start(
+        &mut object,
+        SessionConfig {
+            targets: args.targets.targets(),
+            features,
+            max_vms: args.count.max_vms,
+        },
+    )?;
+    let sites: usize = session.collector().attachments().map(|a| a.sites).sum();
+    tracing::info!(
+        "counting {} features ({} probe sites) for {} process(es); attached in {:.2?}",
+        session.features().len(),
+        sites,
+        session.collector().watched().count(),
+        t.elapsed()
+    );
+    for p in session.collector().watched() {
+        tracing::info!("watching VM {} (PID {})", p.vm, p.pid);
+    }
+
+    let mut writer = DatasetWriter::create(&args.output, session.features(), args.force)?;
+    let progress = progress_bar(args.windows);
+    let mut rows = 0u64;
+    let ended = session.run(args.count.interval, args.windows, &stop, |w| {
+        for p in &w.drain.exited {
+            progress
+                .suspend(|| tracing::info!("VM {} (PID {}) exited; its rows stop", p.vm, p.pid));
+        }
+        for p in &w.joined {
+            progress.suspend(|| tracing::info!("watching VM {} (PID {})", p.vm, p.pid));
+        }
+        if w.missed > 0 {
+            progress
+                .suspend(|| tracing::warn!("window {} overran {} boundaries", w.index, w.missed));
+        }
+        for s in &w.drain.samples {
+            writer.write_row(&Row {
+                vm: &s.process.vm,
+                pid: s.process.pid,
+                label: &args.label,
+                window: w.index,
+                start_unix_ms: w.start_unix_ms,
+                duration_ms: w.duration_ms,
+                counts: &s.counts,
+            })?;
+            rows += 1;
+        }
+        writer.flush()?;
+        progress.set_position(w.index + 1);
+        progress.set_message(format!("{} VMs, {rows} rows", w.drain.samples.len()));
+        Ok(())
+    })?;
+    progress.finish_and_clear();
+    writer
+        .finish()
+        .with_context(|| format!("closing {}", args.output.display()))?;
+    drop(session);
+    match ended {
+        Ended::Signal(sig) => tracing::info!("stopped by signal {sig}; open window discarded"),
+        Ended::NoneLeft => tracing::info!("every watched process exited"),
+        Ended::Count => {}
+    }
+    tracing::info!("wrote {rows} rows to {}", args.output.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(windows: Option<u64>) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    match windows {
+        Some(n) => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] window {pos}/{len} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{elapsed_precise} {spinner} window {pos} {msg}")
+                .expect("valid template"),
+        ),
+    }
+}

@@ -1,0 +1,375 @@
+//! In-kernel per-VM counting: loads the BPF counters, attaches them to the
+//! QEMU binaries of watched processes, and drains one count vector per
+//! watched process per window.
+//!
+//! Counters are cumulative per (slot, feature) and never reset while a slot
+//! is in use; a drain subtracts the previous snapshot. Every hit therefore
+//! lands in exactly one window, even one that races with the drain — it is
+//! then counted in whichever window first reads it.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Instant;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, OpenObject, UprobeMultiOpts};
+
+use crate::bpf::usdt_count::{UsdtCountSkel, UsdtCountSkelBuilder};
+use crate::error::{Error, Result};
+use crate::features;
+use crate::procs::Process;
+use crate::stapsdt::UsdtBinary;
+
+/// Default number of processes one collector can watch at once.
+pub const DEFAULT_MAX_VMS: u32 = 64;
+
+/// How a collector is set up.
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    /// Feature names (columns), in order. QEMU probe features are
+    /// `qemu:NAME`; each attached binary attaches the sites of these only.
+    pub features: Vec<String>,
+    /// Most processes watched at once (sizes the kernel maps).
+    pub max_vms: u32,
+}
+
+/// One binary's uprobe_multi link: every selected probe site of the file,
+/// attached once for all processes that run it. Dropping it detaches all
+/// sites and lowers their semaphores.
+pub struct BinaryAttachment {
+    _link: Link,
+    pub path: String,
+    pub sites: usize,
+    pub probes: usize,
+    pub attach_time: std::time::Duration,
+}
+
+struct Slot {
+    process: Process,
+    /// Cumulative counts at the previous drain.
+    prev: Vec<u64>,
+}
+
+/// One drained window of one watched process.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub process: Process,
+    pub counts: Vec<u64>,
+}
+
+/// Result of a drain: samples of live processes, and processes that exited
+/// since the previous drain (their partial window is not reported).
+#[derive(Debug, Default)]
+pub struct Drain {
+    pub samples: Vec<Sample>,
+    pub exited: Vec<Process>,
+}
+
+/// Loaded BPF counters plus the attachments and watched processes.
+pub struct Collector<'obj> {
+    skel: UsdtCountSkel<'obj>,
+    features: Vec<String>,
+    qemu_index: HashMap<String, u32>,
+    attachments: HashMap<(u64, u64), BinaryAttachment>,
+    slots: Vec<Option<Slot>>,
+    ncpus: usize,
+    keys: Vec<u32>,
+    values: Vec<u64>,
+}
+
+impl<'obj> Collector<'obj> {
+    /// Loads the BPF programs and sizes the maps for `config`.
+    pub fn new(object: &'obj mut MaybeUninit<OpenObject>, config: CollectorConfig) -> Result<Self> {
+        let width = u32::try_from(config.features.len())
+            .map_err(|_| Error::Invalid("too many features".into()))?;
+        if width == 0 {
+            return Err(Error::Invalid("no features to count".into()));
+        }
+        let max_vms = config.max_vms.max(1);
+        let entries = width.checked_mul(max_vms).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{width} features x {max_vms} VMs overflows the counter map"
+            ))
+        })?;
+
+        let builder = UsdtCountSkelBuilder::default();
+        let mut open = builder
+            .open(object)
+            .map_err(|e| Error::bpf("opening the BPF object", e))?;
+        open.maps
+            .rodata_data
+            .as_deref_mut()
+            .expect("rodata is mmapped")
+            .nr_features = width;
+        open.maps
+            .watched
+            .set_max_entries(max_vms)
+            .map_err(|e| Error::bpf("sizing the watched-process map", e))?;
+        open.maps
+            .counts
+            .set_max_entries(entries)
+            .map_err(|e| Error::bpf("sizing the counter map", e))?;
+        let skel = open
+            .load()
+            .map_err(|e| Error::bpf("loading the BPF programs", e))?;
+
+        let qemu_index = config
+            .features
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| Some((f.strip_prefix(features::QEMU)?.to_string(), i as u32)))
+            .collect();
+        let ncpus =
+            libbpf_rs::num_possible_cpus().map_err(|e| Error::bpf("counting possible CPUs", e))?;
+        Ok(Self {
+            skel,
+            features: config.features,
+            qemu_index,
+            attachments: HashMap::new(),
+            slots: (0..max_vms).map(|_| None).collect(),
+            ncpus,
+            keys: Vec::new(),
+            values: Vec::new(),
+        })
+    }
+
+    /// Feature names, in column order.
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
+    /// Attachments, one per distinct binary.
+    pub fn attachments(&self) -> impl Iterator<Item = &BinaryAttachment> {
+        self.attachments.values()
+    }
+
+    /// Watched processes.
+    pub fn watched(&self) -> impl Iterator<Item = &Process> {
+        self.slots.iter().flatten().map(|s| &s.process)
+    }
+
+    /// Starts counting `process`. Attaches its binary first if no other
+    /// watched process runs the same file.
+    pub fn watch(&mut self, process: &Process, binary: &UsdtBinary) -> Result<()> {
+        if self.watched().any(|p| p.pid == process.pid) {
+            return Ok(());
+        }
+        let slot = self.slots.iter().position(Option::is_none).ok_or_else(|| {
+            Error::Invalid(format!(
+                "cannot watch PID {}: already watching {} processes (raise --max-vms)",
+                process.pid,
+                self.slots.len()
+            ))
+        })?;
+        if !self.attachments.contains_key(&process.binary_id) {
+            let att = self.attach_binary(process, binary)?;
+            self.attachments.insert(process.binary_id, att);
+        }
+        // Counts left by a previous occupant are the baseline, not data.
+        let prev = self.read_rows(slot, 1)?;
+        let tgid = process.pid;
+        self.skel
+            .maps
+            .watched
+            .update(
+                &tgid.to_ne_bytes(),
+                &(slot as u32).to_ne_bytes(),
+                libbpf_rs::MapFlags::ANY,
+            )
+            .map_err(|e| Error::bpf(format!("watching PID {tgid}"), e))?;
+        self.slots[slot] = Some(Slot {
+            process: process.clone(),
+            prev,
+        });
+        Ok(())
+    }
+
+    /// Stops counting `pid` and detaches its binary when no watched process
+    /// runs it any more.
+    pub fn unwatch(&mut self, pid: u32) {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.process.pid == pid))
+        else {
+            return;
+        };
+        let slot = self.slots[i].take().expect("slot found above");
+        if let Err(e) = self.skel.maps.watched.delete(&pid.to_ne_bytes()) {
+            tracing::warn!("removing PID {pid} from the watched map: {e}");
+        }
+        let still_used = self
+            .watched()
+            .any(|p| p.binary_id == slot.process.binary_id);
+        if !still_used {
+            if let Some(att) = self.attachments.remove(&slot.process.binary_id) {
+                let t = Instant::now();
+                drop(att);
+                tracing::debug!(
+                    "detached {} in {:?}",
+                    slot.process.binary.display(),
+                    t.elapsed()
+                );
+            }
+        }
+    }
+
+    /// Reads every watched process's counts since the previous drain.
+    /// Processes that exited are unwatched and reported in `exited`.
+    pub fn drain(&mut self) -> Result<Drain> {
+        let used = self
+            .slots
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i + 1);
+        let mut out = Drain::default();
+        if used == 0 {
+            return Ok(out);
+        }
+        let rows = self.read_rows(0, used)?;
+        let width = self.features.len();
+        let mut gone = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate().take(used) {
+            let Some(slot) = slot else { continue };
+            let cur = &rows[i * width..(i + 1) * width];
+            if !slot.process.is_alive() {
+                gone.push(slot.process.clone());
+                continue;
+            }
+            let counts = cur
+                .iter()
+                .zip(&slot.prev)
+                .map(|(c, p)| c.wrapping_sub(*p))
+                .collect();
+            slot.prev.copy_from_slice(cur);
+            out.samples.push(Sample {
+                process: slot.process.clone(),
+                counts,
+            });
+        }
+        for p in &gone {
+            self.unwatch(p.pid);
+        }
+        out.exited = gone;
+        Ok(out)
+    }
+
+    fn attach_binary(&self, process: &Process, binary: &UsdtBinary) -> Result<BinaryAttachment> {
+        let mut opts = UprobeMultiOpts::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut probes = std::collections::HashSet::new();
+        for site in binary.provider_sites("qemu") {
+            let Some(&feature) = self.qemu_index.get(&site.name) else {
+                continue;
+            };
+            // Two notes at one address would count each hit twice.
+            if !seen.insert(site.file_offset) {
+                continue;
+            }
+            probes.insert(feature);
+            opts.offsets.push(site.file_offset as usize);
+            opts.ref_ctr_offsets
+                .push(site.semaphore_offset.unwrap_or(0) as usize);
+            opts.cookies.push(u64::from(feature));
+        }
+        if opts.offsets.is_empty() {
+            return Err(Error::NoProviderProbes {
+                path: process.binary.clone(),
+                provider: "qemu (of the selected features)".into(),
+            });
+        }
+        let sites = opts.offsets.len();
+        // /proc/PID/exe resolves to the running file even if it was replaced.
+        let path = process.exe_path();
+        let t = Instant::now();
+        let link = self
+            .skel
+            .progs
+            .count_usdt
+            .attach_uprobe_multi_with_opts(-1, &path, "", opts)
+            .map_err(|e| {
+                Error::bpf(
+                    format!(
+                        "attaching {sites} probe sites to {}",
+                        process.binary.display()
+                    ),
+                    e,
+                )
+            })?;
+        let attach_time = t.elapsed();
+        tracing::info!(
+            "attached {sites} sites of {} probes in {} in {attach_time:?}",
+            probes.len(),
+            process.binary.display()
+        );
+        Ok(BinaryAttachment {
+            _link: link,
+            path: process.binary.display().to_string(),
+            sites,
+            probes: probes.len(),
+            attach_time,
+        })
+    }
+
+    /// Cumulative counts (summed over CPUs) of `n` slots from `first`:
+    /// one batched map read.
+    fn read_rows(&mut self, first: usize, n: usize) -> Result<Vec<u64>> {
+        let width = self.features.len();
+        let count = n * width;
+        let start = (first * width) as u32;
+        self.keys.resize(count, 0);
+        self.values.resize(count * self.ncpus, 0);
+        let fd = self.skel.maps.counts.as_fd().as_raw_fd();
+        // The batch starts after `in_batch`; no token means from key 0.
+        let mut in_batch = start.wrapping_sub(1);
+        let mut out_batch = 0u32;
+        let mut done = 0usize;
+        while done < count {
+            let mut got = (count - done) as u32;
+            let opts = libbpf_rs::libbpf_sys::bpf_map_batch_opts {
+                sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_batch_opts>() as _,
+                ..Default::default()
+            };
+            let in_ptr = if start == 0 && done == 0 {
+                std::ptr::null_mut()
+            } else {
+                (&mut in_batch as *mut u32).cast::<c_void>()
+            };
+            // SAFETY: buffers hold `count - done` keys and values of
+            // `ncpus` u64 each past `done`; the kernel writes at most `got`.
+            let ret = unsafe {
+                libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
+                    fd,
+                    in_ptr,
+                    (&mut out_batch as *mut u32).cast::<c_void>(),
+                    self.keys[done..].as_mut_ptr().cast::<c_void>(),
+                    self.values[done * self.ncpus..]
+                        .as_mut_ptr()
+                        .cast::<c_void>(),
+                    &mut got,
+                    &opts,
+                )
+            };
+            if ret < 0 && ret != -libc::ENOENT {
+                return Err(Error::io(
+                    "reading the counter map",
+                    std::io::Error::from_raw_os_error(-ret),
+                ));
+            }
+            if got == 0 {
+                return Err(Error::Invalid(format!(
+                    "counter map ended after {done} of {count} entries"
+                )));
+            }
+            done += got as usize;
+            in_batch = out_batch;
+        }
+        Ok(self
+            .values
+            .chunks_exact(self.ncpus)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .collect())
+    }
+}

@@ -1,0 +1,74 @@
+//! The library's error type: one variant per thing that can go wrong, each
+//! rendering as one sentence that names the cause.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Errors of the vmwatch library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not an ELF file vmwatch can read: {reason}")]
+    Elf { path: PathBuf, reason: String },
+    #[error(
+        "{path} has no USDT probes (no .note.stapsdt section): QEMU must be built with the \
+         `dtrace` trace backend (configure --enable-trace-backends=dtrace)"
+    )]
+    NoProbes { path: PathBuf },
+    #[error("{path} has no USDT probes of provider `{provider}`")]
+    NoProviderProbes { path: PathBuf, provider: String },
+    #[error("no process with PID {0}")]
+    NoSuchProcess(u32),
+    #[error("no running QEMU process has the VM name `{0}`")]
+    NoSuchVm(String),
+    #[error("no QEMU process is running")]
+    NoQemu,
+    #[error(
+        "{what} needs root or CAP_BPF + CAP_PERFMON (and CAP_SYS_ADMIN for uprobes): {source}"
+    )]
+    Permission {
+        what: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("{what}: {source}")]
+    Bpf {
+        what: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result alias for the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps a libbpf error, telling a missing privilege apart from the rest.
+    pub(crate) fn bpf(what: impl Into<String>, source: libbpf_rs::Error) -> Self {
+        let what = what.into();
+        match source.kind() {
+            libbpf_rs::ErrorKind::PermissionDenied => Error::Permission { what, source },
+            _ => Error::Bpf { what, source },
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Feature names: one namespace per source (`qemu:`, `sys:`, `kvm:`), so
+//! rows from several sources join into one vector (see DESIGN.md).
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Prefix of QEMU USDT probe features.
+pub const QEMU: &str = "qemu:";
+
+/// Feature name of a QEMU probe.
+pub fn qemu_feature(probe: &str) -> String {
+    format!("{QEMU}{probe}")
+}
+
+/// Reads a feature list: one name per line; blank lines and `#` comments
+/// are ignored. A bare probe name means `qemu:NAME`.
+pub fn read_feature_list(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_feature_list(&text).map_err(|msg| Error::Invalid(format!("{}: {msg}", path.display())))
+}
+
+fn parse_feature_list(text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line.split_whitespace().count() != 1 {
+            return Err(format!(
+                "line {}: expected one feature name, got `{line}`",
+                i + 1
+            ));
+        }
+        let name = if line.contains(':') {
+            line.to_string()
+        } else {
+            qemu_feature(line)
+        };
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    if out.is_empty() {
+        return Err("the feature list is empty".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_comments_and_bare_probes() {
+        let list =
+            parse_feature_list("# chosen\nqemu:tap_send\n\nvirtqueue_fill # mem\nqemu:tap_send\n")
+                .unwrap();
+        assert_eq!(list, ["qemu:tap_send", "qemu:virtqueue_fill"]);
+    }
+
+    #[test]
+    fn rejects_empty_and_garbled_lists() {
+        assert!(parse_feature_list("# nothing\n\n").is_err());
+        let err = parse_feature_list("qemu:a\nqemu:b qemu:c\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+}

@@ -1,0 +1,18 @@
+//! vmwatch: per-VM behaviour profiles of QEMU/KVM guests from the host.
+//!
+//! Data flows one way: ELF probe discovery ([`stapsdt`]) → attach and count
+//! in the kernel ([`collector`]) → window drain ([`window`]) → feature rows
+//! ([`dataset`]).
+
+pub mod bpf;
+pub mod collector;
+pub mod dataset;
+pub mod error;
+pub mod features;
+pub mod procs;
+pub mod session;
+pub mod signals;
+pub mod stapsdt;
+pub mod window;
+
+pub use error::{Error, Result};

@@ -1,0 +1,70 @@
+//! `vmwatch`: the command-line front end. Each subcommand is a thin layer
+//! over the library; errors surface as one sentence and a non-zero exit.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Watches QEMU/KVM virtual machines from the host and tells, every window,
+/// whether each still behaves like its normal profile. Counts QEMU's USDT
+/// probes per VM with eBPF, without touching the guest.
+#[derive(Debug, Parser)]
+#[command(name = "vmwatch", version, propagate_version = true)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Probes(cmd::probes::Args),
+    List(cmd::list::Args),
+    Record(cmd::record::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Probes(a) => cmd::probes::run(a),
+        Command::List(a) => cmd::list::run(a),
+        Command::Record(a) => cmd::record::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmwatch: {}", cmd::sentence(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    // libbpf's own messages (e.g. a failed feature probe) go to debug logs.
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, |level, msg| {
+        let msg = msg.trim_end();
+        match level {
+            libbpf_rs::PrintLevel::Warn => tracing::debug!(target: "libbpf", "{msg}"),
+            _ => tracing::trace!(target: "libbpf", "{msg}"),
+        }
+    })));
+}

@@ -1,0 +1,324 @@
+//! A counting session: resolves the user's targets to processes, decides
+//! the feature columns, keeps the collector's watched set in step with the
+//! processes that come and go, and yields one sample per VM per window.
+
+use std::collections::{BTreeSet, HashMap};
+use std::mem::MaybeUninit;
+use std::path::Path;
+use std::sync::Arc;
+
+use libbpf_rs::OpenObject;
+
+use crate::collector::{Collector, CollectorConfig, Drain};
+use crate::error::{Error, Result};
+use crate::features;
+use crate::procs::{self, Process};
+use crate::stapsdt::UsdtBinary;
+
+/// Which processes to watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A process by PID (any process with `qemu` USDT probes).
+    Pid(u32),
+    /// QEMU processes whose VM name (`-name`) matches; re-resolved every
+    /// window, so a restarted VM is picked up again.
+    Vm(String),
+    /// Every QEMU process, including ones started later.
+    All,
+}
+
+/// How a session is set up.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub targets: Vec<Target>,
+    /// Features to count (`--probes`); `None` = every `qemu` probe of the
+    /// targets' binaries.
+    pub features: Option<Vec<String>>,
+    pub max_vms: u32,
+}
+
+/// A running session.
+pub struct Session<'obj> {
+    collector: Collector<'obj>,
+    targets: Vec<Target>,
+    binaries: HashMap<(u64, u64), Arc<UsdtBinary>>,
+    /// Joined during the current window: their first sample is partial.
+    pending_joined: Vec<Process>,
+}
+
+impl<'obj> Session<'obj> {
+    /// Resolves the targets, loads and attaches the counters, and starts
+    /// counting every target process.
+    pub fn start(object: &'obj mut MaybeUninit<OpenObject>, config: SessionConfig) -> Result<Self> {
+        let processes = resolve(&config.targets)?;
+        let mut binaries = HashMap::new();
+        for p in &processes {
+            if !binaries.contains_key(&p.binary_id) {
+                binaries.insert(p.binary_id, Arc::new(read_binary(p)?));
+            }
+        }
+        let available: BTreeSet<String> = binaries
+            .values()
+            .flat_map(|b| {
+                b.provider_sites("qemu")
+                    .map(|s| features::qemu_feature(&s.name))
+            })
+            .collect();
+        let chosen = choose_features(&available, config.features.as_deref())?;
+        let collector = Collector::new(
+            object,
+            CollectorConfig {
+                features: chosen,
+                max_vms: config.max_vms,
+            },
+        )?;
+        let mut session = Self {
+            collector,
+            targets: config.targets,
+            binaries,
+            pending_joined: Vec::new(),
+        };
+        for p in &processes {
+            let bin = session.binaries[&p.binary_id].clone();
+            session.collector.watch(p, &bin)?;
+        }
+        Ok(session)
+    }
+
+    pub fn collector(&self) -> &Collector<'obj> {
+        &self.collector
+    }
+
+    pub fn features(&self) -> &[String] {
+        self.collector.features()
+    }
+
+    /// Forgets counts so far: the first window starts now.
+    pub fn rebase(&mut self) -> Result<()> {
+        self.collector.drain().map(|_| ())
+    }
+
+    /// Drains one window.
+    pub fn drain(&mut self) -> Result<Drain> {
+        self.collector.drain()
+    }
+
+    /// Watches processes that newly match a `--vm` or `--all` target.
+    /// Returns the processes added (their first window is partial).
+    pub fn refresh(&mut self) -> Vec<Process> {
+        if !self
+            .targets
+            .iter()
+            .any(|t| matches!(t, Target::Vm(_) | Target::All))
+        {
+            return Vec::new();
+        }
+        let mut added = Vec::new();
+        for p in procs::qemu_processes() {
+            let wanted = self.targets.iter().any(|t| match t {
+                Target::All => true,
+                Target::Vm(name) => *name == p.vm,
+                Target::Pid(_) => false,
+            });
+            if !wanted || self.collector.watched().any(|w| w.pid == p.pid) {
+                continue;
+            }
+            let bin = match self.binaries.get(&p.binary_id) {
+                Some(b) => b.clone(),
+                None => match read_binary(&p) {
+                    Ok(b) => {
+                        let b = Arc::new(b);
+                        self.binaries.insert(p.binary_id, b.clone());
+                        b
+                    }
+                    Err(e) => {
+                        tracing::warn!("not watching VM {} (PID {}): {e}", p.vm, p.pid);
+                        continue;
+                    }
+                },
+            };
+            match self.collector.watch(&p, &bin) {
+                Ok(()) => added.push(p),
+                Err(e) => tracing::warn!("not watching VM {} (PID {}): {e}", p.vm, p.pid),
+            }
+        }
+        added
+    }
+
+    /// Whether new processes can still join (else an empty session is over).
+    pub fn can_grow(&self) -> bool {
+        self.targets
+            .iter()
+            .any(|t| matches!(t, Target::Vm(_) | Target::All))
+    }
+}
+
+fn read_binary(p: &Process) -> Result<UsdtBinary> {
+    let bin = UsdtBinary::read(&p.exe_path()).map_err(|e| match e {
+        Error::NoProbes { .. } => Error::NoProbes {
+            path: p.binary.clone(),
+        },
+        other => other,
+    })?;
+    if bin.provider_sites("qemu").next().is_none() {
+        return Err(Error::NoProviderProbes {
+            path: p.binary.clone(),
+            provider: "qemu".into(),
+        });
+    }
+    Ok(bin)
+}
+
+/// Resolves targets to live processes, failing on any that names nothing.
+pub fn resolve(targets: &[Target]) -> Result<Vec<Process>> {
+    if targets.is_empty() {
+        return Err(Error::Invalid(
+            "no target given (use --pid, --vm or --all)".into(),
+        ));
+    }
+    let mut out: Vec<Process> = Vec::new();
+    let mut qemus: Option<Vec<Process>> = None;
+    for t in targets {
+        let found = match t {
+            Target::Pid(pid) => vec![Process::from_pid(*pid)?],
+            Target::Vm(name) => {
+                let all = qemus.get_or_insert_with(procs::qemu_processes);
+                let v: Vec<Process> = all.iter().filter(|p| p.vm == *name).cloned().collect();
+                if v.is_empty() {
+                    return Err(Error::NoSuchVm(name.clone()));
+                }
+                v
+            }
+            Target::All => {
+                let all = qemus.get_or_insert_with(procs::qemu_processes).clone();
+                if all.is_empty() {
+                    return Err(Error::NoQemu);
+                }
+                all
+            }
+        };
+        for p in found {
+            if !out.iter().any(|o| o.pid == p.pid) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The feature columns: every available probe, or the requested ones that
+/// exist (in the requested order).
+fn choose_features(available: &BTreeSet<String>, wanted: Option<&[String]>) -> Result<Vec<String>> {
+    let Some(wanted) = wanted else {
+        return Ok(available.iter().cloned().collect());
+    };
+    let (present, missing): (Vec<&String>, Vec<&String>) =
+        wanted.iter().partition(|f| available.contains(*f));
+    if let Some(f) = missing.iter().find(|f| !f.starts_with(features::QEMU)) {
+        return Err(Error::Invalid(format!(
+            "feature `{f}` needs a source vmwatch does not collect yet (only qemu: probes)"
+        )));
+    }
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+        tracing::warn!(
+            "{} requested probe(s) are not in the target binaries and stay zero: {}",
+            missing.len(),
+            names.join(", ")
+        );
+    }
+    if present.is_empty() {
+        return Err(Error::Invalid(
+            "none of the requested features is a probe of the target binaries".into(),
+        ));
+    }
+    Ok(present.into_iter().cloned().collect())
+}
+
+/// Reads a `--probes` file.
+pub fn read_probe_list(path: &Path) -> Result<Vec<String>> {
+    features::read_feature_list(path)
+}
+
+/// One closed window as the window loop hands it over.
+#[derive(Debug)]
+pub struct Window {
+    /// Index since the session started counting (0-based).
+    pub index: u64,
+    pub start_unix_ms: u64,
+    pub duration_ms: u64,
+    /// Samples of processes watched for the whole window.
+    pub drain: Drain,
+    /// Processes that joined during the window (their partial counts were
+    /// dropped; they report from the next window on).
+    pub joined: Vec<Process>,
+    /// Window boundaries the drain overran (merged into this window).
+    pub missed: u32,
+}
+
+/// Why the window loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// `--windows N` were written.
+    Count,
+    /// SIGINT or SIGTERM; the open window was discarded.
+    Signal(i32),
+    /// Every watched process exited and no target can add more.
+    NoneLeft,
+}
+
+impl Session<'_> {
+    /// Runs windows of `interval` on absolute deadlines until `windows`
+    /// have closed, a stop signal arrives, or nothing is left to watch.
+    pub fn run(
+        &mut self,
+        interval: std::time::Duration,
+        windows: Option<u64>,
+        stop: &crate::signals::StopSignal,
+        mut on_window: impl FnMut(&Window) -> Result<()>,
+    ) -> Result<Ended> {
+        use crate::signals::Wake;
+        use crate::window::{unix_ms, WindowClock};
+        use std::time::{Instant, SystemTime};
+
+        self.rebase()?;
+        let mut clock = WindowClock::new(interval);
+        let mut start_wall = SystemTime::now();
+        let mut start_mono = Instant::now();
+        let mut index = 0u64;
+        loop {
+            if let Wake::Stop(sig) = stop.wait_until(clock.deadline()) {
+                return Ok(Ended::Signal(sig));
+            }
+            let now = Instant::now();
+            let wall = SystemTime::now();
+            let mut drain = self.drain()?;
+            // Processes that joined in this window have partial counts.
+            let joined_pids: Vec<u32> = self.pending_joined.drain(..).map(|p| p.pid).collect();
+            drain
+                .samples
+                .retain(|s| !joined_pids.contains(&s.process.pid));
+            let joined = self.refresh();
+            let missed = clock.advance(now);
+            let window = Window {
+                index,
+                start_unix_ms: unix_ms(start_wall),
+                duration_ms: now.duration_since(start_mono).as_millis() as u64,
+                drain,
+                joined: joined.clone(),
+                missed,
+            };
+            self.pending_joined = joined;
+            on_window(&window)?;
+            index += 1;
+            start_wall = wall;
+            start_mono = now;
+            if windows.is_some_and(|n| index >= n) {
+                return Ok(Ended::Count);
+            }
+            if self.collector.watched().next().is_none() && !self.can_grow() {
+                return Ok(Ended::NoneLeft);
+            }
+        }
+    }
+}

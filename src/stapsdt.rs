@@ -1,0 +1,249 @@
+//! USDT probe discovery: reads the SystemTap SDT notes (`.note.stapsdt`)
+//! of an ELF binary and resolves each probe site and semaphore to the file
+//! offsets the kernel's uprobe interface wants.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use object::elf;
+use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, SectionHeader};
+use object::{Endianness, Object, ObjectSection};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Note type of SDT probe descriptors (`NT_STAPSDT` in <sys/sdt.h>).
+const NT_STAPSDT: u32 = 3;
+
+/// One call site of a USDT probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsdtSite {
+    pub provider: String,
+    pub name: String,
+    /// Virtual address of the probe's `nop`, as linked.
+    pub address: u64,
+    /// File offset of the probe's `nop` (what uprobes attach to).
+    pub file_offset: u64,
+    /// Virtual address of the semaphore, if the probe has one.
+    pub semaphore: Option<u64>,
+    /// File offset of the semaphore (the uprobe `ref_ctr_offset`).
+    pub semaphore_offset: Option<u64>,
+    /// Argument spec, e.g. `-4@%esi 8@%rdi`.
+    pub args: String,
+}
+
+/// A probe name with all its call sites.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsdtProbe {
+    pub provider: String,
+    pub name: String,
+    pub sites: usize,
+    /// Semaphore address (shared by the probe's sites), if any.
+    pub semaphore: Option<u64>,
+}
+
+/// All USDT sites of one binary.
+#[derive(Debug, Clone)]
+pub struct UsdtBinary {
+    pub path: PathBuf,
+    pub sites: Vec<UsdtSite>,
+}
+
+impl UsdtBinary {
+    /// Reads the SDT notes of `path`. A binary without notes is an error
+    /// that says how to get them.
+    pub fn read(path: &Path) -> Result<Self> {
+        let data = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let sites = parse_sites(&data).map_err(|reason| Error::Elf {
+            path: path.to_owned(),
+            reason,
+        })?;
+        if sites.is_empty() {
+            return Err(Error::NoProbes {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            sites,
+        })
+    }
+
+    /// Probes grouped by (provider, name), sorted.
+    pub fn probes(&self) -> Vec<UsdtProbe> {
+        let mut by_name: BTreeMap<(&str, &str), UsdtProbe> = BTreeMap::new();
+        for s in &self.sites {
+            by_name
+                .entry((&s.provider, &s.name))
+                .and_modify(|p| {
+                    p.sites += 1;
+                    p.semaphore = p.semaphore.or(s.semaphore);
+                })
+                .or_insert_with(|| UsdtProbe {
+                    provider: s.provider.clone(),
+                    name: s.name.clone(),
+                    sites: 1,
+                    semaphore: s.semaphore,
+                });
+        }
+        by_name.into_values().collect()
+    }
+
+    /// Sites of one provider.
+    pub fn provider_sites<'a>(&'a self, provider: &'a str) -> impl Iterator<Item = &'a UsdtSite> {
+        self.sites.iter().filter(move |s| s.provider == provider)
+    }
+}
+
+/// Counts the distinct probe names of `provider` in `path`; 0 when the
+/// binary has no SDT notes or cannot be read.
+pub fn count_probe_names(path: &Path, provider: &str) -> usize {
+    UsdtBinary::read(path)
+        .map(|b| b.probes().iter().filter(|p| p.provider == provider).count())
+        .unwrap_or(0)
+}
+
+fn parse_sites(data: &[u8]) -> Result<Vec<UsdtSite>, String> {
+    let file = ElfFile64::<Endianness>::parse(data).map_err(|e| e.to_string())?;
+    let endian = file.endian();
+    let header = file.elf_header();
+
+    // Prelink may move the binary; SDT notes record where `.stapsdt.base`
+    // was at link time so addresses can be adjusted by the difference.
+    let base_addr = file.section_by_name(".stapsdt.base").map(|s| s.address());
+
+    let segments: Vec<(u64, u64, u64)> = header
+        .program_headers(endian, data)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+        .map(|ph| (ph.p_vaddr(endian), ph.p_filesz(endian), ph.p_offset(endian)))
+        .collect();
+    let to_offset = |addr: u64| -> Option<u64> {
+        segments
+            .iter()
+            .find(|(vaddr, filesz, _)| addr >= *vaddr && addr < vaddr + filesz)
+            .map(|(vaddr, _, off)| addr - vaddr + off)
+    };
+
+    let sections = header.sections(endian, data).map_err(|e| e.to_string())?;
+    let mut sites = Vec::new();
+    for section in sections.iter() {
+        if section.sh_type(endian) != elf::SHT_NOTE {
+            continue;
+        }
+        let Some(mut notes) = section.notes(endian, data).map_err(|e| e.to_string())? else {
+            continue;
+        };
+        while let Some(note) = notes.next().map_err(|e| e.to_string())? {
+            if note.name() != b"stapsdt" || note.n_type(endian) != NT_STAPSDT {
+                continue;
+            }
+            let desc = note.desc();
+            let site = parse_desc(desc, endian, base_addr)
+                .ok_or_else(|| "malformed stapsdt note".to_string())?;
+            let (address, semaphore, provider, name, args) = site;
+            let file_offset = to_offset(address).ok_or_else(|| {
+                format!("probe {provider}:{name} at {address:#x} lies in no loadable segment")
+            })?;
+            let semaphore_offset = match semaphore {
+                Some(sema) => Some(to_offset(sema).ok_or_else(|| {
+                    format!("semaphore of {provider}:{name} at {sema:#x} lies in no loaded segment")
+                })?),
+                None => None,
+            };
+            sites.push(UsdtSite {
+                provider,
+                name,
+                address,
+                file_offset,
+                semaphore,
+                semaphore_offset,
+                args,
+            });
+        }
+    }
+    Ok(sites)
+}
+
+type RawSite = (u64, Option<u64>, String, String, String);
+
+/// Decodes one 64-bit stapsdt descriptor: pc, base, semaphore, then the
+/// NUL-terminated provider, name and argument strings.
+fn parse_desc(desc: &[u8], endian: Endianness, base_addr: Option<u64>) -> Option<RawSite> {
+    let word = |i: usize| -> Option<u64> {
+        let b: [u8; 8] = desc.get(i * 8..i * 8 + 8)?.try_into().ok()?;
+        Some(match endian {
+            Endianness::Little => u64::from_le_bytes(b),
+            Endianness::Big => u64::from_be_bytes(b),
+        })
+    };
+    let (mut pc, note_base, mut sema) = (word(0)?, word(1)?, word(2)?);
+    if let Some(base) = base_addr {
+        let delta = base.wrapping_sub(note_base);
+        pc = pc.wrapping_add(delta);
+        if sema != 0 {
+            sema = sema.wrapping_add(delta);
+        }
+    }
+    let mut strings = desc.get(24..)?.split(|&b| b == 0);
+    let mut next = || {
+        strings
+            .next()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+    };
+    let (provider, name, args) = (next()?, next()?, next().unwrap_or_default());
+    if provider.is_empty() || name.is_empty() {
+        return None;
+    }
+    Some((pc, (sema != 0).then_some(sema), provider, name, args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(pc: u64, base: u64, sema: u64, strings: &[&str]) -> Vec<u8> {
+        let mut d = Vec::new();
+        for w in [pc, base, sema] {
+            d.extend_from_slice(&w.to_le_bytes());
+        }
+        for s in strings {
+            d.extend_from_slice(s.as_bytes());
+            d.push(0);
+        }
+        d
+    }
+
+    #[test]
+    fn decodes_descriptor_and_adjusts_for_moved_base() {
+        let d = desc(0x1000, 0x2000, 0x3000, &["qemu", "tap_send", "8@%rdi"]);
+        let (pc, sema, provider, name, args) =
+            parse_desc(&d, Endianness::Little, Some(0x2100)).unwrap();
+        assert_eq!((pc, sema), (0x1100, Some(0x3100)));
+        assert_eq!((provider.as_str(), name.as_str()), ("qemu", "tap_send"));
+        assert_eq!(args, "8@%rdi");
+    }
+
+    #[test]
+    fn zero_semaphore_means_none() {
+        let d = desc(0x1000, 0x2000, 0, &["qemu", "x", ""]);
+        let (_, sema, ..) = parse_desc(&d, Endianness::Little, Some(0x2000)).unwrap();
+        assert_eq!(sema, None);
+    }
+
+    #[test]
+    fn truncated_descriptor_is_rejected() {
+        assert!(parse_desc(&[0u8; 20], Endianness::Little, None).is_none());
+        let d = desc(1, 2, 3, &[]);
+        assert!(parse_desc(&d, Endianness::Little, None).is_none());
+    }
+
+    #[test]
+    fn garbage_is_not_elf() {
+        assert!(parse_sites(b"definitely not an ELF file").is_err());
+    }
+}
