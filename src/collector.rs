@@ -20,6 +20,7 @@ use crate::bpf::usdt_count::{UsdtCountSkel, UsdtCountSkelBuilder};
 use crate::error::{Error, Result};
 use crate::features;
 use crate::procs::Process;
+use crate::semaphores;
 use crate::stapsdt::UsdtBinary;
 
 /// Default number of processes one collector can watch at once.
@@ -40,6 +41,8 @@ pub struct CollectorConfig {
 /// sites and lowers their semaphores.
 pub struct BinaryAttachment {
     _link: Link,
+    /// File offsets of the attached probes' semaphores (deduplicated).
+    semaphores: Vec<u64>,
     pub path: String,
     pub sites: usize,
     pub probes: usize,
@@ -48,6 +51,8 @@ pub struct BinaryAttachment {
 
 struct Slot {
     process: Process,
+    /// Semaphores raised in this process; lowered when the slot is freed.
+    _raised: semaphores::Raised,
     /// Cumulative counts at the previous drain.
     prev: Vec<u64>,
 }
@@ -167,6 +172,18 @@ impl<'obj> Collector<'obj> {
             let att = self.attach_binary(process, binary)?;
             self.attachments.insert(process.binary_id, att);
         }
+        let raised = semaphores::raise(
+            process.pid,
+            process.binary_id,
+            &self.attachments[&process.binary_id].semaphores,
+        );
+        let raised = match raised {
+            Ok(r) => r,
+            Err(e) => {
+                self.detach_unused(process.binary_id);
+                return Err(e);
+            }
+        };
         // Counts left by a previous occupant are the baseline, not data.
         let prev = self.read_rows(slot, 1)?;
         let tgid = process.pid;
@@ -181,6 +198,7 @@ impl<'obj> Collector<'obj> {
             .map_err(|e| Error::bpf(format!("watching PID {tgid}"), e))?;
         self.slots[slot] = Some(Slot {
             process: process.clone(),
+            _raised: raised,
             prev,
         });
         Ok(())
@@ -200,19 +218,21 @@ impl<'obj> Collector<'obj> {
         if let Err(e) = self.skel.maps.watched.delete(&pid.to_ne_bytes()) {
             tracing::warn!("removing PID {pid} from the watched map: {e}");
         }
-        let still_used = self
-            .watched()
-            .any(|p| p.binary_id == slot.process.binary_id);
-        if !still_used {
-            if let Some(att) = self.attachments.remove(&slot.process.binary_id) {
-                let t = Instant::now();
-                drop(att);
-                tracing::debug!(
-                    "detached {} in {:?}",
-                    slot.process.binary.display(),
-                    t.elapsed()
-                );
-            }
+        let binary_id = slot.process.binary_id;
+        drop(slot);
+        self.detach_unused(binary_id);
+    }
+
+    /// Detaches a binary no watched process runs any more.
+    fn detach_unused(&mut self, binary_id: (u64, u64)) {
+        if self.watched().any(|p| p.binary_id == binary_id) {
+            return;
+        }
+        if let Some(att) = self.attachments.remove(&binary_id) {
+            let t = Instant::now();
+            let path = att.path.clone();
+            drop(att);
+            tracing::debug!("detached {path} in {:?}", t.elapsed());
         }
     }
 
@@ -260,6 +280,8 @@ impl<'obj> Collector<'obj> {
         let mut opts = UprobeMultiOpts::default();
         let mut seen = std::collections::HashSet::new();
         let mut probes = std::collections::HashSet::new();
+        let mut semaphores = std::collections::BTreeSet::new();
+        let mut ref_ctrs = Vec::new();
         for site in binary.provider_sites("qemu") {
             let Some(&feature) = self.qemu_index.get(&site.name) else {
                 continue;
@@ -270,9 +292,11 @@ impl<'obj> Collector<'obj> {
             }
             probes.insert(feature);
             opts.offsets.push(site.file_offset as usize);
-            opts.ref_ctr_offsets
-                .push(site.semaphore_offset.unwrap_or(0) as usize);
             opts.cookies.push(u64::from(feature));
+            ref_ctrs.push(site.semaphore_offset.unwrap_or(0) as usize);
+            // Raised per watched process (see `semaphores`), not by the
+            // kernel's ref_ctr_offset.
+            semaphores.extend(site.semaphore_offset);
         }
         if opts.offsets.is_empty() {
             return Err(Error::NoProviderProbes {
@@ -283,21 +307,27 @@ impl<'obj> Collector<'obj> {
         let sites = opts.offsets.len();
         // /proc/PID/exe resolves to the running file even if it was replaced.
         let path = process.exe_path();
+        let prog = &self.skel.progs.count_usdt;
+        let what = || {
+            format!(
+                "attaching {sites} probe sites to {}",
+                process.binary.display()
+            )
+        };
         let t = Instant::now();
-        let link = self
-            .skel
-            .progs
-            .count_usdt
-            .attach_uprobe_multi_with_opts(-1, &path, "", opts)
-            .map_err(|e| {
-                Error::bpf(
-                    format!(
-                        "attaching {sites} probe sites to {}",
-                        process.binary.display()
-                    ),
-                    e,
-                )
-            })?;
+        let link = match prog.attach_uprobe_multi_with_opts(-1, &path, "", opts.clone()) {
+            Ok(link) => link,
+            // The kernel rejects a uprobe whose ref_ctr_offset differs from
+            // an existing one at the same site: another tracer (or a stale
+            // kernel uprobe) uses kernel-managed semaphores. Match it.
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::InvalidInput => {
+                tracing::debug!("attach without ref_ctr_offset refused ({e}); retrying with it");
+                opts.ref_ctr_offsets = ref_ctrs;
+                prog.attach_uprobe_multi_with_opts(-1, &path, "", opts)
+                    .map_err(|e| Error::bpf(what(), e))?
+            }
+            Err(e) => return Err(Error::bpf(what(), e)),
+        };
         let attach_time = t.elapsed();
         tracing::info!(
             "attached {sites} sites of {} probes in {} in {attach_time:?}",
@@ -306,6 +336,7 @@ impl<'obj> Collector<'obj> {
         );
         Ok(BinaryAttachment {
             _link: link,
+            semaphores: semaphores.into_iter().collect(),
             path: process.binary.display().to_string(),
             sites,
             probes: probes.len(),

@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod error;
 pub mod features;
 pub mod procs;
+pub mod semaphores;
 pub mod session;
 pub mod signals;
 pub mod stapsdt;

@@ -44,6 +44,8 @@ pub struct Session<'obj> {
     binaries: HashMap<(u64, u64), Arc<UsdtBinary>>,
     /// Joined during the current window: their first sample is partial.
     pending_joined: Vec<Process>,
+    /// When counting (the first window) began.
+    since: (std::time::Instant, std::time::SystemTime),
 }
 
 impl<'obj> Session<'obj> {
@@ -77,11 +79,14 @@ impl<'obj> Session<'obj> {
             targets: config.targets,
             binaries,
             pending_joined: Vec::new(),
+            since: (std::time::Instant::now(), std::time::SystemTime::now()),
         };
         for p in &processes {
             let bin = session.binaries[&p.binary_id].clone();
             session.collector.watch(p, &bin)?;
         }
+        // The first window starts once every target is attached.
+        session.rebase()?;
         Ok(session)
     }
 
@@ -95,7 +100,9 @@ impl<'obj> Session<'obj> {
 
     /// Forgets counts so far: the first window starts now.
     pub fn rebase(&mut self) -> Result<()> {
-        self.collector.drain().map(|_| ())
+        self.collector.drain()?;
+        self.since = (std::time::Instant::now(), std::time::SystemTime::now());
+        Ok(())
     }
 
     /// Drains one window.
@@ -281,10 +288,8 @@ impl Session<'_> {
         use crate::window::{unix_ms, WindowClock};
         use std::time::{Instant, SystemTime};
 
-        self.rebase()?;
-        let mut clock = WindowClock::new(interval);
-        let mut start_wall = SystemTime::now();
-        let mut start_mono = Instant::now();
+        let (mut start_mono, mut start_wall) = self.since;
+        let mut clock = WindowClock::starting_at(start_mono, interval);
         let mut index = 0u64;
         loop {
             if let Wake::Stop(sig) = stop.wait_until(clock.deadline()) {

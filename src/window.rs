@@ -14,8 +14,13 @@ pub struct WindowClock {
 
 impl WindowClock {
     pub fn new(interval: Duration) -> Self {
+        Self::starting_at(Instant::now(), interval)
+    }
+
+    /// A clock whose first window began at `start`.
+    pub fn starting_at(start: Instant, interval: Duration) -> Self {
         Self {
-            start: Instant::now(),
+            start,
             interval,
             next: 1,
         }

@@ -1,0 +1,215 @@
+//! Shared helpers for the integration tests: the USDT fixture process, the
+//! vmwatch binary, dataset parsing and skip rules.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The `vmwatch` binary under test.
+pub fn vmwatch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vmwatch"))
+}
+
+/// The fixture binary (workspace member `vmwatch-fixture`), built once per
+/// test process so a filtered `cargo test` never runs a stale one.
+pub fn fixture_path() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // target/<profile>/deps/<test> -> target/<profile>/vmwatch-fixture
+            let exe = std::env::current_exe().expect("test binary path");
+            let dir = exe.parent().and_then(Path::parent).expect("target dir");
+            let release = dir.file_name().is_some_and(|n| n == "release");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "-p", "vmwatch-fixture"]);
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build -p vmwatch-fixture");
+            assert!(status.success(), "building the fixture failed");
+            let path = dir.join("vmwatch-fixture");
+            assert!(
+                path.exists(),
+                "{} is missing after the build",
+                path.display()
+            );
+            path
+        })
+        .clone()
+}
+
+/// Whether BPF tests can run here; prints why not when they cannot.
+/// In CI (CI=true) a missing privilege is a failure, not a skip.
+pub fn bpf_available(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: CI must run the tests as root");
+    }
+    eprintln!("SKIPPED {test}: needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)");
+    false
+}
+
+/// A running fixture process that fires probes on command.
+pub struct Fixture {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub pid: u32,
+}
+
+impl Fixture {
+    pub fn start() -> Self {
+        Self::start_with(&mut Command::new(fixture_path()))
+    }
+
+    pub fn start_with(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the fixture");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.starts_with("ready "), "fixture said {line:?}");
+        let pid = child.id();
+        Self {
+            child,
+            stdin,
+            stdout,
+            pid,
+        }
+    }
+
+    /// Sends a command and returns the fixture's one-line answer.
+    pub fn ask(&mut self, cmd: &str) -> String {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(!line.starts_with("error"), "fixture: {line}");
+        line.trim_end().to_string()
+    }
+
+    pub fn fire(&mut self, name: &str, n: u64) {
+        let reply = self.ask(&format!("fire {name} {n}"));
+        assert_eq!(reply, format!("ok {name} {n}"));
+    }
+
+    /// Fires `name` nonstop for `ms`; returns the exact count.
+    pub fn burn(&mut self, name: &str, ms: u64) -> u64 {
+        let reply = self.ask(&format!("burn {name} {ms}"));
+        reply.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    /// Semaphore state of the lazy probes (fires each enabled one once).
+    pub fn enabled(&mut self) -> HashMap<String, bool> {
+        let reply = self.ask("enabled");
+        reply
+            .split_whitespace()
+            .skip(1)
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (k.to_string(), v == "1")
+            })
+            .collect()
+    }
+
+    pub fn exit(mut self) {
+        let _ = writeln!(self.stdin, "exit");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed dataset: header and rows of strings.
+#[derive(Debug)]
+pub struct Dataset {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Dataset {
+    pub fn read(path: &Path) -> Self {
+        let mut r = csv::Reader::from_path(path).expect("open dataset");
+        let header = r.headers().unwrap().iter().map(str::to_string).collect();
+        let rows = r
+            .records()
+            .map(|rec| rec.unwrap().iter().map(str::to_string).collect())
+            .collect();
+        Self { header, rows }
+    }
+
+    pub fn col(&self, name: &str) -> Option<usize> {
+        self.header.iter().position(|h| h == name)
+    }
+
+    /// Sum of a feature over the rows of `pid` (0 if the column is absent).
+    pub fn total(&self, pid: u32, feature: &str) -> u64 {
+        let Some(c) = self.col(feature) else { return 0 };
+        self.rows_of(pid)
+            .map(|r| r[c].parse::<u64>().unwrap())
+            .sum()
+    }
+
+    pub fn rows_of(&self, pid: u32) -> impl Iterator<Item = &Vec<String>> {
+        let pc = self.col("pid").unwrap();
+        let pid = pid.to_string();
+        self.rows.iter().filter(move |r| r[pc] == pid)
+    }
+}
+
+/// Waits until `path` exists and is non-empty (the recorder writes the
+/// header only after every probe is attached and counting has begun).
+pub fn wait_for_file(path: &Path, timeout: Duration, child: &mut Child) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!(
+                "vmwatch exited ({status}) before writing {}: {err}",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} did not appear within {timeout:?}", path.display());
+}
+
+/// Path of the QEMU built by `cargo xtask qemu`, if any. In CI it must exist.
+pub fn qemu_binary(test: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("VMWATCH_QEMU").map(PathBuf::from) {
+        assert!(p.exists(), "VMWATCH_QEMU={} does not exist", p.display());
+        return Some(p);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: VMWATCH_QEMU is not set; CI runs the tests through `cargo xtask test`");
+    }
+    eprintln!(
+        "SKIPPED {test}: VMWATCH_QEMU is not set (build one with `cargo xtask qemu`, \
+         or run `cargo xtask test`)"
+    );
+    None
+}
