@@ -1,0 +1,157 @@
+//! Bad input gets one clear sentence on stderr and a non-zero exit.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::{bpf_available, fixture_path, vmwatch, Fixture};
+
+fn fails_with(out: Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success: {stderr}");
+    assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let error_lines = stderr.lines().filter(|l| l.starts_with("vmwatch: ")).count();
+    assert_eq!(error_lines, 1, "one error sentence expected: {stderr}");
+}
+
+#[test]
+fn probes_of_a_missing_binary() {
+    let out = vmwatch()
+        .args(["probes", "/nonexistent/qemu-system-x86_64"])
+        .output()
+        .unwrap();
+    fails_with(out, "cannot read /nonexistent/qemu-system-x86_64: No such file");
+}
+
+#[test]
+fn probes_of_a_binary_without_notes() {
+    let out = vmwatch().args(["probes", "/bin/sh"]).output().unwrap();
+    fails_with(out, "has no USDT probes");
+    let out = vmwatch().args(["probes", "/bin/sh"]).output().unwrap();
+    fails_with(out, "--enable-trace-backends=dtrace");
+}
+
+#[test]
+fn probes_of_a_non_elf_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("not-elf");
+    std::fs::write(&f, "#!/bin/sh\necho hi\n").unwrap();
+    let out = vmwatch().arg("probes").arg(&f).output().unwrap();
+    fails_with(out, "is not an ELF file");
+}
+
+#[test]
+fn probes_lists_the_fixture() {
+    let out = vmwatch()
+        .arg("probes")
+        .arg(fixture_path())
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let probes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tap = probes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tap_send")
+        .expect("tap_send listed");
+    assert_eq!(tap["provider"], "qemu");
+    assert_eq!(tap["sites"], 2);
+    assert!(tap["semaphore"].is_null());
+    let vq = probes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "virtqueue_fill")
+        .unwrap();
+    assert!(vq["semaphore"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn record_an_unknown_pid() {
+    // PIDs above pid_max never exist.
+    let out = vmwatch()
+        .args(["record", "--pid", "4194304", "--windows", "1", "-o", "/tmp/never.csv"])
+        .output()
+        .unwrap();
+    fails_with(out, "no process with PID 4194304");
+    assert!(!std::path::Path::new("/tmp/never.csv").exists());
+}
+
+#[test]
+fn record_a_process_without_probes() {
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = vmwatch()
+        .args(["record", "--pid", &sleeper.id().to_string(), "--windows", "1", "-o"])
+        .arg(dir.path().join("x.csv"))
+        .output()
+        .unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    fails_with(out, "has no USDT probes");
+}
+
+#[test]
+fn record_an_unknown_vm_name() {
+    let out = vmwatch()
+        .args(["record", "--vm", "no-such-vm-name", "-o", "/tmp/never2.csv"])
+        .output()
+        .unwrap();
+    fails_with(out, "no running QEMU process has the VM name `no-such-vm-name`");
+}
+
+#[test]
+fn record_needs_a_target() {
+    let out = vmwatch().args(["record", "-o", "/tmp/x.csv"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pid"));
+}
+
+#[test]
+fn record_with_an_empty_probe_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("empty.txt");
+    std::fs::write(&list, "# nothing\n").unwrap();
+    let out = vmwatch()
+        .args(["record", "--pid", "1", "--probes"])
+        .arg(&list)
+        .arg("-o")
+        .arg(dir.path().join("x.csv"))
+        .output()
+        .unwrap();
+    fails_with(out, "the feature list is empty");
+}
+
+#[test]
+fn record_without_bpf_permission() {
+    if !bpf_available("record_without_bpf_permission") {
+        return;
+    }
+    // Copies readable by an unprivileged user, outside root-only dirs.
+    let dir = tempfile::tempdir().unwrap();
+    let vm = dir.path().join("vmwatch");
+    let fx = dir.path().join("vmwatch-fixture");
+    std::fs::copy(env!("CARGO_BIN_EXE_vmwatch"), &vm).unwrap();
+    std::fs::copy(fixture_path(), &fx).unwrap();
+    let perms = |p: &std::path::Path, mode| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    perms(dir.path(), 0o777);
+    perms(&vm, 0o755);
+    perms(&fx, 0o755);
+    let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"];
+    let fixture = Fixture::start_with(Command::new("setpriv").args(nobody).arg(&fx));
+    let out = Command::new("setpriv")
+        .args(nobody)
+        .arg(&vm)
+        .args(["record", "--pid", &fixture.pid.to_string(), "--windows", "1", "-o"])
+        .arg(dir.path().join("x.csv"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    fails_with(out, "needs root or CAP_BPF");
+}
