@@ -55,8 +55,8 @@ impl<'obj> Session<'obj> {
         let processes = resolve(&config.targets)?;
         let mut binaries = HashMap::new();
         for p in &processes {
-            if !binaries.contains_key(&p.binary_id) {
-                binaries.insert(p.binary_id, Arc::new(read_binary(p)?));
+            if let std::collections::hash_map::Entry::Vacant(e) = binaries.entry(p.binary_id) {
+                e.insert(Arc::new(read_binary(p)?));
             }
         }
         let available: BTreeSet<String> = binaries

@@ -8,10 +8,16 @@ use common::{bpf_available, fixture_path, vmwatch, Fixture};
 
 fn fails_with(out: Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {stderr}"
+    );
     assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let error_lines = stderr.lines().filter(|l| l.starts_with("vmwatch: ")).count();
+    let error_lines = stderr
+        .lines()
+        .filter(|l| l.starts_with("vmwatch: "))
+        .count();
     assert_eq!(error_lines, 1, "one error sentence expected: {stderr}");
 }
 
@@ -21,7 +27,10 @@ fn probes_of_a_missing_binary() {
         .args(["probes", "/nonexistent/qemu-system-x86_64"])
         .output()
         .unwrap();
-    fails_with(out, "cannot read /nonexistent/qemu-system-x86_64: No such file");
+    fails_with(
+        out,
+        "cannot read /nonexistent/qemu-system-x86_64: No such file",
+    );
 }
 
 #[test]
@@ -73,7 +82,15 @@ fn probes_lists_the_fixture() {
 fn record_an_unknown_pid() {
     // PIDs above pid_max never exist.
     let out = vmwatch()
-        .args(["record", "--pid", "4194304", "--windows", "1", "-o", "/tmp/never.csv"])
+        .args([
+            "record",
+            "--pid",
+            "4194304",
+            "--windows",
+            "1",
+            "-o",
+            "/tmp/never.csv",
+        ])
         .output()
         .unwrap();
     fails_with(out, "no process with PID 4194304");
@@ -85,7 +102,14 @@ fn record_a_process_without_probes() {
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = vmwatch()
-        .args(["record", "--pid", &sleeper.id().to_string(), "--windows", "1", "-o"])
+        .args([
+            "record",
+            "--pid",
+            &sleeper.id().to_string(),
+            "--windows",
+            "1",
+            "-o",
+        ])
         .arg(dir.path().join("x.csv"))
         .output()
         .unwrap();
@@ -100,12 +124,18 @@ fn record_an_unknown_vm_name() {
         .args(["record", "--vm", "no-such-vm-name", "-o", "/tmp/never2.csv"])
         .output()
         .unwrap();
-    fails_with(out, "no running QEMU process has the VM name `no-such-vm-name`");
+    fails_with(
+        out,
+        "no running QEMU process has the VM name `no-such-vm-name`",
+    );
 }
 
 #[test]
 fn record_needs_a_target() {
-    let out = vmwatch().args(["record", "-o", "/tmp/x.csv"]).output().unwrap();
+    let out = vmwatch()
+        .args(["record", "-o", "/tmp/x.csv"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--pid"));
 }
@@ -143,12 +173,24 @@ fn record_without_bpf_permission() {
     perms(dir.path(), 0o777);
     perms(&vm, 0o755);
     perms(&fx, 0o755);
-    let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"];
+    let nobody = [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ];
     let fixture = Fixture::start_with(Command::new("setpriv").args(nobody).arg(&fx));
     let out = Command::new("setpriv")
         .args(nobody)
         .arg(&vm)
-        .args(["record", "--pid", &fixture.pid.to_string(), "--windows", "1", "-o"])
+        .args([
+            "record",
+            "--pid",
+            &fixture.pid.to_string(),
+            "--windows",
+            "1",
+            "-o",
+        ])
         .arg(dir.path().join("x.csv"))
         .stdin(Stdio::null())
         .output()

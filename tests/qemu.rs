@@ -44,13 +44,26 @@ fn probes_lists_qemus_trace_events() {
     let Some(qemu) = qemu_binary("probes_lists_qemus_trace_events") else {
         return;
     };
-    let out = vmwatch().arg("probes").arg(&qemu).arg("--json").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = vmwatch()
+        .arg("probes")
+        .arg(&qemu)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let probes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let probes = probes.as_array().unwrap();
     let qemu_probes = probes.iter().filter(|p| p["provider"] == "qemu").count();
     assert!(qemu_probes >= 2900, "only {qemu_probes} qemu probes");
-    for name in ["virtqueue_fill", "virtio_queue_notify", "memory_region_ops_write"] {
+    for name in [
+        "virtqueue_fill",
+        "virtio_queue_notify",
+        "memory_region_ops_write",
+    ] {
         assert!(probes.iter().any(|p| p["name"] == name), "{name} missing");
     }
 }
@@ -83,13 +96,25 @@ fn list_and_record_real_qemu_per_pid() {
     let rec = vmwatch()
         .args(["record", "--vm", "vmwatch-test-a", "--pid"])
         .arg(b.pid().to_string())
-        .args(["--interval", "1s", "--windows", "3", "--label", "bios", "-o"])
+        .args([
+            "--interval",
+            "1s",
+            "--windows",
+            "3",
+            "--label",
+            "bios",
+            "-o",
+        ])
         .arg(&out_csv)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&rec.stderr);
     assert!(rec.status.success(), "{stderr}");
-    assert_eq!(stderr.matches(" sites of ").count(), 1, "one attachment: {stderr}");
+    assert_eq!(
+        stderr.matches(" sites of ").count(),
+        1,
+        "one attachment: {stderr}"
+    );
 
     let ds = Dataset::read(&out_csv);
     assert!(ds.header.len() > 2900, "{} columns", ds.header.len());
