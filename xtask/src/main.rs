@@ -1,0 +1,101 @@
+//! Project automation for vmwatch: `cargo xtask <command>`.
+
+mod deps;
+mod qemu;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Project automation for vmwatch (run as `cargo xtask <command>`).
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the Debian packages vmwatch needs to build and test (listed in
+    /// xtask/packages.txt) and add a deb-src entry for `apt-get source qemu`.
+    ///
+    /// Idempotent: packages already installed are left alone, and apt-get runs only
+    /// when something is missing. Installing needs root.
+    Deps,
+
+    /// Build qemu-system-x86_64 7.2 from Debian's source package with the dtrace,ust
+    /// trace backends (USDT probes), cached outside the repository.
+    ///
+    /// The cache is $VMWATCH_CACHE, else $XDG_CACHE_HOME/vmwatch, else
+    /// $HOME/.cache/vmwatch. A build is reused while its recipe (flags, source
+    /// version, build code) is unchanged. See docs/QEMU.md.
+    Qemu {
+        /// Print only the path of qemu-system-x86_64 (building it first if needed);
+        /// progress goes to stderr.
+        #[arg(long)]
+        print_path: bool,
+        /// Rebuild even if a complete build of the current recipe exists.
+        #[arg(long)]
+        force: bool,
+        /// Parallel compile jobs (default: ninja's choice).
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+    },
+
+    /// The full test run (what CI runs): deps, qemu, `cargo fmt --check`,
+    /// `cargo clippy -D warnings` and `cargo test --workspace` with VMWATCH_QEMU set
+    /// to the built QEMU.
+    ///
+    /// All checks run even if one fails; the command fails if any failed. A
+    /// VMWATCH_QEMU already set in the environment is used instead of building.
+    Test {
+        /// Arguments passed on to `cargo test` (after `--`), e.g.
+        /// `cargo xtask test -- probes -- --nocapture`.
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Deps => deps::ensure().map(|_| ()),
+        Cmd::Qemu {
+            print_path,
+            force,
+            jobs,
+        } => {
+            let build = qemu::ensure(&qemu::Options { jobs, force })?;
+            if print_path {
+                println!("{}", build.binary.display());
+            } else {
+                let probes = qemu::count_probes(&build.binary)?;
+                println!("qemu-system-x86_64: {}", build.binary.display());
+                println!(
+                    "build info:         {}",
+                    build.dir.join("BUILD-INFO.json").display()
+                );
+                println!(
+                    "USDT probes:        {} distinct qemu probe names, {} qemu sites ({} stapsdt notes in all)",
+                    probes.qemu_names, probes.qemu_sites, probes.sites
+                );
+            }
+            Ok(())
+        }
+        Cmd::Test { cargo_test_args } => test::run(&cargo_test_args),
+    }
+}
