@@ -1,5 +1,6 @@
 //! Project automation for vmwatch: `cargo xtask <command>`.
 
+mod demo;
 mod deps;
 mod qemu;
 mod test;
@@ -58,6 +59,15 @@ enum Cmd {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+
+    /// The README's main job: boots the instrumented QEMU as a VM under TCG
+    /// and records it with `vmwatch record` (needs root). Until the lab
+    /// lands, the VM runs firmware only (SeaBIOS, iPXE), no guest OS.
+    Demo {
+        /// Windows (of 2 s) to record.
+        #[arg(long, default_value_t = 5)]
+        windows: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,5 +107,6 @@ fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Cmd::Demo { windows } => demo::run(windows),
     }
 }
