@@ -118,7 +118,7 @@ fn summarise(csv: &Path) -> Result<()> {
         );
     }
     let mut top: Vec<_> = totals.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|e| std::cmp::Reverse(e.1));
     println!("\nbusiest probes over the recording:");
     for (name, n) in top.iter().take(10) {
         println!("  {n:>10}  {name}");
