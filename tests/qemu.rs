@@ -130,3 +130,89 @@ fn list_and_record_real_qemu_per_pid() {
     let vc = ds.col("vm").unwrap();
     assert!(ds.rows_of(a.pid()).all(|r| r[vc] == "vmwatch-test-a"));
 }
+
+/// Every probe site attaches (counting needs no argument parsing, so sites
+/// whose argument specs libbpf rejects are included), and only the
+/// semaphores of attached probes are raised, in the watched QEMU only.
+#[test]
+fn every_site_attaches_and_only_listed_semaphores_rise() {
+    let test = "every_site_attaches_and_only_listed_semaphores_rise";
+    let Some(bin) = qemu_binary(test) else {
+        return;
+    };
+    if !bpf_available(test) {
+        return;
+    }
+    use vmwatch::stapsdt::UsdtBinary;
+    let usdt = UsdtBinary::read(&bin).unwrap();
+    let qemu_sites = usdt.provider_sites("qemu").count();
+    let watched = Qemu::start(&bin, "vmwatch-test-sema");
+    let other = Qemu::start(&bin, "vmwatch-test-other");
+    let proc_w = vmwatch::procs::Process::from_pid(watched.pid()).unwrap();
+    let sema = |pid: u32, name: &str| -> u16 {
+        let off = usdt
+            .provider_sites("qemu")
+            .find(|s| s.name == name)
+            .and_then(|s| s.semaphore_offset)
+            .unwrap_or_else(|| panic!("{name} has no semaphore"));
+        vmwatch::semaphores::value(pid, proc_w.binary_id, off).unwrap()
+    };
+
+    // All probes: the log reports every site attached.
+    let dir = tempfile::tempdir().unwrap();
+    let out = vmwatch()
+        .args([
+            "record",
+            "--pid",
+            &watched.pid().to_string(),
+            "--windows",
+            "1",
+        ])
+        .args(["--interval", "500ms", "-o"])
+        .arg(dir.path().join("all.csv"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("attached {qemu_sites} sites")),
+        "expected all {qemu_sites} sites attached: {stderr}"
+    );
+
+    // Two listed probes: only their semaphores rise, only in the watched VM.
+    let list = dir.path().join("features.txt");
+    std::fs::write(&list, "qemu:virtqueue_fill\nqemu:memory_region_ops_write\n").unwrap();
+    let csv = dir.path().join("two.csv");
+    let mut rec = vmwatch()
+        .args([
+            "record",
+            "--pid",
+            &watched.pid().to_string(),
+            "--windows",
+            "4",
+        ])
+        .args(["--interval", "500ms", "--probes"])
+        .arg(&list)
+        .arg("-o")
+        .arg(&csv)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_for_file(&csv, Duration::from_secs(30), &mut rec);
+    assert!(sema(watched.pid(), "virtqueue_fill") >= 1);
+    assert!(sema(watched.pid(), "memory_region_ops_write") >= 1);
+    assert_eq!(sema(watched.pid(), "exec_tb"), 0, "unlisted probe enabled");
+    assert_eq!(
+        sema(other.pid(), "virtqueue_fill"),
+        0,
+        "unwatched VM enabled"
+    );
+    let out = rec.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(sema(watched.pid(), "virtqueue_fill"), 0, "not restored");
+    assert_eq!(
+        sema(watched.pid(), "memory_region_ops_write"),
+        0,
+        "not restored"
+    );
+}
