@@ -23,6 +23,9 @@ use crate::procs::Process;
 use crate::semaphores;
 use crate::stapsdt::UsdtBinary;
 
+/// Features per counter-map value (`CHUNK` in bpf/vmwatch.h).
+const CHUNK: usize = 2048;
+
 /// Default number of processes one collector can watch at once.
 pub const DEFAULT_MAX_VMS: u32 = 64;
 
@@ -93,7 +96,8 @@ impl<'obj> Collector<'obj> {
             return Err(Error::Invalid("no features to count".into()));
         }
         let max_vms = config.max_vms.max(1);
-        let entries = width.checked_mul(max_vms).ok_or_else(|| {
+        let chunks = width.div_ceil(CHUNK as u32);
+        let entries = chunks.checked_mul(max_vms).ok_or_else(|| {
             Error::Invalid(format!(
                 "{width} features x {max_vms} VMs overflows the counter map"
             ))
@@ -345,13 +349,15 @@ impl<'obj> Collector<'obj> {
     }
 
     /// Cumulative counts (summed over CPUs) of `n` slots from `first`:
-    /// one batched map read.
+    /// one batched map read of their chunks.
     fn read_rows(&mut self, first: usize, n: usize) -> Result<Vec<u64>> {
         let width = self.features.len();
-        let count = n * width;
-        let start = (first * width) as u32;
+        let chunks = width.div_ceil(CHUNK);
+        let count = n * chunks;
+        let start = (first * chunks) as u32;
+        let per_key = CHUNK * self.ncpus;
         self.keys.resize(count, 0);
-        self.values.resize(count * self.ncpus, 0);
+        self.values.resize(count * per_key, 0);
         let fd = self.skel.maps.counts.as_fd().as_raw_fd();
         // The batch starts after `in_batch`; no token means from key 0.
         let mut in_batch = start.wrapping_sub(1);
@@ -368,17 +374,15 @@ impl<'obj> Collector<'obj> {
             } else {
                 (&mut in_batch as *mut u32).cast::<c_void>()
             };
-            // SAFETY: buffers hold `count - done` keys and values of
-            // `ncpus` u64 each past `done`; the kernel writes at most `got`.
+            // SAFETY: past `done`, the buffers hold `count - done` keys and
+            // as many values of `ncpus` chunks; the kernel writes at most `got`.
             let ret = unsafe {
                 libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
                     fd,
                     in_ptr,
                     (&mut out_batch as *mut u32).cast::<c_void>(),
                     self.keys[done..].as_mut_ptr().cast::<c_void>(),
-                    self.values[done * self.ncpus..]
-                        .as_mut_ptr()
-                        .cast::<c_void>(),
+                    self.values[done * per_key..].as_mut_ptr().cast::<c_void>(),
                     &mut got,
                     &opts,
                 )
@@ -397,10 +401,19 @@ impl<'obj> Collector<'obj> {
             done += got as usize;
             in_batch = out_batch;
         }
-        Ok(self
-            .values
-            .chunks_exact(self.ncpus)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .collect())
+        // values: [slot][chunk][cpu][CHUNK] -> rows: [slot][feature]
+        let mut rows = vec![0u64; n * width];
+        for (slot, row) in rows.chunks_exact_mut(width).enumerate() {
+            for (c, part) in row.chunks_mut(CHUNK).enumerate() {
+                let base = (slot * chunks + c) * per_key;
+                for cpu in 0..self.ncpus {
+                    let vals = &self.values[base + cpu * CHUNK..][..part.len()];
+                    for (sum, v) in part.iter_mut().zip(vals) {
+                        *sum += v;
+                    }
+                }
+            }
+        }
+        Ok(rows)
     }
 }
