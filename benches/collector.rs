@@ -11,12 +11,11 @@
 //! docs/PERFORMANCE.md for how to read them on a shared machine.
 
 use std::io::{BufRead, BufReader, Write};
-use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmwatch::collector::{Collector, CollectorConfig};
+use vmwatch::collector::{BpfObjects, Collector, CollectorConfig};
 use vmwatch::procs::Process;
 use vmwatch::stapsdt::UsdtBinary;
 
@@ -84,11 +83,7 @@ impl Drop for Fixture {
     }
 }
 
-fn collector(
-    obj: &mut MaybeUninit<libbpf_rs::OpenObject>,
-    features: Vec<String>,
-    max: u32,
-) -> Collector<'_> {
+fn collector(obj: &mut BpfObjects, features: Vec<String>, max: u32) -> Collector<'_> {
     Collector::new(
         obj,
         CollectorConfig {
@@ -115,14 +110,14 @@ fn bench_hit_cost(fx_path: &Path) {
     let mut unwatched = Vec::new();
     for _ in 0..REPS {
         detached.push(fx.ns_per_hit(200));
-        let mut obj = MaybeUninit::uninit();
+        let mut obj = BpfObjects::default();
         let mut c = collector(&mut obj, fixture_features(&bin), 4);
-        c.watch(&Process::from_pid(fx.pid()).unwrap(), &bin)
+        c.watch(&Process::from_pid(fx.pid()).unwrap(), Some(&bin))
             .unwrap();
         watched.push(fx.ns_per_hit(200));
         c.unwatch(fx.pid());
         // Same binary attached for another process: this one still traps.
-        c.watch(&Process::from_pid(other.pid()).unwrap(), &bin)
+        c.watch(&Process::from_pid(other.pid()).unwrap(), Some(&bin))
             .unwrap();
         unwatched.push(fx.ns_per_hit(200));
     }
@@ -163,10 +158,10 @@ fn bench_attach_detach(qemu: &Path) {
         let (mut att, mut det) = (Vec::new(), Vec::new());
         let mut sites = 0;
         for _ in 0..REPS {
-            let mut obj = MaybeUninit::uninit();
+            let mut obj = BpfObjects::default();
             let mut c = collector(&mut obj, feats.clone(), 4);
             let t = Instant::now();
-            c.watch(&process, &bin).unwrap();
+            c.watch(&process, Some(&bin)).unwrap();
             att.push(t.elapsed().as_secs_f64() * 1e3);
             sites = c.attachments().map(|a| a.sites).sum();
             let t = Instant::now();
@@ -201,10 +196,10 @@ fn bench_drain(fx_path: &Path, width_from: Option<&Path>) {
     let fixtures: Vec<Fixture> = (0..64).map(|_| Fixture::start(fx_path)).collect();
     println!("drain per window, {width} features (median of 21 drains):");
     for n in [1usize, 8, 64] {
-        let mut obj = MaybeUninit::uninit();
+        let mut obj = BpfObjects::default();
         let mut c = collector(&mut obj, feats.clone(), 64);
         for f in fixtures.iter().take(n) {
-            c.watch(&Process::from_pid(f.pid()).unwrap(), &fx_bin)
+            c.watch(&Process::from_pid(f.pid()).unwrap(), Some(&fx_bin))
                 .unwrap();
         }
         let mut wall = Vec::new();

@@ -53,19 +53,22 @@ struct {
 const volatile __u32 nr_features = 0;
 const volatile __u32 nr_chunks = 1;
 
-static __always_inline void count_feature(__u64 feature)
+/* The calling process's slot, or NULL when it is not watched. */
+static __always_inline __u32 *watched_slot(void)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	return bpf_map_lookup_elem(&watched, &tgid);
+}
+
+static __always_inline void count_in_slot(__u32 slot, __u64 feature)
+{
 	struct chunk *row;
-	__u32 *slot;
 	__u32 key;
 
-	slot = bpf_map_lookup_elem(&watched, &tgid);
-	if (!slot)
-		return;
 	if (feature >= nr_features)
 		return;
-	key = *slot * nr_chunks + ((__u32)feature >> CHUNK_SHIFT);
+	key = slot * nr_chunks + ((__u32)feature >> CHUNK_SHIFT);
 	row = bpf_map_lookup_elem(&counts, &key);
 	if (!row)
 		return;
@@ -74,6 +77,14 @@ static __always_inline void count_feature(__u64 feature)
 	 * task hitting the same counter on this CPU: keep the add atomic.
 	 */
 	__sync_fetch_and_add(&row->hits[feature & (CHUNK - 1)], 1);
+}
+
+static __always_inline void count_feature(__u64 feature)
+{
+	__u32 *slot = watched_slot();
+
+	if (slot)
+		count_in_slot(*slot, feature);
 }
 
 #endif /* VMWATCH_H */

@@ -4,3 +4,8 @@
 pub mod usdt_count {
     include!(concat!(env!("OUT_DIR"), "/usdt_count.skel.rs"));
 }
+
+#[allow(clippy::all, clippy::pedantic, dead_code, unused_imports, missing_docs)]
+pub mod syscall_count {
+    include!(concat!(env!("OUT_DIR"), "/syscall_count.skel.rs"));
+}

@@ -16,6 +16,7 @@ use std::time::Instant;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, OpenObject, UprobeMultiOpts};
 
+use crate::bpf::syscall_count::{SyscallCountSkel, SyscallCountSkelBuilder};
 use crate::bpf::usdt_count::{UsdtCountSkel, UsdtCountSkelBuilder};
 use crate::error::{Error, Result};
 use crate::features;
@@ -75,9 +76,32 @@ pub struct Drain {
     pub exited: Vec<Process>,
 }
 
+/// Storage for the BPF objects of a collector (one per BPF source file);
+/// it must outlive the [`Collector`] built on it.
+pub struct BpfObjects {
+    usdt: MaybeUninit<OpenObject>,
+    syscalls: MaybeUninit<OpenObject>,
+}
+
+impl Default for BpfObjects {
+    fn default() -> Self {
+        Self {
+            usdt: MaybeUninit::uninit(),
+            syscalls: MaybeUninit::uninit(),
+        }
+    }
+}
+
+/// The syscall counter: its program stays attached while this lives.
+struct SyscallSource<'obj> {
+    _link: Link,
+    _skel: SyscallCountSkel<'obj>,
+}
+
 /// Loaded BPF counters plus the attachments and watched processes.
 pub struct Collector<'obj> {
     skel: UsdtCountSkel<'obj>,
+    _syscalls: Option<SyscallSource<'obj>>,
     features: Vec<String>,
     qemu_index: HashMap<String, u32>,
     attachments: HashMap<(u64, u64), BinaryAttachment>,
@@ -89,7 +113,7 @@ pub struct Collector<'obj> {
 
 impl<'obj> Collector<'obj> {
     /// Loads the BPF programs and sizes the maps for `config`.
-    pub fn new(object: &'obj mut MaybeUninit<OpenObject>, config: CollectorConfig) -> Result<Self> {
+    pub fn new(objects: &'obj mut BpfObjects, config: CollectorConfig) -> Result<Self> {
         let width = u32::try_from(config.features.len())
             .map_err(|_| Error::Invalid("too many features".into()))?;
         if width == 0 {
@@ -105,7 +129,7 @@ impl<'obj> Collector<'obj> {
 
         let builder = UsdtCountSkelBuilder::default();
         let mut open = builder
-            .open(object)
+            .open(&mut objects.usdt)
             .map_err(|e| Error::bpf("opening the BPF object", e))?;
         open.maps
             .rodata_data
@@ -132,8 +156,10 @@ impl<'obj> Collector<'obj> {
             .collect();
         let ncpus =
             libbpf_rs::num_possible_cpus().map_err(|e| Error::bpf("counting possible CPUs", e))?;
+        let syscalls = attach_syscalls(&mut objects.syscalls, &skel, &config.features, chunks)?;
         Ok(Self {
             skel,
+            _syscalls: syscalls,
             features: config.features,
             qemu_index,
             attachments: HashMap::new(),
@@ -161,7 +187,8 @@ impl<'obj> Collector<'obj> {
 
     /// Starts counting `process`. Attaches its binary first if no other
     /// watched process runs the same file.
-    pub fn watch(&mut self, process: &Process, binary: &UsdtBinary) -> Result<()> {
+    /// `binary` is `None` when no QEMU probe is counted (e.g. syscalls only).
+    pub fn watch(&mut self, process: &Process, binary: Option<&UsdtBinary>) -> Result<()> {
         if self.watched().any(|p| p.pid == process.pid) {
             return Ok(());
         }
@@ -172,21 +199,9 @@ impl<'obj> Collector<'obj> {
                 self.slots.len()
             ))
         })?;
-        if !self.attachments.contains_key(&process.binary_id) {
-            let att = self.attach_binary(process, binary)?;
-            self.attachments.insert(process.binary_id, att);
-        }
-        let raised = semaphores::raise(
-            process.pid,
-            process.binary_id,
-            &self.attachments[&process.binary_id].semaphores,
-        );
-        let raised = match raised {
-            Ok(r) => r,
-            Err(e) => {
-                self.detach_unused(process.binary_id);
-                return Err(e);
-            }
+        let raised = match binary {
+            Some(binary) => self.attach_and_raise(process, binary)?,
+            None => semaphores::Raised::default(),
         };
         // Counts left by a previous occupant are the baseline, not data.
         let prev = self.read_rows(slot, 1)?;
@@ -206,6 +221,26 @@ impl<'obj> Collector<'obj> {
             prev,
         });
         Ok(())
+    }
+
+    fn attach_and_raise(
+        &mut self,
+        process: &Process,
+        binary: &UsdtBinary,
+    ) -> Result<semaphores::Raised> {
+        if !self.attachments.contains_key(&process.binary_id) {
+            let att = self.attach_binary(process, binary)?;
+            self.attachments.insert(process.binary_id, att);
+        }
+        let raised = semaphores::raise(
+            process.pid,
+            process.binary_id,
+            &self.attachments[&process.binary_id].semaphores,
+        );
+        if raised.is_err() {
+            self.detach_unused(process.binary_id);
+        }
+        raised
     }
 
     /// Stops counting `pid` and detaches its binary when no watched process
@@ -278,6 +313,11 @@ impl<'obj> Collector<'obj> {
         }
         out.exited = gone;
         Ok(out)
+    }
+
+    /// Feature columns of the syscall source, if it is enabled.
+    pub fn counts_syscalls(&self) -> bool {
+        self._syscalls.is_some()
     }
 
     fn attach_binary(&self, process: &Process, binary: &UsdtBinary) -> Result<BinaryAttachment> {
@@ -416,4 +456,64 @@ impl<'obj> Collector<'obj> {
         }
         Ok(rows)
     }
+}
+
+/// Loads and attaches the syscall counter when any `sys:` feature is asked
+/// for, sharing the usdt object's `watched` and `counts` maps.
+fn attach_syscalls<'obj>(
+    object: &'obj mut MaybeUninit<OpenObject>,
+    usdt: &UsdtCountSkel<'_>,
+    features: &[String],
+    chunks: u32,
+) -> Result<Option<SyscallSource<'obj>>> {
+    let numbers: HashMap<String, u32> = features::syscall_features().into_iter().collect();
+    let wanted: Vec<(u32, u32)> = features
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| Some((*numbers.get(f)?, i as u32)))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    let mut open = SyscallCountSkelBuilder::default()
+        .open(object)
+        .map_err(|e| Error::bpf("opening the syscall counter", e))?;
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .expect("rodata is mmapped");
+    rodata.nr_features = features.len() as u32;
+    rodata.nr_chunks = chunks;
+    open.maps
+        .watched
+        .reuse_fd(usdt.maps.watched.as_fd())
+        .map_err(|e| Error::bpf("sharing the watched-process map", e))?;
+    open.maps
+        .counts
+        .reuse_fd(usdt.maps.counts.as_fd())
+        .map_err(|e| Error::bpf("sharing the counter map", e))?;
+    let skel = open
+        .load()
+        .map_err(|e| Error::bpf("loading the syscall counter", e))?;
+    for (nr, feature) in &wanted {
+        skel.maps
+            .sys_feature
+            .update(
+                &nr.to_ne_bytes(),
+                &(feature + 1).to_ne_bytes(),
+                libbpf_rs::MapFlags::ANY,
+            )
+            .map_err(|e| Error::bpf(format!("mapping syscall {nr}"), e))?;
+    }
+    let link = skel
+        .progs
+        .count_syscall
+        .attach_raw_tracepoint("sys_enter")
+        .map_err(|e| Error::bpf("attaching the raw tracepoint sys_enter", e))?;
+    tracing::info!("counting {} syscalls per watched process", wanted.len());
+    Ok(Some(SyscallSource {
+        _link: link,
+        _skel: skel,
+    }))
 }

@@ -5,8 +5,66 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// A source of features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// QEMU's USDT probes (`qemu:`).
+    Qemu,
+    /// System calls of the QEMU process, counted in BPF (`sys:`).
+    Syscalls,
+}
+
+impl Source {
+    /// The source a feature name belongs to.
+    pub fn of(feature: &str) -> Option<Self> {
+        if feature.starts_with(QEMU) {
+            Some(Source::Qemu)
+        } else if feature.starts_with(SYS) {
+            Some(Source::Syscalls)
+        } else {
+            None
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Qemu => "qemu",
+            Source::Syscalls => "syscalls",
+        }
+    }
+}
+
+impl std::str::FromStr for Source {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "qemu" => Ok(Source::Qemu),
+            "syscalls" => Ok(Source::Syscalls),
+            other => Err(format!(
+                "unknown source `{other}` (sources: qemu, syscalls)"
+            )),
+        }
+    }
+}
+
 /// Prefix of QEMU USDT probe features.
 pub const QEMU: &str = "qemu:";
+
+/// Prefix of syscall features.
+pub const SYS: &str = "sys:";
+
+/// Feature name of a syscall.
+pub fn sys_feature(name: &str) -> String {
+    format!("{SYS}{name}")
+}
+
+/// Every syscall of the running architecture: (feature name, number).
+pub fn syscall_features() -> Vec<(String, u32)> {
+    syscalls::Sysno::iter()
+        .map(|s| (sys_feature(s.name()), s.id() as u32))
+        .collect()
+}
 
 /// Feature name of a QEMU probe.
 pub fn qemu_feature(probe: &str) -> String {
@@ -61,6 +119,14 @@ mod tests {
             parse_feature_list("# chosen\nqemu:tap_send\n\nvirtqueue_fill # mem\nqemu:tap_send\n")
                 .unwrap();
         assert_eq!(list, ["qemu:tap_send", "qemu:virtqueue_fill"]);
+    }
+
+    #[test]
+    fn syscall_names_come_from_the_running_arch() {
+        let all = syscall_features();
+        assert!(all.len() > 300, "{}", all.len());
+        let getppid = all.iter().find(|(n, _)| n == "sys:getppid").unwrap();
+        assert_eq!(getppid.1 as libc::c_long, libc::SYS_getppid);
     }
 
     #[test]

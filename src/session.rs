@@ -3,15 +3,12 @@
 //! processes that come and go, and yields one sample per VM per window.
 
 use std::collections::{BTreeSet, HashMap};
-use std::mem::MaybeUninit;
 use std::path::Path;
 use std::sync::Arc;
 
-use libbpf_rs::OpenObject;
-
-use crate::collector::{Collector, CollectorConfig, Drain};
+use crate::collector::{BpfObjects, Collector, CollectorConfig, Drain};
 use crate::error::{Error, Result};
-use crate::features;
+use crate::features::{self, Source};
 use crate::procs::{self, Process};
 use crate::stapsdt::UsdtBinary;
 
@@ -31,8 +28,10 @@ pub enum Target {
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub targets: Vec<Target>,
-    /// Features to count (`--probes`); `None` = every `qemu` probe of the
-    /// targets' binaries.
+    /// Sources to count; empty = those of `features`, else QEMU probes.
+    pub sources: Vec<Source>,
+    /// Features to count (`--probes`); `None` = every feature of the
+    /// sources (every `qemu` probe of the targets' binaries, every syscall).
     pub features: Option<Vec<String>>,
     pub max_vms: u32,
 }
@@ -42,6 +41,8 @@ pub struct Session<'obj> {
     collector: Collector<'obj>,
     targets: Vec<Target>,
     binaries: HashMap<(u64, u64), Arc<UsdtBinary>>,
+    /// Whether any QEMU probe is counted (else no binary is attached).
+    counts_qemu: bool,
     /// Joined during the current window: their first sample is partial.
     pending_joined: Vec<Process>,
     /// When counting (the first window) began.
@@ -51,24 +52,37 @@ pub struct Session<'obj> {
 impl<'obj> Session<'obj> {
     /// Resolves the targets, loads and attaches the counters, and starts
     /// counting every target process.
-    pub fn start(object: &'obj mut MaybeUninit<OpenObject>, config: SessionConfig) -> Result<Self> {
+    pub fn start(objects: &'obj mut BpfObjects, config: SessionConfig) -> Result<Self> {
+        let sources = effective_sources(&config);
         let processes = resolve(&config.targets)?;
         let mut binaries = HashMap::new();
-        for p in &processes {
-            if let std::collections::hash_map::Entry::Vacant(e) = binaries.entry(p.binary_id) {
-                e.insert(Arc::new(read_binary(p)?));
+        let mut available: BTreeSet<String> = BTreeSet::new();
+        if sources.contains(&Source::Qemu) {
+            for p in &processes {
+                if let std::collections::hash_map::Entry::Vacant(e) = binaries.entry(p.binary_id) {
+                    e.insert(Arc::new(read_binary(p)?));
+                }
             }
-        }
-        let available: BTreeSet<String> = binaries
-            .values()
-            .flat_map(|b| {
+            available.extend(binaries.values().flat_map(|b| {
                 b.provider_sites("qemu")
                     .map(|s| features::qemu_feature(&s.name))
-            })
-            .collect();
-        let chosen = choose_features(&available, config.features.as_deref())?;
+            }));
+        }
+        let mut columns: Vec<String> = available.iter().cloned().collect();
+        if sources.contains(&Source::Syscalls) {
+            for (name, _) in features::syscall_features() {
+                if available.insert(name.clone()) {
+                    columns.push(name);
+                }
+            }
+        }
+        let chosen = match config.features.as_deref() {
+            None => columns,
+            Some(wanted) => choose_features(&available, wanted, &sources)?,
+        };
+        let counts_qemu = chosen.iter().any(|f| f.starts_with(features::QEMU));
         let collector = Collector::new(
-            object,
+            objects,
             CollectorConfig {
                 features: chosen,
                 max_vms: config.max_vms,
@@ -78,12 +92,14 @@ impl<'obj> Session<'obj> {
             collector,
             targets: config.targets,
             binaries,
+            counts_qemu,
             pending_joined: Vec::new(),
             since: (std::time::Instant::now(), std::time::SystemTime::now()),
         };
         for p in &processes {
-            let bin = session.binaries[&p.binary_id].clone();
-            session.collector.watch(p, &bin)?;
+            let bin = session.binaries.get(&p.binary_id).cloned();
+            let bin = bin.as_deref().filter(|_| session.counts_qemu);
+            session.collector.watch(p, bin)?;
         }
         // The first window starts once every target is attached.
         session.rebase()?;
@@ -130,21 +146,24 @@ impl<'obj> Session<'obj> {
             if !wanted || self.collector.watched().any(|w| w.pid == p.pid) {
                 continue;
             }
-            let bin = match self.binaries.get(&p.binary_id) {
-                Some(b) => b.clone(),
-                None => match read_binary(&p) {
+            let bin = if !self.counts_qemu {
+                None
+            } else if let Some(b) = self.binaries.get(&p.binary_id) {
+                Some(b.clone())
+            } else {
+                match read_binary(&p) {
                     Ok(b) => {
                         let b = Arc::new(b);
                         self.binaries.insert(p.binary_id, b.clone());
-                        b
+                        Some(b)
                     }
                     Err(e) => {
                         tracing::warn!("not watching VM {} (PID {}): {e}", p.vm, p.pid);
                         continue;
                     }
-                },
+                }
             };
-            match self.collector.watch(&p, &bin) {
+            match self.collector.watch(&p, bin.as_deref()) {
                 Ok(()) => added.push(p),
                 Err(e) => tracing::warn!("not watching VM {} (PID {}): {e}", p.vm, p.pid),
             }
@@ -213,30 +232,62 @@ pub fn resolve(targets: &[Target]) -> Result<Vec<Process>> {
     Ok(out)
 }
 
-/// The feature columns: every available probe, or the requested ones that
-/// exist (in the requested order).
-fn choose_features(available: &BTreeSet<String>, wanted: Option<&[String]>) -> Result<Vec<String>> {
-    let Some(wanted) = wanted else {
-        return Ok(available.iter().cloned().collect());
-    };
+/// Sources to count: the configured ones, else those the requested
+/// features belong to, else QEMU probes.
+fn effective_sources(config: &SessionConfig) -> Vec<Source> {
+    if !config.sources.is_empty() {
+        return config.sources.clone();
+    }
+    let mut from_features: Vec<Source> = config
+        .features
+        .iter()
+        .flatten()
+        .filter_map(|f| Source::of(f))
+        .collect();
+    from_features.sort();
+    from_features.dedup();
+    if from_features.is_empty() {
+        vec![Source::Qemu]
+    } else {
+        from_features
+    }
+}
+
+/// The requested features that exist, in the requested order.
+fn choose_features(
+    available: &BTreeSet<String>,
+    wanted: &[String],
+    sources: &[Source],
+) -> Result<Vec<String>> {
     let (present, missing): (Vec<&String>, Vec<&String>) =
         wanted.iter().partition(|f| available.contains(*f));
-    if let Some(f) = missing.iter().find(|f| !f.starts_with(features::QEMU)) {
-        return Err(Error::Invalid(format!(
-            "feature `{f}` needs a source vmwatch does not collect yet (only qemu: probes)"
-        )));
+    for f in &missing {
+        match Source::of(f) {
+            None => {
+                return Err(Error::Invalid(format!(
+                    "feature `{f}` belongs to no source vmwatch collects (qemu:, sys:)"
+                )))
+            }
+            Some(s) if !sources.contains(&s) => {
+                return Err(Error::Invalid(format!(
+                    "feature `{f}` needs --source {}",
+                    s.name()
+                )))
+            }
+            Some(_) => {}
+        }
     }
     if !missing.is_empty() {
         let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
         tracing::warn!(
-            "{} requested probe(s) are not in the target binaries and stay zero: {}",
+            "{} requested feature(s) do not exist here and stay zero: {}",
             missing.len(),
             names.join(", ")
         );
     }
     if present.is_empty() {
         return Err(Error::Invalid(
-            "none of the requested features is a probe of the target binaries".into(),
+            "none of the requested features exists for these targets".into(),
         ));
     }
     Ok(present.into_iter().cloned().collect())

@@ -53,6 +53,10 @@ impl TargetArgs {
 /// Options shared by the commands that count (`record`, `monitor`).
 #[derive(Debug, Clone, Args)]
 pub struct CountArgs {
+    /// Sources to count, comma separated: `qemu` (USDT probes), `syscalls`
+    /// (BPF syscall counter). Default: the sources of --probes, else qemu.
+    #[arg(long = "source", value_delimiter = ',', value_name = "SOURCES")]
+    pub sources: Vec<vmwatch::features::Source>,
     /// Count only these features (one name per line, e.g. `qemu:tap_send`);
     /// only their probe sites are attached.
     #[arg(long, value_name = "FILE")]

@@ -1,7 +1,6 @@
 //! `vmwatch record`: feature rows for each watched VM and window.
 
 use std::io::IsTerminal;
-use std::mem::MaybeUninit;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -9,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use vmwatch::collector::BpfObjects;
 use vmwatch::dataset::{DatasetWriter, Row};
 use vmwatch::session::{Ended, Session, SessionConfig};
 use vmwatch::signals::StopSignal;
@@ -49,12 +49,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .as_deref()
         .map(vmwatch::features::read_feature_list)
         .transpose()?;
-    let mut object = MaybeUninit::uninit();
+    let mut objects = BpfObjects::default();
     let t = Instant::now();
     let mut session = Session::start(
-        &mut object,
+        &mut objects,
         SessionConfig {
             targets: args.targets.targets(),
+            sources: args.count.sources.clone(),
             features,
             max_vms: args.count.max_vms,
         },
