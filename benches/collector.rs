@@ -68,7 +68,16 @@ impl Fixture {
 
     /// Nanoseconds per hit of `tap_send` fired nonstop for `ms`.
     fn ns_per_hit(&mut self, ms: u64) -> f64 {
-        writeln!(self.stdin, "burn tap_send {ms}").unwrap();
+        self.ns_per(&format!("burn tap_send {ms}"), ms)
+    }
+
+    /// Nanoseconds per getppid(2) called nonstop for `ms`.
+    fn ns_per_syscall(&mut self, ms: u64) -> f64 {
+        self.ns_per(&format!("getppid-burn {ms}"), ms)
+    }
+
+    fn ns_per(&mut self, cmd: &str, ms: u64) -> f64 {
+        writeln!(self.stdin, "{cmd}").unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         let hits: f64 = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
@@ -131,6 +140,59 @@ fn bench_hit_cost(fx_path: &Path) {
     println!(
         "  attached, process not watched     {u:8.1} ns/hit  (+{:.0} ns)",
         u - d
+    );
+}
+
+/// Per-syscall cost: unmonitored, BPF counter watching the process, and
+/// `strace -c -f` attached (the paper's baseline).
+fn bench_syscall_cost(fx_path: &Path) {
+    let mut fx = Fixture::start(fx_path);
+    let other = Fixture::start(fx_path);
+    let features: Vec<String> = vmwatch::features::syscall_features()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let (mut none, mut bpf, mut strace) = (Vec::new(), Vec::new(), Vec::new());
+    let mut filtered = Vec::new();
+    for _ in 0..REPS {
+        none.push(fx.ns_per_syscall(200));
+        {
+            let mut obj = BpfObjects::default();
+            let mut c = collector(&mut obj, features.clone(), 4);
+            c.watch(&Process::from_pid(fx.pid()).unwrap(), None)
+                .unwrap();
+            bpf.push(fx.ns_per_syscall(200));
+            c.unwatch(fx.pid());
+            c.watch(&Process::from_pid(other.pid()).unwrap(), None)
+                .unwrap();
+            filtered.push(fx.ns_per_syscall(200));
+        }
+        let mut st = Command::new("strace")
+            .args(["-c", "-f", "-q", "-o", "/dev/null", "-p"])
+            .arg(fx.pid().to_string())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("strace (apt-get install strace)");
+        std::thread::sleep(Duration::from_millis(300));
+        strace.push(fx.ns_per_syscall(200));
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(st.id() as i32, libc::SIGINT) };
+        let _ = st.wait();
+    }
+    let (n, b, s, f) = (median(none), median(bpf), median(strace), median(filtered));
+    println!("syscall cost, getppid(2) (median of {REPS}, interleaved):");
+    println!("  unmonitored                       {n:8.1} ns/call");
+    println!(
+        "  BPF counter, process watched      {b:8.1} ns/call  ({:.2}x)",
+        b / n
+    );
+    println!(
+        "  BPF counter, process not watched  {f:8.1} ns/call  ({:.2}x)",
+        f / n
+    );
+    println!(
+        "  strace -c -f                      {s:8.1} ns/call  ({:.2}x)",
+        s / n
     );
 }
 
@@ -251,6 +313,7 @@ fn main() {
             .trim()
     );
     bench_hit_cost(&fx);
+    bench_syscall_cost(&fx);
     match &qemu {
         Some(q) => bench_attach_detach(q),
         None => println!("SKIPPED attach/detach: set VMWATCH_QEMU (cargo xtask qemu --print-path)"),
