@@ -12,6 +12,9 @@ pub enum Source {
     Qemu,
     /// System calls of the QEMU process, counted in BPF (`sys:`).
     Syscalls,
+    /// System calls counted by the real `strace -c -f` (`sys:`): the
+    /// paper's baseline, for comparison only.
+    Strace,
 }
 
 impl Source {
@@ -30,6 +33,7 @@ impl Source {
         match self {
             Source::Qemu => "qemu",
             Source::Syscalls => "syscalls",
+            Source::Strace => "strace",
         }
     }
 }
@@ -41,8 +45,9 @@ impl std::str::FromStr for Source {
         match s {
             "qemu" => Ok(Source::Qemu),
             "syscalls" => Ok(Source::Syscalls),
+            "strace" => Ok(Source::Strace),
             other => Err(format!(
-                "unknown source `{other}` (sources: qemu, syscalls)"
+                "unknown source `{other}` (sources: qemu, syscalls, strace)"
             )),
         }
     }

@@ -14,6 +14,7 @@ pub mod semaphores;
 pub mod session;
 pub mod signals;
 pub mod stapsdt;
+pub mod strace;
 pub mod window;
 
 pub use error::{Error, Result};

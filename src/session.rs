@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::features::{self, Source};
 use crate::procs::{self, Process};
 use crate::stapsdt::UsdtBinary;
+use crate::strace::StraceCounter;
 
 /// Which processes to watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,8 +38,14 @@ pub struct SessionConfig {
 }
 
 /// A running session.
+/// What counts: the BPF collector, or strace for the baseline.
+enum Backend<'obj> {
+    Bpf(Box<Collector<'obj>>),
+    Strace(StraceCounter),
+}
+
 pub struct Session<'obj> {
-    collector: Collector<'obj>,
+    backend: Backend<'obj>,
     targets: Vec<Target>,
     binaries: HashMap<(u64, u64), Arc<UsdtBinary>>,
     /// Whether any QEMU probe is counted (else no binary is attached).
@@ -68,8 +75,14 @@ impl<'obj> Session<'obj> {
                     .map(|s| features::qemu_feature(&s.name))
             }));
         }
+        if sources.contains(&Source::Strace) && sources.len() > 1 {
+            return Err(Error::Invalid(
+                "--source strace is a comparison baseline and cannot be combined with other sources"
+                    .into(),
+            ));
+        }
         let mut columns: Vec<String> = available.iter().cloned().collect();
-        if sources.contains(&Source::Syscalls) {
+        if sources.contains(&Source::Syscalls) || sources.contains(&Source::Strace) {
             for (name, _) in features::syscall_features() {
                 if available.insert(name.clone()) {
                     columns.push(name);
@@ -81,15 +94,19 @@ impl<'obj> Session<'obj> {
             Some(wanted) => choose_features(&available, wanted, &sources)?,
         };
         let counts_qemu = chosen.iter().any(|f| f.starts_with(features::QEMU));
-        let collector = Collector::new(
-            objects,
-            CollectorConfig {
-                features: chosen,
-                max_vms: config.max_vms,
-            },
-        )?;
+        let backend = if sources.contains(&Source::Strace) {
+            Backend::Strace(StraceCounter::new(chosen)?)
+        } else {
+            Backend::Bpf(Box::new(Collector::new(
+                objects,
+                CollectorConfig {
+                    features: chosen,
+                    max_vms: config.max_vms,
+                },
+            )?))
+        };
         let mut session = Self {
-            collector,
+            backend,
             targets: config.targets,
             binaries,
             counts_qemu,
@@ -99,31 +116,56 @@ impl<'obj> Session<'obj> {
         for p in &processes {
             let bin = session.binaries.get(&p.binary_id).cloned();
             let bin = bin.as_deref().filter(|_| session.counts_qemu);
-            session.collector.watch(p, bin)?;
+            session.watch(p, bin)?;
         }
         // The first window starts once every target is attached.
         session.rebase()?;
         Ok(session)
     }
 
-    pub fn collector(&self) -> &Collector<'obj> {
-        &self.collector
+    /// The BPF collector, unless strace counts.
+    pub fn collector(&self) -> Option<&Collector<'obj>> {
+        match &self.backend {
+            Backend::Bpf(c) => Some(c),
+            Backend::Strace(_) => None,
+        }
     }
 
     pub fn features(&self) -> &[String] {
-        self.collector.features()
+        match &self.backend {
+            Backend::Bpf(c) => c.features(),
+            Backend::Strace(s) => s.features(),
+        }
+    }
+
+    /// Processes being counted.
+    pub fn watched(&self) -> Box<dyn Iterator<Item = &Process> + '_> {
+        match &self.backend {
+            Backend::Bpf(c) => Box::new(c.watched()),
+            Backend::Strace(s) => Box::new(s.watched()),
+        }
+    }
+
+    fn watch(&mut self, p: &Process, bin: Option<&UsdtBinary>) -> Result<()> {
+        match &mut self.backend {
+            Backend::Bpf(c) => c.watch(p, bin),
+            Backend::Strace(s) => s.watch(p),
+        }
     }
 
     /// Forgets counts so far: the first window starts now.
     pub fn rebase(&mut self) -> Result<()> {
-        self.collector.drain()?;
+        self.drain()?;
         self.since = (std::time::Instant::now(), std::time::SystemTime::now());
         Ok(())
     }
 
     /// Drains one window.
     pub fn drain(&mut self) -> Result<Drain> {
-        self.collector.drain()
+        match &mut self.backend {
+            Backend::Bpf(c) => c.drain(),
+            Backend::Strace(s) => s.drain(),
+        }
     }
 
     /// Watches processes that newly match a `--vm` or `--all` target.
@@ -143,7 +185,7 @@ impl<'obj> Session<'obj> {
                 Target::Vm(name) => *name == p.vm,
                 Target::Pid(_) => false,
             });
-            if !wanted || self.collector.watched().any(|w| w.pid == p.pid) {
+            if !wanted || self.watched().any(|w| w.pid == p.pid) {
                 continue;
             }
             let bin = if !self.counts_qemu {
@@ -163,7 +205,7 @@ impl<'obj> Session<'obj> {
                     }
                 }
             };
-            match self.collector.watch(&p, bin.as_deref()) {
+            match self.watch(&p, bin.as_deref()) {
                 Ok(()) => added.push(p),
                 Err(e) => tracing::warn!("not watching VM {} (PID {}): {e}", p.vm, p.pid),
             }
@@ -372,7 +414,7 @@ impl Session<'_> {
             if windows.is_some_and(|n| index >= n) {
                 return Ok(Ended::Count);
             }
-            if self.collector.watched().next().is_none() && !self.can_grow() {
+            if self.watched().next().is_none() && !self.can_grow() {
                 return Ok(Ended::NoneLeft);
             }
         }

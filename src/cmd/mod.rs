@@ -54,7 +54,8 @@ impl TargetArgs {
 #[derive(Debug, Clone, Args)]
 pub struct CountArgs {
     /// Sources to count, comma separated: `qemu` (USDT probes), `syscalls`
-    /// (BPF syscall counter). Default: the sources of --probes, else qemu.
+    /// (BPF syscall counter), or `strace` alone (the real `strace -c -f`,
+    /// the paper's baseline). Default: the sources of --probes, else qemu.
     #[arg(long = "source", value_delimiter = ',', value_name = "SOURCES")]
     pub sources: Vec<vmwatch::features::Source>,
     /// Count only these features (one name per line, e.g. `qemu:tap_send`);

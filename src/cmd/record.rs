@@ -60,15 +60,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
             max_vms: args.count.max_vms,
         },
     )?;
-    let sites: usize = session.collector().attachments().map(|a| a.sites).sum();
+    let sites: usize = session
+        .collector()
+        .map_or(0, |c| c.attachments().map(|a| a.sites).sum());
     tracing::info!(
         "counting {} features ({} probe sites) for {} process(es); attached in {:.2?}",
         session.features().len(),
         sites,
-        session.collector().watched().count(),
+        session.watched().count(),
         t.elapsed()
     );
-    for p in session.collector().watched() {
+    for p in session.watched() {
         tracing::info!("watching VM {} (PID {})", p.vm, p.pid);
     }
 
