@@ -98,6 +98,7 @@ fn collector(obj: &mut BpfObjects, features: Vec<String>, max: u32) -> Collector
         CollectorConfig {
             features,
             max_vms: max,
+            kvm: None,
         },
     )
     .expect("load BPF (run as root)")

@@ -16,6 +16,7 @@ use std::time::Instant;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, OpenObject, UprobeMultiOpts};
 
+use crate::bpf::kvm_count::{KvmCountSkel, KvmCountSkelBuilder};
 use crate::bpf::syscall_count::{SyscallCountSkel, SyscallCountSkelBuilder};
 use crate::bpf::usdt_count::{UsdtCountSkel, UsdtCountSkelBuilder};
 use crate::error::{Error, Result};
@@ -38,6 +39,8 @@ pub struct CollectorConfig {
     pub features: Vec<String>,
     /// Most processes watched at once (sizes the kernel maps).
     pub max_vms: u32,
+    /// The kernel's KVM tracepoints, when `kvm:` features are counted.
+    pub kvm: Option<crate::kvm::KvmEvents>,
 }
 
 /// One binary's uprobe_multi link: every selected probe site of the file,
@@ -81,6 +84,7 @@ pub struct Drain {
 pub struct BpfObjects {
     usdt: MaybeUninit<OpenObject>,
     syscalls: MaybeUninit<OpenObject>,
+    kvm: MaybeUninit<OpenObject>,
 }
 
 impl Default for BpfObjects {
@@ -88,6 +92,7 @@ impl Default for BpfObjects {
         Self {
             usdt: MaybeUninit::uninit(),
             syscalls: MaybeUninit::uninit(),
+            kvm: MaybeUninit::uninit(),
         }
     }
 }
@@ -98,10 +103,18 @@ struct SyscallSource<'obj> {
     _skel: SyscallCountSkel<'obj>,
 }
 
+/// The KVM counter: its links (one owns the `kvm_exit` perf event) stay
+/// attached while this lives.
+struct KvmSource<'obj> {
+    _links: Vec<Link>,
+    _skel: KvmCountSkel<'obj>,
+}
+
 /// Loaded BPF counters plus the attachments and watched processes.
 pub struct Collector<'obj> {
     skel: UsdtCountSkel<'obj>,
     _syscalls: Option<SyscallSource<'obj>>,
+    _kvm: Option<KvmSource<'obj>>,
     features: Vec<String>,
     qemu_index: HashMap<String, u32>,
     attachments: HashMap<(u64, u64), BinaryAttachment>,
@@ -157,9 +170,14 @@ impl<'obj> Collector<'obj> {
         let ncpus =
             libbpf_rs::num_possible_cpus().map_err(|e| Error::bpf("counting possible CPUs", e))?;
         let syscalls = attach_syscalls(&mut objects.syscalls, &skel, &config.features, chunks)?;
+        let kvm = match &config.kvm {
+            Some(events) => attach_kvm(&mut objects.kvm, &skel, &config.features, chunks, events)?,
+            None => None,
+        };
         Ok(Self {
             skel,
             _syscalls: syscalls,
+            _kvm: kvm,
             features: config.features,
             qemu_index,
             attachments: HashMap::new(),
@@ -516,4 +534,160 @@ fn attach_syscalls<'obj>(
         _link: link,
         _skel: skel,
     }))
+}
+
+/// Loads and attaches the KVM counter when any `kvm:` feature is asked for:
+/// a raw-tracepoint link per event (feature = cookie) and, for exit
+/// reasons, the classic `kvm_exit` tracepoint through a perf event.
+fn attach_kvm<'obj>(
+    object: &'obj mut MaybeUninit<OpenObject>,
+    usdt: &UsdtCountSkel<'_>,
+    features: &[String],
+    chunks: u32,
+    events: &crate::kvm::KvmEvents,
+) -> Result<Option<KvmSource<'obj>>> {
+    use crate::kvm::{KVM, KVM_EXIT, KVM_EXIT_OTHER};
+
+    let index = |name: &str| features.iter().position(|f| f == name).map(|i| i as u32);
+    let tracepoints: Vec<(&str, u32)> = events
+        .events
+        .iter()
+        .filter_map(|e| Some((e.as_str(), index(&format!("{KVM}{e}"))?)))
+        .collect();
+    let exit = events
+        .exit
+        .as_ref()
+        .filter(|_| features.iter().any(|f| f.starts_with(KVM_EXIT)));
+    if tracepoints.is_empty() && exit.is_none() {
+        return Ok(None);
+    }
+    let mut open = KvmCountSkelBuilder::default()
+        .open(object)
+        .map_err(|e| Error::bpf("opening the KVM counter", e))?;
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .expect("rodata is mmapped");
+    rodata.nr_features = features.len() as u32;
+    rodata.nr_chunks = chunks;
+    if let Some(exit) = exit {
+        rodata.exit_reason_off = exit.reason_offset;
+        rodata.exit_vmx = u32::from(exit.vmx);
+        // Out of range (not counted) unless `kvm:exit:other` is a column.
+        rodata.exit_other = index(KVM_EXIT_OTHER).unwrap_or(u32::MAX);
+    }
+    open.maps
+        .watched
+        .reuse_fd(usdt.maps.watched.as_fd())
+        .map_err(|e| Error::bpf("sharing the watched-process map", e))?;
+    open.maps
+        .counts
+        .reuse_fd(usdt.maps.counts.as_fd())
+        .map_err(|e| Error::bpf("sharing the counter map", e))?;
+    let skel = open
+        .load()
+        .map_err(|e| Error::bpf("loading the KVM counter", e))?;
+
+    let mut links = Vec::new();
+    for (name, feature) in &tracepoints {
+        let opts = libbpf_rs::RawTracepointOpts {
+            cookie: u64::from(*feature),
+            ..Default::default()
+        };
+        let link = skel
+            .progs
+            .count_kvm
+            .attach_raw_tracepoint_with_opts(name, opts)
+            .map_err(|e| Error::bpf(format!("attaching the raw tracepoint {name}"), e))?;
+        links.push(link);
+    }
+    if let Some(exit) = exit {
+        for (reason, name) in &exit.reasons {
+            if let Some(f) = index(&format!("{KVM_EXIT}{name}")) {
+                skel.maps
+                    .exit_feature
+                    .update(
+                        &reason.to_ne_bytes(),
+                        &(f + 1).to_ne_bytes(),
+                        libbpf_rs::MapFlags::ANY,
+                    )
+                    .map_err(|e| Error::bpf("mapping exit reasons", e))?;
+            }
+        }
+        // A tracepoint runs its BPF programs for hits on every CPU once one
+        // perf event carries them (the kernel refuses the same program on a
+        // second event of the same tracepoint): one event suffices.
+        let cpu = online_cpus()?.first().copied().unwrap_or(0);
+        let fd = tracepoint_perf_event(exit.id, cpu)?;
+        let link = skel
+            .progs
+            .count_kvm_exit
+            .attach_perf_event(fd.as_raw_fd())
+            .map_err(|e| Error::bpf("attaching the kvm_exit tracepoint", e))?;
+        // The link owns and closes the perf event from now on.
+        let _ = std::os::fd::IntoRawFd::into_raw_fd(fd);
+        links.push(link);
+    }
+    tracing::info!(
+        "counting {} KVM tracepoints{}",
+        tracepoints.len(),
+        if exit.is_some() {
+            " and exit reasons"
+        } else {
+            ""
+        }
+    );
+    Ok(Some(KvmSource {
+        _links: links,
+        _skel: skel,
+    }))
+}
+
+/// A perf event counting tracepoint `id` on `cpu` for every process.
+fn tracepoint_perf_event(id: u64, cpu: u32) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+
+    let mut attr: libbpf_rs::libbpf_sys::perf_event_attr = unsafe { std::mem::zeroed() };
+    attr.type_ = libbpf_rs::libbpf_sys::PERF_TYPE_TRACEPOINT;
+    attr.size = std::mem::size_of_val(&attr) as u32;
+    attr.config = id;
+    attr.__bindgen_anon_1.sample_period = 1;
+    // SAFETY: attr is a valid, zero-initialised perf_event_attr.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const _,
+            -1i32,
+            cpu as i32,
+            -1i32,
+            libbpf_rs::libbpf_sys::PERF_FLAG_FD_CLOEXEC as libc::c_ulong,
+        )
+    };
+    if fd < 0 {
+        return Err(Error::io(
+            format!("opening the kvm_exit perf event on CPU {cpu}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Online CPUs from /sys/devices/system/cpu/online (e.g. `0-3,6`).
+fn online_cpus() -> Result<Vec<u32>> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .map_err(|e| Error::io("reading the online CPUs", e))?;
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (
+            a.parse()
+                .map_err(|_| Error::Invalid(format!("bad CPU list `{text}`")))?,
+            b.parse()
+                .map_err(|_| Error::Invalid(format!("bad CPU list `{text}`")))?,
+        );
+        cpus.extend(a..=b);
+    }
+    Ok(cpus)
 }

@@ -12,6 +12,8 @@ pub enum Source {
     Qemu,
     /// System calls of the QEMU process, counted in BPF (`sys:`).
     Syscalls,
+    /// KVM tracepoints hit by the QEMU process's threads (`kvm:`).
+    Kvm,
     /// System calls counted by the real `strace -c -f` (`sys:`): the
     /// paper's baseline, for comparison only.
     Strace,
@@ -24,6 +26,8 @@ impl Source {
             Some(Source::Qemu)
         } else if feature.starts_with(SYS) {
             Some(Source::Syscalls)
+        } else if feature.starts_with(crate::kvm::KVM) {
+            Some(Source::Kvm)
         } else {
             None
         }
@@ -33,6 +37,7 @@ impl Source {
         match self {
             Source::Qemu => "qemu",
             Source::Syscalls => "syscalls",
+            Source::Kvm => "kvm",
             Source::Strace => "strace",
         }
     }
@@ -45,9 +50,10 @@ impl std::str::FromStr for Source {
         match s {
             "qemu" => Ok(Source::Qemu),
             "syscalls" => Ok(Source::Syscalls),
+            "kvm" => Ok(Source::Kvm),
             "strace" => Ok(Source::Strace),
             other => Err(format!(
-                "unknown source `{other}` (sources: qemu, syscalls, strace)"
+                "unknown source `{other}` (sources: qemu, syscalls, kvm, strace)"
             )),
         }
     }

@@ -9,6 +9,7 @@ pub mod collector;
 pub mod dataset;
 pub mod error;
 pub mod features;
+pub mod kvm;
 pub mod procs;
 pub mod semaphores;
 pub mod session;

@@ -89,6 +89,17 @@ impl<'obj> Session<'obj> {
                 }
             }
         }
+        let kvm = if sources.contains(&Source::Kvm) {
+            let events = crate::kvm::discover()?;
+            for name in events.features() {
+                if available.insert(name.clone()) {
+                    columns.push(name);
+                }
+            }
+            Some(events)
+        } else {
+            None
+        };
         let chosen = match config.features.as_deref() {
             None => columns,
             Some(wanted) => choose_features(&available, wanted, &sources)?,
@@ -102,6 +113,7 @@ impl<'obj> Session<'obj> {
                 CollectorConfig {
                     features: chosen,
                     max_vms: config.max_vms,
+                    kvm,
                 },
             )?))
         };
@@ -307,7 +319,7 @@ fn choose_features(
         match Source::of(f) {
             None => {
                 return Err(Error::Invalid(format!(
-                    "feature `{f}` belongs to no source vmwatch collects (qemu:, sys:)"
+                    "feature `{f}` belongs to no source vmwatch collects (qemu:, sys:, kvm:)"
                 )))
             }
             Some(s) if !sources.contains(&s) => {

@@ -54,7 +54,8 @@ impl TargetArgs {
 #[derive(Debug, Clone, Args)]
 pub struct CountArgs {
     /// Sources to count, comma separated: `qemu` (USDT probes), `syscalls`
-    /// (BPF syscall counter), or `strace` alone (the real `strace -c -f`,
+    /// (BPF syscall counter), `kvm` (KVM tracepoints and exit reasons), or
+    /// `strace` alone (the real `strace -c -f`,
     /// the paper's baseline). Default: the sources of --probes, else qemu.
     #[arg(long = "source", value_delimiter = ',', value_name = "SOURCES")]
     pub sources: Vec<vmwatch::features::Source>,
