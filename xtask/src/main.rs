@@ -2,6 +2,7 @@
 
 mod demo;
 mod deps;
+mod lab;
 mod qemu;
 mod test;
 mod util;
@@ -68,6 +69,13 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         windows: u32,
     },
+
+    /// The lab: the guest image (Debian kernel + initramfs with workloads and
+    /// attack tools), booted with the instrumented QEMU. See docs/LAB.md.
+    Lab {
+        #[command(subcommand)]
+        cmd: lab::LabCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -108,5 +116,6 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Test { cargo_test_args } => test::run(&cargo_test_args),
         Cmd::Demo { windows } => demo::run(windows),
+        Cmd::Lab { cmd } => lab::run(cmd),
     }
 }

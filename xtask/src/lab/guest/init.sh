@@ -1,0 +1,139 @@
+#!/bin/sh
+# /init of the vmwatch lab guest (busybox sh). Built into the initramfs by
+# `cargo xtask lab build` from xtask/src/lab/guest/init.sh.
+#
+# Kernel command line parameters (all optional):
+#   vmwatch.scenario=NAME   guest side of a scenario (default: idle); see the table below
+#   vmwatch.ip=ADDR/PREFIX  address of eth0 (e.g. 10.77.0.11/24)
+#   vmwatch.gw=ADDR         default gateway
+#
+# Console protocol (serial console, one line each, read by the host's VM runner):
+#   VMWATCH-READY scenario=NAME          the scenario's guest side is running
+#   VMWATCH-ERROR scenario=NAME: WHY     it could not be started (the guest keeps running)
+
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root
+umask 022
+
+log() { echo "vmwatch-init: $*"; }
+
+# Value of a vmwatch.* parameter on the kernel command line ("" if absent).
+param() {
+    for word in $(cat /proc/cmdline); do
+        case "$word" in
+            "$1"=*) echo "${word#*=}"; return 0 ;;
+        esac
+    done
+    return 1
+}
+
+fail() {
+    echo "VMWATCH-ERROR scenario=$SCENARIO: $*"
+    # Keep the VM up: the host decides what to do (and can read the console).
+    while :; do sleep 3600; done
+}
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+hostname vmwatch-guest
+
+SCENARIO=$(param vmwatch.scenario)
+SCENARIO=${SCENARIO:-idle}
+
+# Kernel modules, dependencies first (the list is written at build time).
+KVER=$(uname -r)
+while read -r mod || [ -n "$mod" ]; do
+    [ -n "$mod" ] || continue
+    insmod "/lib/modules/$KVER/$mod" || log "insmod $mod failed"
+done < /etc/vmwatch/modules
+
+# Network: eth0 exists only when the VM has a NIC.
+ip link set lo up
+IP=$(param vmwatch.ip)
+GW=$(param vmwatch.gw)
+if ip link show eth0 >/dev/null 2>&1; then
+    ip link set eth0 up
+    if [ -n "$IP" ]; then
+        ip addr add "$IP" dev eth0
+        [ -z "$GW" ] || ip route add default via "$GW"
+        log "eth0 $IP gateway ${GW:-none}"
+    fi
+else
+    log "no network interface"
+fi
+
+# The data disk (virtio-blk, ext4, made by the build): mounted when present.
+if [ -b /dev/vda ]; then
+    mkdir -p /mnt/data
+    mount -t ext4 /dev/vda /mnt/data || log "could not mount /dev/vda"
+fi
+
+# The web server runs in every scenario (normal load and attacks target it).
+httpd -p 80 -h /www -c /etc/httpd.conf
+i=0
+until wget -q -O /dev/null http://127.0.0.1/ 2>/dev/null; do
+    i=$((i + 1))
+    [ "$i" -lt 100 ] || fail "the web server does not answer on port 80"
+    usleep 100000
+done
+
+# Starts a command in the background, in its own session, detached from the
+# console's input, with its output on the console.
+start() { setsid "$@" </dev/null & }
+
+# Guest side of each scenario. Host-side parts (client load, attacks at the VM)
+# are started by `cargo xtask lab`; here is only what runs inside the guest.
+case "$SCENARIO" in
+    idle | web)
+        # The web server only: `idle` has no client load, `web` gets it from the host.
+        ;;
+    stress-mem)
+        start stress-ng --vm 1 --vm-bytes 128M --quiet
+        ;;
+    stress-io)
+        # Workers calling sync() in a loop (what stress --io does).
+        start stress-ng --io 1 --quiet
+        ;;
+    stress-hdd)
+        grep -q ' /mnt/data ' /proc/mounts || fail "stress-hdd needs the data disk (/dev/vda)"
+        start stress-ng --hdd 1 --hdd-bytes 16M --temp-path /mnt/data --quiet
+        ;;
+    web-peak | stress-net | \
+    synflood-source | synflood-target | bruteforce-source | bruteforce-target | \
+    slowhttp-source | slowhttp-target | portscan-source | portscan-target)
+        fail "not implemented yet"
+        ;;
+    *)
+        fail "unknown scenario"
+        ;;
+esac
+
+echo "VMWATCH-READY scenario=$SCENARIO"
+
+# vmwatch.debug=1: a report of the guest's state after the readiness line.
+if [ "$(param vmwatch.debug)" = 1 ]; then
+    sleep 2
+    echo "--- debug: modules"; lsmod
+    echo "--- debug: mounts"; cat /proc/mounts
+    echo "--- debug: processes"; ps
+    echo "--- debug: memory"; free -m
+    for url in / /cgi-bin/search?q=tools /cgi-bin/item?id=42 /cgi-bin/order?id=7\&qty=2 /cgi-bin/report /static/large.html; do
+        echo "--- debug: GET $url: $(wget -q -O - "http://127.0.0.1$url" | wc -c) bytes"
+    done
+    wget -q -O /dev/null http://127.0.0.1/admin/ && echo "--- debug: /admin/ WITHOUT auth: open (wrong)" || echo "--- debug: /admin/ without auth: refused"
+    wget -q -O - "http://admin:$(sed -n "s#^/admin:admin:##p" /etc/httpd.conf)@127.0.0.1/admin/" >/dev/null && echo "--- debug: /admin/ with auth: ok"
+    for t in nmap hping3 ncrack stress-ng; do
+        echo "--- debug: $t: $($t --version 2>&1 | grep -m 1 .)"
+    done
+    echo "--- debug: slowhttptest: $(slowhttptest -h 2>&1 | grep -m 1 version)"
+    echo "--- debug: end"
+fi
+
+# PID 1 must not exit.
+while :; do sleep 3600; done

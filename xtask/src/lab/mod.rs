@@ -1,0 +1,479 @@
+//! `cargo xtask lab`: the lab's guest (Debian's kernel + an initramfs with
+//! busybox, stress-ng, a web shop and the attack tools + a virtio data disk) and a
+//! runner that boots it with the instrumented QEMU.
+//!
+//! Cache layout (`<cache>` is `util::cache_dir()`, shared with `cargo xtask qemu`):
+//!
+//! ```text
+//! <cache>/lab/<hash>/vmlinuz               Debian's kernel
+//! <cache>/lab/<hash>/config-<release>      its configuration (for reference)
+//! <cache>/lab/<hash>/initramfs.cpio.gz     the guest's root file system
+//! <cache>/lab/<hash>/disk.raw              the data disk (ext4), copied per boot
+//! <cache>/lab/<hash>/BUILD-INFO.json       what was built from what
+//! <cache>/lab/<hash>/build.log             full build output
+//! <cache>/lab/<hash>/COMPLETE              written last: the build is good
+//! <cache>/lab/current -> <hash>            the latest good build
+//! <cache>/lab/.work-<hash>/                a build in progress
+//! <cache>/lab/runs/                        per-boot directories (removed after)
+//! ```
+//!
+//! `<hash>` covers the recipe: the text of `recipe.rs`, `cpio.rs`, `kmod.rs`,
+//! `ldd.rs` and the guest files, the kernel package and version apt would fetch,
+//! and the path, size and mtime of every host file copied into the guest (so a
+//! package upgrade rebuilds).
+
+mod cpio;
+mod kmod;
+mod ldd;
+mod recipe;
+pub mod vm;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Subcommand;
+use sha2::{Digest, Sha256};
+
+use crate::util::{self, note};
+use crate::{deps, qemu};
+
+/// Bumped when the cache layout changes incompatibly.
+const LAYOUT_VERSION: &str = "vmwatch-lab-cache-1";
+const MARKER: &str = "COMPLETE";
+const MANIFEST: &str = "BUILD-INFO.json";
+
+/// Every scenario of the DESIGN, and whether its guest side exists yet.
+pub const SCENARIOS: &[(&str, bool)] = &[
+    ("idle", true),
+    ("web", true),
+    ("web-peak", false),
+    ("stress-mem", true),
+    ("stress-io", true),
+    ("stress-hdd", true),
+    ("stress-net", false),
+    ("synflood-source", false),
+    ("synflood-target", false),
+    ("bruteforce-source", false),
+    ("bruteforce-target", false),
+    ("slowhttp-source", false),
+    ("slowhttp-target", false),
+    ("portscan-source", false),
+    ("portscan-target", false),
+];
+
+/// The lab: guest build, VM runner (network, scenarios and recording come next).
+#[derive(Subcommand)]
+pub enum LabCmd {
+    /// Build the guest (kernel, initramfs, data disk) into the cache, unless a
+    /// complete build of the current recipe is there. Prints the build directory.
+    ///
+    /// Installs missing packages of xtask/packages.txt first (root). Takes about a
+    /// minute; see docs/LAB.md.
+    Build {
+        /// Rebuild even if a complete build of the current recipe exists.
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Smoke test: boot one guest (building QEMU and the guest first if needed),
+    /// wait for its readiness line on the serial console, keep it running for a
+    /// while, shut it down.
+    ///
+    /// No network yet. Ctrl-C stops the VM cleanly.
+    Boot {
+        /// The scenario whose guest side to start (idle, web, stress-mem,
+        /// stress-io, stress-hdd so far).
+        #[arg(long, default_value = "idle")]
+        scenario: String,
+        /// Seconds to keep the VM running after it is ready.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Seconds to wait for the readiness line.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Accelerator (/dev/kvm on this project's machines cannot boot a guest).
+        #[arg(long, value_enum, default_value_t = vm::Accel::Tcg)]
+        accel: vm::Accel,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 512)]
+        memory: u32,
+        /// Keep the console log in this file.
+        #[arg(long)]
+        console_log: Option<PathBuf>,
+        /// Extra kernel command line word (repeatable), e.g. `vmwatch.debug=1`
+        /// (the guest reports its state after the readiness line) or `loglevel=7`.
+        #[arg(long = "kernel-arg", value_name = "WORD")]
+        kernel_args: Vec<String>,
+    },
+}
+
+pub fn run(cmd: LabCmd) -> Result<()> {
+    match cmd {
+        LabCmd::Build { force } => {
+            let g = ensure(force)?;
+            println!("{}", g.dir.display());
+            Ok(())
+        }
+        LabCmd::Boot {
+            scenario,
+            seconds,
+            timeout,
+            accel,
+            memory,
+            console_log,
+            kernel_args,
+        } => boot(&BootArgs {
+            scenario,
+            seconds,
+            timeout,
+            accel,
+            memory,
+            console_log,
+            kernel_args,
+        }),
+    }
+}
+
+/// A complete guest build.
+pub struct Guest {
+    pub dir: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub disk: PathBuf,
+}
+
+impl Guest {
+    fn at(dir: PathBuf) -> Guest {
+        Guest {
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initramfs.cpio.gz"),
+            disk: dir.join("disk.raw"),
+            dir,
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.dir.join(MARKER).is_file()
+            && self.kernel.is_file()
+            && self.initrd.is_file()
+            && self.disk.is_file()
+    }
+}
+
+fn lab_root() -> Result<PathBuf> {
+    Ok(util::cache_dir()?.join("lab"))
+}
+
+/// Returns the cached guest for the current recipe, building it first if needed.
+pub fn ensure(force: bool) -> Result<Guest> {
+    let root = lab_root()?;
+    fs::create_dir_all(&root)
+        .with_context(|| format!("could not create the cache directory {}", root.display()))?;
+    // Installs the lab's packages when missing (they are inputs of the hash).
+    deps::ensure().context("setting up the system packages failed")?;
+
+    let kernel = match recipe::kernel() {
+        Ok(k) => k,
+        Err(e) if util::is_root()? => {
+            note(format!(
+                "cannot find the kernel package ({e:#}); refreshing apt's lists"
+            ));
+            deps::apt_update()?;
+            recipe::kernel()?
+        }
+        Err(e) => return Err(e),
+    };
+    let hash = recipe_hash(&kernel)?;
+    let guest = Guest::at(root.join(&hash));
+    if !force && guest.is_complete() {
+        set_current(&root, &hash)?;
+        return Ok(guest);
+    }
+
+    let lock_path = root.join(".lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("could not open the lock file {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        note("another `cargo xtask lab build` is running; waiting for it to finish");
+        lock.lock()
+            .with_context(|| format!("could not lock {}", lock_path.display()))?;
+    }
+    if !force && guest.is_complete() {
+        set_current(&root, &hash)?;
+        return Ok(guest);
+    }
+    build(&root, &hash, &kernel)?;
+    set_current(&root, &hash)?;
+    Ok(guest)
+}
+
+/// The recipe hash (16 hex digits).
+fn recipe_hash(kernel: &recipe::Kernel) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(LAYOUT_VERSION.as_bytes());
+    h.update(b"\0kernel\0");
+    h.update(kernel.package.as_bytes());
+    h.update(b"=");
+    h.update(kernel.version.as_bytes());
+    for (name, text) in [
+        ("recipe.rs", include_str!("recipe.rs")),
+        ("cpio.rs", include_str!("cpio.rs")),
+        ("kmod.rs", include_str!("kmod.rs")),
+        ("ldd.rs", include_str!("ldd.rs")),
+        ("httpd.conf", include_str!("guest/httpd.conf")),
+    ] {
+        h.update(b"\0file\0");
+        h.update(name.as_bytes());
+        h.update(b"\0");
+        h.update(text.as_bytes());
+    }
+    for (path, mode, text) in recipe::GUEST_FILES {
+        h.update(format!("\0guest\0{path}\0{mode:o}\0").as_bytes());
+        h.update(text.as_bytes());
+    }
+    for path in recipe::host_inputs()? {
+        let meta =
+            fs::metadata(&path).with_context(|| format!("could not stat {}", path.display()))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        h.update(format!("\0host\0{}\0{}\0{mtime}", path.display(), meta.len()).as_bytes());
+    }
+    let digest = h.finalize();
+    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn build(root: &Path, hash: &str, kernel: &recipe::Kernel) -> Result<()> {
+    let started = Instant::now();
+    let final_dir = root.join(hash);
+    let work = root.join(format!(".work-{hash}"));
+    remove_dir_if_exists(&work)?;
+    let out = work.join("out");
+    fs::create_dir_all(&out).with_context(|| format!("could not create {}", out.display()))?;
+    let log_path = out.join("build.log");
+    let mut log = fs::File::create(&log_path)
+        .with_context(|| format!("could not create the build log {}", log_path.display()))?;
+    note(format!(
+        "building the lab guest (recipe {hash}, kernel {} {}); about a minute",
+        kernel.package, kernel.version
+    ));
+    note(format!("build log: {}", log_path.display()));
+
+    let built = recipe::build(&work, &out, kernel, &mut log).map_err(|e| {
+        anyhow!(
+            "{e:#}\nThe lab guest build failed; its output is in {} (the work directory {} is removed by the next attempt).",
+            log_path.display(),
+            work.display()
+        )
+    })?;
+    let elapsed = started.elapsed();
+    fs::write(out.join(MANIFEST), manifest_json(hash, &built, elapsed))
+        .with_context(|| format!("could not write {}", out.join(MANIFEST).display()))?;
+    fs::write(out.join(MARKER), format!("{}\n", util::utc_now()))
+        .with_context(|| format!("could not write {}", out.join(MARKER).display()))?;
+    remove_dir_if_exists(&final_dir)?;
+    fs::rename(&out, &final_dir).with_context(|| {
+        format!(
+            "could not move the finished build {} to {}",
+            out.display(),
+            final_dir.display()
+        )
+    })?;
+    remove_dir_if_exists(&work)?;
+    note(format!(
+        "lab guest built in {}: initramfs {:.1} MiB ({:.1} MiB uncompressed, {} entries), kernel {}",
+        util::human_duration(elapsed),
+        built.initramfs_bytes as f64 / 1048576.0,
+        built.initramfs_uncompressed_bytes as f64 / 1048576.0,
+        built.initramfs_entries,
+        built.kernel.release
+    ));
+    Ok(())
+}
+
+fn manifest_json(hash: &str, b: &recipe::Built, elapsed: Duration) -> String {
+    use util::json_str as j;
+    let programs: Vec<String> = recipe::PROGRAMS
+        .iter()
+        .map(|p| {
+            let v = deps::installed_version(p.package).unwrap_or_else(|| "unknown".into());
+            format!(
+                "    {{\"path\": {}, \"package\": {}, \"version\": {}}}",
+                j(p.path),
+                j(p.package),
+                j(&v)
+            )
+        })
+        .collect();
+    let modules: Vec<String> = b.modules.iter().map(|m| j(m)).collect();
+    let host_kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{{\n  \"recipe_hash\": {},\n  \"kernel\": {{\"package\": {}, \"version\": {}, \"release\": {}}},\n  \"modules\": [\n    {}\n  ],\n  \"programs\": [\n{}\n  ],\n  \"initramfs_bytes\": {},\n  \"initramfs_uncompressed_bytes\": {},\n  \"initramfs_entries\": {},\n  \"disk_mib\": {},\n  \"admin_user\": {},\n  \"admin_password\": {},\n  \"built_at\": {},\n  \"build_seconds\": {},\n  \"build_host_kernel\": {}\n}}\n",
+        j(hash),
+        j(&b.kernel.package),
+        j(&b.kernel.version),
+        j(&b.kernel.release),
+        modules.join(",\n    "),
+        programs.join(",\n"),
+        b.initramfs_bytes,
+        b.initramfs_uncompressed_bytes,
+        b.initramfs_entries,
+        recipe::DISK_MIB,
+        j(recipe::ADMIN_USER),
+        j(recipe::ADMIN_PASSWORD),
+        j(&util::utc_now()),
+        elapsed.as_secs(),
+        j(host_kernel.trim()),
+    )
+}
+
+/// Points `<root>/current` at `<hash>` (atomically: new symlink, then rename).
+fn set_current(root: &Path, hash: &str) -> Result<()> {
+    let current = root.join("current");
+    if fs::read_link(&current).ok().as_deref() == Some(Path::new(hash)) {
+        return Ok(());
+    }
+    let tmp = root.join(format!(".current.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(hash, &tmp)
+        .with_context(|| format!("could not create the symlink {}", tmp.display()))?;
+    fs::rename(&tmp, &current).with_context(|| format!("could not update {}", current.display()))
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("could not remove {}", dir.display())),
+    }
+}
+
+/// Checks a scenario name: known, and its guest side implemented.
+pub fn check_scenario(name: &str) -> Result<()> {
+    let implemented: Vec<&str> = SCENARIOS
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(n, _)| *n)
+        .collect();
+    match SCENARIOS.iter().find(|(n, _)| *n == name) {
+        Some((_, true)) => Ok(()),
+        Some((_, false)) => bail!(
+            "scenario {name} is not implemented yet; implemented: {}",
+            implemented.join(", ")
+        ),
+        None => bail!(
+            "unknown scenario {name:?}; the scenarios are: {}",
+            SCENARIOS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+struct BootArgs {
+    scenario: String,
+    seconds: u64,
+    timeout: u64,
+    accel: vm::Accel,
+    memory: u32,
+    console_log: Option<PathBuf>,
+    kernel_args: Vec<String>,
+}
+
+fn boot(a: &BootArgs) -> Result<()> {
+    check_scenario(&a.scenario)?;
+    vm::install_signal_handlers();
+    let qemu = qemu::ensure(&qemu::Options::default()).context("building QEMU failed")?;
+    vm::check_interrupted()?;
+    let guest = ensure(false).context("building the lab guest failed")?;
+    vm::check_interrupted()?;
+    let runs = lab_root()?.join("runs");
+    let cfg = vm::VmConfig {
+        name: format!("lab-{}", a.scenario),
+        qemu: qemu.binary,
+        kernel: guest.kernel.clone(),
+        initrd: guest.initrd.clone(),
+        disk: Some(guest.disk.clone()),
+        scenario: a.scenario.clone(),
+        accel: a.accel,
+        memory_mib: a.memory,
+        cpus: 1,
+        tap: None,
+        ip: None,
+        gateway: None,
+        run_parent: runs,
+        extra_append: a.kernel_args.clone(),
+    };
+    note(format!(
+        "booting VM `{}` ({}, {} MiB, scenario {})",
+        cfg.name,
+        a.accel.as_str(),
+        a.memory,
+        a.scenario
+    ));
+    let mut vm = vm::Vm::boot(&cfg)?;
+    let result = (|| -> Result<()> {
+        let took = vm.wait_ready(Duration::from_secs(a.timeout))?;
+        println!(
+            "VM `{}` ready: QEMU pid {}, boot-to-ready {:.1}s ({})",
+            vm.name(),
+            vm.pid(),
+            took.as_secs_f64(),
+            a.accel.as_str()
+        );
+        note(format!("keeping it running for {}s", a.seconds));
+        vm.hold(Duration::from_secs(a.seconds))
+    })();
+    if let Some(dest) = &a.console_log {
+        if let Err(e) = fs::copy(vm.console_log(), dest) {
+            note(format!(
+                "could not keep the console log in {}: {e}",
+                dest.display()
+            ));
+        }
+    }
+    match result {
+        Ok(()) => {
+            let pid = vm.pid();
+            let status = vm.shutdown()?;
+            note(format!("QEMU (pid {pid}) stopped ({status})"));
+            Ok(())
+        }
+        // Dropping the VM stops QEMU.
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios() {
+        assert_eq!(SCENARIOS.len(), 15);
+        assert!(check_scenario("idle").is_ok());
+        assert!(check_scenario("stress-hdd").is_ok());
+        let e = format!("{:#}", check_scenario("portscan-target").unwrap_err());
+        assert!(e.contains("not implemented"), "{e}");
+        let e = format!("{:#}", check_scenario("bogus").unwrap_err());
+        assert!(e.contains("unknown scenario"), "{e}");
+    }
+
+    #[test]
+    fn guest_init_knows_every_scenario() {
+        let init = include_str!("guest/init.sh");
+        for (name, _) in SCENARIOS {
+            assert!(init.contains(name), "init.sh does not mention {name}");
+        }
+    }
+}
