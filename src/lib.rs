@@ -4,18 +4,22 @@
 //! in the kernel ([`collector`]) → window drain ([`window`]) → feature rows
 //! ([`dataset`]).
 
+pub mod atomic;
 pub mod bpf;
 pub mod collector;
 pub mod dataset;
 pub mod error;
 pub mod features;
 pub mod kvm;
+pub mod model;
 pub mod procs;
+pub mod select;
 pub mod semaphores;
 pub mod session;
 pub mod signals;
 pub mod stapsdt;
 pub mod strace;
+pub mod train;
 pub mod window;
 
 pub use error::{Error, Result};

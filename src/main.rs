@@ -27,6 +27,9 @@ enum Command {
     Probes(cmd::probes::Args),
     List(cmd::list::Args),
     Record(cmd::record::Args),
+    Train(cmd::train::Args),
+    Detect(cmd::detect::Args),
+    Select(cmd::select::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,9 @@ fn main() -> ExitCode {
         Command::Probes(a) => cmd::probes::run(a),
         Command::List(a) => cmd::list::run(a),
         Command::Record(a) => cmd::record::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Detect(a) => cmd::detect::run(a),
+        Command::Select(a) => cmd::select::run(a),
     };
     match result {
         Ok(code) => code,

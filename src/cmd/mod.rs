@@ -1,8 +1,11 @@
 //! Subcommands of the `vmwatch` binary.
 
+pub mod detect;
 pub mod list;
 pub mod probes;
 pub mod record;
+pub mod select;
+pub mod train;
 
 use std::path::PathBuf;
 

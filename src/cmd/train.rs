@@ -1,0 +1,141 @@
+//! `vmwatch train`: fit the scaler and one-class SVM on normal windows.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use vmwatch::dataset::Table;
+use vmwatch::model::{Model, Smoothing, TrainingSummary};
+use vmwatch::train::{cv_fp_rate, grid_search, Grid};
+
+/// Train a detector on windows of normal behaviour.
+///
+/// Without --nu/--gamma, a grid search picks them by k-fold
+/// cross-validation on the training windows, minimising false positives
+/// (the paper's procedure).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Dataset files of normal behaviour (CSV or CSV.gz).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Use only these features (one per line, e.g. from `vmwatch select`).
+    /// Default: every feature that is nonzero somewhere in the files.
+    #[arg(long, value_name = "FILE")]
+    features: Option<PathBuf>,
+    /// The SVM's nu (upper bound on the training-error fraction).
+    #[arg(long, requires = "gamma")]
+    nu: Option<f64>,
+    /// The RBF kernel's gamma (exp(-gamma * |x - y|^2) on scaled features).
+    #[arg(long, requires = "nu")]
+    gamma: Option<f64>,
+    /// Parameter grid: `paper` (nu, gamma in 0.01..0.1) or `wide` (log grid).
+    #[arg(long, default_value = "paper")]
+    grid: Grid,
+    /// Cross-validation folds.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Default smoothing stored in the model (K/N: K anomalous of the last N).
+    #[arg(long, default_value = "1/1")]
+    smooth: Smoothing,
+    /// Where to write the model (JSON, written atomically).
+    #[arg(short, long, value_name = "MODEL")]
+    output: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let table = Table::read_all(&args.files)?;
+    if table.len() < 10 {
+        bail!(
+            "{} training windows are too few (need at least 10)",
+            table.len()
+        );
+    }
+    let features = match &args.features {
+        Some(path) => vmwatch::features::read_feature_list(path)?,
+        None => table
+            .features
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| table.x.column(*j).iter().any(|v| *v != 0.0))
+            .map(|(_, f)| f.clone())
+            .collect(),
+    };
+    if features.is_empty() {
+        bail!("every feature is zero in the training files: nothing to learn from");
+    }
+    let missing: Vec<&String> = features
+        .iter()
+        .filter(|f| !table.features.contains(f))
+        .collect();
+    if missing.len() == features.len() {
+        bail!("none of the requested features is a column of the training files");
+    }
+    if !missing.is_empty() {
+        tracing::warn!(
+            "{} requested features are absent (zeros) in the training files",
+            missing.len()
+        );
+    }
+    let raw = table.project(&features);
+    eprintln!(
+        "training on {} windows x {} features from {} file(s)",
+        raw.nrows(),
+        features.len(),
+        args.files.len()
+    );
+
+    let (nu, gamma, fp, grid_name) = match (args.nu, args.gamma) {
+        (Some(nu), Some(gamma)) => {
+            if nu.is_nan() || gamma.is_nan() || nu <= 0.0 || nu > 1.0 || gamma <= 0.0 {
+                bail!("need 0 < nu <= 1 and gamma > 0");
+            }
+            let fp = cv_fp_rate(raw.view(), args.folds, nu, gamma)?;
+            (nu, gamma, fp, "fixed".to_string())
+        }
+        _ => {
+            let points = args.grid.points();
+            let bar = progress(points.len() as u64);
+            let (best, _) = grid_search(raw.view(), args.folds, &points, &|| bar.inc(1))?;
+            bar.finish_and_clear();
+            (
+                best.nu,
+                best.gamma,
+                best.fp_rate,
+                args.grid.name().to_string(),
+            )
+        }
+    };
+    let summary = TrainingSummary {
+        windows: raw.nrows(),
+        files: args.files.iter().map(|p| p.display().to_string()).collect(),
+        cv_false_positive_rate: Some(fp),
+        folds: args.folds,
+        grid: grid_name,
+    };
+    let mut model = Model::fit(features, raw.view(), nu, gamma, summary)?;
+    model.smoothing = args.smooth;
+    model.save(&args.output)?;
+    println!(
+        "nu = {nu}, gamma = {gamma}: {:.2}% false positives in {}-fold cross-validation, \
+         {} support vectors; model written to {}",
+        fp * 100.0,
+        args.folds,
+        model.svm.coef.len(),
+        args.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress(n: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    ProgressBar::new(n).with_style(
+        ProgressStyle::with_template("grid search [{bar:30}] {pos}/{len} {elapsed_precise}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    )
+}

@@ -1,0 +1,375 @@
+//! The detector: a scaler fitted on normal windows and a one-class SVM with
+//! a Gaussian kernel (trained with linfa-svm), saved as one versioned JSON
+//! file (DESIGN.md "Model file").
+//!
+//! Scaling: raw counts span orders of magnitude (a busy probe fires 10⁶
+//! times per window, a rare one 10⁰), so each count goes through ln(1 + x)
+//! and is then standardised with the training windows' mean and standard
+//! deviation. Without the log the RBF kernel sees only the busiest probes;
+//! without the standardisation gamma would mean something else per feature.
+
+use std::path::Path;
+
+use linfa::prelude::*;
+use linfa_svm::Svm;
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Identifies a vmwatch model file.
+pub const FORMAT: &str = "vmwatch-model";
+/// Version of the model file layout.
+pub const VERSION: u32 = 1;
+
+/// A trained detector.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Model {
+    pub format: String,
+    pub version: u32,
+    /// Feature names, in the order the scaler and SVM expect.
+    pub features: Vec<String>,
+    pub scaler: Scaler,
+    pub svm: OneClassSvm,
+    pub training: TrainingSummary,
+    pub smoothing: Smoothing,
+}
+
+/// ln(1 + x), then (v − mean) / scale per feature.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Scaler {
+    pub transform: String,
+    pub mean: Vec<f64>,
+    pub scale: Vec<f64>,
+}
+
+/// decision(x) = Σ coef_i · exp(−gamma · ‖sv_i − x‖²) − rho; negative means
+/// outside the learned normal region.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OneClassSvm {
+    pub kernel: String,
+    pub nu: f64,
+    pub gamma: f64,
+    pub rho: f64,
+    pub coef: Vec<f64>,
+    pub support_vectors: Vec<Vec<f64>>,
+}
+
+/// How the model was made.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainingSummary {
+    pub windows: usize,
+    pub files: Vec<String>,
+    /// Mean false-positive rate of the chosen parameters over the CV folds.
+    pub cv_false_positive_rate: Option<f64>,
+    pub folds: usize,
+    pub grid: String,
+}
+
+/// Flag a VM only when `k` of its last `n` windows are anomalous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Smoothing {
+    pub k: u32,
+    pub n: u32,
+}
+
+impl Default for Smoothing {
+    fn default() -> Self {
+        Self { k: 1, n: 1 }
+    }
+}
+
+impl std::str::FromStr for Smoothing {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (k, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not K/N (e.g. 3/5)"))?;
+        let (k, n): (u32, u32) = (
+            k.trim()
+                .parse()
+                .map_err(|_| format!("`{s}`: K is not a number"))?,
+            n.trim()
+                .parse()
+                .map_err(|_| format!("`{s}`: N is not a number"))?,
+        );
+        if k == 0 || n == 0 || k > n {
+            return Err(format!("`{s}`: need 1 <= K <= N"));
+        }
+        Ok(Self { k, n })
+    }
+}
+
+impl Scaler {
+    /// Fits on raw counts (rows × features).
+    pub fn fit(x: ArrayView2<f64>) -> Self {
+        let logged = x.mapv(f64::ln_1p);
+        let mean = logged
+            .mean_axis(Axis(0))
+            .unwrap_or_else(|| Array1::zeros(x.ncols()));
+        let scale = logged
+            .std_axis(Axis(0), 0.0)
+            .mapv(|s| if s > 1e-12 { s } else { 1.0 });
+        Self {
+            transform: "log1p-standardize".into(),
+            mean: mean.to_vec(),
+            scale: scale.to_vec(),
+        }
+    }
+
+    pub fn transform(&self, x: ArrayView2<f64>) -> Array2<f64> {
+        let mut out = x.mapv(f64::ln_1p);
+        for mut row in out.rows_mut() {
+            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
+                *v = (*v - m) / s;
+            }
+        }
+        out
+    }
+}
+
+impl OneClassSvm {
+    /// Trains on scaled rows. linfa's Gaussian kernel is exp(−‖a−b‖²/eps),
+    /// so eps = 1/gamma.
+    pub fn fit(x: &Array2<f64>, nu: f64, gamma: f64) -> Result<Self> {
+        if x.nrows() < 2 {
+            return Err(Error::Invalid("need at least 2 training windows".into()));
+        }
+        let dataset = DatasetBase::new(x.clone(), Array1::<()>::from_elem(x.nrows(), ()));
+        let svm: Svm<f64, bool> = Svm::<f64, linfa::dataset::Pr>::params()
+            .nu_weight(nu)
+            .eps(1e-3)
+            .gaussian_kernel(1.0 / gamma)
+            .fit(&dataset)
+            .map_err(|e| Error::Invalid(format!("training the one-class SVM: {e}")))?;
+        // linfa keeps the support vectors in training order with the
+        // alphas above its threshold; rebuild them for a self-contained file.
+        let threshold = 100.0 * f64::EPSILON;
+        let mut coef = Vec::new();
+        let mut support_vectors = Vec::new();
+        for (row, &a) in x.rows().into_iter().zip(&svm.alpha) {
+            if a.abs() > threshold {
+                coef.push(a);
+                support_vectors.push(row.to_vec());
+            }
+        }
+        Ok(Self {
+            kernel: "rbf".into(),
+            nu,
+            gamma,
+            rho: svm.rho,
+            coef,
+            support_vectors,
+        })
+    }
+
+    /// The decision value of one scaled row.
+    pub fn decision(&self, x: ArrayView1<f64>) -> f64 {
+        let sum: f64 = self
+            .support_vectors
+            .iter()
+            .zip(&self.coef)
+            .map(|(sv, c)| {
+                let d2: f64 = sv
+                    .iter()
+                    .zip(x.iter())
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum();
+                c * (-self.gamma * d2).exp()
+            })
+            .sum();
+        sum - self.rho
+    }
+}
+
+impl Model {
+    /// Fits scaler and SVM on raw counts of normal windows.
+    pub fn fit(
+        features: Vec<String>,
+        raw: ArrayView2<f64>,
+        nu: f64,
+        gamma: f64,
+        training: TrainingSummary,
+    ) -> Result<Self> {
+        let scaler = Scaler::fit(raw);
+        let svm = OneClassSvm::fit(&scaler.transform(raw), nu, gamma)?;
+        Ok(Self {
+            format: FORMAT.into(),
+            version: VERSION,
+            features,
+            scaler,
+            svm,
+            training,
+            smoothing: Smoothing::default(),
+        })
+    }
+
+    /// Decision values of raw rows (columns in `self.features` order).
+    pub fn decisions(&self, raw: ArrayView2<f64>) -> Vec<f64> {
+        let scaled = self.scaler.transform(raw);
+        scaled
+            .rows()
+            .into_iter()
+            .map(|r| self.svm.decision(r))
+            .collect()
+    }
+
+    /// Writes the model atomically (temporary file, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Invalid(format!("encoding the model: {e}")))?;
+        crate::atomic::write(path, &json)
+    }
+
+    /// Reads and validates a model file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let bad = |msg: String| {
+            Error::Invalid(format!("{} is not a usable model: {msg}", path.display()))
+        };
+        let head: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
+        if head.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            return Err(bad(format!("no `\"format\": \"{FORMAT}\"` field")));
+        }
+        let version = head.get("version").and_then(|v| v.as_u64());
+        if version != Some(u64::from(VERSION)) {
+            return Err(bad(format!(
+                "file format version {} but this vmwatch reads version {VERSION}",
+                version.map_or("?".into(), |v| v.to_string())
+            )));
+        }
+        let model: Model = serde_json::from_value(head).map_err(|e| bad(e.to_string()))?;
+        model.validate().map_err(bad)?;
+        Ok(model)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let d = self.features.len();
+        if d == 0 {
+            return Err("no features".into());
+        }
+        if self.scaler.mean.len() != d || self.scaler.scale.len() != d {
+            return Err(format!(
+                "scaler has {} values for {d} features",
+                self.scaler.mean.len()
+            ));
+        }
+        if self.svm.coef.len() != self.svm.support_vectors.len() || self.svm.coef.is_empty() {
+            return Err("SVM coefficients and support vectors disagree".into());
+        }
+        if let Some(sv) = self.svm.support_vectors.iter().find(|sv| sv.len() != d) {
+            return Err(format!(
+                "a support vector has {} values for {d} features",
+                sv.len()
+            ));
+        }
+        if self.svm.kernel != "rbf" || self.svm.gamma.is_nan() || self.svm.gamma <= 0.0 {
+            return Err("only an RBF kernel with gamma > 0 is supported".into());
+        }
+        if self.scaler.scale.iter().any(|s| s.is_nan() || *s <= 0.0) {
+            return Err("scaler has a non-positive scale".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two tight clusters of "normal" windows in 2 features.
+    fn normal() -> Array2<f64> {
+        let mut v = Vec::new();
+        for i in 0..60u32 {
+            v.extend([
+                100.0 + f64::from(i * 37 % 23),
+                1000.0 + 3.0 * f64::from(i * 53 % 31),
+            ]);
+        }
+        Array2::from_shape_vec((60, 2), v).unwrap()
+    }
+
+    #[test]
+    fn decision_matches_linfa_and_flags_outliers() {
+        let x = normal();
+        let scaler = Scaler::fit(x.view());
+        let scaled = scaler.transform(x.view());
+        let ours = OneClassSvm::fit(&scaled, 0.1, 0.5).unwrap();
+        let dataset = DatasetBase::new(scaled.clone(), Array1::<()>::from_elem(60, ()));
+        let theirs: Svm<f64, bool> = Svm::<f64, linfa::dataset::Pr>::params()
+            .nu_weight(0.1)
+            .eps(1e-3)
+            .gaussian_kernel(2.0)
+            .fit(&dataset)
+            .unwrap();
+        for row in scaled.rows() {
+            let want = theirs.weighted_sum(&row) - theirs.rho;
+            assert!((ours.decision(row) - want).abs() < 1e-9);
+        }
+        let model = Model::fit(
+            vec!["a".into(), "b".into()],
+            x.view(),
+            0.1,
+            0.5,
+            Default::default(),
+        )
+        .unwrap();
+        let far = Array2::from_shape_vec((1, 2), vec![5000.0, 3.0]).unwrap();
+        assert!(model.decisions(far.view())[0] < 0.0);
+        let inside = model.decisions(x.view());
+        // nu bounds the fraction of training errors (0.1 of 60 = 6).
+        let fp = inside.iter().filter(|d| **d < -1e-9).count();
+        assert!(fp <= 8, "{fp} of 60 training windows outside");
+    }
+
+    #[test]
+    fn model_file_round_trip_and_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        let x = normal();
+        let model = Model::fit(
+            vec!["a".into(), "b".into()],
+            x.view(),
+            0.1,
+            0.5,
+            Default::default(),
+        )
+        .unwrap();
+        model.save(&path).unwrap();
+        let back = Model::load(&path).unwrap();
+        assert_eq!(back.features, model.features);
+        assert_eq!(back.decisions(x.view()), model.decisions(x.view()));
+
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v["version"] = 99.into();
+        std::fs::write(&path, v.to_string()).unwrap();
+        let err = Model::load(&path).unwrap_err().to_string();
+        assert!(err.contains("version 99"), "{err}");
+        v["version"] = VERSION.into();
+        v["scaler"]["mean"] = serde_json::json!([0.0]);
+        std::fs::write(&path, v.to_string()).unwrap();
+        let err = Model::load(&path).unwrap_err().to_string();
+        assert!(err.contains("scaler has 1 values for 2 features"), "{err}");
+        std::fs::write(&path, "{").unwrap();
+        assert!(Model::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("not JSON"));
+    }
+
+    #[test]
+    fn smoothing_parses() {
+        assert_eq!(
+            "3/5".parse::<Smoothing>().unwrap(),
+            Smoothing { k: 3, n: 5 }
+        );
+        assert!("6/5".parse::<Smoothing>().is_err());
+        assert!("x".parse::<Smoothing>().is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! `vmwatch select` on small hand-made datasets: the separating feature is
+//! named for its pair, `-o` writes the union, bad input fails cleanly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const HEAD: &str = "vm,pid,label,window,start_unix_ms,duration_ms";
+
+fn vmwatch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vmwatch"))
+}
+
+/// A dataset of `rows` windows; `features` gives each column's name and
+/// its value in row i.
+fn dataset(
+    dir: &Path,
+    name: &str,
+    label: impl Fn(usize) -> String,
+    rows: usize,
+    features: &[(&str, &dyn Fn(usize) -> u64)],
+) -> PathBuf {
+    let mut text = String::from(HEAD);
+    for (f, _) in features {
+        text.push(',');
+        text.push_str(f);
+    }
+    text.push('\n');
+    for i in 0..rows {
+        text.push_str(&format!("vm1,42,{},{i},{},2000", label(i), 1000 + 2000 * i));
+        for (_, value) in features {
+            text.push_str(&format!(",{}", value(i)));
+        }
+        text.push('\n');
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Baseline plus two stress files: `qemu:tap_send` (absent from the
+/// baseline) separates stress-net, `qemu:bdrv_aio_flush` separates
+/// stress-io; `qemu:noise` has the same distribution everywhere.
+fn scenario(dir: &Path) -> [PathBuf; 3] {
+    let noise = |i: usize| (i * 7 % 5 + 10) as u64;
+    let idle = dataset(
+        dir,
+        "idle.csv",
+        |_| "idle".into(),
+        20,
+        &[
+            ("qemu:noise", &noise),
+            ("qemu:bdrv_aio_flush", &|i| (i % 3) as u64),
+            ("qemu:never", &|_| 0),
+        ],
+    );
+    let net = dataset(
+        dir,
+        "net.csv",
+        |_| "stress-net".into(),
+        20,
+        &[
+            ("qemu:noise", &noise),
+            ("qemu:tap_send", &|i| (5000 + i * 13 % 17) as u64),
+            ("qemu:bdrv_aio_flush", &|i| (i % 3) as u64),
+        ],
+    );
+    let io = dataset(
+        dir,
+        "stress-io.csv",
+        |i| if i < 10 { "io-a".into() } else { "io-b".into() },
+        20,
+        &[
+            ("qemu:noise", &noise),
+            ("qemu:bdrv_aio_flush", &|i| (300 + i % 4) as u64),
+        ],
+    );
+    [idle, net, io]
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The rows of the leading (Table 1) table: pair → (feature, score).
+fn table1(text: &str) -> Vec<(String, String, f64)> {
+    text.lines()
+        .skip_while(|l| !l.starts_with("pair"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            (c[0].into(), c[1].into(), c[2].parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn names_the_separating_feature_per_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let [idle, net, io] = scenario(dir.path());
+    let out = vmwatch()
+        .arg("select")
+        .arg("--baseline")
+        .arg(&idle)
+        .args([&net, &io])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("ln(1+x)"), "{text}");
+    let rows = table1(&text);
+    assert_eq!(rows.len(), 2, "{text}");
+    // Pair named by its label; the other file's labels differ: its stem.
+    assert_eq!(rows[0].0, "stress-net");
+    assert_eq!(rows[0].1, "qemu:tap_send");
+    assert!(rows[0].2 > 0.99, "{text}");
+    assert_eq!(rows[1].0, "stress-io");
+    assert_eq!(rows[1].1, "qemu:bdrv_aio_flush");
+    assert!(rows[1].2 > 0.95, "{text}");
+    // A feature zero in both files is dropped; without -o the union is printed.
+    assert!(!text.contains("qemu:never"), "{text}");
+    let union: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("selected features"))
+        .skip(1)
+        .collect();
+    // Pair order, then selection order (a later pick may add little).
+    assert_eq!(
+        union[..2],
+        ["qemu:tap_send", "qemu:bdrv_aio_flush"],
+        "{text}"
+    );
+}
+
+#[test]
+fn output_file_holds_the_union() {
+    let dir = tempfile::tempdir().unwrap();
+    let [idle, net, io] = scenario(dir.path());
+    let list = dir.path().join("features.txt");
+    let out = vmwatch()
+        .arg("select")
+        .arg("--baseline")
+        .arg(&idle)
+        .args([&net, &io])
+        .args(["--top", "2", "--raw", "-o"])
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("raw counts"));
+    assert!(!stdout(&out).contains("selected features"));
+    let text = std::fs::read_to_string(&list).unwrap();
+    assert!(text.starts_with("# vmwatch select: baseline "), "{text}");
+    assert!(
+        text.contains("idle.csv") && text.contains("net.csv"),
+        "{text}"
+    );
+    let names: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(names.contains(&"qemu:tap_send"), "{text}");
+    assert!(names.contains(&"qemu:bdrv_aio_flush"), "{text}");
+    assert!(!names.contains(&"qemu:never"), "{text}");
+    // No temporary file left beside it.
+    let left = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(left, 4);
+}
+
+fn fails_with(out: Output, needle: &str) {
+    let err = stderr(&out);
+    assert!(!out.status.success(), "expected failure: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("vmwatch: ")).collect();
+    assert_eq!(lines.len(), 1, "one error sentence expected: {err}");
+    assert!(lines[0].contains(needle), "{needle:?} not in {err}");
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let [idle, ..] = scenario(dir.path());
+    let out = vmwatch()
+        .arg("select")
+        .arg("--baseline")
+        .arg(&idle)
+        .arg(dir.path().join("nope.csv"))
+        .output()
+        .unwrap();
+    fails_with(out, "nope.csv");
+}
+
+#[test]
+fn malformed_csv_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let [idle, net, _] = scenario(dir.path());
+    let mut text = std::fs::read_to_string(&net).unwrap();
+    text.push_str("vm1,42,stress-net,20,0,2000,x,1,2\n");
+    std::fs::write(&net, text).unwrap();
+    let out = vmwatch()
+        .arg("select")
+        .arg("--baseline")
+        .arg(&idle)
+        .arg(&net)
+        .output()
+        .unwrap();
+    fails_with(out, "line 22");
+}
+
+#[test]
+fn too_few_rows_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let [idle, _, io] = scenario(dir.path());
+    let short = dataset(dir.path(), "short.csv", |_| "s".into(), 3, &[]);
+    let out = vmwatch()
+        .arg("select")
+        .arg("--baseline")
+        .arg(&idle)
+        .args([&io, &short])
+        .output()
+        .unwrap();
+    fails_with(out, "short.csv has 3 rows");
+    // --min-rows lowers the bar.
+    let out = vmwatch()
+        .arg("select")
+        .arg("--baseline")
+        .arg(&idle)
+        .arg(&short)
+        .args(["--min-rows", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A file without feature columns is all zeros: the baseline's busy
+    // probe tells them apart.
+    let rows = table1(&stdout(&out));
+    assert_eq!(rows[0].0, "s");
+    assert_eq!(rows[0].1, "qemu:noise");
+}
+
+#[test]
+fn identical_files_select_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let [idle, ..] = scenario(dir.path());
+    let out = vmwatch()
+        .arg("select")
+        .arg("--baseline")
+        .arg(&idle)
+        .arg(&idle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(table1(&text), [("idle".into(), "(none)".into(), 0.0)]);
+    assert!(text.contains("no feature separates"), "{text}");
+}
