@@ -29,6 +29,7 @@ enum Command {
     Record(cmd::record::Args),
     Train(cmd::train::Args),
     Detect(cmd::detect::Args),
+    Monitor(cmd::monitor::Args),
     Select(cmd::select::Args),
 }
 
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         Command::Record(a) => cmd::record::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Detect(a) => cmd::detect::run(a),
+        Command::Monitor(a) => cmd::monitor::run(a),
         Command::Select(a) => cmd::select::run(a),
     };
     match result {

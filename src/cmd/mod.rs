@@ -2,6 +2,7 @@
 
 pub mod detect;
 pub mod list;
+pub mod monitor;
 pub mod probes;
 pub mod record;
 pub mod select;
