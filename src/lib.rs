@@ -9,6 +9,7 @@ pub mod bpf;
 pub mod collector;
 pub mod dataset;
 pub mod error;
+pub mod eval;
 pub mod features;
 pub mod kvm;
 pub mod model;

@@ -29,6 +29,7 @@ enum Command {
     Record(cmd::record::Args),
     Train(cmd::train::Args),
     Detect(cmd::detect::Args),
+    Eval(cmd::eval::Args),
     Monitor(cmd::monitor::Args),
     Select(cmd::select::Args),
 }
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         Command::Record(a) => cmd::record::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Detect(a) => cmd::detect::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
         Command::Monitor(a) => cmd::monitor::run(a),
         Command::Select(a) => cmd::select::run(a),
     };

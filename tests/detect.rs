@@ -195,3 +195,45 @@ fn training_on_too_little_or_broken_data_fails_clearly() {
     assert!(!out.status.success());
     assert!(err.contains("line 2: column 7 (`qemu:a`): `-3`"), "{err}");
 }
+
+#[test]
+fn eval_reports_the_papers_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let normal = dataset(dir.path(), "web.csv", "web", 200, 1);
+    let flood = dataset(dir.path(), "flood.csv", "synflood-target", 50, 100);
+    let peak = dataset(dir.path(), "peak.csv", "web-peak", 50, 5);
+    let out = run(&[
+        "eval".as_ref(),
+        "--normal".as_ref(),
+        normal.as_os_str(),
+        "--anomaly".as_ref(),
+        flood.as_os_str(),
+        "--nu".as_ref(),
+        "0.05".as_ref(),
+        "--gamma".as_ref(),
+        "0.1".as_ref(),
+        "--relearn".as_ref(),
+        peak.as_os_str(),
+    ]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = report
+        .lines()
+        .find(|l| l.starts_with("| synflood-target |"))
+        .unwrap_or_else(|| panic!("no scenario row: {report}"));
+    // 50 windows in 5 folds: 10 attack windows per fold, all caught.
+    assert!(
+        row.contains("| 10.0 |") && row.contains("| 100.0% |"),
+        "{row}"
+    );
+    assert!(
+        report.contains("Median over 1 scenarios: F-measure"),
+        "{report}"
+    );
+    assert!(report.contains("| 100 |"), "learning curve row: {report}");
+    assert!(report.contains("Re-learning with"), "{report}");
+}

@@ -1,6 +1,7 @@
 //! Subcommands of the `vmwatch` binary.
 
 pub mod detect;
+pub mod eval;
 pub mod list;
 pub mod monitor;
 pub mod probes;
