@@ -476,6 +476,21 @@ impl<'obj> Collector<'obj> {
     }
 }
 
+/// Points a second BPF object's `watched` and `counts` maps at the usdt
+/// object's, so every source counts into the same rows.
+fn share_maps(
+    watched: &mut libbpf_rs::OpenMapMut<'_>,
+    counts: &mut libbpf_rs::OpenMapMut<'_>,
+    usdt: &UsdtCountSkel<'_>,
+) -> Result<()> {
+    watched
+        .reuse_fd(usdt.maps.watched.as_fd())
+        .map_err(|e| Error::bpf("sharing the watched-process map", e))?;
+    counts
+        .reuse_fd(usdt.maps.counts.as_fd())
+        .map_err(|e| Error::bpf("sharing the counter map", e))
+}
+
 /// Loads and attaches the syscall counter when any `sys:` feature is asked
 /// for, sharing the usdt object's `watched` and `counts` maps.
 fn attach_syscalls<'obj>(
@@ -503,14 +518,7 @@ fn attach_syscalls<'obj>(
         .expect("rodata is mmapped");
     rodata.nr_features = features.len() as u32;
     rodata.nr_chunks = chunks;
-    open.maps
-        .watched
-        .reuse_fd(usdt.maps.watched.as_fd())
-        .map_err(|e| Error::bpf("sharing the watched-process map", e))?;
-    open.maps
-        .counts
-        .reuse_fd(usdt.maps.counts.as_fd())
-        .map_err(|e| Error::bpf("sharing the counter map", e))?;
+    share_maps(&mut open.maps.watched, &mut open.maps.counts, usdt)?;
     let skel = open
         .load()
         .map_err(|e| Error::bpf("loading the syscall counter", e))?;
@@ -577,14 +585,7 @@ fn attach_kvm<'obj>(
         // Out of range (not counted) unless `kvm:exit:other` is a column.
         rodata.exit_other = index(KVM_EXIT_OTHER).unwrap_or(u32::MAX);
     }
-    open.maps
-        .watched
-        .reuse_fd(usdt.maps.watched.as_fd())
-        .map_err(|e| Error::bpf("sharing the watched-process map", e))?;
-    open.maps
-        .counts
-        .reuse_fd(usdt.maps.counts.as_fd())
-        .map_err(|e| Error::bpf("sharing the counter map", e))?;
+    share_maps(&mut open.maps.watched, &mut open.maps.counts, usdt)?;
     let skel = open
         .load()
         .map_err(|e| Error::bpf("loading the KVM counter", e))?;

@@ -4,31 +4,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{bpf_available, vmwatch, wait_for_file, Dataset, Fixture};
-
-fn record(pids: &[u32], extra: &[&str], out: &std::path::Path) -> std::process::Child {
-    let mut cmd = vmwatch();
-    cmd.arg("record");
-    for p in pids {
-        cmd.args(["--pid", &p.to_string()]);
-    }
-    cmd.args(extra)
-        .arg("-o")
-        .arg(out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd.spawn().expect("start vmwatch record")
-}
-
-fn finish(child: std::process::Child) -> String {
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "vmwatch record failed: {stderr}");
-    stderr
-}
+use common::{bpf_available, finish, record, wait_for_file, Dataset, Fixture};
 
 #[test]
 fn exact_totals_across_many_window_boundaries() {
@@ -53,14 +32,19 @@ fn exact_totals_across_many_window_boundaries() {
     let busy = ds.rows.iter().filter(|r| r[tc] != "0").count();
     assert!(busy >= 10, "hits spread over only {busy} windows");
     assert_eq!(ds.rows.len(), 25);
-    // Windows are numbered in order and last about one interval.
+    // Windows are numbered in order. A late drain shortens the next window
+    // (deadlines are absolute), so single windows vary on a busy machine,
+    // but they add up to 25 intervals: no drift.
     let wc = ds.col("window").unwrap();
     let dc = ds.col("duration_ms").unwrap();
+    let mut total = 0;
     for (i, r) in ds.rows.iter().enumerate() {
         assert_eq!(r[wc], i.to_string());
         let d: u64 = r[dc].parse().unwrap();
-        assert!((50..=250).contains(&d), "window {i} lasted {d} ms");
+        assert!(d > 0 && d < 300, "window {i} lasted {d} ms");
+        total += d;
     }
+    assert!((2400..=2600).contains(&total), "25 windows of 100 ms took {total} ms");
 }
 
 #[test]

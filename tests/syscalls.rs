@@ -4,29 +4,9 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{bpf_available, vmwatch, wait_for_file, Dataset, Fixture};
-
-fn record(pid: u32, extra: &[&str], out: &std::path::Path) -> std::process::Child {
-    vmwatch()
-        .args(["record", "--pid", &pid.to_string()])
-        .args(extra)
-        .arg("-o")
-        .arg(out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn finish(child: std::process::Child) -> String {
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "vmwatch record failed: {stderr}");
-    stderr
-}
+use common::{bpf_available, finish, record, vmwatch, wait_for_file, Dataset, Fixture};
 
 #[test]
 fn exact_syscall_counts_across_windows_for_watched_pids_only() {
@@ -38,7 +18,7 @@ fn exact_syscall_counts_across_windows_for_watched_pids_only() {
     let mut watched = Fixture::start();
     let mut other = Fixture::start();
     let mut rec = record(
-        watched.pid,
+        &[watched.pid],
         &[
             "--source",
             "syscalls",
@@ -77,7 +57,7 @@ fn combined_rows_hold_probes_and_syscalls() {
     let out = dir.path().join("both.csv");
     let mut fx = Fixture::start();
     let mut rec = record(
-        fx.pid,
+        &[fx.pid],
         &[
             "--source",
             "qemu,syscalls",
@@ -109,7 +89,7 @@ fn probes_file_selects_syscalls_and_implies_the_source() {
     let out = dir.path().join("sel.csv");
     let mut fx = Fixture::start();
     let mut rec = record(
-        fx.pid,
+        &[fx.pid],
         &[
             "--probes",
             list.to_str().unwrap(),
@@ -170,13 +150,13 @@ fn strace_totals_match_the_bpf_counter_within_tolerance() {
     let mut fx = Fixture::start();
     let args = ["--interval", "500ms", "--windows", "8"];
     let mut bpf = record(
-        fx.pid,
+        &[fx.pid],
         &[&["--source", "syscalls"][..], &args].concat(),
         &bpf_out,
     );
     wait_for_file(&bpf_out, Duration::from_secs(30), &mut bpf);
     let mut st = record(
-        fx.pid,
+        &[fx.pid],
         &[&["--source", "strace"][..], &args].concat(),
         &strace_out,
     );

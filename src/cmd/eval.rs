@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 
 use vmwatch::dataset::Table;
 use vmwatch::eval::{evaluate, learning_curve, median, relearn};
-use vmwatch::train::{grid_search, Grid};
+use vmwatch::train::grid_search;
 
 /// Evaluate detection the paper's way: per anomaly file, k folds; per fold
 /// train on the other normal folds and test on the held-out normal fold plus
@@ -27,18 +27,8 @@ pub struct Args {
     /// is nonzero in any input file.
     #[arg(long, value_name = "FILE")]
     features: Option<PathBuf>,
-    /// Folds.
-    #[arg(long, default_value_t = 5)]
-    folds: usize,
-    /// Fixed nu (with --gamma); default: grid search on the normal windows.
-    #[arg(long, requires = "gamma")]
-    nu: Option<f64>,
-    /// Fixed gamma (with --nu).
-    #[arg(long, requires = "nu")]
-    gamma: Option<f64>,
-    /// Parameter grid for the search: `paper` or `wide`.
-    #[arg(long, default_value = "paper")]
-    grid: Grid,
+    #[command(flatten)]
+    svm: super::SvmArgs,
     /// A second normal (e.g. web-peak): report false positives before and
     /// after adding it to the training windows.
     #[arg(long, value_name = "FILE")]
@@ -91,21 +81,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("every feature is zero in the input files");
     }
     let x_normal = normal.project(&features);
-    let (nu, gamma, how) = match (args.nu, args.gamma) {
+    let (nu, gamma, how) = match (args.svm.nu, args.svm.gamma) {
         (Some(nu), Some(gamma)) => (nu, gamma, "fixed".to_string()),
         _ => {
             eprintln!(
                 "searching nu and gamma ({} grid, {} folds)…",
-                args.grid.name(),
-                args.folds
+                args.svm.grid.name(),
+                args.svm.folds
             );
-            let (best, _) = grid_search(x_normal.view(), args.folds, &args.grid.points(), &|| {})?;
+            let (best, _) = grid_search(
+                x_normal.view(),
+                args.svm.folds,
+                &args.svm.grid.points(),
+                &|| {},
+            )?;
             (
                 best.nu,
                 best.gamma,
                 format!(
                     "{} grid, {:.2}% CV false positives",
-                    args.grid.name(),
+                    args.svm.grid.name(),
                     best.fp_rate * 100.0
                 ),
             )
@@ -118,7 +113,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         args.normal.display(),
         normal.len(),
         features.len(),
-        args.folds
+        args.svm.folds
     )?;
     writeln!(
         out,
@@ -131,7 +126,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let c = evaluate(
             x_normal.view(),
             table.project(&features).view(),
-            args.folds,
+            args.svm.folds,
             nu,
             gamma,
         )?;
@@ -163,9 +158,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     let sizes: Vec<usize> = [10, 20, 50, 100, 200, 400, 800]
         .into_iter()
-        .filter(|&n| n <= x_normal.nrows() * (args.folds - 1) / args.folds)
+        .filter(|&n| n <= x_normal.nrows() * (args.svm.folds - 1) / args.svm.folds)
         .collect();
-    let curve = learning_curve(x_normal.view(), args.folds, nu, gamma, &sizes)?;
+    let curve = learning_curve(x_normal.view(), args.svm.folds, nu, gamma, &sizes)?;
     writeln!(
         out,
         "Learning curve (false positives on held-out normal folds):\n"
@@ -179,7 +174,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let (before, after) = relearn(
             x_normal.view(),
             peak.project(&features).view(),
-            args.folds,
+            args.svm.folds,
             nu,
             gamma,
         )?;

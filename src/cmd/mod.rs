@@ -75,3 +75,21 @@ pub struct CountArgs {
     #[arg(long, default_value_t = vmwatch::collector::DEFAULT_MAX_VMS, value_name = "N")]
     pub max_vms: u32,
 }
+
+/// One-class SVM parameters: fixed, or searched on a grid by k-fold CV.
+#[derive(Debug, Clone, Args)]
+pub struct SvmArgs {
+    /// The SVM's nu (upper bound on the training-error fraction); with
+    /// --gamma it skips the grid search.
+    #[arg(long, requires = "gamma")]
+    pub nu: Option<f64>,
+    /// The RBF kernel's gamma (exp(-gamma * |x - y|^2) on scaled features).
+    #[arg(long, requires = "nu")]
+    pub gamma: Option<f64>,
+    /// Parameter grid: `paper` (nu, gamma in 0.01..0.1) or `wide` (log grid).
+    #[arg(long, default_value = "paper")]
+    pub grid: vmwatch::train::Grid,
+    /// Cross-validation folds.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+}

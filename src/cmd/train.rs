@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use vmwatch::dataset::Table;
 use vmwatch::model::{Model, Smoothing, TrainingSummary};
-use vmwatch::train::{cv_fp_rate, grid_search, Grid};
+use vmwatch::train::{cv_fp_rate, grid_search};
 
 /// Train a detector on windows of normal behaviour.
 ///
@@ -25,18 +25,8 @@ pub struct Args {
     /// Default: every feature that is nonzero somewhere in the files.
     #[arg(long, value_name = "FILE")]
     features: Option<PathBuf>,
-    /// The SVM's nu (upper bound on the training-error fraction).
-    #[arg(long, requires = "gamma")]
-    nu: Option<f64>,
-    /// The RBF kernel's gamma (exp(-gamma * |x - y|^2) on scaled features).
-    #[arg(long, requires = "nu")]
-    gamma: Option<f64>,
-    /// Parameter grid: `paper` (nu, gamma in 0.01..0.1) or `wide` (log grid).
-    #[arg(long, default_value = "paper")]
-    grid: Grid,
-    /// Cross-validation folds.
-    #[arg(long, default_value_t = 5)]
-    folds: usize,
+    #[command(flatten)]
+    svm: super::SvmArgs,
     /// Default smoothing stored in the model (K/N: K anomalous of the last N).
     #[arg(long, default_value = "1/1")]
     smooth: Smoothing,
@@ -87,24 +77,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
         args.files.len()
     );
 
-    let (nu, gamma, fp, grid_name) = match (args.nu, args.gamma) {
+    let (nu, gamma, fp, grid_name) = match (args.svm.nu, args.svm.gamma) {
         (Some(nu), Some(gamma)) => {
             if nu.is_nan() || gamma.is_nan() || nu <= 0.0 || nu > 1.0 || gamma <= 0.0 {
                 bail!("need 0 < nu <= 1 and gamma > 0");
             }
-            let fp = cv_fp_rate(raw.view(), args.folds, nu, gamma)?;
+            let fp = cv_fp_rate(raw.view(), args.svm.folds, nu, gamma)?;
             (nu, gamma, fp, "fixed".to_string())
         }
         _ => {
-            let points = args.grid.points();
+            let points = args.svm.grid.points();
             let bar = progress(points.len() as u64);
-            let (best, _) = grid_search(raw.view(), args.folds, &points, &|| bar.inc(1))?;
+            let (best, _) = grid_search(raw.view(), args.svm.folds, &points, &|| bar.inc(1))?;
             bar.finish_and_clear();
             (
                 best.nu,
                 best.gamma,
                 best.fp_rate,
-                args.grid.name().to_string(),
+                args.svm.grid.name().to_string(),
             )
         }
     };
@@ -112,7 +102,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         windows: raw.nrows(),
         files: args.files.iter().map(|p| p.display().to_string()).collect(),
         cv_false_positive_rate: Some(fp),
-        folds: args.folds,
+        folds: args.svm.folds,
         grid: grid_name,
     };
     let mut model = Model::fit(features, raw.view(), nu, gamma, summary)?;
@@ -122,7 +112,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "nu = {nu}, gamma = {gamma}: {:.2}% false positives in {}-fold cross-validation, \
          {} support vectors; model written to {}",
         fp * 100.0,
-        args.folds,
+        args.svm.folds,
         model.svm.coef.len(),
         args.output.display()
     );

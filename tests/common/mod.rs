@@ -213,3 +213,26 @@ pub fn qemu_binary(test: &str) -> Option<PathBuf> {
     );
     None
 }
+
+/// Starts `vmwatch record --pid …` (stderr piped) writing `out`.
+pub fn record(pids: &[u32], extra: &[&str], out: &std::path::Path) -> std::process::Child {
+    let mut cmd = vmwatch();
+    cmd.arg("record");
+    for p in pids {
+        cmd.args(["--pid", &p.to_string()]);
+    }
+    cmd.args(extra)
+        .arg("-o")
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd.spawn().expect("start vmwatch record")
+}
+
+/// Waits for a recorder and returns its stderr; it must succeed.
+pub fn finish(child: std::process::Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "vmwatch record failed: {stderr}");
+    stderr
+}
