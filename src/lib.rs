@@ -13,6 +13,7 @@ pub mod eval;
 pub mod features;
 pub mod kvm;
 pub mod model;
+pub mod plots;
 pub mod procs;
 pub mod select;
 pub mod semaphores;

@@ -214,6 +214,8 @@ fn eval_reports_the_papers_metrics() {
         "0.1".as_ref(),
         "--relearn".as_ref(),
         peak.as_os_str(),
+        "--plots".as_ref(),
+        dir.path().join("fig").as_os_str(),
     ]);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -236,4 +238,13 @@ fn eval_reports_the_papers_metrics() {
     );
     assert!(report.contains("| 100 |"), "learning curve row: {report}");
     assert!(report.contains("Re-learning with"), "{report}");
+    for fig in ["learning-curve.svg", "scenarios.svg"] {
+        let svg = std::fs::read_to_string(dir.path().join("fig").join(fig)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{fig}");
+    }
+    let bars = std::fs::read_to_string(dir.path().join("fig/scenarios.svg")).unwrap();
+    assert!(
+        bars.contains("synflood-target"),
+        "scenario named on the axis"
+    );
 }

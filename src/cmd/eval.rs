@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use vmwatch::dataset::Table;
 use vmwatch::eval::{evaluate, learning_curve, median, relearn};
@@ -33,6 +33,10 @@ pub struct Args {
     /// after adding it to the training windows.
     #[arg(long, value_name = "FILE")]
     relearn: Option<PathBuf>,
+    /// Also draw the figures as SVG into DIR: learning-curve.svg (Fig. 3)
+    /// and scenarios.svg (F-measure and sensitivity per scenario, Fig. 4).
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
 }
 
 fn scenario_name(path: &Path, table: &Table) -> String {
@@ -121,6 +125,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     )?;
     writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     let (mut fs, mut ss, mut fprs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bars = Vec::new();
     for (name, table) in &anomalies {
         eprintln!("evaluating {name}…");
         let c = evaluate(
@@ -142,6 +147,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             100.0 * c.precision(),
             100.0 * c.f_measure()
         )?;
+        bars.push((name.clone(), c.f_measure(), c.sensitivity()));
         fs.push(c.f_measure());
         ss.push(c.sensitivity());
         fprs.push(c.fp_rate());
@@ -169,6 +175,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     writeln!(out, "|---:|---:|")?;
     for (n, rate) in &curve {
         writeln!(out, "| {n} | {:.2}% |", rate * 100.0)?;
+    }
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        vmwatch::plots::learning_curve(&dir.join("learning-curve.svg"), &curve)?;
+        let title = format!(
+            "F-measure and sensitivity per scenario ({} features)",
+            features.len()
+        );
+        vmwatch::plots::scenarios(&dir.join("scenarios.svg"), &title, &bars)?;
+        eprintln!("figures written to {}", dir.display());
     }
     if let (Some(peak), Some(path)) = (&peak, &args.relearn) {
         let (before, after) = relearn(
