@@ -44,7 +44,10 @@ fn exact_totals_across_many_window_boundaries() {
         assert!(d > 0 && d < 300, "window {i} lasted {d} ms");
         total += d;
     }
-    assert!((2400..=2600).contains(&total), "25 windows of 100 ms took {total} ms");
+    assert!(
+        (2400..=2600).contains(&total),
+        "25 windows of 100 ms took {total} ms"
+    );
 }
 
 #[test]
