@@ -49,8 +49,9 @@ enum Cmd {
     },
 
     /// The full test run (what CI runs): deps, qemu, `cargo fmt --check`,
-    /// `cargo clippy -D warnings` and `cargo test --workspace` with VMWATCH_QEMU set
-    /// to the built QEMU.
+    /// `cargo clippy -D warnings`, `cargo test --workspace` with VMWATCH_QEMU set
+    /// to the built QEMU, and the lab smoke test (`cargo xtask lab smoke`: one
+    /// VM, 3 windows of `idle`; needs root).
     ///
     /// All checks run even if one fails; the command fails if any failed. A
     /// VMWATCH_QEMU already set in the environment is used instead of building.
@@ -71,7 +72,8 @@ enum Cmd {
     },
 
     /// The lab: the guest image (Debian kernel + initramfs with workloads and
-    /// attack tools), booted with the instrumented QEMU. See docs/LAB.md.
+    /// attack tools), its network namespace, the scenarios, and labelled
+    /// recordings with vmwatch. See docs/LAB.md.
     Lab {
         #[command(subcommand)]
         cmd: lab::LabCmd,

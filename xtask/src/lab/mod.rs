@@ -25,45 +25,31 @@
 mod cpio;
 mod kmod;
 mod ldd;
+pub mod load;
+pub mod net;
 mod recipe;
+pub mod record;
+pub mod scenario;
+pub mod tools;
 pub mod vm;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::Subcommand;
 use sha2::{Digest, Sha256};
 
+use crate::deps;
 use crate::util::{self, note};
-use crate::{deps, qemu};
 
 /// Bumped when the cache layout changes incompatibly.
 const LAYOUT_VERSION: &str = "vmwatch-lab-cache-1";
 const MARKER: &str = "COMPLETE";
 const MANIFEST: &str = "BUILD-INFO.json";
 
-/// Every scenario of the DESIGN, and whether its guest side exists yet.
-pub const SCENARIOS: &[(&str, bool)] = &[
-    ("idle", true),
-    ("web", true),
-    ("web-peak", false),
-    ("stress-mem", true),
-    ("stress-io", true),
-    ("stress-hdd", true),
-    ("stress-net", false),
-    ("synflood-source", false),
-    ("synflood-target", false),
-    ("bruteforce-source", false),
-    ("bruteforce-target", false),
-    ("slowhttp-source", false),
-    ("slowhttp-target", false),
-    ("portscan-source", false),
-    ("portscan-target", false),
-];
-
-/// The lab: guest build, VM runner (network, scenarios and recording come next).
+/// The lab: guest build, network, VM runner, scenarios and recordings.
 #[derive(Subcommand)]
 pub enum LabCmd {
     /// Build the guest (kernel, initramfs, data disk) into the cache, unless a
@@ -77,14 +63,13 @@ pub enum LabCmd {
         force: bool,
     },
 
-    /// Smoke test: boot one guest (building QEMU and the guest first if needed),
-    /// wait for its readiness line on the serial console, keep it running for a
-    /// while, shut it down.
+    /// Smoke test: create the lab network, boot one guest (building QEMU and the
+    /// guest first if needed), wait for its readiness line and its web server,
+    /// run the scenario (host side included) for a while, tear everything down.
     ///
-    /// No network yet. Ctrl-C stops the VM cleanly.
+    /// Needs root (network namespace). Ctrl-C stops everything cleanly.
     Boot {
-        /// The scenario whose guest side to start (idle, web, stress-mem,
-        /// stress-io, stress-hdd so far).
+        /// The scenario (see docs/LAB.md for the list).
         #[arg(long, default_value = "idle")]
         scenario: String,
         /// Seconds to keep the VM running after it is ready.
@@ -99,6 +84,12 @@ pub enum LabCmd {
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 512)]
         memory: u32,
+        /// Seed of the client load.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// No NIC and no network namespace (only scenarios without network).
+        #[arg(long)]
+        no_net: bool,
         /// Keep the console log in this file.
         #[arg(long)]
         console_log: Option<PathBuf>,
@@ -106,6 +97,87 @@ pub enum LabCmd {
         /// (the guest reports its state after the readiness line) or `loglevel=7`.
         #[arg(long = "kernel-arg", value_name = "WORD")]
         kernel_args: Vec<String>,
+    },
+
+    /// Record one scenario: boot, start the scenario, run `vmwatch record
+    /// --pid <QEMU pid> --source qemu,syscalls,kvm --label SCENARIO`, tear down,
+    /// and check the rows (one per VM and window, probes counted).
+    ///
+    /// Builds QEMU, the guest and vmwatch (release) first if needed. Needs root.
+    Record {
+        /// The scenario (see docs/LAB.md for the list).
+        #[arg(long)]
+        scenario: String,
+        /// Windows to record.
+        #[arg(long, default_value_t = 150)]
+        windows: u32,
+        /// Window length (vmwatch's --interval).
+        #[arg(long, default_value = "2s")]
+        interval: String,
+        /// Seed of the client load (VM i gets seed + i).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// VMs to boot (all run the scenario; each gets its own rows).
+        #[arg(long, default_value_t = 1)]
+        vms: usize,
+        /// Accelerator.
+        #[arg(long, value_enum, default_value_t = vm::Accel::Tcg)]
+        accel: vm::Accel,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 512)]
+        memory: u32,
+        /// Output file (`.csv` or `.csv.gz`).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace the output file if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Use this vmwatch binary instead of building target/release/vmwatch.
+        #[arg(long)]
+        vmwatch: Option<PathBuf>,
+    },
+
+    /// Record every scenario into OUT_DIR/<scenario>.csv.gz, with a progress
+    /// line per scenario, a summary table and OUT_DIR/MANIFEST.json (QEMU build,
+    /// guest kernel, accelerator, seeds, vmwatch version, command, date).
+    ///
+    /// A failed scenario does not stop the others; the command fails at the end.
+    RecordAll {
+        /// Windows per scenario.
+        #[arg(long, default_value_t = 150)]
+        windows: u32,
+        /// Window length (vmwatch's --interval).
+        #[arg(long, default_value = "2s")]
+        interval: String,
+        /// Base seed (scenario i uses seed + 1000 i).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// VMs per scenario.
+        #[arg(long, default_value_t = 1)]
+        vms: usize,
+        /// Accelerator.
+        #[arg(long, value_enum, default_value_t = vm::Accel::Tcg)]
+        accel: vm::Accel,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 512)]
+        memory: u32,
+        /// Output directory.
+        #[arg(long, default_value = "data")]
+        out_dir: PathBuf,
+        /// Only these scenarios (repeatable; default: all).
+        #[arg(long = "only", value_name = "SCENARIO")]
+        only: Vec<String>,
+        /// Use this vmwatch binary instead of building target/release/vmwatch.
+        #[arg(long)]
+        vmwatch: Option<PathBuf>,
+    },
+
+    /// The CI smoke test: record 3 windows of `idle` on one VM and check that
+    /// the rows belong to its QEMU pid and that probes were counted.
+    Smoke {
+        /// Use this vmwatch binary instead of building target/release/vmwatch.
+        #[arg(long)]
+        vmwatch: Option<PathBuf>,
     },
 }
 
@@ -122,6 +194,8 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             timeout,
             accel,
             memory,
+            seed,
+            no_net,
             console_log,
             kernel_args,
         } => boot(&BootArgs {
@@ -130,9 +204,68 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             timeout,
             accel,
             memory,
+            seed,
+            network: !no_net,
             console_log,
             kernel_args,
         }),
+        LabCmd::Record {
+            scenario,
+            windows,
+            interval,
+            seed,
+            vms,
+            accel,
+            memory,
+            output,
+            force,
+            vmwatch,
+        } => {
+            let r = record::record(&record::RecordOpts {
+                scenario: scenario::find(&scenario)?,
+                windows,
+                interval,
+                seed,
+                vms,
+                accel,
+                memory_mib: memory,
+                output: output.clone(),
+                force,
+                vmwatch,
+            })?;
+            println!(
+                "{}: {} rows ({} windows x {} VMs), {} features, {:.0} QEMU probe hits per window",
+                output.display(),
+                r.rows,
+                windows,
+                vms,
+                r.features,
+                r.qemu_hits_per_window
+            );
+            Ok(())
+        }
+        LabCmd::RecordAll {
+            windows,
+            interval,
+            seed,
+            vms,
+            accel,
+            memory,
+            out_dir,
+            only,
+            vmwatch,
+        } => record::record_all(&record::RecordAllOpts {
+            windows,
+            interval,
+            seed,
+            vms,
+            accel,
+            memory_mib: memory,
+            out_dir,
+            only,
+            vmwatch,
+        }),
+        LabCmd::Smoke { vmwatch } => record::smoke(vmwatch.as_deref()),
     }
 }
 
@@ -356,124 +489,64 @@ fn remove_dir_if_exists(dir: &Path) -> Result<()> {
     }
 }
 
-/// Checks a scenario name: known, and its guest side implemented.
-pub fn check_scenario(name: &str) -> Result<()> {
-    let implemented: Vec<&str> = SCENARIOS
-        .iter()
-        .filter(|(_, ok)| *ok)
-        .map(|(n, _)| *n)
-        .collect();
-    match SCENARIOS.iter().find(|(n, _)| *n == name) {
-        Some((_, true)) => Ok(()),
-        Some((_, false)) => bail!(
-            "scenario {name} is not implemented yet; implemented: {}",
-            implemented.join(", ")
-        ),
-        None => bail!(
-            "unknown scenario {name:?}; the scenarios are: {}",
-            SCENARIOS
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 struct BootArgs {
     scenario: String,
     seconds: u64,
     timeout: u64,
     accel: vm::Accel,
     memory: u32,
+    seed: u64,
+    network: bool,
     console_log: Option<PathBuf>,
     kernel_args: Vec<String>,
 }
 
 fn boot(a: &BootArgs) -> Result<()> {
-    check_scenario(&a.scenario)?;
-    vm::install_signal_handlers();
-    let qemu = qemu::ensure(&qemu::Options::default()).context("building QEMU failed")?;
-    vm::check_interrupted()?;
-    let guest = ensure(false).context("building the lab guest failed")?;
-    vm::check_interrupted()?;
-    let runs = lab_root()?.join("runs");
-    let cfg = vm::VmConfig {
-        name: format!("lab-{}", a.scenario),
-        qemu: qemu.binary,
-        kernel: guest.kernel.clone(),
-        initrd: guest.initrd.clone(),
-        disk: Some(guest.disk.clone()),
-        scenario: a.scenario.clone(),
+    let scenario = scenario::find(&a.scenario)?;
+    let mut session = record::Session::start(&record::SessionOpts {
+        scenario,
+        vms: 1,
+        seed: a.seed,
         accel: a.accel,
         memory_mib: a.memory,
-        cpus: 1,
-        tap: None,
-        ip: None,
-        gateway: None,
-        run_parent: runs,
-        extra_append: a.kernel_args.clone(),
-    };
-    note(format!(
-        "booting VM `{}` ({}, {} MiB, scenario {})",
-        cfg.name,
+        boot_timeout: Duration::from_secs(a.timeout),
+        duration: Duration::from_secs(a.seconds + 5),
+        kernel_args: a.kernel_args.clone(),
+        network: a.network,
+    })?;
+    println!(
+        "VM `lab-{}` ready: QEMU pid {}, boot-to-ready {:.1}s ({}{})",
+        scenario.name,
+        session.pids()[0],
+        session.boot_seconds[0],
         a.accel.as_str(),
-        a.memory,
-        a.scenario
-    ));
-    let mut vm = vm::Vm::boot(&cfg)?;
-    let result = (|| -> Result<()> {
-        let took = vm.wait_ready(Duration::from_secs(a.timeout))?;
-        println!(
-            "VM `{}` ready: QEMU pid {}, boot-to-ready {:.1}s ({})",
-            vm.name(),
-            vm.pid(),
-            took.as_secs_f64(),
-            a.accel.as_str()
-        );
-        note(format!("keeping it running for {}s", a.seconds));
-        vm.hold(Duration::from_secs(a.seconds))
-    })();
+        session
+            .net_name()
+            .map(|n| format!(", {} in namespace {n}", net::vm_ip(0)))
+            .unwrap_or_default()
+    );
+    note(format!("keeping it running for {}s", a.seconds));
+    let result = session.vms_mut()[0].hold(Duration::from_secs(a.seconds));
     if let Some(dest) = &a.console_log {
-        if let Err(e) = fs::copy(vm.console_log(), dest) {
+        if let Err(e) = fs::copy(session.vms_mut()[0].console_log(), dest) {
             note(format!(
                 "could not keep the console log in {}: {e}",
                 dest.display()
             ));
         }
     }
-    match result {
-        Ok(()) => {
-            let pid = vm.pid();
-            let status = vm.shutdown()?;
-            note(format!("QEMU (pid {pid}) stopped ({status})"));
-            Ok(())
-        }
-        // Dropping the VM stops QEMU.
-        Err(e) => Err(e),
-    }
+    result?;
+    // On an error above, dropping the session stops everything.
+    session.finish()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
-    fn scenarios() {
-        assert_eq!(SCENARIOS.len(), 15);
-        assert!(check_scenario("idle").is_ok());
-        assert!(check_scenario("stress-hdd").is_ok());
-        let e = format!("{:#}", check_scenario("portscan-target").unwrap_err());
-        assert!(e.contains("not implemented"), "{e}");
-        let e = format!("{:#}", check_scenario("bogus").unwrap_err());
-        assert!(e.contains("unknown scenario"), "{e}");
-    }
-
-    #[test]
-    fn guest_init_knows_every_scenario() {
-        let init = include_str!("guest/init.sh");
-        for (name, _) in SCENARIOS {
-            assert!(init.contains(name), "init.sh does not mention {name}");
-        }
+    fn recipe_hash_covers_the_scenarios() {
+        // init.sh (the guest side of every scenario) is one of the guest files.
+        assert!(super::recipe::GUEST_FILES
+            .iter()
+            .any(|(path, _, text)| *path == "init" && text.contains("portscan-source")));
     }
 }

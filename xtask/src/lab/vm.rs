@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -67,6 +68,9 @@ pub struct VmConfig {
     pub cpus: u32,
     /// The VM's NIC; `None`: no network at all.
     pub tap: Option<Tap>,
+    /// Run QEMU inside this network namespace (`/run/netns/NAME`), where its
+    /// tap is. Its pid stays visible (and countable) on the host.
+    pub netns: Option<PathBuf>,
     /// `vmwatch.ip=` / `vmwatch.gw=` for the guest's eth0.
     pub ip: Option<String>,
     pub gateway: Option<String>,
@@ -211,11 +215,24 @@ impl Vm {
         // then stops QEMU in order. PDEATHSIG: QEMU dies with the xtask thread
         // that started it, even on SIGKILL.
         cmd.process_group(0);
-        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs
-        // between fork and exec.
+        // SAFETY: setns, prctl and getppid are async-signal-safe; nothing else
+        // runs between fork and exec.
         let parent = std::process::id() as libc::pid_t;
+        let netns = match &cfg.netns {
+            Some(path) => Some(
+                fs::File::open(path)
+                    .with_context(|| format!("could not open the namespace {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(fd) = netns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -230,6 +247,7 @@ impl Vm {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("could not start {}", cfg.qemu.display()))?;
+        drop(netns);
         let pid = child.id();
         let started = Instant::now();
 
@@ -346,6 +364,14 @@ impl Vm {
             std::thread::sleep(
                 Duration::from_millis(100).min(until.saturating_duration_since(Instant::now())),
             );
+        }
+        Ok(())
+    }
+
+    /// Fails (with the console's last lines) if QEMU has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.try_exit()? {
+            return Err(self.failure(&format!("QEMU exited ({status}) while running")));
         }
         Ok(())
     }
@@ -547,6 +573,7 @@ mod tests {
             memory_mib: 512,
             cpus: 1,
             tap: None,
+            netns: None,
             ip: None,
             gateway: None,
             run_parent: "/tmp".into(),

@@ -87,6 +87,23 @@ done
 # console's input, with its output on the console.
 start() { setsid "$@" </dev/null & }
 
+# Like start, with the output discarded (attack tools are chatty, and every
+# console character is slow under TCG).
+quiet() { setsid "$@" </dev/null >/dev/null 2>&1 & }
+
+# Runs a command again and again (each run ends by itself), output discarded.
+quiet_loop() {
+    setsid sh -c 'while :; do "$@"; sleep 1; done' quiet_loop "$@" </dev/null >/dev/null 2>&1 &
+}
+
+# The -source attacks and stress-net aim at the host side of the lab network.
+GWIP=${GW:-}
+need_gw() {
+    [ -n "$GWIP" ] || fail "scenario $SCENARIO needs the lab network (vmwatch.gw=)"
+    ip link show eth0 >/dev/null 2>&1 || fail "scenario $SCENARIO needs a NIC"
+}
+ADMIN_USER=admin
+
 # Guest side of each scenario. Host-side parts (client load, attacks at the VM)
 # are started by `cargo xtask lab`; here is only what runs inside the guest.
 case "$SCENARIO" in
@@ -104,10 +121,34 @@ case "$SCENARIO" in
         grep -q ' /mnt/data ' /proc/mounts || fail "stress-hdd needs the data disk (/dev/vda)"
         start stress-ng --hdd 1 --hdd-bytes 16M --temp-path /mnt/data --quiet
         ;;
-    web-peak | stress-net | \
-    synflood-source | synflood-target | bruteforce-source | bruteforce-target | \
-    slowhttp-source | slowhttp-target | portscan-source | portscan-target)
-        fail "not implemented yet"
+    web-peak)
+        # The web server only; the (higher) client load comes from the host.
+        ;;
+    stress-net)
+        need_gw
+        # Adaptive flood ping: the next request as soon as the reply arrives.
+        quiet ping -A -q -s 1024 "$GWIP"
+        ;;
+    synflood-target | bruteforce-target | slowhttp-target | portscan-target)
+        # The attack comes from the host side (and the web load with it).
+        ;;
+    synflood-source)
+        need_gw
+        # SYN flood at about 1000 packets/s on the host side's web server.
+        quiet hping3 -q -S -p 80 -i u1000 "$GWIP"
+        ;;
+    bruteforce-source)
+        need_gw
+        quiet_loop ncrack --user "$ADMIN_USER" -P /usr/share/ncrack/default.pwd \
+            -m http:path=/admin/ "http://$GWIP"
+        ;;
+    slowhttp-source)
+        need_gw
+        quiet_loop slowhttptest -H -c 200 -r 20 -i 10 -x 24 -l 600 -u "http://$GWIP/"
+        ;;
+    portscan-source)
+        need_gw
+        quiet_loop nmap -sS -n -Pn -T4 -p 1-65535 "$GWIP"
         ;;
     *)
         fail "unknown scenario"

@@ -1,0 +1,806 @@
+//! A lab session (network, target server, VMs, client load, host-side tool,
+//! torn down in reverse order on drop) and the recordings made with it:
+//! `lab record`, `lab record-all` (with `MANIFEST.json`) and the CI smoke test.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::load::{self, LoadGen};
+use super::net::{self, Net};
+use super::scenario::{self, Scenario};
+use super::tools::{Repeater, TargetServer, TempDir};
+use super::vm::{self, Accel, Vm};
+use super::{lab_root, recipe, Guest};
+use crate::qemu;
+use crate::util::{self, note};
+
+/// Every source vmwatch has (kvm rows are all zero under TCG).
+pub const SOURCES: &str = "qemu,syscalls,kvm";
+/// Seconds the client load and attacks run before recording starts.
+const WARM_UP: Duration = Duration::from_secs(4);
+
+/// How to run a session.
+#[derive(Debug, Clone)]
+pub struct SessionOpts {
+    pub scenario: &'static Scenario,
+    pub vms: usize,
+    pub seed: u64,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub boot_timeout: Duration,
+    /// How long the client load and host-side tools may run at most.
+    pub duration: Duration,
+    pub kernel_args: Vec<String>,
+    /// No network at all (`lab boot --no-net`): scenarios that need it fail.
+    pub network: bool,
+}
+
+/// A running lab. Fields drop in declaration order: client load and tools
+/// first, then the VMs, then the network.
+pub struct Session {
+    loads: Vec<LoadGen>,
+    tools: Vec<Repeater>,
+    _target: Option<TargetServer>,
+    vms: Vec<Vm>,
+    net: Option<Net>,
+    _logs: TempDir,
+    pub qemu: qemu::Build,
+    pub guest: Guest,
+    pub boot_seconds: Vec<f64>,
+}
+
+impl Session {
+    /// Builds what is missing, creates the network, boots the VMs, waits until
+    /// each is ready and its web server answers over the lab network, and
+    /// starts the scenario's host side.
+    pub fn start(o: &SessionOpts) -> Result<Session> {
+        vm::install_signal_handlers();
+        let s = o.scenario;
+        if !o.network
+            && (s.load.is_some()
+                || s.host_target
+                || !s.host_tool.is_empty()
+                || s.name == "stress-net")
+        {
+            bail!("scenario {} needs the lab network", s.name);
+        }
+        let qemu = qemu::ensure(&qemu::Options::default()).context("building QEMU failed")?;
+        vm::check_interrupted()?;
+        let guest = super::ensure(false).context("building the lab guest failed")?;
+        vm::check_interrupted()?;
+        let runs = lab_root()?.join("runs");
+        remove_stale_logs(&runs);
+        let logs = TempDir::create(runs.join(format!("host-{}-{}", std::process::id(), unique())))?;
+
+        let net = if o.network {
+            Some(Net::create(o.vms)?)
+        } else {
+            None
+        };
+        let target = match (&net, s.host_target) {
+            (Some(n), true) => Some(TargetServer::start(
+                n,
+                logs.0.join("target"),
+                recipe::ADMIN_USER,
+                recipe::ADMIN_PASSWORD,
+            )?),
+            _ => None,
+        };
+        let mut session = Session {
+            loads: Vec::new(),
+            tools: Vec::new(),
+            _target: target,
+            vms: Vec::new(),
+            net,
+            _logs: logs,
+            qemu,
+            guest,
+            boot_seconds: Vec::new(),
+        };
+        for i in 0..o.vms {
+            let cfg = vm::VmConfig {
+                name: if o.vms == 1 {
+                    format!("lab-{}", s.name)
+                } else {
+                    format!("lab-{}-{i}", s.name)
+                },
+                qemu: session.qemu.binary.clone(),
+                kernel: session.guest.kernel.clone(),
+                initrd: session.guest.initrd.clone(),
+                disk: Some(session.guest.disk.clone()),
+                scenario: s.name.to_string(),
+                accel: o.accel,
+                memory_mib: o.memory_mib,
+                cpus: 1,
+                tap: session.net.as_ref().map(|_| vm::Tap {
+                    ifname: net::tap_name(i),
+                    mac: net::vm_mac(i),
+                }),
+                netns: session.net.as_ref().map(Net::path),
+                ip: session
+                    .net
+                    .as_ref()
+                    .map(|_| format!("{}/{}", net::vm_ip(i), net::PREFIX)),
+                gateway: session.net.as_ref().map(|_| net::HOST_IP.to_string()),
+                run_parent: runs.clone(),
+                extra_append: o.kernel_args.clone(),
+            };
+            note(format!(
+                "booting VM `{}` ({}, {} MiB, scenario {}{})",
+                cfg.name,
+                o.accel.as_str(),
+                o.memory_mib,
+                s.name,
+                cfg.ip
+                    .as_ref()
+                    .map(|ip| format!(", {ip}"))
+                    .unwrap_or_default()
+            ));
+            session.vms.push(Vm::boot(&cfg)?);
+        }
+        for vm in &mut session.vms {
+            let took = vm.wait_ready(o.boot_timeout)?;
+            note(format!(
+                "VM `{}` ready: QEMU pid {}, boot-to-ready {:.1}s",
+                vm.name(),
+                vm.pid(),
+                took.as_secs_f64()
+            ));
+            session.boot_seconds.push(took.as_secs_f64());
+        }
+        if let Some(n) = &session.net {
+            for i in 0..o.vms {
+                let took = load::wait_http(n, &net::vm_ip(i), Duration::from_secs(30))?;
+                note(format!(
+                    "http://{}/ answers over the lab network ({:.1}s)",
+                    net::vm_ip(i),
+                    took.as_secs_f64()
+                ));
+            }
+            for i in 0..o.vms {
+                let ip = net::vm_ip(i);
+                if let Some(profile) = s.load {
+                    let seed = o.seed.wrapping_add(i as u64);
+                    session
+                        .loads
+                        .push(LoadGen::start(n, &ip, profile, seed, o.duration)?);
+                }
+                if !s.host_tool.is_empty() {
+                    let log = session._logs.0.join(format!("tool-{i}.log"));
+                    session
+                        .tools
+                        .push(Repeater::start(n, s.host_argv(&ip), log, o.duration)?);
+                }
+            }
+        }
+        Ok(session)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.vms.iter().map(Vm::pid).collect()
+    }
+
+    pub fn vms_mut(&mut self) -> &mut [Vm] {
+        &mut self.vms
+    }
+
+    pub fn net_name(&self) -> Option<&str> {
+        self.net.as_ref().map(Net::name)
+    }
+
+    /// Fails if a VM has exited.
+    pub fn check(&mut self) -> Result<()> {
+        for vm in &mut self.vms {
+            vm.check_running()?;
+        }
+        Ok(())
+    }
+
+    /// Stops everything in order; reports the client load.
+    pub fn finish(mut self) -> Result<()> {
+        for l in self.loads.drain(..) {
+            let (summary, err) = l.stop();
+            note(format!("web load: {summary}"));
+            if let Some(e) = err {
+                note(format!("web load error: {e}"));
+            }
+        }
+        for t in self.tools.drain(..) {
+            let what = t.what().to_string();
+            let runs = t.stop();
+            note(format!("host tool `{what}`: started {runs} time(s)"));
+        }
+        for vm in self.vms.drain(..) {
+            let pid = vm.pid();
+            let status = vm.shutdown()?;
+            note(format!("QEMU (pid {pid}) stopped ({status})"));
+        }
+        Ok(())
+    }
+}
+
+/// Removes host-side log directories (`host-<pid>-<n>`) of killed runs.
+fn remove_stale_logs(runs: &Path) {
+    let Ok(entries) = fs::read_dir(runs) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = host_dir_pid(&name) {
+            if !Path::new("/proc").join(pid.to_string()).exists() {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// `host-4242-0` → 4242.
+fn host_dir_pid(name: &str) -> Option<u32> {
+    let (pid, n) = name.strip_prefix("host-")?.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Options of one recording.
+#[derive(Debug, Clone)]
+pub struct RecordOpts {
+    pub scenario: &'static Scenario,
+    pub windows: u32,
+    pub interval: String,
+    pub seed: u64,
+    pub vms: usize,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub output: PathBuf,
+    pub force: bool,
+    /// The vmwatch binary; `None`: build it (`cargo build --release -p vmwatch`).
+    pub vmwatch: Option<PathBuf>,
+}
+
+/// What a recording produced (checked).
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub rows: usize,
+    pub pids: Vec<u32>,
+    pub seconds: f64,
+    pub boot_seconds: Vec<f64>,
+    /// Mean per window of the sum of all `qemu:*` columns.
+    pub qemu_hits_per_window: f64,
+    pub features: usize,
+}
+
+/// Builds (or takes) the vmwatch binary.
+pub fn vmwatch_binary(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        if !p.is_file() {
+            bail!("the vmwatch binary {} does not exist", p.display());
+        }
+        return Ok(p.to_path_buf());
+    }
+    let root = util::repo_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    util::run(
+        Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "-p", "vmwatch"]),
+    )
+    .context("building vmwatch failed")?;
+    Ok(root.join("target/release/vmwatch"))
+}
+
+/// Parses `2s` / `500ms` (what vmwatch's `--interval` takes) into a duration.
+pub fn parse_interval(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => s.split_at(at),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow!("bad interval {s:?}: expected e.g. 2s or 500ms"))?;
+    let secs = match unit {
+        "s" => n,
+        "ms" => n / 1000.0,
+        _ => bail!("bad interval {s:?}: expected e.g. 2s or 500ms"),
+    };
+    if secs <= 0.0 {
+        bail!("bad interval {s:?}: must be positive");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `lab record`: one scenario, `windows` windows, checked output.
+pub fn record(o: &RecordOpts) -> Result<Recorded> {
+    let interval = parse_interval(&o.interval)?;
+    if o.output.exists() && !o.force {
+        bail!("{} exists; pass --force to replace it", o.output.display());
+    }
+    if let Some(dir) = o.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    }
+    let vmwatch = vmwatch_binary(o.vmwatch.as_deref())?;
+    let record_time = interval * o.windows;
+    let started = Instant::now();
+    let mut session = Session::start(&SessionOpts {
+        scenario: o.scenario,
+        vms: o.vms,
+        seed: o.seed,
+        accel: o.accel,
+        memory_mib: o.memory_mib,
+        boot_timeout: Duration::from_secs(180),
+        duration: WARM_UP + record_time + Duration::from_secs(120),
+        kernel_args: Vec::new(),
+        network: true,
+    })?;
+    let pids = session.pids();
+    let boot_seconds = session.boot_seconds.clone();
+    note(format!("warming up for {}s", WARM_UP.as_secs()));
+    let until = Instant::now() + WARM_UP;
+    while Instant::now() < until {
+        session.check()?;
+        vm::check_interrupted()?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let mut cmd = Command::new(&vmwatch);
+    cmd.arg("record");
+    for pid in &pids {
+        cmd.args(["--pid", &pid.to_string()]);
+    }
+    cmd.args(["--source", SOURCES, "--label", o.scenario.name])
+        .args(["--interval", &o.interval])
+        .args(["--windows", &o.windows.to_string()])
+        .arg("-o")
+        .arg(&o.output)
+        .arg("--force")
+        .stdin(Stdio::null())
+        .stdout(std::io::stderr());
+    // If xtask is killed, vmwatch gets SIGTERM: it detaches and exits cleanly.
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    note(format!("$ {}", util::display(&cmd)));
+    let mut child = cmd.spawn().context("could not start vmwatch")?;
+    let deadline = Instant::now() + record_time + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().context("could not wait for vmwatch")? {
+            break st;
+        }
+        let problem = if vm::interrupted() {
+            Some("interrupted".to_string())
+        } else if Instant::now() > deadline {
+            Some(format!(
+                "vmwatch record did not finish within {}s",
+                (record_time + Duration::from_secs(120)).as_secs()
+            ))
+        } else {
+            session.check().err().map(|e| format!("{e:#}"))
+        };
+        if let Some(p) = problem {
+            // SAFETY: SIGINT to our own child: vmwatch finishes cleanly.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+            }
+            let _ = child.wait();
+            bail!("recording {} failed: {p}", o.scenario.name);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if !status.success() {
+        bail!("vmwatch record failed ({status})");
+    }
+    session.finish()?;
+    let mut rec = check_dataset(&o.output, &pids, o.scenario.name, o.windows as usize)?;
+    rec.seconds = started.elapsed().as_secs_f64();
+    rec.boot_seconds = boot_seconds;
+    note(format!(
+        "{}: {} rows, {} features, {:.0} qemu probe hits per window, {}",
+        o.output.display(),
+        rec.rows,
+        rec.features,
+        rec.qemu_hits_per_window,
+        util::human_duration(Duration::from_secs_f64(rec.seconds))
+    ));
+    Ok(rec)
+}
+
+/// Reads a dataset (`.csv` or `.csv.gz`) as (header, rows).
+pub fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let text = if path.extension().is_some_and(|e| e == "gz") {
+        util::output(Command::new("gzip").arg("-dc").arg(path))?
+    } else {
+        fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?
+    };
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .with_context(|| format!("{} is empty", path.display()))?
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let rows = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    Ok((header, rows))
+}
+
+/// Checks a recording: `windows` rows per VM, every row from one of `pids`,
+/// labelled `label`, with QEMU probes counted in every row.
+pub fn check_dataset(path: &Path, pids: &[u32], label: &str, windows: usize) -> Result<Recorded> {
+    let (header, rows) = read_csv(path)?;
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .with_context(|| format!("{} has no `{name}` column", path.display()))
+    };
+    let (pid_c, label_c) = (col("pid")?, col("label")?);
+    let lead = [
+        "vm",
+        "pid",
+        "label",
+        "window",
+        "start_unix_ms",
+        "duration_ms",
+    ];
+    if header.len() < lead.len() || header[..lead.len()] != lead {
+        bail!(
+            "{} does not start with the columns {}",
+            path.display(),
+            lead.join(",")
+        );
+    }
+    let qemu_cols: Vec<usize> = (0..header.len())
+        .filter(|&i| header[i].starts_with("qemu:"))
+        .collect();
+    let mut total = 0.0;
+    for (n, r) in rows.iter().enumerate() {
+        if r.len() != header.len() {
+            bail!(
+                "{} row {}: {} fields, header has {}",
+                path.display(),
+                n + 1,
+                r.len(),
+                header.len()
+            );
+        }
+        let pid: u32 = r[pid_c]
+            .parse()
+            .with_context(|| format!("bad pid {:?}", r[pid_c]))?;
+        if !pids.contains(&pid) {
+            bail!(
+                "{} row {}: pid {pid} is not a VM of this run ({pids:?})",
+                path.display(),
+                n + 1
+            );
+        }
+        if r[label_c] != label {
+            bail!(
+                "{} row {}: label {:?}, expected {label:?}",
+                path.display(),
+                n + 1,
+                r[label_c]
+            );
+        }
+        let hits: f64 = qemu_cols
+            .iter()
+            .map(|&i| r[i].parse::<f64>().unwrap_or(0.0))
+            .sum();
+        if hits <= 0.0 {
+            bail!(
+                "{} row {}: no QEMU probe was counted",
+                path.display(),
+                n + 1
+            );
+        }
+        total += hits;
+    }
+    let expected = windows * pids.len();
+    if rows.len() != expected {
+        bail!(
+            "{} has {} rows, expected {expected} ({windows} windows x {} VMs)",
+            path.display(),
+            rows.len(),
+            pids.len()
+        );
+    }
+    Ok(Recorded {
+        rows: rows.len(),
+        pids: pids.to_vec(),
+        seconds: 0.0,
+        boot_seconds: Vec::new(),
+        qemu_hits_per_window: total / rows.len().max(1) as f64,
+        features: header.len() - lead.len(),
+    })
+}
+
+/// Options of `lab record-all`.
+#[derive(Debug, Clone)]
+pub struct RecordAllOpts {
+    pub windows: u32,
+    pub interval: String,
+    pub seed: u64,
+    pub vms: usize,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub out_dir: PathBuf,
+    pub only: Vec<String>,
+    pub vmwatch: Option<PathBuf>,
+}
+
+/// `lab record-all`: every scenario into `<out>/<scenario>.csv.gz`, a summary,
+/// and `<out>/MANIFEST.json`.
+pub fn record_all(o: &RecordAllOpts) -> Result<()> {
+    let list: Vec<&'static Scenario> = if o.only.is_empty() {
+        scenario::SCENARIOS.iter().collect()
+    } else {
+        o.only
+            .iter()
+            .map(|n| scenario::find(n))
+            .collect::<Result<_>>()?
+    };
+    fs::create_dir_all(&o.out_dir)
+        .with_context(|| format!("could not create {}", o.out_dir.display()))?;
+    let vmwatch = vmwatch_binary(o.vmwatch.as_deref())?;
+    let started = Instant::now();
+    let date = util::utc_now();
+    let mut results: Vec<(&'static Scenario, u64, PathBuf, Result<Recorded>)> = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        let seed = o.seed.wrapping_add(1000 * i as u64);
+        let file = o.out_dir.join(format!("{}.csv.gz", s.name));
+        note(format!(
+            "[{}/{}] {} ({} windows, seed {seed}); {} so far",
+            i + 1,
+            list.len(),
+            s.name,
+            o.windows,
+            util::human_duration(started.elapsed())
+        ));
+        let r = record(&RecordOpts {
+            scenario: s,
+            windows: o.windows,
+            interval: o.interval.clone(),
+            seed,
+            vms: o.vms,
+            accel: o.accel,
+            memory_mib: o.memory_mib,
+            output: file.clone(),
+            force: true,
+            vmwatch: Some(vmwatch.clone()),
+        });
+        if let Err(e) = &r {
+            note(format!("{} failed: {e:#}", s.name));
+        }
+        results.push((s, seed, file, r));
+        if vm::interrupted() {
+            break;
+        }
+    }
+    eprintln!();
+    eprintln!(
+        "{:<20} {:>6} {:>9} {:>14} {:>9}",
+        "scenario", "rows", "features", "qemu hits/win", "time"
+    );
+    for (s, _, _, r) in &results {
+        match r {
+            Ok(r) => eprintln!(
+                "{:<20} {:>6} {:>9} {:>14.0} {:>9}",
+                s.name,
+                r.rows,
+                r.features,
+                r.qemu_hits_per_window,
+                util::human_duration(Duration::from_secs_f64(r.seconds))
+            ),
+            Err(e) => eprintln!("{:<20} FAILED: {}", s.name, first_line(&format!("{e:#}"))),
+        }
+    }
+    let manifest = manifest_json(o, &vmwatch, &date, started.elapsed(), &results)?;
+    let path = o.out_dir.join("MANIFEST.json");
+    util::write_atomic(&path, manifest.as_bytes())?;
+    note(format!(
+        "wrote {} ({} scenarios in {})",
+        path.display(),
+        results.len(),
+        util::human_duration(started.elapsed())
+    ));
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| r.3.is_err())
+        .map(|r| r.0.name)
+        .collect();
+    vm::check_interrupted()?;
+    if !failed.is_empty() {
+        bail!("{} scenario(s) failed: {}", failed.len(), failed.join(", "));
+    }
+    Ok(())
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+fn manifest_json(
+    o: &RecordAllOpts,
+    vmwatch: &Path,
+    date: &str,
+    elapsed: Duration,
+    results: &[(&'static Scenario, u64, PathBuf, Result<Recorded>)],
+) -> Result<String> {
+    use util::json_str as j;
+    let qemu = qemu::ensure(&qemu::Options::default())?;
+    let guest = super::ensure(false)?;
+    let read = |p: PathBuf| -> Result<String> {
+        Ok(fs::read_to_string(&p)
+            .with_context(|| format!("could not read {}", p.display()))?
+            .trim()
+            .to_string())
+    };
+    let qemu_info = read(qemu.dir.join("BUILD-INFO.json"))?;
+    let guest_info = read(guest.dir.join(super::MANIFEST))?;
+    let vmwatch_version = util::output(Command::new(vmwatch).arg("--version"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|e| format!("unknown ({e:#})"));
+    let git = util::output(
+        Command::new("git")
+            .current_dir(util::repo_root())
+            .args(["describe", "--always", "--dirty"]),
+    )
+    .map(|v| v.trim().to_string())
+    .unwrap_or_default();
+    let command: Vec<String> = std::env::args().collect();
+    let scenarios: Vec<String> = results
+        .iter()
+        .map(|(s, seed, file, r)| {
+            let file = file
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match r {
+                Ok(r) => format!(
+                    "    {{\"name\": {}, \"group\": {}, \"file\": {}, \"seed\": {seed}, \"rows\": {}, \"features\": {}, \"qemu_hits_per_window\": {:.1}, \"boot_seconds\": {:.1}, \"seconds\": {:.1}, \"host_tool\": {}, \"guest\": {}}}",
+                    j(s.name),
+                    j(s.group.as_str()),
+                    j(&file),
+                    r.rows,
+                    r.features,
+                    r.qemu_hits_per_window,
+                    r.boot_seconds.first().copied().unwrap_or(0.0),
+                    r.seconds,
+                    j(&s.host_tool.join(" ")),
+                    j(s.guest)
+                ),
+                Err(e) => format!(
+                    "    {{\"name\": {}, \"file\": null, \"seed\": {seed}, \"error\": {}}}",
+                    j(s.name),
+                    j(&format!("{e:#}"))
+                ),
+            }
+        })
+        .collect();
+    Ok(format!(
+        "{{\n  \"date\": {},\n  \"command\": {},\n  \"git\": {},\n  \"vmwatch_version\": {},\n  \"sources\": {},\n  \"interval\": {},\n  \"windows_per_scenario\": {},\n  \"vms\": {},\n  \"accelerator\": {},\n  \"guest_memory_mib\": {},\n  \"base_seed\": {},\n  \"load\": {{\"web_rate\": [{}, {}], \"web_segment_seconds\": {}, \"peak_rate\": {}}},\n  \"network\": {{\"subnet\": {}, \"host\": {}, \"first_vm\": {}}},\n  \"seconds\": {},\n  \"scenarios\": [\n{}\n  ],\n  \"qemu\": {},\n  \"guest\": {}\n}}\n",
+        j(date),
+        j(&command.join(" ")),
+        j(&git),
+        j(&vmwatch_version),
+        j(SOURCES),
+        j(&o.interval),
+        o.windows,
+        o.vms,
+        j(o.accel.as_str()),
+        o.memory_mib,
+        o.seed,
+        load::WEB_RATE.0,
+        load::WEB_RATE.1,
+        load::WEB_SEGMENT_S,
+        load::PEAK_RATE,
+        j(net::SUBNET),
+        j(net::HOST_IP),
+        j(&net::vm_ip(0)),
+        elapsed.as_secs(),
+        scenarios.join(",\n"),
+        qemu_info.replace('\n', "\n  "),
+        guest_info.replace('\n', "\n  "),
+    ))
+}
+
+/// The CI smoke test: builds what is missing, boots one VM, records 3 windows
+/// of `idle` and checks that the rows belong to its PID and counted probes.
+pub fn smoke(vmwatch: Option<&Path>) -> Result<()> {
+    let dir = TempDir::create(
+        std::env::temp_dir().join(format!("vmwatch-lab-smoke-{}", std::process::id())),
+    )?;
+    let out = dir.0.join("idle.csv");
+    let rec = record(&RecordOpts {
+        scenario: scenario::find("idle")?,
+        windows: 3,
+        interval: "2s".into(),
+        seed: 1,
+        vms: 1,
+        accel: Accel::Tcg,
+        memory_mib: 512,
+        output: out,
+        force: true,
+        vmwatch: vmwatch.map(Path::to_path_buf),
+    })?;
+    note(format!(
+        "lab smoke test passed: {} rows of QEMU pid {:?}, {:.0} probe hits per window, {} features, {}",
+        rec.rows,
+        rec.pids,
+        rec.qemu_hits_per_window,
+        rec.features,
+        util::human_duration(Duration::from_secs_f64(rec.seconds))
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_dirs() {
+        assert_eq!(host_dir_pid("host-4242-0"), Some(4242));
+        assert_eq!(host_dir_pid("host-4242"), None);
+        assert_eq!(host_dir_pid("run-lab-idle-4242-0"), None);
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_interval("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_interval("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_interval("2h").is_err());
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("abc").is_err());
+    }
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("vmwatch-xtask-{}-{name}", std::process::id()));
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn dataset_checks() {
+        let head = "vm,pid,label,window,start_unix_ms,duration_ms,qemu:a,sys:read\n";
+        let good = write(
+            "good.csv",
+            &format!("{head}v,10,idle,0,1,2000,5,1\nv,10,idle,1,2,2000,3,0\n"),
+        );
+        let r = check_dataset(&good, &[10], "idle", 2).unwrap();
+        assert_eq!(r.rows, 2);
+        assert_eq!(r.features, 2);
+        assert_eq!(r.qemu_hits_per_window, 4.0);
+        let e = |p: &Path, pids: &[u32], n| {
+            format!("{:#}", check_dataset(p, pids, "idle", n).unwrap_err())
+        };
+        assert!(e(&good, &[11], 2).contains("not a VM of this run"));
+        assert!(e(&good, &[10], 3).contains("expected 3"));
+        let zero = write("zero.csv", &format!("{head}v,10,idle,0,1,2000,0,9\n"));
+        assert!(e(&zero, &[10], 1).contains("no QEMU probe"));
+        let label = write("label.csv", &format!("{head}v,10,web,0,1,2000,1,9\n"));
+        assert!(e(&label, &[10], 1).contains("label"));
+        for p in [good, zero, label] {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
