@@ -33,6 +33,22 @@ impl Source {
         }
     }
 
+    /// Whether `feature` comes from one of `sources` (an empty list allows
+    /// all). `strace` and `syscalls` both name `sys:` features.
+    pub fn any_of(sources: &[Source], feature: &str) -> bool {
+        if sources.is_empty() {
+            return true;
+        }
+        let norm = |s: Source| {
+            if s == Source::Strace {
+                Source::Syscalls
+            } else {
+                s
+            }
+        };
+        Source::of(feature).is_some_and(|f| sources.iter().any(|&s| norm(s) == f))
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Source::Qemu => "qemu",
@@ -138,6 +154,16 @@ mod tests {
         assert!(all.len() > 300, "{}", all.len());
         let getppid = all.iter().find(|(n, _)| n == "sys:getppid").unwrap();
         assert_eq!(getppid.1 as libc::c_long, libc::SYS_getppid);
+    }
+
+    #[test]
+    fn filters_features_by_source() {
+        let q = [Source::Qemu];
+        assert!(Source::any_of(&q, "qemu:tap_send"));
+        assert!(!Source::any_of(&q, "sys:read"));
+        assert!(Source::any_of(&[Source::Strace], "sys:read"));
+        assert!(Source::any_of(&[], "kvm:kvm_pio"));
+        assert!(!Source::any_of(&[Source::Kvm], "other"));
     }
 
     #[test]

@@ -27,6 +27,15 @@ pub struct Args {
     /// is nonzero in any input file.
     #[arg(long, value_name = "FILE")]
     features: Option<PathBuf>,
+    /// Use only the features of these sources (comma separated: qemu,
+    /// syscalls, kvm) that are nonzero in any input file.
+    #[arg(
+        long = "source",
+        value_delimiter = ',',
+        value_name = "SOURCES",
+        conflicts_with = "features"
+    )]
+    sources: Vec<vmwatch::features::Source>,
     #[command(flatten)]
     svm: super::SvmArgs,
     /// A second normal (e.g. web-peak): report false positives before and
@@ -37,6 +46,50 @@ pub struct Args {
     /// and scenarios.svg (F-measure and sensitivity per scenario, Fig. 4).
     #[arg(long, value_name = "DIR")]
     plots: Option<PathBuf>,
+    /// Also write the results as JSON to FILE (for scripts such as `cargo
+    /// xtask eval`).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// The machine-readable report of `--json`.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    normal: String,
+    normal_windows: usize,
+    features: usize,
+    nu: f64,
+    gamma: f64,
+    parameters: String,
+    folds: usize,
+    scenarios: Vec<ScenarioReport>,
+    median_f_measure: f64,
+    median_sensitivity: f64,
+    median_fp_rate: f64,
+    /// (training windows, false-positive rate).
+    learning_curve: Vec<(usize, f64)>,
+    relearn: Option<Relearn>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ScenarioReport {
+    name: String,
+    windows: usize,
+    tp: f64,
+    fp: f64,
+    tn: f64,
+    fn_: f64,
+    sensitivity: f64,
+    precision: f64,
+    f_measure: f64,
+    fp_rate: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Relearn {
+    file: String,
+    fp_rate_before: f64,
+    fp_rate_after: f64,
 }
 
 fn scenario_name(path: &Path, table: &Table) -> String {
@@ -73,7 +126,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let tables = std::iter::once(&normal).chain(anomalies.iter().map(|(_, t)| t));
             for t in tables.chain(peak.iter()) {
                 for (j, name) in t.features.iter().enumerate() {
-                    if !f.contains(name) && t.x.column(j).iter().any(|v| *v != 0.0) {
+                    if !f.contains(name)
+                        && vmwatch::features::Source::any_of(&args.sources, name)
+                        && t.x.column(j).iter().any(|v| *v != 0.0)
+                    {
                         f.push(name.clone());
                     }
                 }
@@ -82,7 +138,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     };
     if features.is_empty() {
-        bail!("every feature is zero in the input files");
+        bail!("every feature (of the chosen sources) is zero in the input files");
     }
     let x_normal = normal.project(&features);
     let (nu, gamma, how) = match (args.svm.nu, args.svm.gamma) {
@@ -126,6 +182,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     let (mut fs, mut ss, mut fprs) = (Vec::new(), Vec::new(), Vec::new());
     let mut bars = Vec::new();
+    let mut scenarios = Vec::new();
     for (name, table) in &anomalies {
         eprintln!("evaluating {name}…");
         let c = evaluate(
@@ -148,6 +205,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
             100.0 * c.f_measure()
         )?;
         bars.push((name.clone(), c.f_measure(), c.sensitivity()));
+        scenarios.push(ScenarioReport {
+            name: name.clone(),
+            windows: table.len(),
+            tp: c.tp,
+            fp: c.fp,
+            tn: c.tn,
+            fn_: c.fn_,
+            sensitivity: c.sensitivity(),
+            precision: c.precision(),
+            f_measure: c.f_measure(),
+            fp_rate: c.fp_rate(),
+        });
         fs.push(c.f_measure());
         ss.push(c.sensitivity());
         fprs.push(c.fp_rate());
@@ -186,6 +255,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         vmwatch::plots::scenarios(&dir.join("scenarios.svg"), &title, &bars)?;
         eprintln!("figures written to {}", dir.display());
     }
+    let mut relearned = None;
     if let (Some(peak), Some(path)) = (&peak, &args.relearn) {
         let (before, after) = relearn(
             x_normal.view(),
@@ -202,6 +272,31 @@ pub fn run(args: Args) -> Result<ExitCode> {
             before * 100.0,
             after * 100.0
         )?;
+        relearned = Some(Relearn {
+            file: path.display().to_string(),
+            fp_rate_before: before,
+            fp_rate_after: after,
+        });
+    }
+    if let Some(path) = &args.json {
+        let report = Report {
+            normal: args.normal.display().to_string(),
+            normal_windows: normal.len(),
+            features: features.len(),
+            nu,
+            gamma,
+            parameters: how,
+            folds: args.svm.folds,
+            median_f_measure: median(&fs),
+            median_sensitivity: median(&ss),
+            median_fp_rate: median(&fprs),
+            scenarios,
+            learning_curve: curve,
+            relearn: relearned,
+        };
+        let mut text = serde_json::to_string_pretty(&report)?;
+        text.push('\n');
+        vmwatch::atomic::write(path, text.as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -44,6 +44,10 @@ pub struct Args {
     /// closer to LDA's assumption of normal classes with equal spread).
     #[arg(long)]
     raw: bool,
+    /// Consider only features of these sources (comma separated: qemu,
+    /// syscalls, kvm). Default: every feature of the files.
+    #[arg(long = "source", value_delimiter = ',', value_name = "SOURCES")]
+    sources: Vec<vmwatch::features::Source>,
     /// Fewest rows (windows) a file must have.
     #[arg(long, default_value_t = 10, value_name = "N")]
     min_rows: usize,
@@ -70,7 +74,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut pairs = Vec::new();
     for path in &args.stress {
         let stress = read(path, args.min_rows)?;
-        let features = nonzero_union(&baseline, &stress);
+        let mut features = nonzero_union(&baseline, &stress);
+        features.retain(|f| vmwatch::features::Source::any_of(&args.sources, f));
         let scores = score_pair(
             baseline.project(&features).view(),
             stress.project(&features).view(),
