@@ -1,0 +1,455 @@
+//! `cargo xtask eval`: regenerates docs/RESULTS.md from the lab's data/.
+//!
+//! It runs the release vmwatch the way a user would: `vmwatch select` on
+//! idle vs the stress scenarios (the paper's Table 1 and the selected probe
+//! set), then `vmwatch eval` on `web` (normal) against the eight attack
+//! scenarios once per feature set (all QEMU probes, selected probes, BPF
+//! syscalls, all sources), with the learning curve, the re-learning
+//! experiment (`web-peak`) and the figures. Every number in the report comes
+//! from those runs; the text between the NOTES markers is kept across runs.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::lab::record::vmwatch_binary;
+use crate::util::{self, note};
+
+const BASELINE: &str = "idle";
+const STRESS: &[&str] = &["stress-mem", "stress-io", "stress-hdd", "stress-net"];
+const NORMAL: &str = "web";
+const PEAK: &str = "web-peak";
+const ATTACKS: &[&str] = &[
+    "synflood-source",
+    "synflood-target",
+    "bruteforce-source",
+    "bruteforce-target",
+    "slowhttp-source",
+    "slowhttp-target",
+    "portscan-source",
+    "portscan-target",
+];
+
+const NOTES_BEGIN: &str = "<!-- NOTES BEGIN (kept by cargo xtask eval) -->";
+const NOTES_END: &str = "<!-- NOTES END -->";
+
+/// One feature set compared in the report.
+struct FeatureSet {
+    /// Directory name under docs/results/.
+    key: &'static str,
+    title: &'static str,
+    /// The paper's median F-measure for the same kind of features.
+    paper: &'static str,
+    /// `vmwatch eval` arguments choosing the features.
+    args: Vec<String>,
+}
+
+/// Options of `cargo xtask eval`.
+pub struct Options {
+    pub data: PathBuf,
+    pub output: PathBuf,
+    pub folds: usize,
+    pub vmwatch: Option<PathBuf>,
+}
+
+pub fn run(o: &Options) -> Result<()> {
+    let started = Instant::now();
+    let root = util::repo_root();
+    let data = root.join(&o.data);
+    let file = |name: &str| data.join(format!("{name}.csv.gz"));
+    let mut missing = Vec::new();
+    for name in [BASELINE, NORMAL, PEAK].iter().chain(STRESS).chain(ATTACKS) {
+        if !file(name).is_file() {
+            missing.push(*name);
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} lacks {} (run `cargo xtask lab record-all` to record the lab's data)",
+            data.display(),
+            missing
+                .iter()
+                .map(|m| format!("{m}.csv.gz"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let output = root.join(&o.output);
+    let results = output
+        .parent()
+        .context("the output file has no directory")?
+        .join("results");
+    fs::create_dir_all(&results)
+        .with_context(|| format!("could not create {}", results.display()))?;
+    let vmwatch = vmwatch_binary(o.vmwatch.as_deref())?;
+    let rel = |p: &Path| {
+        p.strip_prefix(&root)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+
+    note(format!(
+        "selecting probes: {BASELINE} vs {}",
+        STRESS.join(", ")
+    ));
+    let selected = results.join("selected-probes.txt");
+    let mut cmd = Command::new(&vmwatch);
+    cmd.current_dir(&root)
+        .args(["select", "--source", "qemu", "--baseline"])
+        .arg(rel(&file(BASELINE)));
+    for s in STRESS {
+        cmd.arg(rel(&file(s)));
+    }
+    cmd.arg("-o").arg(rel(&selected));
+    let table1 = util::output(&mut cmd).context("vmwatch select failed")?;
+    let chosen = fs::read_to_string(&selected)?
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .count();
+
+    let sets = [
+        FeatureSet {
+            key: "all-probes",
+            title: "all QEMU probes",
+            paper: "73%",
+            args: vec!["--source".into(), "qemu".into()],
+        },
+        FeatureSet {
+            key: "selected-probes",
+            title: "selected probes (LDA)",
+            paper: "62%",
+            args: vec!["--features".into(), rel(&selected).display().to_string()],
+        },
+        FeatureSet {
+            key: "syscalls",
+            title: "system calls (BPF)",
+            paper: "50% (strace)",
+            args: vec!["--source".into(), "syscalls".into()],
+        },
+        FeatureSet {
+            key: "all-sources",
+            title: "QEMU probes + syscalls + KVM",
+            paper: "—",
+            args: vec!["--source".into(), "qemu,syscalls,kvm".into()],
+        },
+    ];
+    let mut runs = Vec::new();
+    for (i, set) in sets.iter().enumerate() {
+        note(format!(
+            "[{}/{}] evaluating {} ({} so far)",
+            i + 1,
+            sets.len(),
+            set.title,
+            util::human_duration(started.elapsed())
+        ));
+        let dir = results.join(set.key);
+        fs::create_dir_all(&dir)?;
+        let json = dir.join("eval.json");
+        let mut cmd = Command::new(&vmwatch);
+        cmd.current_dir(&root)
+            .arg("eval")
+            .arg("--normal")
+            .arg(rel(&file(NORMAL)));
+        for a in ATTACKS {
+            cmd.arg("--anomaly").arg(rel(&file(a)));
+        }
+        cmd.args(&set.args)
+            .arg("--folds")
+            .arg(o.folds.to_string())
+            .arg("--relearn")
+            .arg(rel(&file(PEAK)))
+            .arg("--plots")
+            .arg(rel(&dir))
+            .arg("--json")
+            .arg(rel(&json));
+        let markdown = util::output(&mut cmd)
+            .with_context(|| format!("vmwatch eval ({}) failed", set.title))?;
+        let report: Value = serde_json::from_str(
+            &fs::read_to_string(&json)
+                .with_context(|| format!("could not read {}", json.display()))?,
+        )
+        .with_context(|| format!("{} is not valid JSON", json.display()))?;
+        runs.push((set, markdown, report, dir));
+    }
+
+    let manifest = fs::read_to_string(data.join("MANIFEST.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    let old = fs::read_to_string(&output).unwrap_or_default();
+    let text = render(&Render {
+        manifest: manifest.as_ref(),
+        data: &rel(&data),
+        table1: &table1,
+        chosen,
+        selected: &rel(&selected),
+        runs: &runs,
+        docs: output.parent().unwrap_or(&root),
+        notes: kept_notes(&old),
+        folds: o.folds,
+    })?;
+    util::write_atomic(&output, text.as_bytes())?;
+    note(format!(
+        "wrote {} in {}",
+        rel(&output).display(),
+        util::human_duration(started.elapsed())
+    ));
+    for (set, _, r, _) in &runs {
+        note(format!(
+            "{:<30} median F-measure {:>5.1}%  false positives {:>5.2}%",
+            set.title,
+            100.0 * num(r, "median_f_measure"),
+            100.0 * num(r, "median_fp_rate")
+        ));
+    }
+    Ok(())
+}
+
+struct Render<'a> {
+    manifest: Option<&'a Value>,
+    data: &'a Path,
+    table1: &'a str,
+    chosen: usize,
+    selected: &'a Path,
+    runs: &'a [(&'a FeatureSet, String, Value, PathBuf)],
+    docs: &'a Path,
+    notes: String,
+    folds: usize,
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+/// The notes section of an earlier report, or a placeholder.
+fn kept_notes(old: &str) -> String {
+    match (old.find(NOTES_BEGIN), old.find(NOTES_END)) {
+        (Some(b), Some(e)) if b < e => old[b + NOTES_BEGIN.len()..e].trim().to_string(),
+        _ => "(Hand-written discussion goes here; `cargo xtask eval` keeps it.)".to_string(),
+    }
+}
+
+fn render(r: &Render) -> Result<String> {
+    let mut s = String::new();
+    writeln!(s, "# Results\n")?;
+    writeln!(
+        s,
+        "Generated by `cargo xtask eval` from `{}` on {}. Everything but the notes at the \
+         end is rewritten on each run; the numbers come from `vmwatch select` and `vmwatch \
+         eval` (release build) on the committed lab data.\n",
+        r.data.display(),
+        util::utc_now()
+    )?;
+    if let Some(m) = r.manifest {
+        let get = |k: &str| m.get(k).map(value_text).unwrap_or_default();
+        let qemu = m
+            .get("qemu")
+            .and_then(|q| q.get("version"))
+            .map(value_text)
+            .unwrap_or_default();
+        let kernel = m
+            .get("guest")
+            .and_then(|g| g.get("kernel"))
+            .and_then(|k| k.get("version"))
+            .map(value_text)
+            .unwrap_or_default();
+        writeln!(
+            s,
+            "Data: recorded {} with vmwatch {} ({}), QEMU {qemu}, guest kernel {kernel}, \
+             accelerator {}, {} windows of {} per scenario, sources {}.\n",
+            get("date"),
+            get("vmwatch_version"),
+            get("git"),
+            get("accelerator"),
+            get("windows_per_scenario"),
+            get("interval"),
+            get("sources")
+        )?;
+    }
+
+    writeln!(s, "## Summary: feature sets side by side\n")?;
+    writeln!(
+        s,
+        "Normal behaviour: `{NORMAL}` (a web server under a randomly varying client load). \
+         Anomalies: the eight attack scenarios (`-source`: the VM attacks, `-target`: the VM \
+         is attacked), each on top of the normal load. The paper's protocol: {} folds; per \
+         fold a one-class SVM is trained on the other normal folds and tested on the held-out \
+         normal fold plus the matching fold of the attack; counts are averaged over folds. \
+         nu and gamma come from the paper's grid (0.01..0.1) by cross-validated false \
+         positives on normal data. Goal (DESIGN.md): median F-measure ≥ 95% with ≤ 1% false \
+         positives.\n",
+        r.folds
+    )?;
+    writeln!(
+        s,
+        "| feature set | features | nu | gamma | median F-measure | median sensitivity | \
+         false positives (median) | paper's median F | goal met |"
+    )?;
+    writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    for (set, _, v, _) in r.runs {
+        let (f, fp) = (num(v, "median_f_measure"), num(v, "median_fp_rate"));
+        writeln!(
+            s,
+            "| {} | {} | {} | {} | **{}** | {} | {:.2}% | {} | {} |",
+            set.title,
+            v.get("features").map(value_text).unwrap_or_default(),
+            num(v, "nu"),
+            num(v, "gamma"),
+            pct(f),
+            pct(num(v, "median_sensitivity")),
+            100.0 * fp,
+            set.paper,
+            if f >= 0.95 && fp <= 0.01 { "yes" } else { "no" }
+        )?;
+    }
+    writeln!(s)?;
+
+    writeln!(s, "### F-measure (sensitivity) per attack scenario\n")?;
+    write!(s, "| scenario |")?;
+    for (set, _, _, _) in r.runs {
+        write!(s, " {} |", set.title)?;
+    }
+    writeln!(s)?;
+    write!(s, "|---|")?;
+    for _ in r.runs {
+        write!(s, "---:|")?;
+    }
+    writeln!(s)?;
+    for attack in ATTACKS {
+        write!(s, "| {attack} |")?;
+        for (_, _, v, _) in r.runs {
+            let sc = scenarios(v).into_iter().find(|sc| {
+                sc.get("name").and_then(Value::as_str) == Some(attack)
+                    || sc.get("name").and_then(Value::as_str).is_some_and(|n| {
+                        n.trim_end_matches(".csv.gz").trim_end_matches(".csv") == *attack
+                    })
+            });
+            match sc {
+                Some(sc) => write!(
+                    s,
+                    " {} ({}) |",
+                    pct(num(sc, "f_measure")),
+                    pct(num(sc, "sensitivity"))
+                )?,
+                None => write!(s, " — |")?,
+            }
+        }
+        writeln!(s)?;
+    }
+    writeln!(s)?;
+    writeln!(s, "Below the goal of 95% F-measure:\n")?;
+    for (set, _, v, _) in r.runs {
+        let low: Vec<String> = scenarios(v)
+            .iter()
+            .filter(|sc| num(sc, "f_measure") < 0.95)
+            .map(|sc| {
+                format!(
+                    "{} (F {}, sensitivity {})",
+                    sc.get("name").map(value_text).unwrap_or_default(),
+                    pct(num(sc, "f_measure")),
+                    pct(num(sc, "sensitivity"))
+                )
+            })
+            .collect();
+        writeln!(
+            s,
+            "- {}: {}",
+            set.title,
+            if low.is_empty() {
+                "none".to_string()
+            } else {
+                low.join("; ")
+            }
+        )?;
+    }
+    writeln!(s)?;
+
+    writeln!(
+        s,
+        "### Re-learning (paper section 5.2: 82% → 1% false positives)\n"
+    )?;
+    writeln!(
+        s,
+        "False positives on `{PEAK}` (sustained higher load) of a model trained on `{NORMAL}` \
+         alone, then with the other folds of `{PEAK}` added to training:\n"
+    )?;
+    writeln!(s, "| feature set | trained on web | after re-learning |")?;
+    writeln!(s, "|---|---:|---:|")?;
+    for (set, _, v, _) in r.runs {
+        if let Some(rl) = v.get("relearn").filter(|x| !x.is_null()) {
+            writeln!(
+                s,
+                "| {} | {} | {} |",
+                set.title,
+                pct(num(rl, "fp_rate_before")),
+                pct(num(rl, "fp_rate_after"))
+            )?;
+        }
+    }
+    writeln!(s)?;
+
+    writeln!(
+        s,
+        "## Table 1: probe selection by LDA (`{BASELINE}` vs each stress scenario)\n"
+    )?;
+    writeln!(
+        s,
+        "`vmwatch select --source qemu`: per pair, every probe's LDA score (squared \
+         canonical correlation, R subselect's ccr12) on ln(1+count), a greedy multivariate \
+         subset, and the union of the subsets ({} probes, in `{}`), which is the \"selected\" \
+         feature set above.\n",
+        r.chosen,
+        r.selected.display()
+    )?;
+    writeln!(s, "```text\n{}```\n", r.table1)?;
+
+    writeln!(s, "## Details per feature set\n")?;
+    for (set, markdown, _, dir) in r.runs {
+        let rel_dir = dir.strip_prefix(r.docs).unwrap_or(dir);
+        writeln!(s, "### {}\n", set.title)?;
+        writeln!(s, "{}\n", markdown.trim())?;
+        writeln!(
+            s,
+            "![learning curve]({0}/learning-curve.svg) ![scenarios]({0}/scenarios.svg)\n",
+            rel_dir.display()
+        )?;
+    }
+
+    writeln!(s, "## Notes\n\n{NOTES_BEGIN}\n{}\n{NOTES_END}", r.notes)?;
+    Ok(s)
+}
+
+fn scenarios(v: &Value) -> Vec<&Value> {
+    v.get("scenarios")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_survive_a_rewrite() {
+        let old = format!("# Results\nold numbers\n## Notes\n\n{NOTES_BEGIN}\nwhy slowhttp is hard\n{NOTES_END}\n");
+        assert_eq!(kept_notes(&old), "why slowhttp is hard");
+        assert!(kept_notes("no markers").starts_with("(Hand-written"));
+    }
+}
