@@ -2,6 +2,7 @@
 
 mod demo;
 mod deps;
+mod eval;
 mod lab;
 mod qemu;
 mod test;
@@ -78,6 +79,25 @@ enum Cmd {
         #[command(subcommand)]
         cmd: lab::LabCmd,
     },
+
+    /// Regenerate docs/RESULTS.md from the lab's data/: probe selection
+    /// (Table 1), then the paper's evaluation for all probes, selected
+    /// probes, syscalls and all sources side by side, with the learning
+    /// curve, re-learning and figures (docs/results/). Takes a few minutes.
+    Eval {
+        /// The lab's dataset directory (from `cargo xtask lab record-all`).
+        #[arg(long, default_value = "data")]
+        data: std::path::PathBuf,
+        /// The report to write.
+        #[arg(short, long, default_value = "docs/RESULTS.md")]
+        output: std::path::PathBuf,
+        /// Cross-validation folds (the paper's protocol uses 5).
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        /// Use this vmwatch binary instead of building target/release/vmwatch.
+        #[arg(long)]
+        vmwatch: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -119,5 +139,16 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Test { cargo_test_args } => test::run(&cargo_test_args),
         Cmd::Demo { windows } => demo::run(windows),
         Cmd::Lab { cmd } => lab::run(cmd),
+        Cmd::Eval {
+            data,
+            output,
+            folds,
+            vmwatch,
+        } => eval::run(&eval::Options {
+            data,
+            output,
+            folds,
+            vmwatch,
+        }),
     }
 }
