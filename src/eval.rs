@@ -8,7 +8,7 @@
 use ndarray::{s, ArrayView2};
 
 use crate::error::{Error, Result};
-use crate::model::{Model, TrainingSummary};
+use crate::model::{Model, Smoothing, TrainingSummary};
 use crate::train::{fold_ranges, without};
 
 /// Confusion counts (averaged over folds, so fractional).
@@ -57,16 +57,25 @@ fn fit(train: ArrayView2<f64>, nu: f64, gamma: f64) -> Result<Model> {
 }
 
 fn outside(model: &Model, x: ArrayView2<f64>) -> usize {
-    model.decisions(x).iter().filter(|d| **d < 0.0).count()
+    flagged(model, x, Smoothing::default())
 }
 
-/// One scenario under the paper's protocol.
+/// Windows of a contiguous sequence flagged after smoothing.
+fn flagged(model: &Model, x: ArrayView2<f64>, smooth: Smoothing) -> usize {
+    let raw: Vec<bool> = model.decisions(x).iter().map(|d| *d < 0.0).collect();
+    smooth.apply(&raw).into_iter().filter(|f| *f).count()
+}
+
+/// One scenario under the paper's protocol. Verdicts are smoothed (K of
+/// the last N windows) within each held-out fold, a contiguous stretch of
+/// time like the windows a monitor sees.
 pub fn evaluate(
     normal: ArrayView2<f64>,
     anomaly: ArrayView2<f64>,
     folds: usize,
     nu: f64,
     gamma: f64,
+    smooth: Smoothing,
 ) -> Result<Confusion> {
     if normal.nrows() < folds * 2 || anomaly.nrows() < folds {
         return Err(Error::Invalid(format!(
@@ -83,8 +92,8 @@ pub fn evaluate(
         let model = fit(without(normal, &n_test).view(), nu, gamma)?;
         let held = normal.slice(s![n_test, ..]);
         let attacks = anomaly.slice(s![a_test, ..]);
-        let fp = outside(&model, held) as f64;
-        let tp = outside(&model, attacks) as f64;
+        let fp = flagged(&model, held, smooth) as f64;
+        let tp = flagged(&model, attacks, smooth) as f64;
         sum.fp += fp;
         sum.tn += held.nrows() as f64 - fp;
         sum.tp += tp;
@@ -198,12 +207,22 @@ mod tests {
     fn separable_scenario_scores_high_and_same_scenario_low() {
         let normal = cloud(100, 0.0);
         let far = cloud(50, 5000.0);
-        let c = evaluate(normal.view(), far.view(), 5, 0.05, 0.5).unwrap();
+        let raw = Smoothing::default();
+        let c = evaluate(normal.view(), far.view(), 5, 0.05, 0.5, raw).unwrap();
         assert_eq!(c.tp, 10.0);
         assert_eq!(c.sensitivity(), 1.0);
         assert!(c.f_measure() > 0.8, "{c:?}");
-        let same = evaluate(normal.view(), cloud(50, 0.0).view(), 5, 0.05, 0.5).unwrap();
+        let same = evaluate(normal.view(), cloud(50, 0.0).view(), 5, 0.05, 0.5, raw).unwrap();
         assert!(same.sensitivity() < 0.3, "{same:?}");
+        // 3 of 3 needs a run of three flagged windows: never more flags.
+        let strict = Smoothing { k: 3, n: 3 };
+        let s = evaluate(normal.view(), cloud(50, 0.0).view(), 5, 0.05, 0.5, strict).unwrap();
+        assert!(s.fp <= same.fp && s.tp <= same.tp, "{s:?} vs {same:?}");
+        let f = evaluate(normal.view(), far.view(), 5, 0.05, 0.5, strict).unwrap();
+        assert_eq!(
+            f.tp, 8.0,
+            "the first two windows of each fold wait for history"
+        );
     }
 
     #[test]

@@ -79,6 +79,26 @@ impl Default for Smoothing {
     }
 }
 
+impl Smoothing {
+    /// Whether the newest window is flagged, given the raw verdicts of the
+    /// windows so far in time order (only the last `n` count).
+    pub fn flags(&self, raw: &[bool]) -> bool {
+        let recent = &raw[raw.len().saturating_sub(self.n as usize)..];
+        recent.iter().filter(|a| **a).count() >= self.k as usize
+    }
+
+    /// Smoothed verdicts of a sequence of windows in time order.
+    pub fn apply(&self, raw: &[bool]) -> Vec<bool> {
+        (1..=raw.len()).map(|end| self.flags(&raw[..end])).collect()
+    }
+}
+
+impl std::fmt::Display for Smoothing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.k, self.n)
+    }
+}
+
 impl std::str::FromStr for Smoothing {
     type Err = String;
 
@@ -364,12 +384,25 @@ mod tests {
     }
 
     #[test]
+    fn smoothing_needs_k_of_the_last_n() {
+        let s = Smoothing { k: 2, n: 3 };
+        let raw = [true, false, true, false, false, true, true];
+        assert_eq!(
+            s.apply(&raw),
+            [false, false, true, false, false, false, true]
+        );
+        assert_eq!(Smoothing::default().apply(&raw), raw);
+        assert!(s.apply(&[]).is_empty());
+    }
+
+    #[test]
     fn smoothing_parses() {
         assert_eq!(
             "3/5".parse::<Smoothing>().unwrap(),
             Smoothing { k: 3, n: 5 }
         );
         assert!("6/5".parse::<Smoothing>().is_err());
+        assert_eq!(Smoothing { k: 2, n: 3 }.to_string(), "2/3");
         assert!("x".parse::<Smoothing>().is_err());
     }
 }

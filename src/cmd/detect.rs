@@ -84,8 +84,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         for i in order {
             let h = history.entry(table.keys[i].pid).or_default();
             h.push(scores[i] < 0.0);
-            let recent = &h[h.len().saturating_sub(smooth.n as usize)..];
-            flagged[i] = recent.iter().filter(|a| **a).count() >= smooth.k as usize;
+            flagged[i] = smooth.flags(h);
         }
         for (i, key) in table.keys.iter().enumerate() {
             match totals.iter_mut().find(|t| t.0 == key.label) {

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use vmwatch::dataset::Table;
 use vmwatch::eval::{evaluate, learning_curve, median, relearn};
+use vmwatch::model::Smoothing;
 use vmwatch::train::grid_search;
 
 /// Evaluate detection the paper's way: per anomaly file, k folds; per fold
@@ -38,6 +39,10 @@ pub struct Args {
     sources: Vec<vmwatch::features::Source>,
     #[command(flatten)]
     svm: super::SvmArgs,
+    /// Flag a window only when K of the last N windows of its held-out
+    /// stretch are anomalous (the monitor's --smooth; section 5.1).
+    #[arg(long, default_value = "1/1", value_name = "K/N")]
+    smooth: Smoothing,
     /// A second normal (e.g. web-peak): report false positives before and
     /// after adding it to the training windows.
     #[arg(long, value_name = "FILE")]
@@ -62,6 +67,7 @@ struct Report {
     gamma: f64,
     parameters: String,
     folds: usize,
+    smoothing: String,
     scenarios: Vec<ScenarioReport>,
     median_f_measure: f64,
     median_sensitivity: f64,
@@ -169,11 +175,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "Normal: `{}` ({} windows); {} features; nu = {nu}, gamma = {gamma} ({how}); {} folds.\n",
+        "Normal: `{}` ({} windows); {} features; nu = {nu}, gamma = {gamma} ({how}); {} folds; \
+         smoothing {}.\n",
         args.normal.display(),
         normal.len(),
         features.len(),
-        args.svm.folds
+        args.svm.folds,
+        args.smooth
     )?;
     writeln!(
         out,
@@ -191,6 +199,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             args.svm.folds,
             nu,
             gamma,
+            args.smooth,
         )?;
         writeln!(
             out,
@@ -287,6 +296,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             gamma,
             parameters: how,
             folds: args.svm.folds,
+            smoothing: args.smooth.to_string(),
             median_f_measure: median(&fs),
             median_sensitivity: median(&ss),
             median_fp_rate: median(&fprs),

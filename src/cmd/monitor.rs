@@ -123,7 +123,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             if h.len() > smooth.n as usize {
                 h.remove(0);
             }
-            let anomalous = h.iter().filter(|a| **a).count() >= smooth.k as usize;
+            let anomalous = smooth.flags(h);
             let write = |out: &mut std::io::StdoutLock| -> std::io::Result<()> {
                 if args.json {
                     let line = Line {

@@ -25,6 +25,15 @@ pub struct Args {
     /// Default: every feature that is nonzero somewhere in the files.
     #[arg(long, value_name = "FILE")]
     features: Option<PathBuf>,
+    /// Use only the features of these sources (comma separated: qemu,
+    /// syscalls, kvm) that are nonzero somewhere in the files.
+    #[arg(
+        long = "source",
+        value_delimiter = ',',
+        value_name = "SOURCES",
+        conflicts_with = "features"
+    )]
+    sources: Vec<vmwatch::features::Source>,
     #[command(flatten)]
     svm: super::SvmArgs,
     /// Default smoothing stored in the model (K/N: K anomalous of the last N).
@@ -49,7 +58,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .features
             .iter()
             .enumerate()
-            .filter(|(j, _)| table.x.column(*j).iter().any(|v| *v != 0.0))
+            .filter(|(j, f)| {
+                vmwatch::features::Source::any_of(&args.sources, f)
+                    && table.x.column(*j).iter().any(|v| *v != 0.0)
+            })
             .map(|(_, f)| f.clone())
             .collect(),
     };
