@@ -115,6 +115,25 @@ pub fn run(o: &Options) -> Result<()> {
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .count();
 
+    note(format!("scoring every scenario against {BASELINE}"));
+    let mut cmd = Command::new(&vmwatch);
+    cmd.current_dir(&root)
+        .args(["select", "--source", "qemu", "--top", "3", "--baseline"])
+        .arg(rel(&file(BASELINE)));
+    for s in [NORMAL, PEAK].iter().chain(STRESS).chain(ATTACKS) {
+        cmd.arg(rel(&file(s)));
+    }
+    let scratch = results.join(".every-scenario.txt");
+    cmd.arg("-o").arg(rel(&scratch));
+    let every = util::output(&mut cmd).context("vmwatch select (every scenario) failed")?;
+    let _ = fs::remove_file(&scratch);
+    // The first block of select's report: the best probe of each pair.
+    let every: String = every
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+
     let sets = [
         FeatureSet {
             key: "all-probes",
@@ -210,6 +229,7 @@ pub fn run(o: &Options) -> Result<()> {
         manifest: manifest.as_ref(),
         data: &rel(&data),
         table1: &table1,
+        every: &every,
         chosen,
         selected: &rel(&selected),
         runs: &runs,
@@ -257,6 +277,8 @@ struct Render<'a> {
     manifest: Option<&'a Value>,
     data: &'a Path,
     table1: &'a str,
+    /// The best probe of each scenario against idle.
+    every: &'a str,
     chosen: usize,
     selected: &'a Path,
     runs: &'a [Run<'a>],
@@ -471,6 +493,14 @@ fn render(r: &Render) -> Result<String> {
         r.selected.display()
     )?;
     writeln!(s, "```text\n{}```\n", r.table1)?;
+
+    writeln!(s, "## What sets each scenario apart from `{BASELINE}`\n")?;
+    writeln!(
+        s,
+        "The single QEMU probe with the highest LDA score (ccr12 on ln(1+count)) for every \
+         scenario against `{BASELINE}`, from `vmwatch select --source qemu --top 3`:\n"
+    )?;
+    writeln!(s, "```text\n{}```\n", r.every)?;
 
     writeln!(s, "## Details per feature set\n")?;
     for run in r.runs {
