@@ -37,6 +37,9 @@ const ATTACKS: &[&str] = &[
 
 /// The smoothing reported beside raw verdicts (K of the last N windows).
 const SMOOTH: &str = "2/3";
+/// Parameter grids: the paper's (nu, gamma in 0.01..0.1) and vmwatch's
+/// wider log grid.
+const GRIDS: [&str; 2] = ["paper", "wide"];
 
 const NOTES_BEGIN: &str = "<!-- NOTES BEGIN (kept by cargo xtask eval) -->";
 const NOTES_END: &str = "<!-- NOTES END -->";
@@ -169,55 +172,70 @@ pub fn run(o: &Options) -> Result<()> {
             set.title,
             util::human_duration(started.elapsed())
         ));
-        let dir = results.join(set.key);
-        fs::create_dir_all(&dir)?;
-        let json = dir.join("eval.json");
-        let mut cmd = Command::new(&vmwatch);
-        cmd.current_dir(&root)
-            .arg("eval")
-            .arg("--normal")
-            .arg(rel(&file(NORMAL)));
-        for a in ATTACKS {
-            cmd.arg("--anomaly").arg(rel(&file(a)));
+        let mut variants = Vec::new();
+        let mut markdown = Vec::new();
+        for grid in GRIDS {
+            let dir = results.join(set.key).join(grid);
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("could not create {}", dir.display()))?;
+            let eval = |extra: &[String], json: &Path| -> Result<(String, Value)> {
+                let mut cmd = Command::new(&vmwatch);
+                cmd.current_dir(&root)
+                    .arg("eval")
+                    .arg("--normal")
+                    .arg(rel(&file(NORMAL)));
+                for a in ATTACKS {
+                    cmd.arg("--anomaly").arg(rel(&file(a)));
+                }
+                cmd.args(&set.args)
+                    .args(["--folds", &o.folds.to_string()])
+                    .args(extra)
+                    .arg("--json")
+                    .arg(rel(json));
+                let out = util::output(&mut cmd)
+                    .with_context(|| format!("vmwatch eval ({}) failed", set.title))?;
+                Ok((out, read_json(json)?))
+            };
+            note(format!("    {grid} grid"));
+            let (md, raw) = eval(
+                &[
+                    "--grid".into(),
+                    grid.to_string(),
+                    "--relearn".into(),
+                    rel(&file(PEAK)).display().to_string(),
+                    "--plots".into(),
+                    rel(&dir).display().to_string(),
+                ],
+                &dir.join("eval.json"),
+            )?;
+            note(format!("    {grid} grid, {SMOOTH} smoothing"));
+            let (_, smoothed) = eval(
+                &[
+                    "--nu".into(),
+                    num(&raw, "nu").to_string(),
+                    "--gamma".into(),
+                    num(&raw, "gamma").to_string(),
+                    "--smooth".into(),
+                    SMOOTH.into(),
+                ],
+                &dir.join("eval-smooth.json"),
+            )?;
+            markdown.push((grid, md, dir));
+            variants.push(Variant {
+                grid,
+                smooth: "1/1",
+                report: raw,
+            });
+            variants.push(Variant {
+                grid,
+                smooth: SMOOTH,
+                report: smoothed,
+            });
         }
-        cmd.args(&set.args)
-            .arg("--folds")
-            .arg(o.folds.to_string())
-            .arg("--relearn")
-            .arg(rel(&file(PEAK)))
-            .arg("--plots")
-            .arg(rel(&dir))
-            .arg("--json")
-            .arg(rel(&json));
-        let markdown = util::output(&mut cmd)
-            .with_context(|| format!("vmwatch eval ({}) failed", set.title))?;
-        let report = read_json(&json)?;
-        note(format!("    again with {SMOOTH} smoothing"));
-        let smooth_json = dir.join("eval-smooth.json");
-        let mut cmd = Command::new(&vmwatch);
-        cmd.current_dir(&root)
-            .arg("eval")
-            .arg("--normal")
-            .arg(rel(&file(NORMAL)));
-        for a in ATTACKS {
-            cmd.arg("--anomaly").arg(rel(&file(a)));
-        }
-        cmd.args(&set.args)
-            .arg("--folds")
-            .arg(o.folds.to_string())
-            .args(["--nu", &num(&report, "nu").to_string()])
-            .args(["--gamma", &num(&report, "gamma").to_string()])
-            .args(["--smooth", SMOOTH, "--json"])
-            .arg(rel(&smooth_json));
-        util::output(&mut cmd)
-            .with_context(|| format!("vmwatch eval --smooth ({}) failed", set.title))?;
-        let smoothed = read_json(&smooth_json)?;
         runs.push(Run {
             set,
             markdown,
-            report,
-            smoothed,
-            dir,
+            variants,
         });
     }
 
@@ -244,14 +262,20 @@ pub fn run(o: &Options) -> Result<()> {
         util::human_duration(started.elapsed())
     ));
     for r in &runs {
-        note(format!(
-            "{:<30} median F-measure {:>5.1}% ({:>5.1}% with {SMOOTH})  false positives {:>5.2}% ({:>5.2}%)",
-            r.set.title,
-            100.0 * num(&r.report, "median_f_measure"),
-            100.0 * num(&r.smoothed, "median_f_measure"),
-            100.0 * num(&r.report, "median_fp_rate"),
-            100.0 * num(&r.smoothed, "median_fp_rate")
-        ));
+        let cells: Vec<String> = r
+            .variants
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} {}: F {:.1}% FP {:.2}%",
+                    v.grid,
+                    v.smooth,
+                    100.0 * num(&v.report, "median_f_measure"),
+                    100.0 * num(&v.report, "median_fp_rate")
+                )
+            })
+            .collect();
+        note(format!("{:<28} {}", r.set.title, cells.join(" | ")));
     }
     Ok(())
 }
@@ -259,12 +283,32 @@ pub fn run(o: &Options) -> Result<()> {
 /// The results of one feature set.
 struct Run<'a> {
     set: &'a FeatureSet,
-    /// `vmwatch eval`'s markdown report (raw verdicts).
-    markdown: String,
+    /// Per grid: `vmwatch eval`'s markdown report (raw verdicts) and the
+    /// directory of its figures.
+    markdown: Vec<(&'static str, String, PathBuf)>,
+    /// Per grid, raw then smoothed.
+    variants: Vec<Variant>,
+}
+
+/// One evaluation of a feature set.
+struct Variant {
+    grid: &'static str,
+    smooth: &'static str,
     report: Value,
-    /// The same evaluation with SMOOTH smoothing.
-    smoothed: Value,
-    dir: PathBuf,
+}
+
+impl Run<'_> {
+    fn get(&self, grid: &str, smooth: &str) -> Option<&Value> {
+        self.variants
+            .iter()
+            .find(|v| v.grid == grid && v.smooth == smooth)
+            .map(|v| &v.report)
+    }
+
+    /// The paper's procedure: paper grid, raw verdicts.
+    fn paper(&self) -> &Value {
+        &self.variants[0].report
+    }
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -349,44 +393,51 @@ fn render(r: &Render) -> Result<String> {
          is attacked), each on top of the normal load. The paper's protocol: {} folds; per \
          fold a one-class SVM is trained on the other normal folds and tested on the held-out \
          normal fold plus the matching fold of the attack; counts are averaged over folds. \
-         nu and gamma come from the paper's grid (0.01..0.1) by cross-validated false \
-         positives on normal data. Goal (DESIGN.md): median F-measure ≥ 95% with ≤ 1% false \
+         nu and gamma are chosen on a grid by cross-validated false positives on normal \
+         data: the paper's grid (0.01..0.1 for both) or vmwatch's wide log grid. Goal (DESIGN.md): median F-measure ≥ 95% with ≤ 1% false \
          positives.\n",
         r.folds
     )?;
     writeln!(
         s,
-        "| feature set | features | nu | gamma | median F-measure | median sensitivity | \
-         false positives | paper's median F | goal met | with {SMOOTH} smoothing: F / sensitivity / \
-         false positives | goal met |"
+        "Each cell: median F-measure / false positives on held-out normal windows \
+         (nu, gamma). **Bold**: meets the goal. Columns: the paper's grid and vmwatch's wide \
+         log grid, each with raw verdicts and with {SMOOTH} smoothing.\n"
     )?;
-    writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")?;
+    write!(s, "| feature set | features |")?;
+    for grid in GRIDS {
+        write!(s, " {grid} grid | {grid} grid, {SMOOTH} |")?;
+    }
+    writeln!(s, " paper's median F |")?;
+    writeln!(s, "|---|---:|---:|---:|---:|---:|---:|")?;
     for run in r.runs {
-        let (v, w) = (&run.report, &run.smoothed);
-        let met = |v: &Value| {
-            if num(v, "median_f_measure") >= 0.95 && num(v, "median_fp_rate") <= 0.01 {
-                "yes"
-            } else {
-                "no"
-            }
-        };
-        writeln!(
+        write!(
             s,
-            "| {} | {} | {} | {} | **{}** | {} | {:.2}% | {} | {} | {} / {} / {:.2}% | {} |",
+            "| {} | {} |",
             run.set.title,
-            v.get("features").map(value_text).unwrap_or_default(),
-            num(v, "nu"),
-            num(v, "gamma"),
-            pct(num(v, "median_f_measure")),
-            pct(num(v, "median_sensitivity")),
-            100.0 * num(v, "median_fp_rate"),
-            run.set.paper,
-            met(v),
-            pct(num(w, "median_f_measure")),
-            pct(num(w, "median_sensitivity")),
-            100.0 * num(w, "median_fp_rate"),
-            met(w)
+            run.paper()
+                .get("features")
+                .map(value_text)
+                .unwrap_or_default()
         )?;
+        for grid in GRIDS {
+            for smooth in ["1/1", SMOOTH] {
+                match run.get(grid, smooth) {
+                    Some(v) => {
+                        let (f, fp) = (num(v, "median_f_measure"), num(v, "median_fp_rate"));
+                        let cell = format!("{} / {:.2}%", pct(f), 100.0 * fp);
+                        if f >= 0.95 && fp <= 0.01 {
+                            write!(s, " **{cell}**")?;
+                        } else {
+                            write!(s, " {cell}")?;
+                        }
+                        write!(s, " ({}, {}) |", num(v, "nu"), num(v, "gamma"))?;
+                    }
+                    None => write!(s, " — |")?,
+                }
+            }
+        }
+        writeln!(s, " {} |", run.set.paper)?;
     }
     writeln!(
         s,
@@ -396,6 +447,11 @@ fn render(r: &Render) -> Result<String> {
     )?;
 
     writeln!(s, "### F-measure (sensitivity) per attack scenario\n")?;
+    writeln!(
+        s,
+        "Each cell: the paper's procedure (paper grid, raw verdicts) → wide grid with {SMOOTH} \
+         smoothing.\n"
+    )?;
     write!(s, "| scenario |")?;
     for run in r.runs {
         write!(s, " {} |", run.set.title)?;
@@ -409,28 +465,33 @@ fn render(r: &Render) -> Result<String> {
     for attack in ATTACKS {
         write!(s, "| {attack} |")?;
         for run in r.runs {
-            let sc = scenarios(&run.report).into_iter().find(|sc| {
-                sc.get("name").and_then(Value::as_str) == Some(attack)
-                    || sc.get("name").and_then(Value::as_str).is_some_and(|n| {
-                        n.trim_end_matches(".csv.gz").trim_end_matches(".csv") == *attack
-                    })
-            });
-            match sc {
-                Some(sc) => write!(
-                    s,
-                    " {} ({}) |",
+            let cell = |v: Option<&Value>| match v.and_then(|v| scenario(v, attack)) {
+                Some(sc) => format!(
+                    "{} ({})",
                     pct(num(sc, "f_measure")),
                     pct(num(sc, "sensitivity"))
-                )?,
-                None => write!(s, " — |")?,
-            }
+                ),
+                None => "—".to_string(),
+            };
+            write!(
+                s,
+                " {} → {} |",
+                cell(Some(run.paper())),
+                cell(run.get("wide", SMOOTH))
+            )?;
         }
         writeln!(s)?;
     }
     writeln!(s)?;
-    writeln!(s, "Below the goal of 95% F-measure:\n")?;
+    writeln!(
+        s,
+        "Below 95% F-measure with the wide grid and {SMOOTH} smoothing:\n"
+    )?;
     for run in r.runs {
-        let low: Vec<String> = scenarios(&run.report)
+        let Some(best) = run.get("wide", SMOOTH) else {
+            continue;
+        };
+        let low: Vec<String> = scenarios(best)
             .iter()
             .filter(|sc| num(sc, "f_measure") < 0.95)
             .map(|sc| {
@@ -462,12 +523,12 @@ fn render(r: &Render) -> Result<String> {
     writeln!(
         s,
         "False positives on `{PEAK}` (sustained higher load) of a model trained on `{NORMAL}` \
-         alone, then with the other folds of `{PEAK}` added to training:\n"
+         alone, then with the other folds of `{PEAK}` added to training (paper grid):\n"
     )?;
     writeln!(s, "| feature set | trained on web | after re-learning |")?;
     writeln!(s, "|---|---:|---:|")?;
     for run in r.runs {
-        if let Some(rl) = run.report.get("relearn").filter(|x| !x.is_null()) {
+        if let Some(rl) = run.paper().get("relearn").filter(|x| !x.is_null()) {
             writeln!(
                 s,
                 "| {} | {} | {} |",
@@ -504,18 +565,27 @@ fn render(r: &Render) -> Result<String> {
 
     writeln!(s, "## Details per feature set\n")?;
     for run in r.runs {
-        let rel_dir = run.dir.strip_prefix(r.docs).unwrap_or(&run.dir);
-        writeln!(s, "### {}\n", run.set.title)?;
-        writeln!(s, "{}\n", run.markdown.trim())?;
-        writeln!(
-            s,
-            "![learning curve]({0}/learning-curve.svg) ![scenarios]({0}/scenarios.svg)\n",
-            rel_dir.display()
-        )?;
+        for (grid, markdown, dir) in &run.markdown {
+            let rel_dir = dir.strip_prefix(r.docs).unwrap_or(dir);
+            writeln!(s, "### {}, {grid} grid\n", run.set.title)?;
+            writeln!(s, "{}\n", markdown.trim())?;
+            writeln!(
+                s,
+                "![learning curve]({0}/learning-curve.svg) ![scenarios]({0}/scenarios.svg)\n",
+                rel_dir.display()
+            )?;
+        }
     }
 
     writeln!(s, "## Notes\n\n{NOTES_BEGIN}\n{}\n{NOTES_END}", r.notes)?;
     Ok(s)
+}
+
+/// The result of one attack scenario in an eval report.
+fn scenario<'v>(v: &'v Value, name: &str) -> Option<&'v Value> {
+    scenarios(v)
+        .into_iter()
+        .find(|sc| sc.get("name").and_then(Value::as_str) == Some(name))
 }
 
 fn scenarios(v: &Value) -> Vec<&Value> {
