@@ -335,6 +335,20 @@ fn num(v: &Value, key: &str) -> f64 {
     v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
 
+/// Three significant digits (grid points such as 10^-2.5).
+fn sig(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return x.to_string();
+    }
+    let digits = (2 - x.abs().log10().floor() as i32).max(0) as usize;
+    let t = format!("{x:.digits$}");
+    if t.contains('.') {
+        t.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        t
+    }
+}
+
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
@@ -362,7 +376,7 @@ fn render(r: &Render) -> Result<String> {
         let get = |k: &str| m.get(k).map(value_text).unwrap_or_default();
         let qemu = m
             .get("qemu")
-            .and_then(|q| q.get("version"))
+            .and_then(|q| q.get("qemu_version"))
             .map(value_text)
             .unwrap_or_default();
         let kernel = m
@@ -373,7 +387,7 @@ fn render(r: &Render) -> Result<String> {
             .unwrap_or_default();
         writeln!(
             s,
-            "Data: recorded {} with vmwatch {} ({}), QEMU {qemu}, guest kernel {kernel}, \
+            "Data: recorded {} with {} ({}), {qemu}, guest kernel {kernel}, \
              accelerator {}, {} windows of {} per scenario, sources {}.\n",
             get("date"),
             get("vmwatch_version"),
@@ -431,7 +445,7 @@ fn render(r: &Render) -> Result<String> {
                         } else {
                             write!(s, " {cell}")?;
                         }
-                        write!(s, " ({}, {}) |", num(v, "nu"), num(v, "gamma"))?;
+                        write!(s, " ({}, {}) |", sig(num(v, "nu")), sig(num(v, "gamma")))?;
                     }
                     None => write!(s, " — |")?,
                 }
@@ -612,5 +626,13 @@ mod tests {
         let old = format!("# Results\nold numbers\n## Notes\n\n{NOTES_BEGIN}\nwhy slowhttp is hard\n{NOTES_END}\n");
         assert_eq!(kept_notes(&old), "why slowhttp is hard");
         assert!(kept_notes("no markers").starts_with("(Hand-written"));
+    }
+
+    #[test]
+    fn grid_points_print_short() {
+        assert_eq!(sig(0.0031622776601683794), "0.00316");
+        assert_eq!(sig(0.04), "0.04");
+        assert_eq!(sig(0.001), "0.001");
+        assert_eq!(sig(31.622776), "31.6");
     }
 }
