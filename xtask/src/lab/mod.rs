@@ -22,6 +22,7 @@
 //! and the path, size and mtime of every host file copied into the guest (so a
 //! package upgrade rebuilds).
 
+pub mod accel;
 mod cpio;
 mod kmod;
 mod ldd;
@@ -78,9 +79,10 @@ pub enum LabCmd {
         /// Seconds to wait for the readiness line.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
-        /// Accelerator (/dev/kvm on this project's machines cannot boot a guest).
-        #[arg(long, value_enum, default_value_t = vm::Accel::Tcg)]
-        accel: vm::Accel,
+        /// Accelerator: `auto` uses KVM if a trial boot shows it works here
+        /// (cached), else TCG.
+        #[arg(long, value_enum, default_value_t = accel::AccelChoice::Auto)]
+        accel: accel::AccelChoice,
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 512)]
         memory: u32,
@@ -120,9 +122,10 @@ pub enum LabCmd {
         /// VMs to boot (all run the scenario; each gets its own rows).
         #[arg(long, default_value_t = 1)]
         vms: usize,
-        /// Accelerator.
-        #[arg(long, value_enum, default_value_t = vm::Accel::Tcg)]
-        accel: vm::Accel,
+        /// Accelerator: `auto` uses KVM if a trial boot shows it works here
+        /// (cached), else TCG.
+        #[arg(long, value_enum, default_value_t = accel::AccelChoice::Auto)]
+        accel: accel::AccelChoice,
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 512)]
         memory: u32,
@@ -155,9 +158,10 @@ pub enum LabCmd {
         /// VMs per scenario.
         #[arg(long, default_value_t = 1)]
         vms: usize,
-        /// Accelerator.
-        #[arg(long, value_enum, default_value_t = vm::Accel::Tcg)]
-        accel: vm::Accel,
+        /// Accelerator: `auto` uses KVM if a trial boot shows it works here
+        /// (cached), else TCG.
+        #[arg(long, value_enum, default_value_t = accel::AccelChoice::Auto)]
+        accel: accel::AccelChoice,
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 512)]
         memory: u32,
@@ -202,7 +206,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             scenario,
             seconds,
             timeout,
-            accel,
+            accel: accel::resolve(accel)?,
             memory,
             seed,
             network: !no_net,
@@ -227,7 +231,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 interval,
                 seed,
                 vms,
-                accel,
+                accel: accel::resolve(accel)?,
                 memory_mib: memory,
                 output: output.clone(),
                 force,
@@ -259,7 +263,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             interval,
             seed,
             vms,
-            accel,
+            accel: accel::resolve(accel)?,
             memory_mib: memory,
             out_dir,
             only,
