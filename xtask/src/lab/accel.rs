@@ -122,8 +122,10 @@ fn parse(s: &str) -> Option<Accel> {
     }
 }
 
+/// The reason of a failed trial, without the console dump.
 fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or("")
+    let line = s.lines().next().unwrap_or("");
+    line.split("; after ").next().unwrap_or(line)
 }
 
 #[cfg(test)]
@@ -141,5 +143,9 @@ mod tests {
         assert_eq!(parse("kvm\n"), Some(Accel::Kvm));
         assert_eq!(parse("tcg"), Some(Accel::Tcg));
         assert_eq!(parse("maybe"), None);
+        assert_eq!(
+            first_line("VM `t`: no line within 30s; after 30.1s, the last lines were:\nx"),
+            "VM `t`: no line within 30s"
+        );
     }
 }
