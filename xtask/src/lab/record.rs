@@ -5,7 +5,7 @@
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -22,7 +22,7 @@ use crate::util::{self, note};
 /// Every source vmwatch has (kvm rows are all zero under TCG).
 pub const SOURCES: &str = "qemu,syscalls,kvm";
 /// Seconds the client load and attacks run before recording starts.
-const WARM_UP: Duration = Duration::from_secs(4);
+pub const WARM_UP: Duration = Duration::from_secs(4);
 
 /// How to run a session.
 #[derive(Debug, Clone)]
@@ -162,23 +162,63 @@ impl Session {
                     took.as_secs_f64()
                 ));
             }
-            for i in 0..o.vms {
-                let ip = net::vm_ip(i);
-                if let Some(profile) = s.load {
+            if let Some(profile) = s.load {
+                for i in 0..o.vms {
                     let seed = o.seed.wrapping_add(i as u64);
-                    session
-                        .loads
-                        .push(LoadGen::start(n, &ip, profile, seed, o.duration)?);
-                }
-                if !s.host_tool.is_empty() {
-                    let log = session._logs.0.join(format!("tool-{i}.log"));
-                    session
-                        .tools
-                        .push(Repeater::start(n, s.host_argv(&ip), log, o.duration)?);
+                    session.loads.push(LoadGen::start(
+                        n,
+                        &net::vm_ip(i),
+                        profile,
+                        seed,
+                        o.duration,
+                    )?);
                 }
             }
         }
+        if !s.host_tool.is_empty() {
+            session.start_host_tool(s, o.duration)?;
+        }
         Ok(session)
+    }
+
+    /// Starts the host-side tool of scenario `s` (e.g. an attack) against every
+    /// VM of the session, on top of whatever already runs: the VMs keep their
+    /// own scenario and the client load goes on. The tool is repeated until
+    /// [`Session::stop_host_tools`], `duration`, or the end of the session.
+    pub fn start_host_tool(&mut self, s: &Scenario, duration: Duration) -> Result<()> {
+        if s.host_tool.is_empty() {
+            bail!(
+                "scenario {} has no host-side tool (its guest side runs in the VM)",
+                s.name
+            );
+        }
+        let Some(n) = &self.net else {
+            bail!("scenario {} needs the lab network", s.name);
+        };
+        let batch = unique();
+        for i in 0..self.vms.len() {
+            let log = self._logs.0.join(format!("tool-{batch}-{i}.log"));
+            self.tools.push(Repeater::start(
+                n,
+                s.host_argv(&net::vm_ip(i)),
+                log,
+                duration,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Stops every host-side tool running (the scenario's own and those of
+    /// [`Session::start_host_tool`]); returns each one's command line and how
+    /// many times it was started.
+    pub fn stop_host_tools(&mut self) -> Vec<(String, u64)> {
+        self.tools
+            .drain(..)
+            .map(|t| {
+                let what = t.what().to_string();
+                (what, t.stop())
+            })
+            .collect()
     }
 
     pub fn pids(&self) -> Vec<u32> {
@@ -201,6 +241,20 @@ impl Session {
         Ok(())
     }
 
+    /// Lets the session run for `d`; fails if a VM exits or on Ctrl-C.
+    pub fn hold(&mut self, d: Duration) -> Result<()> {
+        let until = Instant::now() + d;
+        loop {
+            self.check()?;
+            vm::check_interrupted()?;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+    }
+
     /// Stops everything in order; reports the client load.
     pub fn finish(mut self) -> Result<()> {
         for l in self.loads.drain(..) {
@@ -210,9 +264,7 @@ impl Session {
                 note(format!("web load error: {e}"));
             }
         }
-        for t in self.tools.drain(..) {
-            let what = t.what().to_string();
-            let runs = t.stop();
+        for (what, runs) in self.stop_host_tools() {
             note(format!("host tool `{what}`: started {runs} time(s)"));
         }
         for vm in self.vms.drain(..) {
@@ -299,6 +351,66 @@ pub fn vmwatch_binary(given: Option<&Path>) -> Result<PathBuf> {
     Ok(root.join("target/release/vmwatch"))
 }
 
+/// A command running `vmwatch`, which gets SIGTERM (it detaches and exits
+/// cleanly) if xtask dies.
+pub fn vmwatch_command(vmwatch: &Path) -> Command {
+    let mut cmd = Command::new(vmwatch);
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Waits for a vmwatch process that watches `session`'s VMs. If a VM exits,
+/// on Ctrl-C, or if it runs longer than `limit`, stops it (SIGINT: vmwatch
+/// writes what it has and exits) and fails.
+pub fn wait_vmwatch(
+    session: &mut Session,
+    child: &mut Child,
+    limit: Duration,
+) -> Result<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().context("could not wait for vmwatch")? {
+            // Ctrl-C reaches vmwatch too, which then exits with status 0.
+            vm::check_interrupted()?;
+            return Ok(st);
+        }
+        let problem = if vm::interrupted() {
+            Some("interrupted".to_string())
+        } else if Instant::now() > deadline {
+            Some(format!(
+                "vmwatch did not finish within {}s",
+                limit.as_secs()
+            ))
+        } else {
+            session.check().err().map(|e| format!("{e:#}"))
+        };
+        if let Some(p) = problem {
+            stop_vmwatch(child);
+            bail!("{p}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops a vmwatch child with SIGINT (it detaches and exits cleanly) and reaps it.
+pub fn stop_vmwatch(child: &mut Child) {
+    if child.try_wait().ok().flatten().is_none() {
+        // SAFETY: SIGINT to our own, not yet reaped child.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        }
+    }
+    let _ = child.wait();
+}
+
 /// Parses `2s` / `500ms` (what vmwatch's `--interval` takes) into a duration.
 pub fn parse_interval(s: &str) -> Result<Duration> {
     let s = s.trim();
@@ -346,14 +458,9 @@ pub fn record(o: &RecordOpts) -> Result<Recorded> {
     let pids = session.pids();
     let boot_seconds = session.boot_seconds.clone();
     note(format!("warming up for {}s", WARM_UP.as_secs()));
-    let until = Instant::now() + WARM_UP;
-    while Instant::now() < until {
-        session.check()?;
-        vm::check_interrupted()?;
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    session.hold(WARM_UP)?;
 
-    let mut cmd = Command::new(&vmwatch);
+    let mut cmd = vmwatch_command(&vmwatch);
     cmd.arg("record");
     for pid in &pids {
         cmd.args(["--pid", &pid.to_string()]);
@@ -366,43 +473,14 @@ pub fn record(o: &RecordOpts) -> Result<Recorded> {
         .arg("--force")
         .stdin(Stdio::null())
         .stdout(std::io::stderr());
-    // If xtask is killed, vmwatch gets SIGTERM: it detaches and exits cleanly.
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     note(format!("$ {}", util::display(&cmd)));
     let mut child = cmd.spawn().context("could not start vmwatch")?;
-    let deadline = Instant::now() + record_time + Duration::from_secs(120);
-    let status = loop {
-        if let Some(st) = child.try_wait().context("could not wait for vmwatch")? {
-            break st;
-        }
-        let problem = if vm::interrupted() {
-            Some("interrupted".to_string())
-        } else if Instant::now() > deadline {
-            Some(format!(
-                "vmwatch record did not finish within {}s",
-                (record_time + Duration::from_secs(120)).as_secs()
-            ))
-        } else {
-            session.check().err().map(|e| format!("{e:#}"))
-        };
-        if let Some(p) = problem {
-            // SAFETY: SIGINT to our own child: vmwatch finishes cleanly.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-            }
-            let _ = child.wait();
-            bail!("recording {} failed: {p}", o.scenario.name);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_vmwatch(
+        &mut session,
+        &mut child,
+        record_time + Duration::from_secs(120),
+    )
+    .with_context(|| format!("recording {} failed", o.scenario.name))?;
     if !status.success() {
         bail!("vmwatch record failed ({status})");
     }
@@ -633,6 +711,17 @@ pub fn record_all(o: &RecordAllOpts) -> Result<()> {
     Ok(())
 }
 
+/// What the manifest says about the sources under the accelerator used.
+fn sources_note(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Tcg => {
+            "TCG: the guest runs no KVM code, so every kvm:* column is zero; \
+             TCG-only probes (exec_tb and kin) count guest execution instead"
+        }
+        Accel::Kvm => "KVM: kvm:* columns count the VM's KVM tracepoints and exit reasons",
+    }
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
@@ -696,12 +785,13 @@ fn manifest_json(
         })
         .collect();
     Ok(format!(
-        "{{\n  \"date\": {},\n  \"command\": {},\n  \"git\": {},\n  \"vmwatch_version\": {},\n  \"sources\": {},\n  \"interval\": {},\n  \"windows_per_scenario\": {},\n  \"vms\": {},\n  \"accelerator\": {},\n  \"guest_memory_mib\": {},\n  \"base_seed\": {},\n  \"load\": {{\"web_rate\": [{}, {}], \"web_segment_seconds\": {}, \"peak_rate\": {}}},\n  \"network\": {{\"subnet\": {}, \"host\": {}, \"first_vm\": {}}},\n  \"seconds\": {},\n  \"scenarios\": [\n{}\n  ],\n  \"qemu\": {},\n  \"guest\": {}\n}}\n",
+        "{{\n  \"date\": {},\n  \"command\": {},\n  \"git\": {},\n  \"vmwatch_version\": {},\n  \"sources\": {},\n  \"sources_note\": {},\n  \"interval\": {},\n  \"windows_per_scenario\": {},\n  \"vms\": {},\n  \"accelerator\": {},\n  \"guest_memory_mib\": {},\n  \"base_seed\": {},\n  \"load\": {{\"web_rate\": [{}, {}], \"web_segment_seconds\": {}, \"peak_rate\": {}}},\n  \"network\": {{\"subnet\": {}, \"host\": {}, \"first_vm\": {}}},\n  \"seconds\": {},\n  \"scenarios\": [\n{}\n  ],\n  \"qemu\": {},\n  \"guest\": {}\n}}\n",
         j(date),
         j(&command.join(" ")),
         j(&git),
         j(&vmwatch_version),
         j(SOURCES),
+        j(sources_note(o.accel)),
         j(&o.interval),
         o.windows,
         o.vms,
