@@ -1,5 +1,6 @@
 //! Project automation for vmwatch: `cargo xtask <command>`.
 
+mod bench;
 mod demo;
 mod deps;
 mod eval;
@@ -80,6 +81,13 @@ enum Cmd {
         cmd: lab::LabCmd,
     },
 
+    /// Benchmarks: `cargo xtask bench overhead` (vmwatch vs LTTng-UST vs
+    /// strace; see docs/PERFORMANCE.md).
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
+
     /// Regenerate docs/RESULTS.md from the lab's data/: probe selection
     /// (Table 1), then the paper's evaluation for all probes, selected
     /// probes, syscalls and all sources side by side, with the learning
@@ -139,6 +147,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Test { cargo_test_args } => test::run(&cargo_test_args),
         Cmd::Demo { windows } => demo::run(windows),
         Cmd::Lab { cmd } => lab::run(cmd),
+        Cmd::Bench { cmd } => bench::run(cmd),
         Cmd::Eval {
             data,
             output,

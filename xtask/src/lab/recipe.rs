@@ -76,6 +76,12 @@ pub const PROGRAMS: &[Program] = &[
         package: "ncrack",
         check: &["--version"],
     },
+    // The database job of `cargo xtask bench overhead`.
+    Program {
+        path: "/usr/bin/sqlite3",
+        package: "sqlite3",
+        check: &["-version"],
+    },
 ];
 
 /// Data directories copied whole (recursively), minus the named subdirectories.

@@ -6,10 +6,14 @@
 #   vmwatch.scenario=NAME   guest side of a scenario (default: idle); see the table below
 #   vmwatch.ip=ADDR/PREFIX  address of eth0 (e.g. 10.77.0.11/24)
 #   vmwatch.gw=ADDR         default gateway
+#   vmwatch.bench_gap=S     bench: seconds between rounds (the host switches monitors then)
+#   vmwatch.bench_cpu=N     bench: stress-ng prime operations of the CPU job
+#   vmwatch.bench_db=N      bench: SQLite transactions of the database job
 #
 # Console protocol (serial console, one line each, read by the host's VM runner):
 #   VMWATCH-READY scenario=NAME          the scenario's guest side is running
 #   VMWATCH-ERROR scenario=NAME: WHY     it could not be started (the guest keeps running)
+#   VMWATCH-BENCH ...                    scenario bench: rounds and job times (see bench_loop)
 
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
@@ -96,6 +100,50 @@ quiet_loop() {
     setsid sh -c 'while :; do "$@"; sleep 1; done' quiet_loop "$@" </dev/null >/dev/null 2>&1 &
 }
 
+# Monotonic guest time in ns: /proc/timer_list ("now at N nsecs"), else
+# /proc/uptime (10 ms steps). busybox date has no %N.
+now_ns() {
+    if [ -r /proc/timer_list ]; then
+        awk '/^now at/ { print $3; exit }' /proc/timer_list
+    else
+        awk '{ printf "%.0f\n", $1 * 1000000000 }' /proc/uptime
+    fi
+}
+
+# `cargo xtask bench overhead` (Fig. 6): a fixed CPU job (stress-ng primes, as
+# the paper's sysbench prime test) and a fixed database job (SQLite
+# transactions, each committed with fsync through virtio-blk), timed with the
+# guest's clock, round after round. Between rounds the guest sleeps
+# vmwatch.bench_gap seconds: the host switches the monitor then, and checks
+# that it was ready before the round's start line.
+bench_loop() {
+    gap=$(param vmwatch.bench_gap) || gap=4
+    cpu_ops=$(param vmwatch.bench_cpu) || cpu_ops=400
+    db_tx=$(param vmwatch.bench_db) || db_tx=200
+    db=/mnt/data/bench.db
+    awk -v n="$db_tx" 'BEGIN { for (i = 0; i < n; i++) printf "BEGIN; INSERT INTO t(k, v) VALUES (%d, randomblob(256)); UPDATE c SET n = n + 1; COMMIT;\n", i }' >/tmp/bench-tx.sql
+    sqlite3 "$db" 'CREATE TABLE IF NOT EXISTS t(k INTEGER, v BLOB); CREATE TABLE IF NOT EXISTS c(n INTEGER); INSERT INTO c VALUES (0);' ||
+        { echo "VMWATCH-BENCH error: sqlite3 failed"; return 1; }
+    round=0
+    while :; do
+        sqlite3 "$db" 'DELETE FROM t;' && sync
+        echo "VMWATCH-BENCH wait round=$round"
+        sleep "$gap"
+        echo "VMWATCH-BENCH start round=$round"
+        for job in cpu db; do
+            t0=$(now_ns)
+            case $job in
+                cpu) stress-ng --cpu 1 --cpu-method prime --cpu-ops "$cpu_ops" --quiet >/dev/null 2>&1 ;;
+                db) sqlite3 "$db" </tmp/bench-tx.sql >/dev/null 2>&1 ;;
+            esac
+            status=$?
+            t1=$(now_ns)
+            echo "VMWATCH-BENCH result round=$round job=$job ns=$((t1 - t0)) status=$status"
+        done
+        round=$((round + 1))
+    done
+}
+
 # The -source attacks and stress-net aim at the host side of the lab network.
 GWIP=${GW:-}
 need_gw() {
@@ -149,6 +197,16 @@ case "$SCENARIO" in
     portscan-source)
         need_gw
         quiet_loop nmap -sS -n -Pn -T4 -p 1-65535 "$GWIP"
+        ;;
+    bench)
+        grep -q ' /mnt/data ' /proc/mounts || fail "bench needs the data disk (/dev/vda)"
+        bench_loop </dev/null &
+        ;;
+    bench-steady)
+        # Fig. 5: a light, steady load (a small synced write and a short CPU
+        # burst every 0.1 s), so probes fire without saturating the host.
+        grep -q ' /mnt/data ' /proc/mounts || fail "bench-steady needs the data disk (/dev/vda)"
+        setsid sh -c 'while :; do dd if=/dev/zero of=/mnt/data/steady bs=4k count=4 conv=fsync; i=0; while [ $i -lt 300 ]; do i=$((i + 1)); done; usleep 100000; done' </dev/null >/dev/null 2>&1 &
         ;;
     *)
         fail "unknown scenario"

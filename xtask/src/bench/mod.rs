@@ -1,0 +1,393 @@
+//! `cargo xtask bench overhead`: vmwatch against LTTng-UST (the paper's
+//! tracer) and strace, side by side: the monitored VM's slowdown (the
+//! paper's Fig. 6), the collector's CPU cost as VMs are added (Fig. 5) and
+//! the cost of one event. Writes CSVs and SVGs to docs/overhead/ and the
+//! tables into docs/PERFORMANCE.md.
+
+mod cpu;
+mod events;
+mod impact;
+mod lttng;
+mod monitor;
+mod plot;
+mod report;
+mod scaling;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+
+use crate::lab::scenario::{Group, Scenario};
+use crate::lab::tools::TempDir;
+use crate::lab::{self, vm};
+use crate::qemu;
+use crate::util::{self, note};
+
+/// Benchmarks.
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// vmwatch vs LTTng-UST vs strace: guest slowdown (the paper's Fig. 6),
+    /// collector CPU as VMs are added (Fig. 5), cost per event. Writes
+    /// docs/overhead/*.csv, *.svg and a section of docs/PERFORMANCE.md.
+    ///
+    /// Needs root. Builds QEMU, the lab guest, vmwatch and the fixture if
+    /// needed; starts (and stops) its own lttng-sessiond. About 40 minutes
+    /// on 2 cores; see docs/PERFORMANCE.md.
+    Overhead(Opts),
+}
+
+/// Parts of the overhead benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Guest CPU and database job under each monitor (Fig. 6).
+    Impact,
+    /// Collector and QEMU CPU with 1..8 VMs, and 1..64 fixture processes (Fig. 5).
+    Scaling,
+    /// ns per event: detached, vmwatch (1- and 5-byte nop sites), LTTng-UST.
+    Events,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Opts {
+    /// Repetitions of each configuration (impact and events; scaling runs
+    /// at most 3, each over several windows).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Run only this part (repeatable); the report is rebuilt from every
+    /// CSV in the output directory.
+    #[arg(long = "only", value_enum)]
+    pub only: Vec<Part>,
+    /// A tiny run for smoke checks (1 repetition, small jobs, 1 VM); writes
+    /// to target/bench-overhead-quick/, never to docs/.
+    #[arg(long)]
+    pub quick: bool,
+    /// VM counts of the scaling part.
+    #[arg(long, value_delimiter = ',')]
+    pub vms: Option<Vec<usize>>,
+    /// Datasets for `vmwatch select` (idle + stress-*.csv.gz); default
+    /// data/. Without them, the paper's five tracepoints are the selection.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Use this vmwatch binary instead of building target/release/vmwatch.
+    #[arg(long)]
+    pub vmwatch: Option<PathBuf>,
+    /// Measure nothing: rebuild the report (tables, SVGs, the section of
+    /// docs/PERFORMANCE.md; with --quick, REPORT.md) from the CSVs there.
+    #[arg(long)]
+    pub report_only: bool,
+}
+
+/// Resolved options.
+pub struct Run {
+    pub reps: usize,
+    pub quick: bool,
+    pub vms: Vec<usize>,
+}
+
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Overhead(o) => overhead(o),
+    }
+}
+
+/// The lab scenario of the impact part (guest side in guest/init.sh); not in
+/// the lab's scenario table, so `lab record-all` does not record it.
+pub static BENCH: Scenario = Scenario {
+    name: "bench",
+    group: Group::Normal,
+    load: None,
+    host_target: false,
+    host_tool: &[],
+    guest: "fixed CPU and database jobs, timed in the guest (cargo xtask bench overhead)",
+};
+
+/// The lab scenario of the scaling part.
+pub static STEADY: Scenario = Scenario {
+    name: "bench-steady",
+    group: Group::Normal,
+    load: None,
+    host_target: false,
+    host_tool: &[],
+    guest: "a small synced write and a short CPU burst every 0.1 s",
+};
+
+/// The paper's selected tracepoints (Table 1); three of them no longer exist
+/// in QEMU 7.2.
+const PAPER_FIVE: [&str; 5] = [
+    "tap_send",
+    "qemu_deliver_packet",
+    "bdrv_aio_flush",
+    "virtqueue_fill",
+    "memory_region_ops_write",
+];
+
+/// Probes that exist only for the TCG accelerator (QEMU 7.2's
+/// accel/tcg/trace-events): they fire per translated block and are absent
+/// under KVM.
+const TCG_ONLY: [&str; 6] = [
+    "exec_tb",
+    "exec_tb_nocache",
+    "exec_tb_exit",
+    "translate_block",
+    "memory_notdirty_write_access",
+    "memory_notdirty_set_dirty",
+];
+
+fn overhead(o: Opts) -> Result<()> {
+    let root = util::repo_root();
+    let out_dir = if o.quick {
+        root.join("target/bench-overhead-quick")
+    } else {
+        root.join("docs/overhead")
+    };
+    if o.report_only {
+        return write_report(&o, &root, &out_dir);
+    }
+    if !util::is_root()? {
+        bail!("cargo xtask bench overhead needs root (BPF, network namespaces, LTTng for root's QEMU)");
+    }
+    vm::install_signal_handlers();
+    let started = Instant::now();
+    let parts: Vec<Part> = if o.only.is_empty() {
+        vec![Part::Events, Part::Impact, Part::Scaling]
+    } else {
+        o.only.clone()
+    };
+    let run = Run {
+        reps: if o.quick { 1 } else { o.reps.max(1) },
+        quick: o.quick,
+        vms: o
+            .vms
+            .clone()
+            .unwrap_or_else(|| if o.quick { vec![1] } else { vec![1, 2, 4, 8] }),
+    };
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("could not create {}", out_dir.display()))?;
+
+    crate::deps::ensure().context("setting up the system packages failed")?;
+    let qemu = qemu::ensure(&qemu::Options::default()).context("building QEMU failed")?;
+    lab::ensure(false).context("building the lab guest failed")?;
+    let vmwatch = lab::record::vmwatch_binary(o.vmwatch.as_deref())?;
+    vm::check_interrupted()?;
+
+    remove_stale_scratch();
+    let tmp = TempDir::create(PathBuf::from(format!("{SCRATCH}{}", std::process::id())))?;
+    let all = qemu_probes(&vmwatch, &qemu.binary)?;
+    let tcg: Vec<String> = TCG_ONLY
+        .iter()
+        .map(|n| format!("qemu:{n}"))
+        .filter(|p| all.contains(p))
+        .collect();
+    let (selected, selected_from) = selection(&o, &vmwatch, &tmp.0, &all)?;
+    note(format!(
+        "{} QEMU probes, {} TCG-only; selected ({selected_from}): {}",
+        all.len(),
+        tcg.len(),
+        selected.join(", ")
+    ));
+    let sessiond = lttng::Sessiond::start(&tmp.0.join("lttng-home"))?;
+    let setup = monitor::Setup {
+        vmwatch,
+        qemu: qemu.binary.clone(),
+        tmp: tmp.0.clone(),
+        all,
+        selected: selected.clone(),
+        tcg,
+        interval: Duration::from_secs(2),
+        sessiond: Some(sessiond),
+    };
+    report::write_machine(&out_dir, &qemu.dir, &selected, &selected_from, &run, &parts)?;
+    let mut took = Vec::new();
+
+    for part in &parts {
+        let t = Instant::now();
+        match part {
+            Part::Events => {
+                note("part 1/3: cost per event");
+                events::run(&run, &setup, &out_dir.join("events.csv"))?;
+            }
+            Part::Impact => {
+                note("part 2/3: impact on the monitored VM (Fig. 6)");
+                impact::run(&run, &setup, &out_dir.join("impact.csv"))?;
+            }
+            Part::Scaling => {
+                note("part 3/3: collector cost as VMs are added (Fig. 5)");
+                let csv = out_dir.join("scaling.csv");
+                let mut rows = Vec::new();
+                scaling::run_vms(&run, &setup, &csv, &mut rows)?;
+                scaling::run_fixtures(&run, &setup, &csv, &mut rows)?;
+                scaling::run_idle_qemus(&run, &setup, &csv, &mut rows)?;
+            }
+        }
+        note(format!(
+            "{part:?} took {}",
+            util::human_duration(t.elapsed())
+        ));
+        took.push((*part, t.elapsed()));
+    }
+    drop(setup);
+    report::finish_machine(&out_dir, &took, started.elapsed())?;
+    write_report(&o, &root, &out_dir)?;
+    note(format!(
+        "bench overhead done in {}; CSV and SVG in {}",
+        util::human_duration(started.elapsed()),
+        out_dir.display()
+    ));
+    Ok(())
+}
+
+/// Rebuilds the report from the CSVs in `out_dir`.
+fn write_report(o: &Opts, root: &Path, out_dir: &Path) -> Result<()> {
+    let md = report::build(out_dir)?;
+    if o.quick {
+        let path = out_dir.join("REPORT.md");
+        util::write_atomic(&path, md.as_bytes())?;
+        note(format!("quick run: report in {}", path.display()));
+    } else {
+        report::update_performance_md(&root.join("docs/PERFORMANCE.md"), &md)?;
+        note("updated docs/PERFORMANCE.md");
+    }
+    Ok(())
+}
+
+/// Scratch directories (traces, outputs) on a tmpfs: `<prefix><xtask pid>`.
+const SCRATCH: &str = "/dev/shm/vmwatch-bench-";
+
+/// Removes scratch directories of benches whose xtask is gone (killed).
+fn remove_stale_scratch() {
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let path = e.path();
+        let Some(pid) = path
+            .to_str()
+            .and_then(|p| p.strip_prefix(SCRATCH))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// Every `qemu:` probe name of the binary (`vmwatch probes`).
+fn qemu_probes(vmwatch: &Path, qemu: &Path) -> Result<Vec<String>> {
+    let out = util::output(Command::new(vmwatch).arg("probes").arg(qemu))?;
+    let mut v: Vec<String> = out
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "qemu").then(|| w.next().map(|n| format!("qemu:{n}")))?
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    if v.is_empty() {
+        bail!("{} has no qemu USDT probes", qemu.display());
+    }
+    Ok(v)
+}
+
+/// The selected probes: `vmwatch select` on the reference datasets (the
+/// paper's idle vs stress pairs), else the paper's five.
+fn selection(
+    o: &Opts,
+    vmwatch: &Path,
+    tmp: &Path,
+    all: &[String],
+) -> Result<(Vec<String>, String)> {
+    let data = o
+        .data
+        .clone()
+        .unwrap_or_else(|| util::repo_root().join("data"));
+    let file = |s: &str| data.join(format!("{s}.csv.gz"));
+    let stress = ["stress-mem", "stress-io", "stress-hdd", "stress-net"];
+    if file("idle").is_file() && stress.iter().all(|s| file(s).is_file()) {
+        let out = tmp.join("selected.txt");
+        let mut cmd = Command::new(vmwatch);
+        cmd.arg("select").arg("--baseline").arg(file("idle"));
+        for s in stress {
+            cmd.arg(file(s));
+        }
+        cmd.arg("-o").arg(&out);
+        util::output(&mut cmd).context("vmwatch select failed")?;
+        let picked: Vec<String> = std::fs::read_to_string(&out)?
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("qemu:") && all.iter().any(|a| a == l))
+            .map(str::to_string)
+            .collect();
+        if !picked.is_empty() {
+            return Ok((
+                picked,
+                format!(
+                    "`vmwatch select` on {}: idle vs stress-mem/io/hdd/net, qemu: features",
+                    data.display()
+                ),
+            ));
+        }
+        note("vmwatch select chose no qemu: probe; using the paper's five");
+    }
+    let present: Vec<String> = PAPER_FIVE
+        .iter()
+        .map(|n| format!("qemu:{n}"))
+        .filter(|p| all.contains(p))
+        .collect();
+    let missing: Vec<&str> = PAPER_FIVE
+        .iter()
+        .copied()
+        .filter(|n| !all.contains(&format!("qemu:{n}")))
+        .collect();
+    if present.is_empty() {
+        bail!("none of the paper's five tracepoints exists in this QEMU");
+    }
+    Ok((
+        present,
+        format!(
+            "the paper's Table 1 (no datasets in {}); not in QEMU 7.2: {}",
+            data.display(),
+            missing.join(", ")
+        ),
+    ))
+}
+
+/// Waits until QEMU `pid` registered with the session daemon (it does so at
+/// start-up, so the daemon must run before the VM boots).
+pub fn check_lttng_registered(setup: &monitor::Setup, pid: u32) -> Result<()> {
+    let Some(d) = &setup.sessiond else {
+        return Ok(());
+    };
+    let until = Instant::now() + Duration::from_secs(15);
+    let want = format!("PID: {pid} ");
+    loop {
+        let out = util::output(d.lttng().args(["list", "-u"])).unwrap_or_default();
+        if out.contains(&want) {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!("QEMU (pid {pid}) did not register with lttng-sessiond: is it built with the ust trace backend?");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn guest_has_the_bench_scenarios() {
+        let init = include_str!("../lab/guest/init.sh");
+        for s in [&super::BENCH, &super::STEADY] {
+            assert!(
+                init.contains(&format!("    {})", s.name)),
+                "{} is not in init.sh",
+                s.name
+            );
+        }
+    }
+}
