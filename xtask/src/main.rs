@@ -64,14 +64,13 @@ enum Cmd {
         cargo_test_args: Vec<String>,
     },
 
-    /// The README's main job: boots the instrumented QEMU as a VM under TCG
-    /// and records it with `vmwatch record` (needs root). Until the lab
-    /// lands, the VM runs firmware only (SeaBIOS, iPXE), no guest OS.
-    Demo {
-        /// Windows (of 2 s) to record.
-        #[arg(long, default_value_t = 5)]
-        windows: u32,
-    },
+    /// The README's main job: boots a lab VM with web load, records normal
+    /// windows, trains a model, monitors the VM live while an attack comes and
+    /// goes, and sums up (false positives, detection rate, time to detection).
+    ///
+    /// Builds what is missing first (packages, QEMU, lab guest, vmwatch).
+    /// About 6.5 minutes once built. Needs root. See README.md.
+    Demo(demo::Args),
 
     /// The lab: the guest image (Debian kernel + initramfs with workloads and
     /// attack tools), its network namespace, the scenarios, and labelled
@@ -145,7 +144,7 @@ fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Test { cargo_test_args } => test::run(&cargo_test_args),
-        Cmd::Demo { windows } => demo::run(windows),
+        Cmd::Demo(args) => demo::run(&args),
         Cmd::Lab { cmd } => lab::run(cmd),
         Cmd::Bench { cmd } => bench::run(cmd),
         Cmd::Eval {
