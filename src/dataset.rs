@@ -350,6 +350,25 @@ impl Table {
         out
     }
 
+    /// Names of the features of `tables` that are nonzero in some row and
+    /// come from one of `sources` (empty: any), first table's first.
+    pub fn nonzero_features(tables: &[&Table], sources: &[crate::features::Source]) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for t in tables {
+            for (j, f) in t.features.iter().enumerate() {
+                if !seen.contains(f.as_str())
+                    && crate::features::Source::any_of(sources, f)
+                    && t.x.column(j).iter().any(|&v| v != 0.0)
+                {
+                    seen.insert(f.as_str());
+                    out.push(f.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.keys.len()

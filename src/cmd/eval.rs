@@ -128,19 +128,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let features: Vec<String> = match &args.features {
         Some(path) => vmwatch::features::read_feature_list(path)?,
         None => {
-            let mut f: Vec<String> = Vec::new();
-            let tables = std::iter::once(&normal).chain(anomalies.iter().map(|(_, t)| t));
-            for t in tables.chain(peak.iter()) {
-                for (j, name) in t.features.iter().enumerate() {
-                    if !f.contains(name)
-                        && vmwatch::features::Source::any_of(&args.sources, name)
-                        && t.x.column(j).iter().any(|v| *v != 0.0)
-                    {
-                        f.push(name.clone());
-                    }
-                }
-            }
-            f
+            let tables: Vec<&Table> = std::iter::once(&normal)
+                .chain(anomalies.iter().map(|(_, t)| t))
+                .chain(peak.iter())
+                .collect();
+            Table::nonzero_features(&tables, &args.sources)
         }
     };
     if features.is_empty() {

@@ -74,8 +74,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut pairs = Vec::new();
     for path in &args.stress {
         let stress = read(path, args.min_rows)?;
-        let mut features = nonzero_union(&baseline, &stress);
-        features.retain(|f| vmwatch::features::Source::any_of(&args.sources, f));
+        let features = Table::nonzero_features(&[&baseline, &stress], &args.sources);
         let scores = score_pair(
             baseline.project(&features).view(),
             stress.project(&features).view(),
@@ -130,20 +129,6 @@ fn read(path: &Path, min_rows: usize) -> Result<Table> {
         );
     }
     Ok(t)
-}
-
-/// Features of either table that are nonzero somewhere, baseline's first.
-fn nonzero_union(a: &Table, b: &Table) -> Vec<String> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for t in [a, b] {
-        for (j, f) in t.features.iter().enumerate() {
-            if t.x.column(j).iter().any(|&v| v != 0.0) && seen.insert(f.as_str()) {
-                out.push(f.clone());
-            }
-        }
-    }
-    out
 }
 
 /// The stress file's label when all its rows share one, else its stem.

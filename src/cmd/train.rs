@@ -54,16 +54,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let features = match &args.features {
         Some(path) => vmwatch::features::read_feature_list(path)?,
-        None => table
-            .features
-            .iter()
-            .enumerate()
-            .filter(|(j, f)| {
-                vmwatch::features::Source::any_of(&args.sources, f)
-                    && table.x.column(*j).iter().any(|v| *v != 0.0)
-            })
-            .map(|(_, f)| f.clone())
-            .collect(),
+        None => Table::nonzero_features(&[&table], &args.sources),
     };
     if features.is_empty() {
         bail!("every feature is zero in the training files: nothing to learn from");
