@@ -18,22 +18,12 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::lab::record::vmwatch_binary;
+use crate::lab::scenario::{self, Group};
 use crate::util::{self, note};
 
 const BASELINE: &str = "idle";
-const STRESS: &[&str] = &["stress-mem", "stress-io", "stress-hdd", "stress-net"];
 const NORMAL: &str = "web";
 const PEAK: &str = "web-peak";
-const ATTACKS: &[&str] = &[
-    "synflood-source",
-    "synflood-target",
-    "bruteforce-source",
-    "bruteforce-target",
-    "slowhttp-source",
-    "slowhttp-target",
-    "portscan-source",
-    "portscan-target",
-];
 
 /// The smoothing reported beside raw verdicts (K of the last N windows).
 const SMOOTH: &str = "2/3";
@@ -68,10 +58,17 @@ pub fn run(o: &Options) -> Result<()> {
     let root = util::repo_root();
     let data = root.join(&o.data);
     let file = |name: &str| data.join(format!("{name}.csv.gz"));
+    let stress = scenario::in_group(Group::Stress);
+    let attacks = scenario::in_group(Group::Attack);
+    // Every scenario but the baseline, in the lab's order.
+    let others: Vec<&str> = scenario::names()
+        .into_iter()
+        .filter(|n| *n != BASELINE)
+        .collect();
     let mut missing = Vec::new();
-    for name in [BASELINE, NORMAL, PEAK].iter().chain(STRESS).chain(ATTACKS) {
+    for name in scenario::names() {
         if !file(name).is_file() {
-            missing.push(*name);
+            missing.push(name);
         }
     }
     if !missing.is_empty() {
@@ -101,14 +98,14 @@ pub fn run(o: &Options) -> Result<()> {
 
     note(format!(
         "selecting probes: {BASELINE} vs {}",
-        STRESS.join(", ")
+        stress.join(", ")
     ));
     let selected = results.join("selected-probes.txt");
     let mut cmd = Command::new(&vmwatch);
     cmd.current_dir(&root)
         .args(["select", "--source", "qemu", "--baseline"])
         .arg(rel(&file(BASELINE)));
-    for s in STRESS {
+    for s in &stress {
         cmd.arg(rel(&file(s)));
     }
     cmd.arg("-o").arg(rel(&selected));
@@ -123,7 +120,7 @@ pub fn run(o: &Options) -> Result<()> {
     cmd.current_dir(&root)
         .args(["select", "--source", "qemu", "--top", "3", "--baseline"])
         .arg(rel(&file(BASELINE)));
-    for s in [NORMAL, PEAK].iter().chain(STRESS).chain(ATTACKS) {
+    for s in &others {
         cmd.arg(rel(&file(s)));
     }
     let scratch = results.join(".every-scenario.txt");
@@ -184,7 +181,7 @@ pub fn run(o: &Options) -> Result<()> {
                     .arg("eval")
                     .arg("--normal")
                     .arg(rel(&file(NORMAL)));
-                for a in ATTACKS {
+                for a in &attacks {
                     cmd.arg("--anomaly").arg(rel(&file(a)));
                 }
                 cmd.args(&set.args)
@@ -476,7 +473,7 @@ fn render(r: &Render) -> Result<String> {
         write!(s, "---:|")?;
     }
     writeln!(s)?;
-    for attack in ATTACKS {
+    for attack in scenario::in_group(Group::Attack) {
         write!(s, "| {attack} |")?;
         for run in r.runs {
             let cell = |v: Option<&Value>| match v.and_then(|v| scenario(v, attack)) {

@@ -110,34 +110,17 @@ pub enum LabCmd {
         /// The scenario (see docs/LAB.md for the list).
         #[arg(long)]
         scenario: String,
-        /// Windows to record.
-        #[arg(long, default_value_t = 150)]
-        windows: u32,
-        /// Window length (vmwatch's --interval).
-        #[arg(long, default_value = "2s")]
-        interval: String,
+        #[command(flatten)]
+        run: RunArgs,
         /// Seed of the client load (VM i gets seed + i).
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// VMs to boot (all run the scenario; each gets its own rows).
-        #[arg(long, default_value_t = 1)]
-        vms: usize,
-        /// Accelerator: `auto` uses KVM if a trial boot shows it works here
-        /// (cached), else TCG.
-        #[arg(long, value_enum, default_value_t = accel::AccelChoice::Auto)]
-        accel: accel::AccelChoice,
-        /// Guest memory in MiB.
-        #[arg(long, default_value_t = 512)]
-        memory: u32,
         /// Output file (`.csv` or `.csv.gz`).
         #[arg(short, long)]
         output: PathBuf,
         /// Replace the output file if it exists.
         #[arg(long)]
         force: bool,
-        /// Use this vmwatch binary instead of building target/release/vmwatch.
-        #[arg(long)]
-        vmwatch: Option<PathBuf>,
     },
 
     /// Record every scenario into OUT_DIR/<scenario>.csv.gz, with a progress
@@ -146,34 +129,17 @@ pub enum LabCmd {
     ///
     /// A failed scenario does not stop the others; the command fails at the end.
     RecordAll {
-        /// Windows per scenario.
-        #[arg(long, default_value_t = 150)]
-        windows: u32,
-        /// Window length (vmwatch's --interval).
-        #[arg(long, default_value = "2s")]
-        interval: String,
+        #[command(flatten)]
+        run: RunArgs,
         /// Base seed (scenario i uses seed + 1000 i).
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// VMs per scenario.
-        #[arg(long, default_value_t = 1)]
-        vms: usize,
-        /// Accelerator: `auto` uses KVM if a trial boot shows it works here
-        /// (cached), else TCG.
-        #[arg(long, value_enum, default_value_t = accel::AccelChoice::Auto)]
-        accel: accel::AccelChoice,
-        /// Guest memory in MiB.
-        #[arg(long, default_value_t = 512)]
-        memory: u32,
         /// Output directory.
         #[arg(long, default_value = "data")]
         out_dir: PathBuf,
         /// Only these scenarios (repeatable; default: all).
         #[arg(long = "only", value_name = "SCENARIO")]
         only: Vec<String>,
-        /// Use this vmwatch binary instead of building target/release/vmwatch.
-        #[arg(long)]
-        vmwatch: Option<PathBuf>,
     },
 
     /// The CI smoke test: record 3 windows of `idle` on one VM and check that
@@ -183,6 +149,30 @@ pub enum LabCmd {
         #[arg(long)]
         vmwatch: Option<PathBuf>,
     },
+}
+
+/// What `lab record` and `lab record-all` share: how each VM runs and is recorded.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Windows to record (per scenario).
+    #[arg(long, default_value_t = 150)]
+    windows: u32,
+    /// Window length (vmwatch's --interval).
+    #[arg(long, default_value = "2s")]
+    interval: String,
+    /// VMs to boot (all run the scenario; each gets its own rows).
+    #[arg(long, default_value_t = 1)]
+    vms: usize,
+    /// Accelerator: `auto` uses KVM if a trial boot shows it works here
+    /// (cached), else TCG.
+    #[arg(long, value_enum, default_value_t = accel::AccelChoice::Auto)]
+    accel: accel::AccelChoice,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u32,
+    /// Use this vmwatch binary instead of building target/release/vmwatch.
+    #[arg(long)]
+    vmwatch: Option<PathBuf>,
 }
 
 pub fn run(cmd: LabCmd) -> Result<()> {
@@ -215,59 +205,49 @@ pub fn run(cmd: LabCmd) -> Result<()> {
         }),
         LabCmd::Record {
             scenario,
-            windows,
-            interval,
+            run,
             seed,
-            vms,
-            accel,
-            memory,
             output,
             force,
-            vmwatch,
         } => {
             let r = record::record(&record::RecordOpts {
                 scenario: scenario::find(&scenario)?,
-                windows,
-                interval,
+                windows: run.windows,
+                interval: run.interval,
                 seed,
-                vms,
-                accel: accel::resolve(accel)?,
-                memory_mib: memory,
+                vms: run.vms,
+                accel: accel::resolve(run.accel)?,
+                memory_mib: run.memory,
                 output: output.clone(),
                 force,
-                vmwatch,
+                vmwatch: run.vmwatch,
             })?;
             println!(
                 "{}: {} rows ({} windows x {} VMs), {} features, {:.0} QEMU probe hits per window",
                 output.display(),
                 r.rows,
-                windows,
-                vms,
+                run.windows,
+                run.vms,
                 r.features,
                 r.qemu_hits_per_window
             );
             Ok(())
         }
         LabCmd::RecordAll {
-            windows,
-            interval,
+            run,
             seed,
-            vms,
-            accel,
-            memory,
             out_dir,
             only,
-            vmwatch,
         } => record::record_all(&record::RecordAllOpts {
-            windows,
-            interval,
+            windows: run.windows,
+            interval: run.interval,
             seed,
-            vms,
-            accel: accel::resolve(accel)?,
-            memory_mib: memory,
+            vms: run.vms,
+            accel: accel::resolve(run.accel)?,
+            memory_mib: run.memory,
             out_dir,
             only,
-            vmwatch,
+            vmwatch: run.vmwatch,
         }),
         LabCmd::Smoke { vmwatch } => record::smoke(vmwatch.as_deref()),
     }

@@ -215,6 +215,15 @@ pub fn names() -> Vec<&'static str> {
     SCENARIOS.iter().map(|s| s.name).collect()
 }
 
+/// The names of one group's scenarios, in the table's order.
+pub fn in_group(group: Group) -> Vec<&'static str> {
+    SCENARIOS
+        .iter()
+        .filter(|s| s.group == group)
+        .map(|s| s.name)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
