@@ -15,6 +15,12 @@ use crate::error::{Error, Result};
 /// Note type of SDT probe descriptors (`NT_STAPSDT` in <sys/sdt.h>).
 const NT_STAPSDT: u32 = 3;
 
+/// The x86-64 5-byte nop (`nopl 0x0(%rax,%rax,1)`, the kernel's `x86_nops[5]`).
+/// Linux ≥ 6.18 turns a uprobe on a site made of it into a call to a trampoline
+/// and the `uprobe` syscall after the first hit, instead of trapping on an int3 at
+/// every hit; systemtap's `sys/sdt.h` emits a 1-byte `nop`, which always traps.
+pub const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+
 /// One call site of a USDT probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsdtSite {
@@ -30,6 +36,8 @@ pub struct UsdtSite {
     pub semaphore_offset: Option<u64>,
     /// Argument spec, e.g. `-4@%esi 8@%rdi`.
     pub args: String,
+    /// The site is a 5-byte nop ([`NOP5`]), so the kernel can optimize its uprobe.
+    pub nop5: bool,
 }
 
 /// A probe name with all its call sites.
@@ -38,6 +46,8 @@ pub struct UsdtProbe {
     pub provider: String,
     pub name: String,
     pub sites: usize,
+    /// How many of the sites are 5-byte nops (see [`NOP5`]).
+    pub nop5_sites: usize,
     /// Semaphore address (shared by the probe's sites), if any.
     pub semaphore: Option<u64>,
 }
@@ -72,6 +82,11 @@ impl UsdtBinary {
         })
     }
 
+    /// How many sites are 5-byte nops (see [`NOP5`]).
+    pub fn nop5_sites(&self) -> usize {
+        self.sites.iter().filter(|s| s.nop5).count()
+    }
+
     /// Probes grouped by (provider, name), sorted.
     pub fn probes(&self) -> Vec<UsdtProbe> {
         let mut by_name: BTreeMap<(&str, &str), UsdtProbe> = BTreeMap::new();
@@ -80,12 +95,14 @@ impl UsdtBinary {
                 .entry((&s.provider, &s.name))
                 .and_modify(|p| {
                     p.sites += 1;
+                    p.nop5_sites += usize::from(s.nop5);
                     p.semaphore = p.semaphore.or(s.semaphore);
                 })
                 .or_insert_with(|| UsdtProbe {
                     provider: s.provider.clone(),
                     name: s.name.clone(),
                     sites: 1,
+                    nop5_sites: usize::from(s.nop5),
                     semaphore: s.semaphore,
                 });
         }
@@ -155,6 +172,10 @@ fn parse_sites(data: &[u8]) -> Result<Vec<UsdtSite>, String> {
                 })?),
                 None => None,
             };
+            let nop5 = usize::try_from(file_offset)
+                .ok()
+                .and_then(|at| data.get(at..at.checked_add(NOP5.len())?))
+                == Some(&NOP5[..]);
             sites.push(UsdtSite {
                 provider,
                 name,
@@ -163,6 +184,7 @@ fn parse_sites(data: &[u8]) -> Result<Vec<UsdtSite>, String> {
                 semaphore,
                 semaphore_offset,
                 args,
+                nop5,
             });
         }
     }

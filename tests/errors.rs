@@ -68,6 +68,8 @@ fn probes_lists_the_fixture() {
         .expect("tap_send listed");
     assert_eq!(tap["provider"], "qemu");
     assert_eq!(tap["sites"], 2);
+    // The probe crate emits systemtap's 1-byte nop.
+    assert_eq!(tap["nop5_sites"], 0);
     assert!(tap["semaphore"].is_null());
     let vq = probes
         .as_array()

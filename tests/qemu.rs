@@ -66,6 +66,18 @@ fn probes_lists_qemus_trace_events() {
     ] {
         assert!(probes.iter().any(|p| p["name"] == name), "{name} missing");
     }
+    // The recipe's sys/sdt.h makes every site a 5-byte nop (optimized uprobes).
+    let one_byte: Vec<_> = probes
+        .iter()
+        .filter(|p| p["provider"] == "qemu" && p["nop5_sites"] != p["sites"])
+        .map(|p| p["name"].as_str().unwrap_or("?"))
+        .collect();
+    assert!(
+        one_byte.is_empty(),
+        "{} qemu probes have sites that are not 5-byte nops, e.g. {:?}",
+        one_byte.len(),
+        &one_byte[..one_byte.len().min(5)]
+    );
 }
 
 #[test]

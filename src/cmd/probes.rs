@@ -55,5 +55,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bin.sites.len(),
         args.binary.display()
     )?;
+    // Whether uprobes on these sites can take Linux ≥ 6.18's faster path.
+    let nop5 = bin.nop5_sites();
+    let kind = if nop5 == bin.sites.len() {
+        "all sites are 5-byte nops: Linux >= 6.18 optimizes their uprobes (no int3 trap per hit)"
+            .to_string()
+    } else if nop5 == 0 {
+        "sites are 1-byte nops: every hit of an attached probe traps on an int3".to_string()
+    } else {
+        format!("{nop5} of the sites are 5-byte nops (optimizable uprobes), the rest 1-byte nops")
+    };
+    writeln!(out, "{kind}")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -234,8 +234,10 @@ fn build(root: &Path, hash: &str, version: &str, opts: &Options) -> Result<()> {
 
     // The prefix is the final location; QEMU is relocatable, so it also runs from
     // the work directory for the checks below.
-    let configure = recipe::configure_args(&final_dir.join("install"), version);
+    let sdt_include = work.join("sdt-nop5");
+    let configure = recipe::configure_args(&final_dir.join("install"), version, &sdt_include);
     let result = (|| -> Result<(ProbeCounts, String, String)> {
+        recipe::write_sdt_wrapper(&sdt_include)?;
         let src = recipe::fetch_source(&work.join("src"), version, &mut log)?;
         recipe::build(
             &src,

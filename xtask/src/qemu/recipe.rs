@@ -54,6 +54,22 @@ pub const CONFIGURE_FLAGS: &[&str] = &[
     "--disable-bzip2",
 ];
 
+/// A `sys/sdt.h` that QEMU's generated dtrace headers find before the system's
+/// (see [`write_sdt_wrapper`]): it makes every USDT site a 5-byte nop
+/// (`nopl 0x0(%rax,%rax,1)`, the kernel's `x86_nops[5]`) instead of the 1-byte
+/// `nop` of systemtap's header. Linux ≥ 6.18 "optimizes" a uprobe on such a site:
+/// after the first hit it rewrites the nop into a call to a trampoline that enters
+/// the kernel with the `uprobe` syscall, which costs less than the int3 trap and
+/// exception path of a 1-byte site (see docs/PERFORMANCE.md). Older kernels, gdb,
+/// bpftrace and systemtap treat the site like any other: the note format, the
+/// address and the argument operands do not change.
+pub const SDT_NOP5_HEADER: &str = "\
+/* vmwatch: USDT sites as 5-byte nops, for Linux's optimized uprobes. */
+#include_next <sys/sdt.h>
+#undef _SDT_NOP
+#define _SDT_NOP .byte 0x0f; .byte 0x1f; .byte 0x44; .byte 0x00; .byte 0x00
+";
+
 /// Binaries built and installed into `<prefix>/bin`.
 pub const BINARIES: &[&str] = &["qemu-system-x86_64", "qemu-img"];
 
@@ -78,14 +94,24 @@ pub const REQUIRED_FIRMWARE: &[(&str, &str)] = &[
     ("linuxboot_dma.bin", "qemu-system-data"),
 ];
 
-/// The full `configure` command line (without the program name).
-pub fn configure_args(prefix: &Path, source_version: &str) -> Vec<String> {
+/// The full `configure` command line (without the program name). `sdt_include`
+/// is the directory [`write_sdt_wrapper`] writes into.
+pub fn configure_args(prefix: &Path, source_version: &str, sdt_include: &Path) -> Vec<String> {
     let mut args = vec![
         format!("--prefix={}", prefix.display()),
         format!("--with-pkgversion=vmwatch, Debian {source_version}"),
+        format!("--extra-cflags=-I{}", sdt_include.display()),
     ];
     args.extend(CONFIGURE_FLAGS.iter().map(|s| s.to_string()));
     args
+}
+
+/// Writes [`SDT_NOP5_HEADER`] as `<dir>/sys/sdt.h`.
+pub fn write_sdt_wrapper(dir: &Path) -> Result<()> {
+    let sys = dir.join("sys");
+    fs::create_dir_all(&sys).with_context(|| format!("could not create {}", sys.display()))?;
+    let path = sys.join("sdt.h");
+    fs::write(&path, SDT_NOP5_HEADER).with_context(|| format!("could not write {}", path.display()))
 }
 
 /// Downloads and unpacks the source package into `dir`; returns the source tree.
