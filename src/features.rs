@@ -86,9 +86,17 @@ pub fn sys_feature(name: &str) -> String {
     format!("{SYS}{name}")
 }
 
-/// Every syscall of the running architecture: (feature name, number).
+/// Syscalls that are tracing machinery, not the traced program's behaviour:
+/// on Linux ≥ 6.18 every hit of an optimized uprobe (a USDT probe on a 5-byte
+/// nop, as in the lab's QEMU) enters the kernel through the `uprobe` syscall,
+/// so counting it would count vmwatch's own probes a second time.
+const TRACING_SYSCALLS: [&str; 2] = ["uprobe", "uretprobe"];
+
+/// Every syscall of the running architecture but the tracing ones:
+/// (feature name, number).
 pub fn syscall_features() -> Vec<(String, u32)> {
     syscalls::Sysno::iter()
+        .filter(|s| !TRACING_SYSCALLS.contains(&s.name()))
         .map(|s| (sys_feature(s.name()), s.id() as u32))
         .collect()
 }
@@ -139,6 +147,15 @@ fn parse_feature_list(text: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracing_syscalls_are_not_features() {
+        let names: Vec<String> = syscall_features().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"sys:getppid".to_string()));
+        assert!(!names
+            .iter()
+            .any(|n| n == "sys:uprobe" || n == "sys:uretprobe"));
+    }
 
     #[test]
     fn parses_names_comments_and_bare_probes() {
