@@ -350,6 +350,24 @@ impl Table {
         out
     }
 
+    /// Mean events per second of each of `features` (0 for one this table
+    /// lacks): each row's count over its window's length, averaged over rows.
+    pub fn mean_rates(&self, features: &[String]) -> Vec<f64> {
+        let counts = self.project(features);
+        let secs: Vec<f64> = self
+            .keys
+            .iter()
+            .map(|k| (k.duration_ms.max(1)) as f64 / 1000.0)
+            .collect();
+        counts
+            .axis_iter(ndarray::Axis(1))
+            .map(|col| {
+                let sum: f64 = col.iter().zip(&secs).map(|(c, s)| c / s).sum();
+                sum / self.len().max(1) as f64
+            })
+            .collect()
+    }
+
     /// Names of the features of `tables` that are nonzero in some row and
     /// come from one of `sources` (empty: any), first table's first.
     pub fn nonzero_features(tables: &[&Table], sources: &[crate::features::Source]) -> Vec<String> {
@@ -412,6 +430,20 @@ mod tests {
         assert_eq!(t.keys[1].label, "web");
         let p = t.project(&["qemu:c".into(), "qemu:zzz".into()]);
         assert_eq!(p.row(1).to_vec(), [7.0, 0.0]);
+    }
+
+    #[test]
+    fn mean_rates_are_per_second_of_each_window() {
+        let dir = tempfile::tempdir().unwrap();
+        // 10 hits in 2 s and 30 in 1 s: 5/s and 30/s, mean 17.5/s.
+        let a = write(
+            dir.path(),
+            "a.csv",
+            &format!("{HEAD},qemu:a\nv,1,x,0,10,2000,10\nv,1,x,1,2010,1000,30\n"),
+        );
+        let t = Table::read(&a).unwrap();
+        let r = t.mean_rates(&["qemu:a".into(), "qemu:none".into()]);
+        assert_eq!(r, [17.5, 0.0]);
     }
 
     #[test]

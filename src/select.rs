@@ -264,11 +264,33 @@ pub struct Step {
     pub ccr12: f64,
 }
 
+/// What each column costs to count and how much may be spent: the greedy
+/// search only adds a column that keeps the chosen ones' total within `limit`.
+/// Costs are in any unit (vmwatch select uses the fraction of a CPU that a
+/// probe's hits cost); a column that costs nothing (already counted for
+/// another reason) is always affordable.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget<'a> {
+    /// Cost per column.
+    pub cost: &'a [f64],
+    /// Most the chosen columns may cost together.
+    pub limit: f64,
+}
+
 /// Greedy forward selection on the subset's ccr12: start empty, add the
 /// feature that maximises the enlarged subset's ccr12 (lowest index on a
 /// tie), until `k` features are chosen or the best gain is ≤ `tolerance`.
-/// Constant features are never chosen.
-pub fn greedy_forward(criterion: &Criterion, k: usize, tolerance: f64) -> Vec<Step> {
+/// Constant features are never chosen, nor (with a `budget`) features that
+/// would take the subset's cost over the limit.
+///
+/// # Panics
+/// When the budget's cost vector is shorter than the criterion's columns.
+pub fn greedy_forward(
+    criterion: &Criterion,
+    k: usize,
+    tolerance: f64,
+    budget: Option<Budget<'_>>,
+) -> Vec<Step> {
     let p = criterion.features();
     let z = &criterion.z;
     // Inner products of every column with each chosen one: one pass over
@@ -278,11 +300,13 @@ pub fn greedy_forward(criterion: &Criterion, k: usize, tolerance: f64) -> Vec<St
     let mut chosen: Vec<usize> = Vec::new();
     let mut steps: Vec<Step> = Vec::new();
     let mut current = 0.0;
+    let mut spent = 0.0;
+    let affordable = |j: usize, spent: f64| budget.is_none_or(|b| spent + b.cost[j] <= b.limit);
     while chosen.len() < k {
         let s = chosen.len();
         let mut best: Option<(usize, f64)> = None;
         for j in 0..p {
-            if !criterion.varying[j] || chosen.contains(&j) {
+            if !criterion.varying[j] || chosen.contains(&j) || !affordable(j, spent) {
                 continue;
             }
             let mut subset = chosen.clone();
@@ -302,6 +326,7 @@ pub fn greedy_forward(criterion: &Criterion, k: usize, tolerance: f64) -> Vec<St
             Some((j, score)) if score - current > tolerance => {
                 gram.push(z.t().dot(&z.column(j)));
                 chosen.push(j);
+                spent += budget.map_or(0.0, |b| b.cost[j]);
                 steps.push(Step {
                     feature: j,
                     ccr12: score,
@@ -341,21 +366,23 @@ impl PairScores {
 }
 
 /// Transforms both classes, scores every column and picks a greedy subset
-/// of at most `k` features.
+/// of at most `k` features (within `budget`, if given).
 ///
 /// # Panics
-/// When `base` and `other` have different numbers of columns.
+/// When `base` and `other` have different numbers of columns, or the
+/// budget's cost vector is shorter.
 pub fn score_pair(
     base: ArrayView2<f64>,
     other: ArrayView2<f64>,
     k: usize,
     transform: Transform,
+    budget: Option<Budget<'_>>,
 ) -> Result<PairScores> {
     let base = transform.apply(base)?;
     let other = transform.apply(other)?;
     let univariate = univariate_scores(base.view(), other.view());
     let criterion = Criterion::new(base.view(), other.view());
-    let greedy = greedy_forward(&criterion, k, DEFAULT_TOLERANCE);
+    let greedy = greedy_forward(&criterion, k, DEFAULT_TOLERANCE, budget);
     Ok(PairScores { univariate, greedy })
 }
 
@@ -427,7 +454,7 @@ mod tests {
         let c = Criterion::new(array![[5.0], [5.0]].view(), array![[5.0], [5.0]].view());
         assert_eq!(c.ccr12(&[0]), 0.0);
         assert!(!c.is_varying(0));
-        assert!(greedy_forward(&c, 3, DEFAULT_TOLERANCE).is_empty());
+        assert!(greedy_forward(&c, 3, DEFAULT_TOLERANCE, None).is_empty());
     }
 
     #[test]
@@ -533,7 +560,7 @@ mod tests {
         let one = c.ccr12(&[0]);
         let both = c.ccr12(&[0, 1]);
         assert!((both - one).abs() < 1e-6, "{one} vs {both}");
-        let steps = greedy_forward(&c, 3, DEFAULT_TOLERANCE);
+        let steps = greedy_forward(&c, 3, DEFAULT_TOLERANCE, None);
         let picked: Vec<usize> = steps.iter().map(|s| s.feature).collect();
         assert!(!(picked.contains(&0) && picked.contains(&1)), "{picked:?}");
     }
@@ -548,12 +575,46 @@ mod tests {
         base.column_mut(2).mapv_inplace(|v| v * 0.001);
         other.column_mut(2).mapv_inplace(|v| 50.0 + v * 0.001);
         let c = Criterion::new(base.view(), other.view());
-        let steps = greedy_forward(&c, 3, DEFAULT_TOLERANCE);
+        let steps = greedy_forward(&c, 3, DEFAULT_TOLERANCE, None);
         assert_eq!(steps[0].feature, 2);
         // Already ≈ 1 (the ridge biases it by about 1e-9): nothing can
         // improve it, so the selection stops at one feature.
         assert!(steps[0].ccr12 > 1.0 - 1e-6, "{steps:?}");
         assert_eq!(steps.len(), 1, "{steps:?}");
+    }
+
+    #[test]
+    fn budget_skips_features_that_cost_too_much() {
+        // Column 2 separates best but costs more than the limit; column 1
+        // separates less and fits; column 0 is noise and free.
+        let mut base = noise(30, 3, 11);
+        let mut other = noise(30, 3, 12);
+        other.column_mut(1).mapv_inplace(|v| v + 1.0);
+        base.column_mut(2).mapv_inplace(|v| v * 0.01);
+        other.column_mut(2).mapv_inplace(|v| 10.0 + v * 0.01);
+        let c = Criterion::new(base.view(), other.view());
+        let free = greedy_forward(&c, 1, DEFAULT_TOLERANCE, None);
+        assert_eq!(free[0].feature, 2);
+        let cost = [0.0, 0.4, 0.7];
+        let limited = |limit| {
+            greedy_forward(
+                &c,
+                3,
+                DEFAULT_TOLERANCE,
+                Some(Budget { cost: &cost, limit }),
+            )
+            .iter()
+            .map(|s| s.feature)
+            .collect::<Vec<_>>()
+        };
+        assert!(!limited(0.5).contains(&2));
+        assert_eq!(limited(0.5)[0], 1);
+        // Enough for 2 alone but not 1 and 2 together: 2 first, then not 1.
+        let picked = limited(0.8);
+        assert_eq!(picked[0], 2);
+        assert!(!picked.contains(&1), "{picked:?}");
+        // Nothing affordable but the free column.
+        assert!(limited(0.1).iter().all(|&j| j == 0));
     }
 
     #[test]
@@ -564,7 +625,7 @@ mod tests {
             other.column_mut(j).mapv_inplace(|v| v + j as f64 * 0.5);
         }
         let c = Criterion::new(base.view(), other.view());
-        let steps = greedy_forward(&c, 3, DEFAULT_TOLERANCE);
+        let steps = greedy_forward(&c, 3, DEFAULT_TOLERANCE, None);
         assert_eq!(steps.len(), 3);
         // The first step is the best univariate feature.
         let uni = univariate_scores(base.view(), other.view());
@@ -591,7 +652,7 @@ mod tests {
     fn score_pair_ranks_and_selects() {
         let base = array![[10.0, 0.0, 5.0], [12.0, 0.0, 6.0], [11.0, 0.0, 5.0]];
         let other = array![[1000.0, 0.0, 6.0], [1100.0, 0.0, 5.0], [900.0, 0.0, 6.0]];
-        let s = score_pair(base.view(), other.view(), 2, Transform::Log1p).unwrap();
+        let s = score_pair(base.view(), other.view(), 2, Transform::Log1p, None).unwrap();
         assert_eq!(s.univariate[1], 0.0);
         assert_eq!(s.top_univariate(5)[0].0, 0);
         assert_eq!(s.top_univariate(5).len(), 2); // the constant one is left out

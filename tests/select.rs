@@ -254,3 +254,68 @@ fn identical_files_select_nothing() {
     assert_eq!(table1(&text), [("idle".into(), "(none)".into(), 0.0)]);
     assert!(text.contains("no feature separates"), "{text}");
 }
+
+#[test]
+fn budget_leaves_out_probes_that_cost_too_much() {
+    let dir = tempfile::tempdir().unwrap();
+    let [idle, net, io] = scenario(dir.path());
+    let select = |extra: &[&str]| {
+        let list = dir.path().join("features.txt");
+        let out = vmwatch()
+            .arg("select")
+            .arg("--baseline")
+            .arg(&idle)
+            .args([&net, &io])
+            .args(["--top", "2"])
+            .args(extra)
+            .arg("-o")
+            .arg(&list)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = std::fs::read_to_string(&list).unwrap();
+        let names: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_string)
+            .collect();
+        (stdout(&out), names)
+    };
+    // qemu:tap_send: ~5,000 hits per 2-s window of net.csv = 2,500/s, 0.25%
+    // of a CPU at 1 µs; qemu:bdrv_aio_flush: 150/s, 0.015%.
+    let (report, names) = select(&[]);
+    assert!(names.contains(&"qemu:tap_send".to_string()), "{names:?}");
+    assert!(report.contains("cost of the selection"), "{report}");
+    let (report, names) = select(&["--budget", "0.1"]);
+    assert!(!names.contains(&"qemu:tap_send".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"qemu:bdrv_aio_flush".to_string()),
+        "{names:?}"
+    );
+    assert!(report.contains("(budget 0.1%)"), "{report}");
+    // A cheaper hit makes tap_send affordable again.
+    let (_, names) = select(&["--budget", "0.1", "--hit-cost", "300"]);
+    assert!(names.contains(&"qemu:tap_send".to_string()), "{names:?}");
+}
+
+#[test]
+fn bad_budget_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let [idle, net, _] = scenario(dir.path());
+    for bad in [
+        ["--budget", "-1"],
+        ["--budget", "lots"],
+        ["--hit-cost", "0"],
+    ] {
+        let out = vmwatch()
+            .arg("select")
+            .arg("--baseline")
+            .arg(&idle)
+            .arg(&net)
+            .args(bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}

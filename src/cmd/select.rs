@@ -1,7 +1,7 @@
 //! `vmwatch select`: LDA scores of each feature for baseline-vs-stress
 //! pairs (the paper's Table 1) and a multivariate subset per pair.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 use vmwatch::dataset::Table;
-use vmwatch::select::{score_pair, PairScores, Transform};
+use vmwatch::select::{score_pair, Budget, PairScores, Transform};
 
 /// Rank features by how well they separate a baseline scenario from each
 /// stress scenario (Linear Discriminant Analysis, two classes at a time).
@@ -51,6 +51,70 @@ pub struct Args {
     /// Fewest rows (windows) a file must have.
     #[arg(long, default_value_t = 10, value_name = "N")]
     min_rows: usize,
+    /// Keep the selection's probe cost within this percentage of one CPU
+    /// per VM: a probe costs its hits per second (its highest mean rate in
+    /// any of the files) times --hit-cost. The greedy subsets skip probes
+    /// that would exceed it. Only `qemu:` probes are charged: the syscall and
+    /// KVM sources cost the same whichever of their features are chosen.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    budget: Option<f64>,
+    /// CPU time one probe hit costs in the traced QEMU thread, in ns (Linux
+    /// 6.18 here: about 1,070 for a 1-byte nop site, 830 for a 5-byte nop;
+    /// see docs/PERFORMANCE.md).
+    #[arg(long, default_value_t = 1000.0, value_name = "NS", value_parser = parse_ns)]
+    hit_cost: f64,
+}
+
+fn parse_percent(s: &str) -> std::result::Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a percentage (e.g. 0.5)")),
+    }
+}
+
+fn parse_ns(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number of nanoseconds")),
+    }
+}
+
+/// What counting each `qemu:` probe costs, as a percentage of one CPU.
+struct ProbeCosts {
+    /// Highest mean hits per second of each probe in any file.
+    peak_rate: HashMap<String, f64>,
+    hit_cost_ns: f64,
+}
+
+impl ProbeCosts {
+    fn new(tables: &[&Table], hit_cost_ns: f64) -> Self {
+        let mut peak_rate: HashMap<String, f64> = HashMap::new();
+        for t in tables {
+            let probes: Vec<String> = t
+                .features
+                .iter()
+                .filter(|f| f.starts_with(vmwatch::features::QEMU))
+                .cloned()
+                .collect();
+            for (f, r) in probes.iter().zip(t.mean_rates(&probes)) {
+                let peak = peak_rate.entry(f.clone()).or_insert(0.0);
+                *peak = peak.max(r);
+            }
+        }
+        Self {
+            peak_rate,
+            hit_cost_ns,
+        }
+    }
+
+    fn rate(&self, feature: &str) -> f64 {
+        self.peak_rate.get(feature).copied().unwrap_or(0.0)
+    }
+
+    /// Percent of one CPU.
+    fn percent(&self, feature: &str) -> f64 {
+        self.rate(feature) * self.hit_cost_ns * 1e-9 * 100.0
+    }
 }
 
 /// One baseline-vs-stress comparison.
@@ -71,15 +135,41 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let top = args.top as usize;
     let baseline = read(&args.baseline, args.min_rows)?;
+    let stresses = args
+        .stress
+        .iter()
+        .map(|path| Ok((path, read(path, args.min_rows)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut tables = vec![&baseline];
+    tables.extend(stresses.iter().map(|(_, t)| t));
+    let costs = ProbeCosts::new(&tables, args.hit_cost);
+    // The union so far and what it costs: a later pair may reuse its
+    // features for free and spend only what is left.
+    let mut chosen: HashSet<String> = HashSet::new();
+    let mut spent = 0.0;
     let mut pairs = Vec::new();
-    for path in &args.stress {
-        let stress = read(path, args.min_rows)?;
+    for (path, stress) in stresses {
         let features = Table::nonzero_features(&[&baseline, &stress], &args.sources);
+        let cost: Vec<f64> = features
+            .iter()
+            .map(|f| {
+                if chosen.contains(f) {
+                    0.0
+                } else {
+                    costs.percent(f)
+                }
+            })
+            .collect();
+        let budget = args.budget.map(|limit| Budget {
+            cost: &cost,
+            limit: limit - spent,
+        });
         let scores = score_pair(
             baseline.project(&features).view(),
             stress.project(&features).view(),
             top,
             transform,
+            budget,
         )
         .with_context(|| {
             format!(
@@ -88,6 +178,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 args.baseline.display()
             )
         })?;
+        for step in &scores.greedy {
+            let f = &features[step.feature];
+            if chosen.insert(f.clone()) {
+                spent += costs.percent(f);
+            }
+        }
         pairs.push(Pair {
             name: pair_name(&stress, path),
             path: path.clone(),
@@ -101,6 +197,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut out = String::new();
     report(&mut out, &args, &baseline, &pairs, transform, top);
     let union = union(&pairs);
+    cost_report(&mut out, &args, &costs, &union);
     match &args.output {
         Some(path) => {
             let header = features_header(&args, transform, top);
@@ -252,6 +349,27 @@ fn report(
     }
 }
 
+/// What counting the selection costs the VM, by the cost model of --budget.
+fn cost_report(out: &mut String, args: &Args, costs: &ProbeCosts, union: &[String]) {
+    let probes: Vec<&String> = union
+        .iter()
+        .filter(|f| f.starts_with(vmwatch::features::QEMU))
+        .collect();
+    let rate: f64 = probes.iter().map(|f| costs.rate(f)).sum();
+    let percent: f64 = probes.iter().map(|f| costs.percent(f)).sum();
+    let budget = args
+        .budget
+        .map_or_else(String::new, |b| format!(" (budget {b}%)"));
+    writeln!(
+        out,
+        "\ncost of the selection: {} probes, at most {rate:.0} hits/s per VM (each probe's highest \
+         mean rate in the files) x {:.0} ns = {percent:.3}% of one CPU{budget}",
+        probes.len(),
+        args.hit_cost
+    )
+    .unwrap();
+}
+
 fn score(s: f64) -> String {
     format!("{s:.4}")
 }
@@ -289,9 +407,15 @@ fn features_header(args: &Args, transform: Transform, top: usize) -> String {
         .iter()
         .map(|p| p.display().to_string())
         .collect();
+    let budget = args.budget.map_or_else(String::new, |b| {
+        format!(
+            "# probe cost kept within {b}% of one CPU at {:.0} ns per hit\n",
+            args.hit_cost
+        )
+    });
     format!(
         "# vmwatch select: baseline {}; stress {}\n\
-         # union of each pair's greedy LDA subset (ccr12, up to {top} features, {})\n",
+         # union of each pair's greedy LDA subset (ccr12, up to {top} features, {})\n{budget}",
         args.baseline.display(),
         stress.join(", "),
         transform.describe()
