@@ -181,12 +181,14 @@ fn overhead(o: Opts) -> Result<()> {
         .map(|n| format!("qemu:{n}"))
         .filter(|p| all.contains(p))
         .collect();
-    let (selected, selected_from) = selection(&o, &vmwatch, &tmp.0, &all)?;
+    let sel = selection(&o, &vmwatch, &tmp.0, &all)?;
     note(format!(
-        "{} QEMU probes, {} TCG-only; selected ({selected_from}): {}",
+        "{} QEMU probes, {} TCG-only; selected ({}): {}; without the budget: {}",
         all.len(),
         tcg.len(),
-        selected.join(", ")
+        sel.from,
+        sel.selected.join(", "),
+        sel.lda.join(", ")
     ));
     let sessiond = lttng::Sessiond::start(&tmp.0.join("lttng-home"))?;
     let setup = monitor::Setup {
@@ -194,12 +196,14 @@ fn overhead(o: Opts) -> Result<()> {
         qemu: qemu.binary.clone(),
         tmp: tmp.0.clone(),
         all,
-        selected: selected.clone(),
+        selected: sel.selected.clone(),
+        lda: sel.lda.clone(),
         tcg,
         interval: Duration::from_secs(2),
         sessiond: Some(sessiond),
     };
-    report::write_machine(&out_dir, &qemu.dir, &selected, &selected_from, &run, &parts)?;
+    let sites = site_kind(&setup.vmwatch, &qemu.binary)?;
+    report::write_machine(&out_dir, &qemu.dir, &sel, sites, &run, &parts)?;
     let mut took = Vec::new();
 
     for part in &parts {
@@ -294,14 +298,38 @@ fn qemu_probes(vmwatch: &Path, qemu: &Path) -> Result<Vec<String>> {
     Ok(v)
 }
 
+/// What QEMU's probe sites are, from `vmwatch probes`' last line: "5-byte
+/// nops" (Linux ≥ 6.18 optimizes their uprobes), "1-byte nops" or "mixed".
+fn site_kind(vmwatch: &Path, qemu: &Path) -> Result<&'static str> {
+    let out = util::output(Command::new(vmwatch).arg("probes").arg(qemu))?;
+    let last = out.lines().last().unwrap_or_default();
+    Ok(if last.starts_with("all sites are 5-byte nops") {
+        "5-byte nops"
+    } else if last.starts_with("sites are 1-byte nops") {
+        "1-byte nops"
+    } else {
+        "mixed"
+    })
+}
+
+/// Guest CPU budget of the selected probes, in percent of one CPU: the
+/// DESIGN's goal for "selected" (`vmwatch select --budget`).
+pub const SELECT_BUDGET: &str = "0.5";
+
+/// The probe sets the bench monitors besides "all".
+pub struct Selection {
+    /// `vmwatch select --budget SELECT_BUDGET` (else the paper's five).
+    pub selected: Vec<String>,
+    /// `vmwatch select` without the budget (empty without datasets).
+    pub lda: Vec<String>,
+    /// Where `selected` came from, for the report.
+    pub from: String,
+}
+
 /// The selected probes: `vmwatch select` on the reference datasets (the
-/// paper's idle vs stress pairs), else the paper's five.
-fn selection(
-    o: &Opts,
-    vmwatch: &Path,
-    tmp: &Path,
-    all: &[String],
-) -> Result<(Vec<String>, String)> {
+/// paper's idle vs stress pairs), with and without the cost budget; else the
+/// paper's five.
+fn selection(o: &Opts, vmwatch: &Path, tmp: &Path, all: &[String]) -> Result<Selection> {
     let data = o
         .data
         .clone()
@@ -309,28 +337,37 @@ fn selection(
     let file = |s: &str| data.join(format!("{s}.csv.gz"));
     let stress = ["stress-mem", "stress-io", "stress-hdd", "stress-net"];
     if file("idle").is_file() && stress.iter().all(|s| file(s).is_file()) {
-        let out = tmp.join("selected.txt");
-        let mut cmd = Command::new(vmwatch);
-        cmd.arg("select").arg("--baseline").arg(file("idle"));
-        for s in stress {
-            cmd.arg(file(s));
-        }
-        cmd.arg("-o").arg(&out);
-        util::output(&mut cmd).context("vmwatch select failed")?;
-        let picked: Vec<String> = std::fs::read_to_string(&out)?
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("qemu:") && all.iter().any(|a| a == l))
-            .map(str::to_string)
-            .collect();
-        if !picked.is_empty() {
-            return Ok((
-                picked,
-                format!(
-                    "`vmwatch select` on {}: idle vs stress-mem/io/hdd/net, qemu: features",
+        let select = |budget: Option<&str>| -> Result<Vec<String>> {
+            let out = tmp.join("selected.txt");
+            let mut cmd = Command::new(vmwatch);
+            cmd.args(["select", "--source", "qemu", "--baseline"])
+                .arg(file("idle"));
+            for s in stress {
+                cmd.arg(file(s));
+            }
+            if let Some(b) = budget {
+                cmd.args(["--budget", b]);
+            }
+            cmd.arg("-o").arg(&out);
+            util::output(&mut cmd).context("vmwatch select failed")?;
+            Ok(std::fs::read_to_string(&out)?
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("qemu:") && all.iter().any(|a| a == l))
+                .map(str::to_string)
+                .collect())
+        };
+        let selected = select(Some(SELECT_BUDGET))?;
+        let lda = select(None)?;
+        if !selected.is_empty() {
+            return Ok(Selection {
+                selected,
+                lda,
+                from: format!(
+                    "`vmwatch select --budget {SELECT_BUDGET}` on {}: idle vs stress-mem/io/hdd/net, qemu: features",
                     data.display()
                 ),
-            ));
+            });
         }
         note("vmwatch select chose no qemu: probe; using the paper's five");
     }
@@ -347,14 +384,15 @@ fn selection(
     if present.is_empty() {
         bail!("none of the paper's five tracepoints exists in this QEMU");
     }
-    Ok((
-        present,
-        format!(
+    Ok(Selection {
+        selected: present,
+        lda: Vec::new(),
+        from: format!(
             "the paper's Table 1 (no datasets in {}); not in QEMU 7.2: {}",
             data.display(),
             missing.join(", ")
         ),
-    ))
+    })
 }
 
 /// Waits until QEMU `pid` registered with the session daemon (it does so at

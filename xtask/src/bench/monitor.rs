@@ -24,7 +24,7 @@ pub enum Config {
     VmwatchAll,
     VmwatchNoTcg,
     VmwatchSelected,
-    VmwatchSelectedNoTcg,
+    VmwatchLda,
     VmwatchSyscalls,
     Strace,
     LttngAll,
@@ -39,7 +39,7 @@ impl Config {
         Config::VmwatchAll,
         Config::VmwatchNoTcg,
         Config::VmwatchSelected,
-        Config::VmwatchSelectedNoTcg,
+        Config::VmwatchLda,
         Config::VmwatchSyscalls,
         Config::Strace,
         Config::LttngAll,
@@ -54,7 +54,7 @@ impl Config {
             Config::VmwatchAll => "vmwatch-all",
             Config::VmwatchNoTcg => "vmwatch-all-no-tcg",
             Config::VmwatchSelected => "vmwatch-selected",
-            Config::VmwatchSelectedNoTcg => "vmwatch-selected-no-tcg",
+            Config::VmwatchLda => "vmwatch-lda",
             Config::VmwatchSyscalls => "vmwatch-syscalls",
             Config::Strace => "strace",
             Config::LttngAll => "lttng-all",
@@ -74,7 +74,7 @@ impl Config {
             Config::VmwatchAll => "vmwatch, all QEMU probes",
             Config::VmwatchNoTcg => "vmwatch, all but TCG-only probes",
             Config::VmwatchSelected => "vmwatch, selected probes",
-            Config::VmwatchSelectedNoTcg => "vmwatch, selected but TCG-only probes",
+            Config::VmwatchLda => "vmwatch, LDA selection without a cost budget",
             Config::VmwatchSyscalls => "vmwatch, syscalls (BPF)",
             Config::Strace => "strace -c -f (vmwatch --source strace)",
             Config::LttngAll => "LTTng-UST, all QEMU events",
@@ -99,8 +99,10 @@ pub struct Setup {
     pub tmp: PathBuf,
     /// Every `qemu:` probe of the QEMU binary.
     pub all: Vec<String>,
-    /// The selected probes (`qemu:NAME`).
+    /// The selected probes (`qemu:NAME`): LDA within a cost budget.
     pub selected: Vec<String>,
+    /// LDA's selection without the budget (what the paper's method picks).
+    pub lda: Vec<String>,
     /// TCG-only probes present in the binary (`qemu:NAME`).
     pub tcg: Vec<String>,
     pub interval: Duration,
@@ -124,21 +126,15 @@ impl Setup {
             .collect()
     }
 
-    /// The selection minus the TCG-only probes (what it costs under KVM).
-    pub fn selected_no_tcg(&self) -> Vec<String> {
-        self.selected
-            .iter()
-            .filter(|p| !self.tcg.contains(p))
-            .cloned()
-            .collect()
-    }
-
-    /// Whether `c` is worth running here: the selection without TCG-only
-    /// probes only when it differs from the selection and is not empty.
+    /// Whether `c` is worth running here: LDA's unbudgeted selection only
+    /// when it is not empty and differs from the budgeted one.
     pub fn applies(&self, c: Config) -> bool {
-        c != Config::VmwatchSelectedNoTcg || {
-            let n = self.selected_no_tcg().len();
-            n > 0 && n < self.selected.len()
+        c != Config::VmwatchLda || {
+            let mut a = self.lda.clone();
+            let mut b = self.selected.clone();
+            a.sort();
+            b.sort();
+            !a.is_empty() && a != b
         }
     }
 }
@@ -218,8 +214,8 @@ impl<'a> Running<'a> {
                 let f = setup.probe_file("probes-selected.txt", &setup.selected)?;
                 args.extend(["--probes".into(), f.display().to_string()]);
             }
-            Config::VmwatchSelectedNoTcg => {
-                let f = setup.probe_file("probes-selected-no-tcg.txt", &setup.selected_no_tcg())?;
+            Config::VmwatchLda => {
+                let f = setup.probe_file("probes-lda.txt", &setup.lda)?;
                 args.extend(["--probes".into(), f.display().to_string()]);
             }
             _ => {}
