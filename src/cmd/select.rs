@@ -143,8 +143,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut tables = vec![&baseline];
     tables.extend(stresses.iter().map(|(_, t)| t));
     let costs = ProbeCosts::new(&tables, args.hit_cost);
-    // The union so far and what it costs: a later pair may reuse its
-    // features for free and spend only what is left.
+    // The union of the subsets so far (pair order, then selection order)
+    // and what it costs: a later pair may reuse its features for free and
+    // spend only what is left.
+    let mut union: Vec<String> = Vec::new();
     let mut chosen: HashSet<String> = HashSet::new();
     let mut spent = 0.0;
     let mut pairs = Vec::new();
@@ -182,6 +184,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let f = &features[step.feature];
             if chosen.insert(f.clone()) {
                 spent += costs.percent(f);
+                union.push(f.clone());
             }
         }
         pairs.push(Pair {
@@ -196,7 +199,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     let mut out = String::new();
     report(&mut out, &args, &baseline, &pairs, transform, top);
-    let union = union(&pairs);
     cost_report(&mut out, &args, &costs, &union);
     match &args.output {
         Some(path) => {
@@ -261,21 +263,6 @@ fn disambiguate(pairs: &mut [Pair]) {
             p.name = format!("{} ({})", p.name, p.path.display());
         }
     }
-}
-
-/// Union of the greedy subsets, in pair order then selection order.
-fn union(pairs: &[Pair]) -> Vec<String> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for p in pairs {
-        for s in &p.scores.greedy {
-            let f = &p.features[s.feature];
-            if seen.insert(f.as_str()) {
-                out.push(f.clone());
-            }
-        }
-    }
-    out
 }
 
 fn report(

@@ -98,55 +98,41 @@ pub fn run(o: &Options) -> Result<()> {
             .unwrap_or_else(|_| p.to_path_buf())
     };
 
+    // `vmwatch select --source qemu` on BASELINE vs the stress scenarios,
+    // writing `out`: its report and the number of features chosen.
+    let select = |extra: &[&str], out: &Path| -> Result<(String, usize)> {
+        let mut cmd = Command::new(&vmwatch);
+        cmd.current_dir(&root)
+            .args(["select", "--source", "qemu"])
+            .args(extra)
+            .arg("--baseline")
+            .arg(rel(&file(BASELINE)));
+        for s in &stress {
+            cmd.arg(rel(&file(s)));
+        }
+        cmd.arg("-o").arg(rel(out));
+        let report = util::output(&mut cmd)
+            .with_context(|| format!("vmwatch select {} failed", extra.join(" ")))?;
+        let chosen = fs::read_to_string(out)?
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .count();
+        Ok((report, chosen))
+    };
     note(format!(
         "selecting probes: {BASELINE} vs {}",
         stress.join(", ")
     ));
     let selected = results.join("selected-probes.txt");
-    let mut cmd = Command::new(&vmwatch);
-    cmd.current_dir(&root)
-        .args(["select", "--source", "qemu", "--baseline"])
-        .arg(rel(&file(BASELINE)));
-    for s in &stress {
-        cmd.arg(rel(&file(s)));
-    }
-    cmd.arg("-o").arg(rel(&selected));
-    let table1 = util::output(&mut cmd).context("vmwatch select failed")?;
-    let count_features = |path: &Path| -> Result<usize> {
-        Ok(fs::read_to_string(path)?
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .count())
-    };
-    let chosen = count_features(&selected)?;
-
-    note(format!(
-        "selecting probes within {BUDGET}% of one CPU: {BASELINE} vs {}",
-        stress.join(", ")
-    ));
+    let (table1, chosen) = select(&[], &selected)?;
+    note(format!("selecting probes within {BUDGET}% of one CPU"));
     let budgeted = results.join("selected-budget.txt");
-    let mut cmd = Command::new(&vmwatch);
-    cmd.current_dir(&root)
-        .args([
-            "select",
-            "--source",
-            "qemu",
-            "--budget",
-            BUDGET,
-            "--baseline",
-        ])
-        .arg(rel(&file(BASELINE)));
-    for s in &stress {
-        cmd.arg(rel(&file(s)));
-    }
-    cmd.arg("-o").arg(rel(&budgeted));
-    let budget_out = util::output(&mut cmd).context("vmwatch select --budget failed")?;
+    let (budget_out, chosen_budget) = select(&["--budget", BUDGET], &budgeted)?;
     let budget_cost = budget_out
         .lines()
         .rfind(|l| l.starts_with("cost of the selection"))
         .unwrap_or_default()
         .to_string();
-    let chosen_budget = count_features(&budgeted)?;
 
     note(format!("scoring every scenario against {BASELINE}"));
     let mut cmd = Command::new(&vmwatch);

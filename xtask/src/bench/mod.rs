@@ -175,7 +175,10 @@ fn overhead(o: Opts) -> Result<()> {
 
     remove_stale_scratch();
     let tmp = TempDir::create(PathBuf::from(format!("{SCRATCH}{}", std::process::id())))?;
-    let all = qemu_probes(&vmwatch, &qemu.binary)?;
+    let QemuProbes {
+        names: all,
+        site_kind,
+    } = qemu_probes(&vmwatch, &qemu.binary)?;
     let tcg: Vec<String> = TCG_ONLY
         .iter()
         .map(|n| format!("qemu:{n}"))
@@ -202,8 +205,7 @@ fn overhead(o: Opts) -> Result<()> {
         interval: Duration::from_secs(2),
         sessiond: Some(sessiond),
     };
-    let sites = site_kind(&setup.vmwatch, &qemu.binary)?;
-    report::write_machine(&out_dir, &qemu.dir, &sel, sites, &run, &parts)?;
+    report::write_machine(&out_dir, &qemu.dir, &sel, site_kind, &run, &parts)?;
     let mut took = Vec::new();
 
     for part in &parts {
@@ -280,36 +282,43 @@ fn remove_stale_scratch() {
     }
 }
 
-/// Every `qemu:` probe name of the binary (`vmwatch probes`).
-fn qemu_probes(vmwatch: &Path, qemu: &Path) -> Result<Vec<String>> {
-    let out = util::output(Command::new(vmwatch).arg("probes").arg(qemu))?;
-    let mut v: Vec<String> = out
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next()? == "qemu").then(|| w.next().map(|n| format!("qemu:{n}")))?
-        })
-        .collect();
-    v.sort();
-    v.dedup();
-    if v.is_empty() {
+/// The `qemu:` probes of the binary and the kind of their sites (`vmwatch probes --json`).
+fn qemu_probes(vmwatch: &Path, qemu: &Path) -> Result<QemuProbes> {
+    let out = util::output(Command::new(vmwatch).arg("probes").arg("--json").arg(qemu))?;
+    let probes: serde_json::Value =
+        serde_json::from_str(&out).context("vmwatch probes --json printed no JSON")?;
+    let mut names = Vec::new();
+    let (mut sites, mut nop5) = (0, 0);
+    for p in probes.as_array().into_iter().flatten() {
+        if p["provider"] != "qemu" {
+            continue;
+        }
+        if let Some(name) = p["name"].as_str() {
+            names.push(format!("qemu:{name}"));
+        }
+        sites += p["sites"].as_u64().unwrap_or(0);
+        nop5 += p["nop5_sites"].as_u64().unwrap_or(0);
+    }
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
         bail!("{} has no qemu USDT probes", qemu.display());
     }
-    Ok(v)
+    let site_kind = match nop5 {
+        n if n == sites => "5-byte nops",
+        0 => "1-byte nops",
+        _ => "mixed",
+    };
+    Ok(QemuProbes { names, site_kind })
 }
 
-/// What QEMU's probe sites are, from `vmwatch probes`' last line: "5-byte
-/// nops" (Linux ≥ 6.18 optimizes their uprobes), "1-byte nops" or "mixed".
-fn site_kind(vmwatch: &Path, qemu: &Path) -> Result<&'static str> {
-    let out = util::output(Command::new(vmwatch).arg("probes").arg(qemu))?;
-    let last = out.lines().last().unwrap_or_default();
-    Ok(if last.starts_with("all sites are 5-byte nops") {
-        "5-byte nops"
-    } else if last.starts_with("sites are 1-byte nops") {
-        "1-byte nops"
-    } else {
-        "mixed"
-    })
+/// The `qemu:` probes of the bench's QEMU.
+struct QemuProbes {
+    /// `qemu:NAME`, sorted.
+    names: Vec<String>,
+    /// What the probe sites are: "5-byte nops" (Linux ≥ 6.18 optimizes
+    /// their uprobes), "1-byte nops" or "mixed".
+    site_kind: &'static str,
 }
 
 /// Guest CPU budget of the selected probes, in percent of one CPU: the

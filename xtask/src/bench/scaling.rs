@@ -40,7 +40,7 @@ pub const FIXTURE_CONFIGS: [Config; 3] =
 /// One measurement.
 #[derive(Debug, Clone)]
 pub struct Row {
-    /// `vm` (lab guests) or `fixture`.
+    /// `vm` (lab guests), `fixture` or `qemu-paused`.
     pub kind: &'static str,
     pub vms: usize,
     pub config: Config,
@@ -227,36 +227,8 @@ pub fn run_fixtures(o: &Opts, setup: &Setup, csv: &Path, rows: &mut Vec<Row>) ->
         .map(|_| Fixture::start(&path))
         .collect::<Result<_>>()?;
     let all: Vec<u32> = fixtures.iter().map(|f| f.child.id()).collect();
-    let w = windows(o.quick);
-    for rep in 0..reps(o) {
-        for &n in counts {
-            for (i, &config) in FIXTURE_CONFIGS.iter().enumerate() {
-                let tag = format!("fixture-{n}-{rep}-{i}");
-                let (secs, coll, target, st) =
-                    measure(setup, config, &all[..n], w, &tag, || Ok(()))?;
-                note(format!(
-                    "scaling {n} fixture process(es), rep {}: {:<20} collector {:.3} ms/window = {:.4} ms per process",
-                    rep + 1,
-                    config.id(),
-                    coll,
-                    coll / n as f64
-                ));
-                rows.push(Row {
-                    kind: "fixture",
-                    vms: n,
-                    config,
-                    rep,
-                    seconds: secs,
-                    collector_ms: coll,
-                    target_ms: target,
-                    hits_per_vm_window: st.hits_per_vm_window,
-                    windows: st.windows,
-                    counted: st.counted,
-                });
-                write_csv(csv, rows)?;
-            }
-        }
-    }
+    let kind = ("fixture", "fixture process(es)", "process");
+    measure_counts(o, setup, csv, rows, kind, &all, counts, &FIXTURE_CONFIGS)?;
     drop(fixtures);
     Ok(())
 }
@@ -318,25 +290,41 @@ pub fn run_idle_qemus(o: &Opts, setup: &Setup, csv: &Path, rows: &mut Vec<Row>) 
     // Let them finish starting (ELF loading, firmware set-up).
     std::thread::sleep(Duration::from_secs(3));
     let all: Vec<u32> = qemus.iter().map(|q| q.0.id()).collect();
+    let kind = ("qemu-paused", "paused QEMU(s)", "VM");
+    let configs = [Config::VmwatchAll, Config::VmwatchSelected];
+    measure_counts(o, setup, csv, rows, kind, &all, counts, &configs)
+}
+
+/// Watches the first n of `pids` for each of `counts` with each of
+/// `configs`, interleaved, `reps` times; one CSV row each. `kind`: the CSV
+/// kind, what the processes are (log), and the unit of "per" (log).
+#[allow(clippy::too_many_arguments)]
+fn measure_counts(
+    o: &Opts,
+    setup: &Setup,
+    csv: &Path,
+    rows: &mut Vec<Row>,
+    (kind, what, unit): (&'static str, &str, &str),
+    pids: &[u32],
+    counts: &[usize],
+    configs: &[Config],
+) -> Result<()> {
     let w = windows(o.quick);
     for rep in 0..reps(o) {
         for &n in counts {
-            for (i, config) in [Config::VmwatchAll, Config::VmwatchSelected]
-                .into_iter()
-                .enumerate()
-            {
-                let tag = format!("qemu-{n}-{rep}-{i}");
+            for (i, &config) in configs.iter().enumerate() {
+                let tag = format!("{kind}-{n}-{rep}-{i}");
                 let (secs, coll, target, st) =
-                    measure(setup, config, &all[..n], w, &tag, || Ok(()))?;
+                    measure(setup, config, &pids[..n], w, &tag, || Ok(()))?;
                 note(format!(
-                    "scaling {n} paused QEMU(s), rep {}: {:<20} collector {:.3} ms/window = {:.4} ms per VM",
+                    "scaling {n} {what}, rep {}: {:<20} collector {:.3} ms/window = {:.4} ms per {unit}",
                     rep + 1,
                     config.id(),
                     coll,
                     coll / n as f64
                 ));
                 rows.push(Row {
-                    kind: "qemu-paused",
+                    kind,
                     vms: n,
                     config,
                     rep,
