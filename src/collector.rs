@@ -9,27 +9,31 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::mem::MaybeUninit;
+use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, OpenObject, UprobeMultiOpts};
 
-use crate::bpf::kvm_count::{KvmCountSkel, KvmCountSkelBuilder};
-use crate::bpf::syscall_count::{SyscallCountSkel, SyscallCountSkelBuilder};
-use crate::bpf::usdt_count::{UsdtCountSkel, UsdtCountSkelBuilder};
+use crate::bpf::{types, OpenVmwatchSkel, VmwatchSkel, VmwatchSkelBuilder};
 use crate::error::{Error, Result};
 use crate::features;
+use crate::kvm::{ExitTracepoint, KvmEvents, KVM, KVM_EXIT, KVM_EXIT_OTHER};
 use crate::procs::Process;
 use crate::semaphores;
 use crate::stapsdt::UsdtBinary;
 
-/// Features per counter-map value (`CHUNK` in bpf/vmwatch.h).
-const CHUNK: usize = 2048;
+/// Counters per `counts` map value: the length of `struct chunk` in
+/// bpf/vmwatch.bpf.c, its only definition.
+const CHUNK: usize = size_of::<types::chunk>() / size_of::<u64>();
 
 /// Default number of processes one collector can watch at once.
 pub const DEFAULT_MAX_VMS: u32 = 64;
+
+/// Most processes one collector can watch: the per-CPU counter map is
+/// allocated up front (16 KiB per CPU, slot and 2,048 features).
+pub const MAX_VMS: u32 = 1024;
 
 /// How a collector is set up.
 #[derive(Debug, Clone)]
@@ -40,7 +44,48 @@ pub struct CollectorConfig {
     /// Most processes watched at once (sizes the kernel maps).
     pub max_vms: u32,
     /// The kernel's KVM tracepoints, when `kvm:` features are counted.
-    pub kvm: Option<crate::kvm::KvmEvents>,
+    pub kvm: Option<KvmEvents>,
+}
+
+/// Where the counter of (slot, feature) lives in the `counts` map: row
+/// `slot` takes `chunks` consecutive values of [`CHUNK`] counters. The BPF
+/// programs get the same numbers through rodata, set in [`Collector::new`]
+/// only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    features: u32,
+    chunks: u32,
+    slots: u32,
+}
+
+impl Layout {
+    fn new(features: usize, slots: u32) -> Result<Self> {
+        let features = u32::try_from(features)
+            .ok()
+            .filter(|&f| f > 0)
+            .ok_or_else(|| Error::Invalid(format!("cannot count {features} features")))?;
+        if !(1..=MAX_VMS).contains(&slots) {
+            return Err(Error::Invalid(format!(
+                "cannot watch {slots} VMs at once (1 to {MAX_VMS})"
+            )));
+        }
+        let chunks = features.div_ceil(CHUNK as u32);
+        Ok(Self {
+            features,
+            chunks,
+            slots,
+        })
+    }
+
+    /// Values in the `counts` map.
+    fn entries(&self) -> u32 {
+        self.chunks * self.slots
+    }
+
+    /// Key of the first value of `slot`'s row.
+    fn first_key(&self, slot: usize) -> u32 {
+        slot as u32 * self.chunks
+    }
 }
 
 /// One binary's uprobe_multi link: every selected probe site of the file,
@@ -79,42 +124,81 @@ pub struct Drain {
     pub exited: Vec<Process>,
 }
 
-/// Storage for the BPF objects of a collector (one per BPF source file);
-/// it must outlive the [`Collector`] built on it.
+/// Storage for the collector's BPF object; it must outlive the
+/// [`Collector`] built on it.
 pub struct BpfObjects {
-    usdt: MaybeUninit<OpenObject>,
-    syscalls: MaybeUninit<OpenObject>,
-    kvm: MaybeUninit<OpenObject>,
+    object: MaybeUninit<OpenObject>,
 }
 
 impl Default for BpfObjects {
     fn default() -> Self {
         Self {
-            usdt: MaybeUninit::uninit(),
-            syscalls: MaybeUninit::uninit(),
-            kvm: MaybeUninit::uninit(),
+            object: MaybeUninit::uninit(),
         }
     }
 }
 
-/// The syscall counter: its program stays attached while this lives.
-struct SyscallSource<'obj> {
-    _link: Link,
-    _skel: SyscallCountSkel<'obj>,
+/// What the syscall and KVM programs count, as feature indices.
+#[derive(Debug, Default)]
+struct KernelSources<'a> {
+    /// (syscall number, feature).
+    syscalls: Vec<(u32, u32)>,
+    /// (tracepoint name, feature).
+    kvm_events: Vec<(&'a str, u32)>,
+    /// `kvm_exit`, when an exit reason is a feature.
+    kvm_exit: Option<&'a ExitTracepoint>,
+    /// (exit reason, feature) of the reasons that are columns.
+    exit_reasons: Vec<(u32, u32)>,
 }
 
-/// The KVM counter: its links (one owns the `kvm_exit` perf event) stay
-/// attached while this lives.
-struct KvmSource<'obj> {
-    _links: Vec<Link>,
-    _skel: KvmCountSkel<'obj>,
+impl<'a> KernelSources<'a> {
+    fn of(features: &[String], kvm: Option<&'a KvmEvents>) -> Self {
+        let index: HashMap<&str, u32> = features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.as_str(), i as u32))
+            .collect();
+        let syscalls = features::syscall_features()
+            .into_iter()
+            .filter_map(|(name, nr)| Some((nr, *index.get(name.as_str())?)))
+            .collect();
+        let (kvm_events, kvm_exit) = match kvm {
+            Some(events) => (
+                events
+                    .events
+                    .iter()
+                    .filter_map(|e| Some((e.as_str(), *index.get(format!("{KVM}{e}").as_str())?)))
+                    .collect(),
+                events
+                    .exit
+                    .as_ref()
+                    .filter(|_| features.iter().any(|f| f.starts_with(KVM_EXIT))),
+            ),
+            None => (Vec::new(), None),
+        };
+        let exit_reasons = kvm_exit
+            .iter()
+            .flat_map(|exit| &exit.reasons)
+            .filter_map(|(reason, name)| {
+                Some((*reason, *index.get(format!("{KVM_EXIT}{name}").as_str())?))
+            })
+            .collect();
+        Self {
+            syscalls,
+            kvm_events,
+            kvm_exit,
+            exit_reasons,
+        }
+    }
 }
 
 /// Loaded BPF counters plus the attachments and watched processes.
 pub struct Collector<'obj> {
-    skel: UsdtCountSkel<'obj>,
-    _syscalls: Option<SyscallSource<'obj>>,
-    _kvm: Option<KvmSource<'obj>>,
+    skel: VmwatchSkel<'obj>,
+    /// Links of the syscall and KVM programs; detached on drop.
+    _kernel_links: Vec<Link>,
+    counts_syscalls: bool,
+    layout: Layout,
     features: Vec<String>,
     qemu_index: HashMap<String, u32>,
     attachments: HashMap<(u64, u64), BinaryAttachment>,
@@ -125,41 +209,19 @@ pub struct Collector<'obj> {
 }
 
 impl<'obj> Collector<'obj> {
-    /// Loads the BPF programs and sizes the maps for `config`.
+    /// Loads the BPF programs of the sources `config` counts, sizes the maps
+    /// and attaches the syscall and KVM programs.
     pub fn new(objects: &'obj mut BpfObjects, config: CollectorConfig) -> Result<Self> {
-        let width = u32::try_from(config.features.len())
-            .map_err(|_| Error::Invalid("too many features".into()))?;
-        if width == 0 {
-            return Err(Error::Invalid("no features to count".into()));
-        }
-        let max_vms = config.max_vms.max(1);
-        let chunks = width.div_ceil(CHUNK as u32);
-        let entries = chunks.checked_mul(max_vms).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{width} features x {max_vms} VMs overflows the counter map"
-            ))
-        })?;
-
-        let builder = UsdtCountSkelBuilder::default();
-        let mut open = builder
-            .open(&mut objects.usdt)
+        let layout = Layout::new(config.features.len(), config.max_vms)?;
+        let sources = KernelSources::of(&config.features, config.kvm.as_ref());
+        let mut open = VmwatchSkelBuilder::default()
+            .open(&mut objects.object)
             .map_err(|e| Error::bpf("opening the BPF object", e))?;
-        open.maps
-            .rodata_data
-            .as_deref_mut()
-            .expect("rodata is mmapped")
-            .nr_features = width;
-        open.maps
-            .watched
-            .set_max_entries(max_vms)
-            .map_err(|e| Error::bpf("sizing the watched-process map", e))?;
-        open.maps
-            .counts
-            .set_max_entries(entries)
-            .map_err(|e| Error::bpf("sizing the counter map", e))?;
+        configure(&mut open, &layout, &config.features, &sources)?;
         let skel = open
             .load()
             .map_err(|e| Error::bpf("loading the BPF programs", e))?;
+        let kernel_links = attach_kernel_sources(&skel, &sources)?;
 
         let qemu_index = config
             .features
@@ -169,19 +231,15 @@ impl<'obj> Collector<'obj> {
             .collect();
         let ncpus =
             libbpf_rs::num_possible_cpus().map_err(|e| Error::bpf("counting possible CPUs", e))?;
-        let syscalls = attach_syscalls(&mut objects.syscalls, &skel, &config.features, chunks)?;
-        let kvm = match &config.kvm {
-            Some(events) => attach_kvm(&mut objects.kvm, &skel, &config.features, chunks, events)?,
-            None => None,
-        };
         Ok(Self {
             skel,
-            _syscalls: syscalls,
-            _kvm: kvm,
+            _kernel_links: kernel_links,
+            counts_syscalls: !sources.syscalls.is_empty(),
+            layout,
             features: config.features,
             qemu_index,
             attachments: HashMap::new(),
-            slots: (0..max_vms).map(|_| None).collect(),
+            slots: (0..layout.slots).map(|_| None).collect(),
             ncpus,
             keys: Vec::new(),
             values: Vec::new(),
@@ -335,7 +393,7 @@ impl<'obj> Collector<'obj> {
 
     /// Feature columns of the syscall source, if it is enabled.
     pub fn counts_syscalls(&self) -> bool {
-        self._syscalls.is_some()
+        self.counts_syscalls
     }
 
     fn attach_binary(&self, process: &Process, binary: &UsdtBinary) -> Result<BinaryAttachment> {
@@ -410,9 +468,9 @@ impl<'obj> Collector<'obj> {
     /// one batched map read of their chunks.
     fn read_rows(&mut self, first: usize, n: usize) -> Result<Vec<u64>> {
         let width = self.features.len();
-        let chunks = width.div_ceil(CHUNK);
+        let chunks = self.layout.chunks as usize;
         let count = n * chunks;
-        let start = (first * chunks) as u32;
+        let start = self.layout.first_key(first);
         let per_key = CHUNK * self.ncpus;
         self.keys.resize(count, 0);
         self.values.resize(count * per_key, 0);
@@ -476,145 +534,100 @@ impl<'obj> Collector<'obj> {
     }
 }
 
-/// Points a second BPF object's `watched` and `counts` maps at the usdt
-/// object's, so every source counts into the same rows.
-fn share_maps(
-    watched: &mut libbpf_rs::OpenMapMut<'_>,
-    counts: &mut libbpf_rs::OpenMapMut<'_>,
-    usdt: &UsdtCountSkel<'_>,
+/// Sets everything the BPF object needs before load, for every source at
+/// once: the layout in rodata and map sizes, which programs load, and where
+/// `kvm_exit` keeps its reason.
+fn configure(
+    open: &mut OpenVmwatchSkel<'_>,
+    layout: &Layout,
+    features: &[String],
+    sources: &KernelSources<'_>,
 ) -> Result<()> {
-    watched
-        .reuse_fd(usdt.maps.watched.as_fd())
-        .map_err(|e| Error::bpf("sharing the watched-process map", e))?;
-    counts
-        .reuse_fd(usdt.maps.counts.as_fd())
-        .map_err(|e| Error::bpf("sharing the counter map", e))
-}
-
-/// Loads and attaches the syscall counter when any `sys:` feature is asked
-/// for, sharing the usdt object's `watched` and `counts` maps.
-fn attach_syscalls<'obj>(
-    object: &'obj mut MaybeUninit<OpenObject>,
-    usdt: &UsdtCountSkel<'_>,
-    features: &[String],
-    chunks: u32,
-) -> Result<Option<SyscallSource<'obj>>> {
-    let numbers: HashMap<String, u32> = features::syscall_features().into_iter().collect();
-    let wanted: Vec<(u32, u32)> = features
-        .iter()
-        .enumerate()
-        .filter_map(|(i, f)| Some((*numbers.get(f)?, i as u32)))
-        .collect();
-    if wanted.is_empty() {
-        return Ok(None);
-    }
-    let mut open = SyscallCountSkelBuilder::default()
-        .open(object)
-        .map_err(|e| Error::bpf("opening the syscall counter", e))?;
     let rodata = open
         .maps
         .rodata_data
         .as_deref_mut()
         .expect("rodata is mmapped");
-    rodata.nr_features = features.len() as u32;
-    rodata.nr_chunks = chunks;
-    share_maps(&mut open.maps.watched, &mut open.maps.counts, usdt)?;
-    let skel = open
-        .load()
-        .map_err(|e| Error::bpf("loading the syscall counter", e))?;
-    for (nr, feature) in &wanted {
-        skel.maps
-            .sys_feature
-            .update(
-                &nr.to_ne_bytes(),
-                &(feature + 1).to_ne_bytes(),
-                libbpf_rs::MapFlags::ANY,
-            )
-            .map_err(|e| Error::bpf(format!("mapping syscall {nr}"), e))?;
-    }
-    let link = skel
-        .progs
-        .count_syscall
-        .attach_raw_tracepoint("sys_enter")
-        .map_err(|e| Error::bpf("attaching the raw tracepoint sys_enter", e))?;
-    tracing::info!("counting {} syscalls per watched process", wanted.len());
-    Ok(Some(SyscallSource {
-        _link: link,
-        _skel: skel,
-    }))
-}
-
-/// Loads and attaches the KVM counter when any `kvm:` feature is asked for:
-/// a raw-tracepoint link per event (feature = cookie) and, for exit
-/// reasons, the classic `kvm_exit` tracepoint through a perf event.
-fn attach_kvm<'obj>(
-    object: &'obj mut MaybeUninit<OpenObject>,
-    usdt: &UsdtCountSkel<'_>,
-    features: &[String],
-    chunks: u32,
-    events: &crate::kvm::KvmEvents,
-) -> Result<Option<KvmSource<'obj>>> {
-    use crate::kvm::{KVM, KVM_EXIT, KVM_EXIT_OTHER};
-
-    let index = |name: &str| features.iter().position(|f| f == name).map(|i| i as u32);
-    let tracepoints: Vec<(&str, u32)> = events
-        .events
-        .iter()
-        .filter_map(|e| Some((e.as_str(), index(&format!("{KVM}{e}"))?)))
-        .collect();
-    let exit = events
-        .exit
-        .as_ref()
-        .filter(|_| features.iter().any(|f| f.starts_with(KVM_EXIT)));
-    if tracepoints.is_empty() && exit.is_none() {
-        return Ok(None);
-    }
-    let mut open = KvmCountSkelBuilder::default()
-        .open(object)
-        .map_err(|e| Error::bpf("opening the KVM counter", e))?;
-    let rodata = open
-        .maps
-        .rodata_data
-        .as_deref_mut()
-        .expect("rodata is mmapped");
-    rodata.nr_features = features.len() as u32;
-    rodata.nr_chunks = chunks;
-    if let Some(exit) = exit {
+    rodata.nr_features = layout.features;
+    rodata.nr_chunks = layout.chunks;
+    if let Some(exit) = sources.kvm_exit {
         rodata.exit_reason_off = exit.reason_offset;
         rodata.exit_vmx = u32::from(exit.vmx);
         // Out of range (not counted) unless `kvm:exit:other` is a column.
-        rodata.exit_other = index(KVM_EXIT_OTHER).unwrap_or(u32::MAX);
+        rodata.exit_other = features
+            .iter()
+            .position(|f| f == KVM_EXIT_OTHER)
+            .map_or(u32::MAX, |i| i as u32);
     }
-    share_maps(&mut open.maps.watched, &mut open.maps.counts, usdt)?;
-    let skel = open
-        .load()
-        .map_err(|e| Error::bpf("loading the KVM counter", e))?;
+    open.maps
+        .watched
+        .set_max_entries(layout.slots)
+        .map_err(|e| Error::bpf("sizing the watched-process map", e))?;
+    open.maps
+        .counts
+        .set_max_entries(layout.entries())
+        .map_err(|e| Error::bpf("sizing the counter map", e))?;
+    let progs = &mut open.progs;
+    progs
+        .count_syscall
+        .set_autoload(!sources.syscalls.is_empty());
+    progs.count_kvm.set_autoload(!sources.kvm_events.is_empty());
+    progs
+        .count_kvm_exit
+        .set_autoload(sources.kvm_exit.is_some());
+    Ok(())
+}
 
+/// Fills the syscall and exit-reason maps and attaches the syscall and KVM
+/// programs: the `sys_enter` raw tracepoint, a raw-tracepoint link per KVM
+/// event (feature = cookie) and, for exit reasons, the classic `kvm_exit`
+/// tracepoint through a perf event.
+fn attach_kernel_sources(skel: &VmwatchSkel<'_>, sources: &KernelSources<'_>) -> Result<Vec<Link>> {
     let mut links = Vec::new();
-    for (name, feature) in &tracepoints {
+    if !sources.syscalls.is_empty() {
+        for (nr, feature) in &sources.syscalls {
+            skel.maps
+                .sys_feature
+                .update(
+                    &nr.to_ne_bytes(),
+                    &(feature + 1).to_ne_bytes(),
+                    libbpf_rs::MapFlags::ANY,
+                )
+                .map_err(|e| Error::bpf(format!("mapping syscall {nr}"), e))?;
+        }
+        links.push(
+            skel.progs
+                .count_syscall
+                .attach_raw_tracepoint("sys_enter")
+                .map_err(|e| Error::bpf("attaching the raw tracepoint sys_enter", e))?,
+        );
+        tracing::info!(
+            "counting {} syscalls per watched process",
+            sources.syscalls.len()
+        );
+    }
+    for (name, feature) in &sources.kvm_events {
         let opts = libbpf_rs::RawTracepointOpts {
             cookie: u64::from(*feature),
             ..Default::default()
         };
-        let link = skel
-            .progs
-            .count_kvm
-            .attach_raw_tracepoint_with_opts(name, opts)
-            .map_err(|e| Error::bpf(format!("attaching the raw tracepoint {name}"), e))?;
-        links.push(link);
+        links.push(
+            skel.progs
+                .count_kvm
+                .attach_raw_tracepoint_with_opts(name, opts)
+                .map_err(|e| Error::bpf(format!("attaching the raw tracepoint {name}"), e))?,
+        );
     }
-    if let Some(exit) = exit {
-        for (reason, name) in &exit.reasons {
-            if let Some(f) = index(&format!("{KVM_EXIT}{name}")) {
-                skel.maps
-                    .exit_feature
-                    .update(
-                        &reason.to_ne_bytes(),
-                        &(f + 1).to_ne_bytes(),
-                        libbpf_rs::MapFlags::ANY,
-                    )
-                    .map_err(|e| Error::bpf("mapping exit reasons", e))?;
-            }
+    if let Some(exit) = sources.kvm_exit {
+        for (reason, feature) in &sources.exit_reasons {
+            skel.maps
+                .exit_feature
+                .update(
+                    &reason.to_ne_bytes(),
+                    &(feature + 1).to_ne_bytes(),
+                    libbpf_rs::MapFlags::ANY,
+                )
+                .map_err(|e| Error::bpf("mapping exit reasons", e))?;
         }
         // A tracepoint runs its BPF programs for hits on every CPU once one
         // perf event carries them (the kernel refuses the same program on a
@@ -630,19 +643,18 @@ fn attach_kvm<'obj>(
         let _ = std::os::fd::IntoRawFd::into_raw_fd(fd);
         links.push(link);
     }
-    tracing::info!(
-        "counting {} KVM tracepoints{}",
-        tracepoints.len(),
-        if exit.is_some() {
-            " and exit reasons"
-        } else {
-            ""
-        }
-    );
-    Ok(Some(KvmSource {
-        _links: links,
-        _skel: skel,
-    }))
+    if !sources.kvm_events.is_empty() || sources.kvm_exit.is_some() {
+        tracing::info!(
+            "counting {} KVM tracepoints{}",
+            sources.kvm_events.len(),
+            if sources.kvm_exit.is_some() {
+                " and exit reasons"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(links)
 }
 
 /// A perf event counting tracepoint `id` on `cpu` for every process.

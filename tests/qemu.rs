@@ -4,40 +4,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{bpf_available, qemu_binary, vmwatch, Dataset};
-
-struct Qemu(Child);
-
-impl Qemu {
-    fn start(bin: &std::path::Path, name: &str) -> Self {
-        let child = Command::new(bin)
-            .args(["-M", "pc", "-accel", "tcg", "-m", "64", "-name"])
-            .arg(format!("guest={name},debug-threads=on"))
-            .args(["-display", "none", "-serial", "null", "-monitor", "none"])
-            .args(["-parallel", "none", "-no-reboot"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start QEMU");
-        std::thread::sleep(Duration::from_millis(500));
-        Self(child)
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{bpf_available, qemu_binary, vmwatch, Dataset, Qemu};
 
 #[test]
 fn probes_lists_qemus_trace_events() {

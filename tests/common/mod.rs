@@ -236,3 +236,35 @@ pub fn finish(child: std::process::Child) -> String {
     assert!(out.status.success(), "vmwatch record failed: {stderr}");
     stderr
 }
+
+/// A QEMU of `cargo xtask qemu` under TCG with no guest (SeaBIOS alone
+/// exercises enough of the machine to fire probes); killed on drop.
+pub struct Qemu(pub Child);
+
+impl Qemu {
+    pub fn start(bin: &Path, name: &str) -> Self {
+        let child = Command::new(bin)
+            .args(["-M", "pc", "-accel", "tcg", "-m", "64", "-name"])
+            .arg(format!("guest={name},debug-threads=on"))
+            .args(["-display", "none", "-serial", "null", "-monitor", "none"])
+            .args(["-parallel", "none", "-no-reboot"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start QEMU");
+        std::thread::sleep(Duration::from_millis(500));
+        Self(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * vmwatch's kernel side: one BPF object with a program per source (QEMU USDT
+ * probes, syscalls, KVM tracepoints), all counting into one per-CPU array so a
+ * single drain reads every source of a VM in step. Userspace enables the
+ * programs of the sources it counts (set_autoload) and sets the rodata below
+ * once, in one place, for all of them.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+/*
+ * Watched processes: tgid -> slot. A slot is a row of `counts`; userspace
+ * reads a slot's counters as the baseline before it publishes the tgid here.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64); /* resized before load */
+	__type(key, __u32);
+	__type(value, __u32);
+} watched SEC(".maps");
+
+/*
+ * Features per map value. A slot's counters are stored in
+ * ceil(nr_features / CHUNK) values so a drain copies a few large values per
+ * VM instead of thousands of small ones (per-element cost dominates batched
+ * reads); 16 KiB stays below the kernel's 32 KiB per-CPU value limit.
+ * Userspace takes CHUNK from `struct chunk` in the skeleton's BTF-generated
+ * types, so this is its only definition.
+ */
+#define CHUNK_SHIFT 11
+#define CHUNK (1u << CHUNK_SHIFT)
+
+struct chunk {
+	__u64 hits[CHUNK];
+};
+
+/*
+ * Cumulative hit counters: key = slot * nr_chunks + feature / CHUNK.
+ * Never reset while a slot is in use: userspace subtracts the previous
+ * snapshot, so an event that races with a drain lands in exactly one window.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1); /* resized before load */
+	__type(key, __u32);
+	__type(value, struct chunk);
+} counts SEC(".maps");
+
+/* Row width (all sources together) and chunks per row, set at load time. */
+const volatile __u32 nr_features = 0;
+const volatile __u32 nr_chunks = 1;
+
+/* The calling process's slot, or NULL when it is not watched. */
+static __always_inline __u32 *watched_slot(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	return bpf_map_lookup_elem(&watched, &tgid);
+}
+
+static __always_inline void count_in_slot(__u32 slot, __u64 feature)
+{
+	struct chunk *row;
+	__u32 key;
+
+	if (feature >= nr_features)
+		return;
+	key = slot * nr_chunks + ((__u32)feature >> CHUNK_SHIFT);
+	row = bpf_map_lookup_elem(&counts, &key);
+	if (!row)
+		return;
+	/*
+	 * Per-CPU, but a task-context program can be preempted by another
+	 * task hitting the same counter on this CPU: keep the add atomic.
+	 */
+	__sync_fetch_and_add(&row->hits[feature & (CHUNK - 1)], 1);
+}
+
+static __always_inline void count_feature(__u64 feature)
+{
+	__u32 *slot = watched_slot();
+
+	if (slot)
+		count_in_slot(*slot, feature);
+}
+
+/*
+ * QEMU's USDT probes: one uprobe_multi link per QEMU binary covers every
+ * selected probe site; each site carries its feature index as the BPF
+ * cookie, so no USDT argument parsing is needed.
+ */
+SEC("uprobe.multi")
+int count_usdt(void *ctx)
+{
+	count_feature(bpf_get_attach_cookie(ctx));
+	return 0;
+}
+
+/*
+ * System calls entered by any thread of a watched process, by number. Raw
+ * tracepoint: no tracefs needed. While this is attached every syscall on the
+ * host pays the feature lookup; only watched processes pay more.
+ */
+#define MAX_SYSCALLS 1024
+
+/* Syscall number -> feature index + 1 (0: not counted). Filled by userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SYSCALLS);
+	__type(key, __u32);
+	__type(value, __u32);
+} sys_feature SEC(".maps");
+
+SEC("raw_tp/sys_enter")
+int count_syscall(struct bpf_raw_tracepoint_args *ctx)
+{
+	long id = (long)ctx->args[1];
+	__u32 key, *feature, *slot;
+
+	if (id < 0 || id >= MAX_SYSCALLS)
+		return 0;
+	/*
+	 * The feature first: an inlined array lookup, cheaper than the tgid
+	 * hash, and it drops the syscalls that are not features (the uprobe
+	 * syscall of every optimized probe hit) before any per-process work.
+	 */
+	key = (__u32)id;
+	feature = bpf_map_lookup_elem(&sys_feature, &key);
+	if (!feature || !*feature)
+		return 0;
+	slot = watched_slot();
+	if (slot)
+		count_in_slot(*slot, *feature - 1);
+	return 0;
+}
+
+/*
+ * KVM tracepoints: this program is attached once per tracepoint, its feature
+ * index as BPF cookie. Exit reasons come from the classic `kvm_exit`
+ * tracepoint record, whose layout userspace reads from tracefs, as kvm_stat
+ * does.
+ */
+SEC("raw_tp")
+int count_kvm(void *ctx)
+{
+	count_feature(bpf_get_attach_cookie(ctx));
+	return 0;
+}
+
+/* Offset of exit_reason in the kvm_exit record; VMX masks it with 0xffff. */
+const volatile __u32 exit_reason_off = 8;
+const volatile __u32 exit_vmx = 0;
+/* Feature index for reasons missing from exit_feature (>= nr_features: none). */
+const volatile __u32 exit_other = 0;
+
+/* Exit reason -> feature index + 1. Filled by userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u32);
+} exit_feature SEC(".maps");
+
+SEC("tracepoint")
+int count_kvm_exit(void *ctx)
+{
+	__u32 *slot = watched_slot();
+	__u32 reason = 0, *feature;
+
+	if (!slot)
+		return 0;
+	if (bpf_probe_read_kernel(&reason, sizeof(reason), ctx + exit_reason_off))
+		return 0;
+	if (exit_vmx)
+		reason &= 0xffff;
+	feature = bpf_map_lookup_elem(&exit_feature, &reason);
+	count_in_slot(*slot, feature ? *feature - 1 : exit_other);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

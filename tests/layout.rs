@@ -1,0 +1,312 @@
+//! Counts land in the right VM's row at production width: rows of more
+//! than one counter-map chunk (2,048 features: the fixture's 2,105 probes
+//! plus syscalls, or every probe of a real QEMU plus syscalls and KVM), with
+//! several processes at once, and in slots freed and reused while recording.
+//! Run as root.
+
+mod common;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{bpf_available, finish, qemu_binary, record, wait_for_file, Dataset, Fixture, Qemu};
+
+/// Every feature's total over the rows of `pid`.
+fn totals(ds: &Dataset, pid: u32) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for row in ds.rows_of(pid) {
+        for (name, v) in ds.header.iter().zip(row).skip(6) {
+            *out.entry(name.clone()).or_default() += v.parse::<u64>().unwrap();
+        }
+    }
+    out
+}
+
+/// Asserts that `pid`'s rows hold exactly `want` for every `qemu:` feature
+/// (0 for the unlisted) and for the listed `sys:` features.
+fn assert_exact(ds: &Dataset, pid: u32, want: &[(&str, u64)]) {
+    let got = totals(ds, pid);
+    for (f, total) in &got {
+        if f.starts_with("qemu:") {
+            let expected = want.iter().find(|(w, _)| w == f).map_or(0, |(_, n)| *n);
+            assert_eq!(*total, expected, "PID {pid}: {f}");
+        }
+    }
+    for (f, n) in want {
+        assert_eq!(got.get(*f).copied().unwrap_or(0), *n, "PID {pid}: {f}");
+    }
+}
+
+fn column(ds: &Dataset, feature: &str) -> usize {
+    ds.col(feature)
+        .unwrap_or_else(|| panic!("no column {feature}"))
+        - 6
+}
+
+#[test]
+fn three_fixtures_are_exact_beyond_the_first_chunk() {
+    if !bpf_available("three_fixtures_are_exact_beyond_the_first_chunk") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("wide.csv");
+    let mut a = Fixture::start();
+    let mut b = Fixture::start();
+    let mut c = Fixture::start();
+    let mut rec = record(
+        &[a.pid, b.pid, c.pid],
+        &[
+            "--source",
+            "qemu,syscalls",
+            "--interval",
+            "200ms",
+            "--windows",
+            "10",
+        ],
+        &out,
+    );
+    wait_for_file(&out, Duration::from_secs(30), &mut rec);
+    a.fire("tap_send", 1000);
+    a.fire("pad_0001", 300);
+    b.fire("virtqueue_fill", 250);
+    b.fire("pad_2099", 77);
+    c.fire("pad_2050", 5);
+    c.fire("bdrv_aio_flush", 3);
+    assert_eq!(c.ask("getppid 400"), "ok getppid 400");
+    finish(rec);
+
+    let ds = Dataset::read(&out);
+    // Columns beyond the first chunk carry counts of every slot.
+    assert!(
+        ds.header.len() > 6 + 2048 + 300,
+        "{} columns",
+        ds.header.len()
+    );
+    for f in [
+        "qemu:tap_send",
+        "qemu:virtqueue_fill",
+        "qemu:pad_2099",
+        "sys:getppid",
+    ] {
+        assert!(column(&ds, f) >= 2048, "{f} is in the first chunk");
+    }
+    assert!(column(&ds, "qemu:pad_0001") < 2048);
+    assert_exact(
+        &ds,
+        a.pid,
+        &[
+            ("qemu:tap_send", 1000),
+            ("qemu:pad_0001", 300),
+            ("sys:getppid", 0),
+        ],
+    );
+    assert_exact(
+        &ds,
+        b.pid,
+        &[
+            ("qemu:virtqueue_fill", 250),
+            ("qemu:pad_2099", 77),
+            ("sys:getppid", 0),
+        ],
+    );
+    assert_exact(
+        &ds,
+        c.pid,
+        &[
+            ("qemu:pad_2050", 5),
+            ("qemu:bdrv_aio_flush", 3),
+            ("sys:getppid", 400),
+        ],
+    );
+    for f in [&a, &b, &c] {
+        assert_eq!(ds.rows_of(f.pid).count(), 10);
+    }
+}
+
+/// The fixture as a QEMU-named executable, so `--vm` finds it by `-name`.
+fn qemu_named_fixture(dir: &Path) -> PathBuf {
+    let bin = dir.join("qemu-system-x86_64");
+    std::fs::copy(common::fixture_path(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+fn start_vm(bin: &Path, name: &str) -> Fixture {
+    Fixture::start_with(Command::new(bin).args(["-name", &format!("guest={name}")]))
+}
+
+/// Waits until the recording has a row of `pid` (its first full window).
+fn wait_for_rows(path: &Path, pid: u32, rec: &mut Child) {
+    let needle = format!(",{pid},");
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().any(|l| l.contains(&needle)) {
+            return;
+        }
+        assert!(rec.try_wait().unwrap().is_none(), "vmwatch exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no row of PID {pid} within 20 s");
+}
+
+#[test]
+fn slots_after_an_exit_and_a_reused_slot_stay_exact() {
+    if !bpf_available("slots_after_an_exit_and_a_reused_slot_stay_exact") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = qemu_named_fixture(dir.path());
+    let tag = std::process::id();
+    let names: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| format!("vmwatch-layout-{tag}-{n}"))
+        .collect();
+    let mut a = start_vm(&bin, &names[0]);
+    let mut b = start_vm(&bin, &names[1]);
+    let mut c = start_vm(&bin, &names[2]);
+    let out = dir.path().join("slots.csv");
+    let mut cmd = common::vmwatch();
+    cmd.arg("record");
+    for n in &names {
+        cmd.args(["--vm", n]);
+    }
+    let mut rec = cmd
+        .args(["--source", "qemu,syscalls", "--interval", "200ms", "-o"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&out, Duration::from_secs(30), &mut rec);
+    // A (slot 0) leaves counts behind in its slot, then exits.
+    a.fire("tap_send", 1234);
+    a.fire("pad_2090", 11);
+    b.fire("tap_send", 100);
+    c.fire("pad_2060", 10);
+    wait_for_rows(&out, a.pid, &mut rec);
+    std::thread::sleep(Duration::from_millis(500));
+    let a_pid = a.pid;
+    a.exit();
+    std::thread::sleep(Duration::from_millis(600));
+    // B and C (slots 1 and 2) go on after slot 0 was freed.
+    b.fire("tap_send", 200);
+    c.fire("virtqueue_fill", 30);
+    // A comes back under its name and takes the freed slot.
+    let mut a2 = start_vm(&bin, &names[0]);
+    wait_for_rows(&out, a2.pid, &mut rec);
+    a2.fire("tap_send", 500);
+    a2.fire("pad_2099", 44);
+    b.fire("pad_0000", 9);
+    std::thread::sleep(Duration::from_millis(600));
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
+    finish(rec);
+
+    let ds = Dataset::read(&out);
+    assert!(ds.header.len() > 6 + 2048, "{} columns", ds.header.len());
+    assert_exact(
+        &ds,
+        a_pid,
+        &[("qemu:tap_send", 1234), ("qemu:pad_2090", 11)],
+    );
+    assert_exact(&ds, b.pid, &[("qemu:tap_send", 300), ("qemu:pad_0000", 9)]);
+    assert_exact(
+        &ds,
+        c.pid,
+        &[("qemu:pad_2060", 10), ("qemu:virtqueue_fill", 30)],
+    );
+    // Nothing A left in the slot shows up in its successor's rows.
+    assert_exact(
+        &ds,
+        a2.pid,
+        &[("qemu:tap_send", 500), ("qemu:pad_2099", 44)],
+    );
+}
+
+/// One QEMU recorded by its own vmwatch and, at the same time, together with
+/// others by a second vmwatch: its row must be the same in both (within the
+/// few milliseconds the two recordings' windows are apart).
+fn same_as_alone(solo: &HashMap<String, u64>, joint: &HashMap<String, u64>, vm: &str) {
+    let mut compared = 0;
+    for (f, &s) in solo {
+        let j = joint.get(f).copied().unwrap_or(0);
+        if s >= 200 {
+            compared += 1;
+            let ratio = j as f64 / s as f64;
+            assert!(
+                (0.6..=1.67).contains(&ratio),
+                "{vm}: {f} = {j} together, {s} alone"
+            );
+        }
+    }
+    for (f, &j) in joint {
+        if j >= 50 {
+            assert!(
+                solo.get(f).copied().unwrap_or(0) > 0,
+                "{vm}: {f} = {j} together but never fired alone (another VM's count?)"
+            );
+        }
+    }
+    assert!(
+        compared >= 3,
+        "{vm}: only {compared} busy probes to compare"
+    );
+}
+
+#[test]
+fn two_and_three_real_qemus_with_every_probe_syscalls_and_kvm() {
+    let test = "two_and_three_real_qemus_with_every_probe_syscalls_and_kvm";
+    let Some(bin) = qemu_binary(test) else {
+        return;
+    };
+    if !bpf_available(test) {
+        return;
+    }
+    let tag = std::process::id();
+    let vms: Vec<Qemu> = (0..3)
+        .map(|i| Qemu::start(&bin, &format!("vmwatch-wide-{tag}-{i}")))
+        .collect();
+    // Past SeaBIOS's start-up, into its steady wait for a boot device.
+    std::thread::sleep(Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--source",
+        "qemu,syscalls,kvm",
+        "--interval",
+        "500ms",
+        "--windows",
+        "8",
+    ];
+    let pids: Vec<u32> = vms.iter().map(Qemu::pid).collect();
+    let path = |name: &str| dir.path().join(format!("{name}.csv"));
+    let mut runs: Vec<(String, Child)> = Vec::new();
+    for (i, pid) in pids.iter().enumerate() {
+        let name = format!("solo{i}");
+        runs.push((name.clone(), record(&[*pid], &args, &path(&name))));
+    }
+    runs.push(("two".into(), record(&pids[..2], &args, &path("two"))));
+    runs.push(("three".into(), record(&pids, &args, &path("three"))));
+    for (_, child) in runs {
+        finish(child);
+    }
+
+    let three = Dataset::read(&path("three"));
+    let two = Dataset::read(&path("two"));
+    assert!(
+        three.header.len() > 6 + 3000,
+        "{} columns",
+        three.header.len()
+    );
+    for (i, pid) in pids.iter().enumerate() {
+        let solo = totals(&Dataset::read(&path(&format!("solo{i}"))), *pid);
+        same_as_alone(&solo, &totals(&three, *pid), &format!("VM {i} of three"));
+        if i < 2 {
+            same_as_alone(&solo, &totals(&two, *pid), &format!("VM {i} of two"));
+        }
+    }
+}
