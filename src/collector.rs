@@ -212,6 +212,7 @@ impl<'obj> Collector<'obj> {
     /// Loads the BPF programs of the sources `config` counts, sizes the maps
     /// and attaches the syscall and KVM programs.
     pub fn new(objects: &'obj mut BpfObjects, config: CollectorConfig) -> Result<Self> {
+        restore_left_raised();
         let layout = Layout::new(config.features.len(), config.max_vms)?;
         let sources = KernelSources::of(&config.features, config.kvm.as_ref());
         let mut open = VmwatchSkelBuilder::default()
@@ -531,6 +532,21 @@ impl<'obj> Collector<'obj> {
             }
         }
         Ok(rows)
+    }
+}
+
+/// Lowers the semaphores that a vmwatch killed earlier left raised.
+fn restore_left_raised() {
+    match semaphores::repair() {
+        Ok(r) => {
+            for (owner, pid, n) in &r.restored {
+                tracing::warn!(
+                    "lowered {n} USDT semaphores in PID {pid} that vmwatch PID {owner} raised and \
+                     never lowered (it was killed)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("restoring semaphores left raised by a killed vmwatch: {e}"),
     }
 }
 

@@ -32,6 +32,7 @@ enum Command {
     Eval(cmd::eval::Args),
     Monitor(cmd::monitor::Args),
     Select(cmd::select::Args),
+    Cleanup(cmd::cleanup::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Monitor(a) => cmd::monitor::run(a),
         Command::Select(a) => cmd::select::run(a),
+        Command::Cleanup(a) => cmd::cleanup::run(a),
     };
     match result {
         Ok(code) => code,

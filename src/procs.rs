@@ -153,6 +153,11 @@ fn stat_fields(stat: &str) -> Option<Vec<&str>> {
     Some(rest.split_whitespace().collect())
 }
 
+/// Start time of process `pid` in clock ticks since boot, if it runs.
+pub fn start_time(pid: u32) -> Option<u64> {
+    parse_start_time(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
 /// Field 22 of /proc/PID/stat (starttime); fields after `comm` start at 3.
 fn parse_start_time(stat: &str) -> Option<u64> {
     stat_fields(stat)?.get(19)?.parse().ok()

@@ -5,20 +5,41 @@
 //! kernels measured here it misses processes that start while the probe is
 //! attached: their semaphores stay 0 and their probes never fire. Raising
 //! them per watched process also means QEMU processes vmwatch does not watch
-//! keep their probes off. The price: if vmwatch is killed with SIGKILL, the
-//! semaphores it raised stay raised (QEMU then evaluates those probes'
-//! arguments, but no breakpoint remains to trap).
+//! keep their probes off.
+//!
+//! A vmwatch killed with SIGKILL cannot lower what it raised, so every raise
+//! is first written to a record under [`RUN_DIR`] (one folder per vmwatch
+//! instance, one file per process, both named by PID and start time); the
+//! next vmwatch to start, or `vmwatch cleanup`, lowers what dead instances
+//! left raised ([`repair`]). Every read-modify-write of a semaphore by any
+//! vmwatch holds one lock (`RUN_DIR/lock`), so two vmwatch instances never
+//! lose each other's increments; docs/ARCHITECTURE.md says why the writes
+//! are safe against other tracers.
 
 use std::fs::{self, File};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::procs;
 
-/// Semaphores raised in one process, lowered by [`Raised::lower`].
+/// Where vmwatch instances record the semaphores they raised (root only).
+pub const RUN_DIR: &str = "/run/vmwatch";
+
+/// Semaphores raised in one process, lowered by [`Raised::lower`] (also on
+/// drop).
 #[derive(Debug, Default)]
 pub struct Raised {
     pid: u32,
+    /// The process's memory, opened when raising: after the process exits
+    /// it refers to nothing, so a reused PID is never written to.
+    mem: Option<File>,
     addrs: Vec<u64>,
+    /// This instance's record of `addrs`, removed once they are lowered.
+    record: Option<PathBuf>,
 }
 
 /// A file mapping of a process: [start, end) at file offset `offset`.
@@ -30,23 +51,48 @@ struct Mapping {
     writable: bool,
 }
 
+/// What a record file holds: the semaphores one vmwatch raised in one
+/// process, by virtual address.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    pid: u32,
+    start_time: u64,
+    addrs: Vec<u64>,
+}
+
 /// Increments, in process `pid`, the semaphores at the given file offsets
 /// of its executable (identified by device and inode).
 pub fn raise(pid: u32, binary_id: (u64, u64), file_offsets: &[u64]) -> Result<Raised> {
     let maps = mappings(pid, binary_id)?;
+    let addrs = file_offsets
+        .iter()
+        .map(|&off| {
+            address_of(&maps, off).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "PID {pid}: semaphore at file offset {off:#x} is not mapped writable"
+                ))
+            })
+        })
+        .collect::<Result<Vec<u64>>>()?;
     let mem = open_mem(pid)?;
+    let start_time = procs::start_time(pid).ok_or(Error::NoSuchProcess(pid))?;
+    let _lock = Lock::take();
+    // Recorded before the first write: a SIGKILL from here on is repaired.
+    let record = write_record(&Record {
+        pid,
+        start_time,
+        addrs: addrs.clone(),
+    });
     let mut raised = Raised {
         pid,
-        addrs: Vec::with_capacity(file_offsets.len()),
+        mem: Some(mem),
+        addrs: Vec::with_capacity(addrs.len()),
+        record,
     };
-    for &off in file_offsets {
-        let Some(addr) = address_of(&maps, off) else {
-            return Err(Error::Invalid(format!(
-                "PID {pid}: semaphore at file offset {off:#x} is not mapped writable"
-            )));
-        };
-        if let Err(e) = add(&mem, addr, 1) {
-            raised.lower();
+    for addr in addrs {
+        let mem = raised.mem.as_ref().expect("opened above");
+        if let Err(e) = add(mem, addr, 1) {
+            raised.lower_locked();
             return Err(Error::io(
                 format!("raising USDT semaphores in PID {pid}"),
                 e,
@@ -61,18 +107,25 @@ impl Raised {
     /// Decrements every semaphore this raised. A process that has exited
     /// needs nothing; other failures are logged.
     pub fn lower(&mut self) {
-        if self.addrs.is_empty() {
+        if self.mem.is_none() {
             return;
         }
-        let addrs = std::mem::take(&mut self.addrs);
-        let Ok(mem) = open_mem(self.pid) else { return };
-        for addr in addrs {
+        let _lock = Lock::take();
+        self.lower_locked();
+    }
+
+    fn lower_locked(&mut self) {
+        let Some(mem) = self.mem.take() else { return };
+        for addr in std::mem::take(&mut self.addrs) {
             if let Err(e) = add(&mem, addr, -1) {
-                if e.raw_os_error() != Some(libc::ESRCH) && e.raw_os_error() != Some(libc::EIO) {
+                if !exited(&e) {
                     tracing::warn!("lowering a USDT semaphore in PID {}: {e}", self.pid);
                 }
-                return;
+                break;
             }
+        }
+        if let Some(record) = self.record.take() {
+            remove_record(&record);
         }
     }
 
@@ -90,6 +143,222 @@ impl Drop for Raised {
     fn drop(&mut self) {
         self.lower();
     }
+}
+
+/// Errors of /proc/PID/mem that mean the process has exited.
+fn exited(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ESRCH) | Some(libc::EIO))
+        || e.kind() == std::io::ErrorKind::UnexpectedEof
+}
+
+/// The lock every semaphore read-modify-write of every vmwatch holds.
+/// Without [`RUN_DIR`] (not root, read-only /run) there is nothing to share
+/// it with and it is not taken.
+struct Lock {
+    /// Holds the flock until dropped.
+    _file: Option<File>,
+}
+
+impl Lock {
+    fn take() -> Self {
+        let Some(dir) = run_dir() else {
+            return Self { _file: None };
+        };
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("lock"));
+        match file {
+            Ok(f) => {
+                // SAFETY: flock on a descriptor we own; released on close.
+                if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+                    tracing::warn!(
+                        "locking {}/lock: {}",
+                        dir.display(),
+                        std::io::Error::last_os_error()
+                    );
+                }
+                Self { _file: Some(f) }
+            }
+            Err(e) => {
+                tracing::warn!("opening {}/lock: {e}", dir.display());
+                Self { _file: None }
+            }
+        }
+    }
+}
+
+/// [`RUN_DIR`] and this instance's record folder in it, created once; `None`
+/// (with one warning) when they cannot be used.
+fn run_dir() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| match private_dir(Path::new(RUN_DIR)) {
+        Ok(()) => Some(PathBuf::from(RUN_DIR)),
+        Err(e) => {
+            tracing::warn!(
+                "{e}: semaphores raised by this vmwatch cannot be restored if it is killed"
+            );
+            None
+        }
+    })
+    .as_deref()
+}
+
+/// Creates `dir` (mode 0700) or checks that an existing one is a folder of
+/// ours that nobody else can write.
+fn private_dir(dir: &Path) -> Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io(format!("cannot create {}", dir.display()), e)),
+    }
+    let meta = fs::symlink_metadata(dir)
+        .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(Error::Invalid(format!(
+            "{} is not a folder owned by uid {me} and writable only by it",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `RUN_DIR/raised/PID.START`: this instance's records.
+fn instance_dir(run: &Path) -> Option<PathBuf> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let dir = DIR
+        .get_or_init(|| {
+            let pid = std::process::id();
+            let start = procs::start_time(pid)?;
+            Some(run.join("raised").join(format!("{pid}.{start}")))
+        })
+        .clone()?;
+    // Made again each time: the folder goes when its last record does.
+    let made = private_dir(dir.parent().expect("has a parent")).and_then(|()| private_dir(&dir));
+    if let Err(e) = made {
+        tracing::warn!("{e}: semaphores raised by this vmwatch cannot be restored if it is killed");
+        return None;
+    }
+    Some(dir)
+}
+
+fn write_record(record: &Record) -> Option<PathBuf> {
+    let dir = instance_dir(run_dir()?)?;
+    let path = dir.join(format!("{}.{}.json", record.pid, record.start_time));
+    let json = serde_json::to_vec(record).expect("a record serializes");
+    match crate::atomic::write(&path, &json) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            tracing::warn!(
+                "{e}: semaphores raised in PID {} cannot be restored if vmwatch is killed",
+                record.pid
+            );
+            None
+        }
+    }
+}
+
+/// Removes a record, and its instance's folder once it is empty.
+fn remove_record(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        tracing::warn!("removing {}: {e}", path.display());
+    }
+    if let Some(dir) = path.parent() {
+        // Fails while other records remain: that is the point.
+        let _ = fs::remove_dir(dir);
+    }
+}
+
+/// What [`repair`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Repair {
+    /// (vmwatch PID that died, process PID, semaphores lowered).
+    pub restored: Vec<(u32, u32, usize)>,
+    /// Records of processes that exited since (nothing to lower).
+    pub gone: usize,
+    /// Running vmwatch instances (other than this one) and how many
+    /// processes each holds semaphores in; left alone.
+    pub live: Vec<(u32, usize)>,
+}
+
+/// Lowers every semaphore that a vmwatch instance which is no longer
+/// running raised and never lowered, and removes its records. Instances
+/// still running are left alone. Without [`RUN_DIR`] there is nothing to do.
+pub fn repair() -> Result<Repair> {
+    let mut out = Repair::default();
+    let raised = Path::new(RUN_DIR).join("raised");
+    if !raised.is_dir() {
+        return Ok(out);
+    }
+    let _lock = Lock::take();
+    let entries = fs::read_dir(&raised)
+        .map_err(|e| Error::io(format!("cannot read {}", raised.display()), e))?;
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Some((pid, start)) = pid_and_start(&entry.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let files: Vec<PathBuf> = fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if pid == me || procs::start_time(pid) == Some(start) {
+            if pid != me {
+                out.live.push((pid, files.len()));
+            }
+            continue;
+        }
+        for file in files {
+            match restore(&file) {
+                Ok(Some((target, n))) => out.restored.push((pid, target, n)),
+                Ok(None) => out.gone += 1,
+                Err(e) => tracing::warn!("{e}"),
+            }
+            remove_record(&file);
+        }
+        // A folder without records (its instance ended) goes too.
+        let _ = fs::remove_dir(&dir);
+    }
+    Ok(out)
+}
+
+/// Lowers the semaphores of one record; `None` when its process is gone.
+fn restore(path: &Path) -> Result<Option<(u32, usize)>> {
+    let text = fs::read(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let record: Record = serde_json::from_slice(&text).map_err(|e| {
+        Error::Invalid(format!("{} is not a semaphore record: {e}", path.display()))
+    })?;
+    if procs::start_time(record.pid) != Some(record.start_time) {
+        return Ok(None);
+    }
+    let Ok(mem) = open_mem(record.pid) else {
+        return Ok(None);
+    };
+    let mut lowered = 0;
+    for addr in &record.addrs {
+        match add(&mem, *addr, -1) {
+            Ok(()) => lowered += 1,
+            Err(e) if exited(&e) => return Ok(None),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("lowering USDT semaphores in PID {}", record.pid),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(Some((record.pid, lowered)))
+}
+
+/// `PID.START` (a record folder's or file's name, without `.json`).
+fn pid_and_start(name: &str) -> Option<(u32, u64)> {
+    let (pid, start) = name.trim_end_matches(".json").split_once('.')?;
+    Some((pid.parse().ok()?, start.parse().ok()?))
 }
 
 /// Reads the current value of the semaphore at `file_offset` (for tests

@@ -373,7 +373,8 @@ pub struct Window {
 pub enum Ended {
     /// `--windows N` were written.
     Count,
-    /// SIGINT or SIGTERM; the open window was discarded.
+    /// A stop signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT); the open window
+    /// was discarded.
     Signal(i32),
     /// Every watched process exited and no target can add more.
     NoneLeft,

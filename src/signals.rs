@@ -1,15 +1,23 @@
-//! SIGINT/SIGTERM as a channel, so the window loop can wait for "the next
+//! Stop requests as a channel, so the window loop can wait for "the next
 //! deadline or a stop request, whichever comes first".
+//!
+//! SIGHUP (the terminal or ssh session went away) and SIGQUIT stop vmwatch
+//! like SIGINT and SIGTERM: their default action would kill it without
+//! lowering the semaphores it raised in every watched QEMU or closing its
+//! output.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::Instant;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::error::{Error, Result};
 
-/// Receives stop requests (SIGINT, SIGTERM).
+/// The signals that ask vmwatch to stop cleanly.
+pub const STOP_SIGNALS: [i32; 4] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT];
+
+/// Receives stop requests (any of [`STOP_SIGNALS`]).
 pub struct StopSignal {
     rx: Receiver<i32>,
 }
@@ -24,8 +32,8 @@ pub enum Wake {
 impl StopSignal {
     /// Installs the handlers. Signals arriving from now on are queued.
     pub fn install() -> Result<Self> {
-        let mut signals = Signals::new([SIGINT, SIGTERM])
-            .map_err(|e| Error::io("installing SIGINT/SIGTERM handlers", e))?;
+        let mut signals = Signals::new(STOP_SIGNALS)
+            .map_err(|e| Error::io("installing the SIGINT/SIGTERM/SIGHUP/SIGQUIT handlers", e))?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("signals".into())

@@ -1,5 +1,6 @@
 //! Subcommands of the `vmwatch` binary.
 
+pub mod cleanup;
 pub mod detect;
 pub mod eval;
 pub mod list;
