@@ -9,7 +9,7 @@ use ndarray::{s, ArrayView2};
 
 use crate::error::{Error, Result};
 use crate::model::{Model, Smoothing, TrainingSummary};
-use crate::train::{fold_ranges, without};
+use crate::train::{check_folds, fold_ranges, without};
 
 /// Confusion counts (averaged over folds, so fractional).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -77,6 +77,7 @@ pub fn evaluate(
     gamma: f64,
     smooth: Smoothing,
 ) -> Result<Confusion> {
+    check_folds(normal.nrows(), folds)?;
     if normal.nrows() < folds * 2 || anomaly.nrows() < folds {
         return Err(Error::Invalid(format!(
             "{} normal and {} anomalous windows are too few for {folds} folds",
@@ -117,6 +118,7 @@ pub fn learning_curve(
     gamma: f64,
     sizes: &[usize],
 ) -> Result<Vec<(usize, f64)>> {
+    check_folds(normal.nrows(), folds)?;
     let mut out = Vec::new();
     for &size in sizes {
         let mut rate = 0.0;
@@ -145,6 +147,7 @@ pub fn relearn(
     nu: f64,
     gamma: f64,
 ) -> Result<(f64, f64)> {
+    check_folds(peak.nrows(), folds)?;
     let before = fit(normal, nu, gamma)?;
     let before_rate = outside(&before, peak) as f64 / peak.nrows().max(1) as f64;
     let mut after = 0.0;

@@ -80,8 +80,25 @@ pub fn without(x: ArrayView2<f64>, test: &std::ops::Range<usize>) -> Array2<f64>
     x.select(Axis(0), &keep)
 }
 
+/// Fails unless `rows` windows make `folds` folds of at least one window
+/// each, with at least 2 folds.
+pub fn check_folds(rows: usize, folds: usize) -> Result<()> {
+    if folds < 2 {
+        return Err(Error::Invalid(format!(
+            "cross-validation needs at least 2 folds, not {folds}"
+        )));
+    }
+    if rows < folds {
+        return Err(Error::Invalid(format!(
+            "{rows} windows are too few for {folds} folds"
+        )));
+    }
+    Ok(())
+}
+
 /// Mean false-positive rate over `folds` folds for one (nu, gamma).
 pub fn cv_fp_rate(raw: ArrayView2<f64>, folds: usize, nu: f64, gamma: f64) -> Result<f64> {
+    check_folds(raw.nrows(), folds)?;
     let mut rates = Vec::with_capacity(folds);
     for test in fold_ranges(raw.nrows(), folds) {
         let train = without(raw, &test);
@@ -108,11 +125,7 @@ pub fn grid_search(
     grid: &[(f64, f64)],
     progress: &(dyn Fn() + Sync),
 ) -> Result<(Scored, Vec<Scored>)> {
-    if folds < 2 {
-        return Err(Error::Invalid(
-            "cross-validation needs at least 2 folds".into(),
-        ));
-    }
+    check_folds(raw.nrows(), folds)?;
     if raw.nrows() < folds * 2 {
         return Err(Error::Invalid(format!(
             "{} training windows are too few for {folds}-fold cross-validation",

@@ -9,7 +9,7 @@ pub struct WindowClock {
     start: Instant,
     interval: Duration,
     /// Index of the next boundary (boundary k is at start + k × interval).
-    next: u32,
+    next: u64,
 }
 
 impl WindowClock {
@@ -28,17 +28,25 @@ impl WindowClock {
 
     /// When the current window closes.
     pub fn deadline(&self) -> Instant {
-        self.start + self.interval * self.next
+        // Intervals are at most MAX_INTERVAL (parse_interval), so this cannot
+        // overflow before the heat death of the host.
+        let nanos = self.interval.as_nanos() * u128::from(self.next);
+        self.start
+            + Duration::new(
+                (nanos / 1_000_000_000) as u64,
+                (nanos % 1_000_000_000) as u32,
+            )
     }
 
     /// Moves to the next window. Returns how many boundaries were missed
     /// (the drain ran late past them), which are merged into this window.
     pub fn advance(&mut self, now: Instant) -> u32 {
         let elapsed = now.saturating_duration_since(self.start);
-        let due = (elapsed.as_nanos() / self.interval.as_nanos().max(1)) as u32;
+        let due = u64::try_from(elapsed.as_nanos() / self.interval.as_nanos().max(1))
+            .unwrap_or(u64::MAX - 1);
         let missed = due.saturating_sub(self.next);
         self.next = due.max(self.next) + 1;
-        missed
+        u32::try_from(missed).unwrap_or(u32::MAX)
     }
 }
 
@@ -47,6 +55,24 @@ pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Shortest window: below it a drain per window costs more than the window.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest window.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Parses a window length (`--interval`): a duration from [`MIN_INTERVAL`]
+/// to [`MAX_INTERVAL`].
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_INTERVAL || d > MAX_INTERVAL {
+        return Err(format!(
+            "`{}` is outside the window lengths vmwatch supports (10ms to 1h)",
+            s.trim()
+        ));
+    }
+    Ok(d)
 }
 
 /// Parses durations like `2s`, `500ms`, `1.5s`, `1m`, or a bare number of seconds.
@@ -69,7 +95,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !(secs.is_finite() && secs > 0.0) {
         return Err(format!("`{s}` must be a positive duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is too long a duration"))
 }
 
 #[cfg(test)]
@@ -108,5 +134,28 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("2h").is_err());
         assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("100000000000000000000s").is_err());
+    }
+
+    #[test]
+    fn intervals_have_a_floor_and_a_ceiling() {
+        assert_eq!(parse_interval("10ms").unwrap(), MIN_INTERVAL);
+        assert_eq!(parse_interval("60m").unwrap(), MAX_INTERVAL);
+        for bad in ["0.000000000001s", "9ms", "61m", "10000000000000000000s"] {
+            let err = parse_interval(bad).unwrap_err();
+            assert!(
+                err.contains("10ms to 1h") || err.contains("too long"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_longest_interval_does_not_overflow() {
+        let mut c = WindowClock::new(MAX_INTERVAL);
+        let t0 = c.start;
+        c.next = u64::from(u32::MAX) * 4;
+        assert!(c.deadline() > t0);
+        assert_eq!(c.advance(t0 + Duration::from_secs(7200)), 0);
     }
 }

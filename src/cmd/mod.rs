@@ -70,10 +70,11 @@ pub struct CountArgs {
     #[arg(long, value_name = "FILE")]
     pub probes: Option<PathBuf>,
     /// Window length (e.g. 2s, 500ms).
-    #[arg(long, default_value = "2s", value_parser = vmwatch::window::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = vmwatch::window::parse_interval)]
     pub interval: std::time::Duration,
-    /// Most VMs watched at once (sizes the kernel maps).
-    #[arg(long, default_value_t = vmwatch::collector::DEFAULT_MAX_VMS, value_name = "N")]
+    /// Most VMs watched at once (sizes the kernel maps; 1 to 1024).
+    #[arg(long, default_value_t = vmwatch::collector::DEFAULT_MAX_VMS, value_name = "N",
+          value_parser = max_vms)]
     pub max_vms: u32,
 }
 
@@ -90,7 +91,32 @@ pub struct SvmArgs {
     /// Parameter grid: `paper` (nu, gamma in 0.01..0.1) or `wide` (log grid).
     #[arg(long, default_value = "paper")]
     pub grid: vmwatch::train::Grid,
-    /// Cross-validation folds.
-    #[arg(long, default_value_t = 5)]
+    /// Cross-validation folds (at least 2).
+    #[arg(long, default_value_t = 5, value_parser = folds)]
     pub folds: usize,
+}
+
+/// `--max-vms`: 1 to [`vmwatch::collector::MAX_VMS`].
+pub fn max_vms(s: &str) -> Result<u32, String> {
+    let max = vmwatch::collector::MAX_VMS;
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number of VMs from 1 to {max}")),
+    }
+}
+
+/// `--folds`: 2 to 100.
+fn folds(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (2..=100).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number of folds from 2 to 100")),
+    }
+}
+
+/// `--windows`: at least 1.
+pub fn windows(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a number of windows (1 or more)")),
+    }
 }

@@ -34,13 +34,15 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Window length; must match the model's training windows.
-    #[arg(long, default_value = "2s", value_parser = vmwatch::window::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = vmwatch::window::parse_interval)]
     interval: std::time::Duration,
-    /// Stop after this many windows (default: until SIGINT/SIGTERM).
-    #[arg(long, value_name = "N")]
+    /// Stop after this many windows (default: until SIGINT, SIGTERM, SIGHUP
+    /// or SIGQUIT).
+    #[arg(long, value_name = "N", value_parser = super::windows)]
     windows: Option<u64>,
-    /// Most VMs watched at once.
-    #[arg(long, default_value_t = vmwatch::collector::DEFAULT_MAX_VMS, value_name = "N")]
+    /// Most VMs watched at once (1 to 1024).
+    #[arg(long, default_value_t = vmwatch::collector::DEFAULT_MAX_VMS, value_name = "N",
+          value_parser = super::max_vms)]
     max_vms: u32,
 }
 

@@ -27,7 +27,7 @@ pub struct Args {
     #[command(flatten)]
     count: CountArgs,
     /// Stop after this many windows (default: until SIGINT/SIGTERM).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::windows)]
     windows: Option<u64>,
     /// Value of the `label` column (e.g. the scenario).
     #[arg(long, default_value = "")]
