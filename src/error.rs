@@ -4,6 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::procs::Skipped;
+
 /// Errors of the vmwatch library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -24,10 +26,21 @@ pub enum Error {
     NoProviderProbes { path: PathBuf, provider: String },
     #[error("no process with PID {0}")]
     NoSuchProcess(u32),
-    #[error("no running QEMU process has the VM name `{0}`")]
-    NoSuchVm(String),
-    #[error("no QEMU process is running")]
-    NoQemu,
+    #[error("PID {0} is a kernel thread, not a QEMU process")]
+    KernelThread(u32),
+    #[error("PID {0} has exited (zombie, not yet reaped by its parent)")]
+    Zombie(u32),
+    /// `skipped` renders as a parenthesised note (or nothing).
+    #[error("no running QEMU process has the VM name `{name}`{skipped}")]
+    NoSuchVm { name: String, skipped: Skipped },
+    #[error("no {}QEMU process is running{skipped}", .skipped.usable())]
+    NoQemu { skipped: Skipped },
+    #[error("{what} needs root: {}", crate::procs::hidden_from(*.hidden, *.uid))]
+    NeedsRoot {
+        what: String,
+        hidden: usize,
+        uid: u32,
+    },
     #[error(
         "{what} needs root or CAP_BPF + CAP_PERFMON (and CAP_SYS_ADMIN for uprobes): {source}"
     )]

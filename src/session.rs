@@ -2,14 +2,14 @@
 //! the feature columns, keeps the collector's watched set in step with the
 //! processes that come and go, and yields one sample per VM per window.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::collector::{BpfObjects, Collector, CollectorConfig, Drain};
 use crate::error::{Error, Result};
 use crate::features::{self, Source};
-use crate::procs::{self, Process};
+use crate::procs::{self, Process, Skipped, Untrusted};
 use crate::stapsdt::UsdtBinary;
 use crate::strace::StraceCounter;
 
@@ -52,6 +52,9 @@ pub struct Session<'obj> {
     counts_qemu: bool,
     /// Joined during the current window: their first sample is partial.
     pending_joined: Vec<Process>,
+    /// Candidates of `--vm`/`--all` skipped for good (untrusted, or a
+    /// binary without usable probes), by PID and start time: logged once.
+    rejected: HashSet<(u32, u64)>,
     /// When counting (the first window) began.
     since: (std::time::Instant, std::time::SystemTime),
 }
@@ -61,15 +64,39 @@ impl<'obj> Session<'obj> {
     /// counting every target process.
     pub fn start(objects: &'obj mut BpfObjects, config: SessionConfig) -> Result<Self> {
         let sources = effective_sources(&config);
-        let processes = resolve(&config.targets)?;
+        let resolved = resolve(&config.targets)?;
+        let mut rejected: HashSet<(u32, u64)> =
+            resolved.untrusted.iter().map(|(p, _)| key(p)).collect();
+        // A discovered candidate that cannot be counted is skipped while
+        // others remain; if none remain, the first cause is the error.
+        let mut first_skip: Option<Error> = None;
+        let mut processes = Vec::new();
         let mut binaries = HashMap::new();
         let mut available: BTreeSet<String> = BTreeSet::new();
-        if sources.contains(&Source::Qemu) {
-            for p in &processes {
-                if let std::collections::hash_map::Entry::Vacant(e) = binaries.entry(p.binary_id) {
-                    e.insert(Arc::new(read_binary(p)?));
+        for (p, origin) in resolved.processes {
+            if sources.contains(&Source::Qemu) && !binaries.contains_key(&p.binary_id) {
+                match read_binary(&p) {
+                    Ok(b) => {
+                        binaries.insert(p.binary_id, Arc::new(b));
+                    }
+                    Err(e) if origin == Origin::Discovered => {
+                        skip(&p, &e);
+                        rejected.insert(key(&p));
+                        first_skip.get_or_insert(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
+            processes.push((p, origin));
+        }
+        if processes.is_empty() {
+            // resolve() found at least one candidate, so one was skipped.
+            return Err(first_skip.unwrap_or(Error::NoQemu {
+                skipped: Skipped::default(),
+            }));
+        }
+        if sources.contains(&Source::Qemu) {
             available.extend(binaries.values().flat_map(|b| {
                 b.provider_sites("qemu")
                     .map(|s| features::qemu_feature(&s.name))
@@ -123,12 +150,27 @@ impl<'obj> Session<'obj> {
             binaries,
             counts_qemu,
             pending_joined: Vec::new(),
+            rejected,
             since: (std::time::Instant::now(), std::time::SystemTime::now()),
         };
-        for p in &processes {
+        for (p, origin) in &processes {
             let bin = session.binaries.get(&p.binary_id).cloned();
             let bin = bin.as_deref().filter(|_| session.counts_qemu);
-            session.watch(p, bin)?;
+            match session.watch(p, bin) {
+                Ok(()) => {}
+                // E.g. --max-vms is full: retried every window, like a
+                // VM that starts later.
+                Err(e) if *origin == Origin::Discovered => {
+                    skip(p, &e);
+                    first_skip.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if session.watched().next().is_none() {
+            return Err(first_skip.unwrap_or(Error::NoQemu {
+                skipped: Skipped::default(),
+            }));
         }
         // The first window starts once every target is attached.
         session.rebase()?;
@@ -190,14 +232,24 @@ impl<'obj> Session<'obj> {
         {
             return Vec::new();
         }
+        let scan = procs::scan();
+        // Forget rejected processes that are gone (their PIDs get reused).
+        self.rejected
+            .retain(|k| scan.qemus.iter().any(|p| key(p) == *k));
         let mut added = Vec::new();
-        for p in procs::qemu_processes() {
+        for p in scan.qemus {
             let wanted = self.targets.iter().any(|t| match t {
                 Target::All => true,
                 Target::Vm(name) => *name == p.vm,
                 Target::Pid(_) => false,
             });
-            if !wanted || self.watched().any(|w| w.pid == p.pid) {
+            if !wanted || self.rejected.contains(&key(&p)) || self.watched().any(|w| w.pid == p.pid)
+            {
+                continue;
+            }
+            if let Err(why) = p.trust() {
+                skip(&p, &why);
+                self.rejected.insert(key(&p));
                 continue;
             }
             let bin = if !self.counts_qemu {
@@ -212,14 +264,15 @@ impl<'obj> Session<'obj> {
                         Some(b)
                     }
                     Err(e) => {
-                        tracing::warn!("not watching VM {} (PID {}): {e}", p.vm, p.pid);
+                        skip(&p, &e);
+                        self.rejected.insert(key(&p));
                         continue;
                     }
                 }
             };
             match self.watch(&p, bin.as_deref()) {
                 Ok(()) => added.push(p),
-                Err(e) => tracing::warn!("not watching VM {} (PID {}): {e}", p.vm, p.pid),
+                Err(e) => skip(&p, &e),
             }
         }
         added
@@ -249,41 +302,101 @@ fn read_binary(p: &Process) -> Result<UsdtBinary> {
     Ok(bin)
 }
 
-/// Resolves targets to live processes, failing on any that names nothing.
-pub fn resolve(targets: &[Target]) -> Result<Vec<Process>> {
+/// How a process came to be a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `--pid`: the user's own choice, taken as given.
+    Pid,
+    /// Found by `--vm` or `--all`: only trusted QEMU processes.
+    Discovered,
+}
+
+/// Targets resolved to live processes.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// Processes to watch, in target order, each once.
+    pub processes: Vec<(Process, Origin)>,
+    /// Candidates of `--vm`/`--all` not taken for VMs (already logged).
+    pub untrusted: Vec<(Process, Untrusted)>,
+}
+
+/// Resolves targets to live processes, failing on any that names nothing
+/// usable. Processes found by name must pass [`Process::trust`]; the ones
+/// that do not are skipped with a warning.
+pub fn resolve(targets: &[Target]) -> Result<Resolved> {
     if targets.is_empty() {
         return Err(Error::Invalid(
             "no target given (use --pid, --vm or --all)".into(),
         ));
     }
-    let mut out: Vec<Process> = Vec::new();
-    let mut qemus: Option<Vec<Process>> = None;
+    let mut out = Resolved::default();
+    // Explicit PIDs first, so a process also found by name keeps --pid's rules.
     for t in targets {
-        let found = match t {
-            Target::Pid(pid) => vec![Process::from_pid(*pid)?],
-            Target::Vm(name) => {
-                let all = qemus.get_or_insert_with(procs::qemu_processes);
-                let v: Vec<Process> = all.iter().filter(|p| p.vm == *name).cloned().collect();
-                if v.is_empty() {
-                    return Err(Error::NoSuchVm(name.clone()));
-                }
-                v
-            }
-            Target::All => {
-                let all = qemus.get_or_insert_with(procs::qemu_processes).clone();
-                if all.is_empty() {
-                    return Err(Error::NoQemu);
-                }
-                all
-            }
-        };
-        for p in found {
-            if !out.iter().any(|o| o.pid == p.pid) {
-                out.push(p);
+        if let Target::Pid(pid) = t {
+            let p = Process::from_pid(*pid)?;
+            if !out.processes.iter().any(|(o, _)| o.pid == p.pid) {
+                out.processes.push((p, Origin::Pid));
             }
         }
     }
+    let mut scan: Option<procs::Scan> = None;
+    for t in targets {
+        let scan = match t {
+            Target::Pid(_) => continue,
+            _ => scan.get_or_insert_with(procs::scan),
+        };
+        let mut found = false;
+        let mut skipped = Skipped {
+            hidden: scan.hidden,
+            ..Skipped::default()
+        };
+        for p in &scan.qemus {
+            if let Target::Vm(name) = t {
+                if p.vm != *name {
+                    continue;
+                }
+            }
+            if out.processes.iter().any(|(o, _)| o.pid == p.pid) {
+                found = true;
+                continue;
+            }
+            match p.trust() {
+                Ok(()) => {
+                    found = true;
+                    out.processes.push((p.clone(), Origin::Discovered));
+                }
+                Err(why) => {
+                    if !out.untrusted.iter().any(|(u, _)| u.pid == p.pid) {
+                        out.untrusted.push((p.clone(), why.clone()));
+                    }
+                    skipped.untrusted.push((p.pid, why));
+                }
+            }
+        }
+        if !found {
+            return Err(match t {
+                Target::Vm(name) => Error::NoSuchVm {
+                    name: name.clone(),
+                    skipped,
+                },
+                _ => Error::NoQemu { skipped },
+            });
+        }
+    }
+    for (p, why) in &out.untrusted {
+        skip(p, why);
+    }
     Ok(out)
+}
+
+/// Logs why a candidate of `--vm`/`--all` is not watched.
+fn skip(p: &Process, why: &dyn std::fmt::Display) {
+    tracing::warn!("skipping QEMU PID {} (VM {}): {why}", p.pid, p.vm);
+}
+
+/// Tells a process apart from a later one with the same PID.
+fn key(p: &Process) -> (u32, u64) {
+    (p.pid, p.start_time)
 }
 
 /// Sources to count: the configured ones, else those the requested

@@ -199,3 +199,68 @@ fn record_without_bpf_permission() {
         .unwrap();
     fails_with(out, "needs root or CAP_BPF");
 }
+
+/// A PID whose /proc/PID/stat has the PF_KTHREAD flag (field 9).
+fn kernel_thread() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s[s.rfind(')')? + 1..].to_string();
+                    rest.split_whitespace().nth(6)?.parse::<u64>().ok()
+                })
+                .is_some_and(|flags| flags & 0x0020_0000 != 0)
+        })
+}
+
+#[test]
+fn record_a_kernel_thread() {
+    // PID 2 is kthreadd, unless a PID namespace hides the kernel's threads.
+    let Some(pid) = kernel_thread() else {
+        eprintln!("SKIPPED record_a_kernel_thread: no kernel thread is visible in /proc");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = vmwatch()
+        .args(["record", "--pid", &pid.to_string(), "--windows", "1", "-o"])
+        .arg(dir.path().join("x.csv"))
+        .output()
+        .unwrap();
+    fails_with(
+        out,
+        &format!("vmwatch: PID {pid} is a kernel thread, not a QEMU process"),
+    );
+}
+
+#[test]
+fn record_a_zombie() {
+    // Exits at once; never waited for until the end, so it stays a zombie.
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        if stat[stat.rfind(')').unwrap() + 1..]
+            .trim_start()
+            .starts_with('Z')
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "PID {pid} did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = vmwatch()
+        .args(["record", "--pid", &pid.to_string(), "--windows", "1", "-o"])
+        .arg(dir.path().join("x.csv"))
+        .output()
+        .unwrap();
+    let _ = child.wait();
+    fails_with(
+        out,
+        &format!("vmwatch: PID {pid} has exited (zombie, not yet reaped by its parent)"),
+    );
+}

@@ -10,6 +10,11 @@ use vmwatch::procs;
 use vmwatch::stapsdt;
 
 /// List the QEMU processes on this host: PID, VM name, binary, USDT probes.
+///
+/// Every process named like QEMU is listed; the ones `--vm` and `--all`
+/// do not take for VMs (not run by root or a system account, or from an
+/// executable others can change) are marked untrusted. Needs root: other
+/// users' processes cannot be inspected.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print JSON instead of a table.
@@ -23,16 +28,31 @@ struct Entry {
     vm: String,
     binary: String,
     probes: usize,
+    /// Whether `--vm` and `--all` take it for a VM.
+    trusted: bool,
+    untrusted_reason: Option<String>,
 }
 
 const NO_PROBES_HINT: &str =
     "no USDT probes: vmwatch needs a QEMU built with --enable-trace-backends=dtrace";
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    let scan = procs::scan();
+    // A partial list would pass for the whole host.
+    if scan.hidden > 0 {
+        return Err(vmwatch::Error::NeedsRoot {
+            what: "listing QEMU processes".into(),
+            hidden: scan.hidden,
+            uid: procs::current_uid(),
+        }
+        .into());
+    }
     let mut probe_counts = std::collections::HashMap::new();
-    let entries: Vec<Entry> = procs::qemu_processes()
+    let entries: Vec<Entry> = scan
+        .qemus
         .into_iter()
         .map(|p| {
+            let untrusted = p.trust().err();
             let probes = *probe_counts
                 .entry(p.binary_id)
                 .or_insert_with(|| stapsdt::count_probe_names(&p.exe_path(), "qemu"));
@@ -41,6 +61,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 vm: p.vm,
                 binary: p.binary.display().to_string(),
                 probes,
+                trusted: untrusted.is_none(),
+                untrusted_reason: untrusted.map(|u| u.to_string()),
             }
         })
         .collect();
@@ -57,11 +79,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let vw = entries.iter().map(|e| e.vm.len()).max().unwrap_or(2).max(2);
     writeln!(out, "{:>8}  {:<vw$}  {:>6}  BINARY", "PID", "VM", "PROBES")?;
     for e in &entries {
-        let hint = if e.probes == 0 {
-            format!("  ({NO_PROBES_HINT})")
-        } else {
-            String::new()
-        };
+        let mut hint = String::new();
+        if let Some(why) = &e.untrusted_reason {
+            hint.push_str(&format!("  (untrusted, not used by --vm/--all: {why})"));
+        }
+        if e.probes == 0 {
+            hint.push_str(&format!("  ({NO_PROBES_HINT})"));
+        }
         writeln!(
             out,
             "{:>8}  {:<vw$}  {:>6}  {}{hint}",
