@@ -63,11 +63,14 @@ impl UsdtBinary {
     /// Reads the SDT notes of `path`. A binary without notes is an error
     /// that says how to get them.
     pub fn read(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let sites = parse_sites(&data).map_err(|reason| Error::Elf {
+        let data = read_bounded(path)?;
+        Self::parse(path, &data)
+    }
+
+    /// Parses the SDT notes of an ELF image read from `path` (named in
+    /// errors only).
+    pub fn parse(path: &Path, data: &[u8]) -> Result<Self> {
+        let sites = parse_sites(data).map_err(|reason| Error::Elf {
             path: path.to_owned(),
             reason,
         })?;
@@ -113,6 +116,42 @@ impl UsdtBinary {
     pub fn provider_sites<'a>(&'a self, provider: &'a str) -> impl Iterator<Item = &'a UsdtSite> {
         self.sites.iter().filter(move |s| s.provider == provider)
     }
+}
+
+/// Largest executable vmwatch reads (QEMU with debug info is ~0.5 GiB).
+pub const MAX_BINARY_BYTES: u64 = 4 << 30;
+
+/// Reads a regular file of at most [`MAX_BINARY_BYTES`]: a device such as
+/// /dev/zero would otherwise be read until memory runs out.
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+
+    let read_err = |source| Error::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(Error::Elf {
+            path: path.to_owned(),
+            reason: "not a regular file".into(),
+        });
+    }
+    if meta.len() > MAX_BINARY_BYTES {
+        return Err(Error::Elf {
+            path: path.to_owned(),
+            reason: format!(
+                "{} bytes is larger than the 4 GiB vmwatch reads",
+                meta.len()
+            ),
+        });
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_BINARY_BYTES)
+        .read_to_end(&mut data)
+        .map_err(read_err)?;
+    Ok(data)
 }
 
 /// Counts the distinct probe names of `provider` in `path`; 0 when the

@@ -42,6 +42,15 @@ fn probes_of_a_binary_without_notes() {
 }
 
 #[test]
+fn probes_of_a_device_is_refused_not_read_forever() {
+    let out = vmwatch().args(["probes", "/dev/zero"]).output().unwrap();
+    fails_with(
+        out,
+        "/dev/zero is not an ELF file vmwatch can read: not a regular file",
+    );
+}
+
+#[test]
 fn probes_of_a_non_elf_file() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("not-elf");
