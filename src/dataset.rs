@@ -2,14 +2,18 @@
 //! (VM, window) with the leading columns below and one column per feature.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use csv::{ByteRecord, StringRecord};
+use flate2::bufread::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use ndarray::Array2;
 
+use crate::atomic::{self, Output};
 use crate::error::{Error, Result};
+use crate::limits::{MAX_FEATURE_COLUMNS, MAX_LINE_BYTES};
 
 /// The leading columns, in order.
 pub const LEADING: [&str; 6] = [
@@ -64,30 +68,55 @@ pub struct DatasetWriter {
     csv: Option<csv::Writer<Sink>>,
     width: usize,
     record: Vec<String>,
+    rows: u64,
+    /// Replacing an existing file: the temporary file that takes its name
+    /// once rows are flushed. Until then the old file stays untouched; if
+    /// none are, the temporary file is removed.
+    pending: Option<tempfile::TempPath>,
+    /// Writing through a device or FIFO: nothing to fsync.
+    stream: bool,
 }
 
 impl DatasetWriter {
-    /// Creates `path` (gzip when it ends in `.gz`) and writes the header.
-    /// An existing file is replaced only when `overwrite` is set.
-    pub fn create(path: &Path, features: &[String], overwrite: bool) -> Result<Self> {
-        let mut opts = OpenOptions::new();
-        opts.write(true);
-        if overwrite {
-            opts.create(true).truncate(true);
-        } else {
-            opts.create_new(true);
+    /// Checks, before anything slow (attaching), that [`DatasetWriter::create`]
+    /// may write `path`: what it refuses, it refuses now.
+    pub fn check(path: &Path, overwrite: bool) -> Result<()> {
+        match atomic::classify(path)? {
+            Output::Regular if !overwrite => Err(already_exists(path)),
+            _ => Ok(()),
         }
-        let file = opts.open(path).map_err(|source| {
-            let what = if source.kind() == std::io::ErrorKind::AlreadyExists {
-                format!(
-                    "{} already exists (pass --force to replace it)",
-                    path.display()
-                )
-            } else {
-                format!("cannot create {}", path.display())
-            };
-            Error::io(what, source)
-        })?;
+    }
+
+    /// Creates `path` (gzip when it ends in `.gz`) and writes the header.
+    /// An existing file is replaced only when `overwrite` is set, and only
+    /// once the first rows are flushed. A character device or FIFO is
+    /// written through; other file types and symbolic links are refused
+    /// (see [`atomic::classify`]).
+    pub fn create(path: &Path, features: &[String], overwrite: bool) -> Result<Self> {
+        let (file, pending, stream) = match atomic::classify(path)? {
+            Output::Stream => (atomic::open_stream(path)?, None, true),
+            Output::Regular if overwrite => {
+                let (file, tmp) = atomic::temp_beside(path)?.into_parts();
+                (file, Some(tmp), false)
+            }
+            Output::Regular => return Err(already_exists(path)),
+            // O_EXCL: never follows a link planted since the check, and
+            // the header appears at the path at once.
+            Output::New => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+                    .map_err(|source| {
+                        if source.kind() == io::ErrorKind::AlreadyExists && !overwrite {
+                            already_exists(path)
+                        } else {
+                            Error::io(format!("cannot create {}", path.display()), source)
+                        }
+                    })?;
+                (file, None, false)
+            }
+        };
         let buf = BufWriter::new(file);
         let sink = if path.extension().is_some_and(|e| e == "gz") {
             Sink::Gz(GzEncoder::new(buf, Compression::default()))
@@ -107,6 +136,9 @@ impl DatasetWriter {
             csv: Some(csv),
             width: features.len(),
             record: Vec::with_capacity(LEADING.len() + features.len()),
+            rows: 0,
+            pending,
+            stream,
         };
         w.flush()?;
         Ok(w)
@@ -134,25 +166,54 @@ impl DatasetWriter {
         self.record.extend(row.counts.iter().map(u64::to_string));
         let csv = self.csv.as_mut().expect("writer is open until finish");
         csv.write_record(&self.record)
-            .map_err(|e| csv_err(&self.path, e))
+            .map_err(|e| csv_err(&self.path, e))?;
+        self.rows += 1;
+        Ok(())
     }
 
-    /// Pushes everything written so far to the file.
+    /// Pushes everything written so far to the file. The first flush with
+    /// rows puts a replacing file in place of the old one.
     pub fn flush(&mut self) -> Result<()> {
         let csv = self.csv.as_mut().expect("writer is open until finish");
         csv.flush()
-            .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))
+            .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))?;
+        if self.rows > 0 {
+            if let Some(tmp) = self.pending.take() {
+                let file = match csv.get_ref() {
+                    Sink::Plain(w) => w.get_ref(),
+                    Sink::Gz(gz) => gz.get_ref().get_ref(),
+                };
+                replace(&self.path, file, tmp)?;
+            }
+        }
+        Ok(())
     }
 
-    /// Flushes and closes the file (writes the gzip trailer).
+    /// Whether the file at the path is still the old one (replacing, and no
+    /// rows flushed yet): finishing now leaves it as it was.
+    pub fn keeps_old_file(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Flushes and closes the file (writes the gzip trailer). Replacing an
+    /// old file, it takes the old one's place if any row was written;
+    /// otherwise the old file stays.
     pub fn finish(mut self) -> Result<()> {
-        self.close()
+        self.close(true)
     }
 
-    fn close(&mut self) -> Result<()> {
+    /// `commit`: finishing normally; dropped (an error, mid-window), a
+    /// pending replacement is abandoned.
+    fn close(&mut self, commit: bool) -> Result<()> {
         let Some(csv) = self.csv.take() else {
             return Ok(());
         };
+        if self.pending.is_some() && !(commit && self.rows > 0) {
+            // The old file stays; the temporary one is removed.
+            drop(csv);
+            self.pending = None;
+            return Ok(());
+        }
         let what = || format!("cannot write {}", self.path.display());
         let sink = csv
             .into_inner()
@@ -164,20 +225,315 @@ impl DatasetWriter {
         let file = buf
             .into_inner()
             .map_err(|e| Error::io(what(), e.into_error()))?;
+        if let Some(tmp) = self.pending.take() {
+            return replace(&self.path, &file, tmp);
+        }
+        if self.stream {
+            return Ok(());
+        }
         file.sync_all().map_err(|e| Error::io(what(), e))
     }
 }
 
 impl Drop for DatasetWriter {
     fn drop(&mut self) {
-        if let Err(e) = self.close() {
+        if let Err(e) = self.close(false) {
             tracing::error!("{e}");
         }
     }
 }
 
+/// Renames the temporary file `tmp` (open as `file`) over `path`, its rows
+/// on disk first.
+fn replace(path: &Path, file: &File, tmp: tempfile::TempPath) -> Result<()> {
+    let what = || format!("cannot replace {}", path.display());
+    file.sync_all().map_err(|e| Error::io(what(), e))?;
+    tmp.persist(path).map_err(|e| Error::io(what(), e.error))
+}
+
+fn already_exists(path: &Path) -> Error {
+    Error::Invalid(format!(
+        "{} already exists (pass --force to replace it)",
+        path.display()
+    ))
+}
+
 fn csv_err(path: &Path, e: csv::Error) -> Error {
-    Error::Invalid(format!("cannot write {}: {e}", path.display()))
+    let msg = e.to_string();
+    match e.into_kind() {
+        // Keeps the io::Error: the binary tells a closed pipe apart.
+        csv::ErrorKind::Io(io) => Error::io(format!("cannot write {}", path.display()), io),
+        _ => Error::Invalid(format!("cannot write {}: {msg}", path.display())),
+    }
+}
+
+/// The first bytes of a gzip stream.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Marks the errors of the reader a dataset comes from: they stay fatal,
+/// while the gzip decoder's own errors are judged (cut short or damaged).
+struct Tagged<R>(R);
+
+#[derive(Debug)]
+struct SourceError(io::Error);
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+impl<R: Read> Read for Tagged<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), SourceError(e)))
+    }
+}
+
+fn is_source_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|r| r.is::<SourceError>())
+}
+
+/// The reader's own error inside a [`SourceError`].
+fn untag(e: io::Error) -> io::Error {
+    if !is_source_error(&e) {
+        return e;
+    }
+    let kind = e.kind();
+    match e.into_inner().map(|b| b.downcast::<SourceError>()) {
+        Some(Ok(s)) => s.0,
+        _ => kind.into(),
+    }
+}
+
+fn read_err(name: &str, e: io::Error) -> Error {
+    Error::Read {
+        path: PathBuf::from(name),
+        source: untag(e),
+    }
+}
+
+fn too_many_columns() -> String {
+    format!("more than {MAX_FEATURE_COLUMNS} feature columns, the most a dataset may have")
+}
+
+/// The raw bytes of a dataset, buffered.
+type Raw<R> = BufReader<Tagged<R>>;
+
+enum Decoded<R: Read> {
+    Plain(Raw<R>),
+    // bufread's decoder reads through our BufReader, so after an error
+    // what is left of the input is visible.
+    Gz(Box<MultiGzDecoder<BufReader<ZeroTail<Raw<R>>>>>),
+}
+
+/// A run of at least this many zero bytes at the end of a gzip file is not
+/// data (a valid stream ends in a few at most) but what a power loss can
+/// leave after the last write.
+const ZERO_TAIL: u64 = 32;
+
+/// Passes compressed bytes through but holds back runs of zero bytes until
+/// a non-zero byte follows, and drops a final run of [`ZERO_TAIL`] or more:
+/// the decoder then sees the stream cut where the data ends. (Fed the
+/// zeros, it would fail on them and discard what it decoded in that call.)
+struct ZeroTail<R> {
+    inner: R,
+    /// Zeros read but not passed on yet.
+    held: u64,
+    /// Whether the held zeros are data (something follows them).
+    release: bool,
+    /// Zeros dropped at the end.
+    dropped: u64,
+}
+
+impl<R: BufRead> Read for ZeroTail<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.held > 0 && self.release {
+                let n = out
+                    .len()
+                    .min(usize::try_from(self.held).unwrap_or(usize::MAX));
+                out[..n].fill(0);
+                self.held -= n as u64;
+                self.release = self.held > 0;
+                return Ok(n);
+            }
+            let chunk = self.inner.fill_buf()?;
+            if chunk.is_empty() {
+                if self.held >= ZERO_TAIL {
+                    self.dropped = self.held;
+                    self.held = 0;
+                }
+                if self.held == 0 {
+                    return Ok(0);
+                }
+                self.release = true;
+                continue;
+            }
+            let zeros = chunk.iter().take_while(|&&b| b == 0).count();
+            if zeros > 0 {
+                self.held += zeros as u64;
+                self.inner.consume(zeros);
+                continue;
+            }
+            if self.held > 0 {
+                self.release = true;
+                continue;
+            }
+            // Zeros inside the chunk are data; only those at its end may be
+            // the start of a tail.
+            let n = chunk
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(chunk.len(), |i| i + 1)
+                .min(out.len());
+            out[..n].copy_from_slice(&chunk[..n]);
+            self.inner.consume(n);
+            return Ok(n);
+        }
+    }
+}
+
+/// The decompressed text of a dataset, watched as it streams to the CSV
+/// parser: a line's bounds are enforced before the parser buffers it, and
+/// the last byte tells whether the last line is complete.
+struct Input<R: Read> {
+    decoded: Decoded<R>,
+    name: String,
+    /// Bytes so far, and the last one.
+    bytes: u64,
+    last: Option<u8>,
+    /// Complete lines so far; bytes and commas since the last newline.
+    lines: u64,
+    line_bytes: u64,
+    line_commas: usize,
+    /// Why a gzip stream ended early but readably.
+    cut: Option<String>,
+    /// The sentence to fail with, once reading stopped on a limit or on
+    /// damaged data.
+    fatal: Option<String>,
+}
+
+impl<R: Read> Input<R> {
+    fn new(name: &str, decoded: Decoded<R>) -> Self {
+        Self {
+            decoded,
+            name: name.to_string(),
+            bytes: 0,
+            last: None,
+            lines: 0,
+            line_bytes: 0,
+            line_commas: 0,
+            cut: None,
+            fatal: None,
+        }
+    }
+
+    /// Whether the input's last line lacks its line terminator (the
+    /// writer ends every row with one).
+    fn ends_mid_line(&self) -> bool {
+        self.last.is_some_and(|b| b != b'\n' && b != b'\r')
+    }
+
+    fn fail(&mut self, msg: String) -> io::Error {
+        let e = io::Error::other(msg.clone());
+        self.fatal = Some(msg);
+        e
+    }
+}
+
+impl<R: Read> Read for Input<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &mut self.decoded {
+            Decoded::Plain(r) => r.read(buf)?,
+            Decoded::Gz(_) if self.cut.is_some() => 0,
+            Decoded::Gz(gz) => match gz.read(buf) {
+                Ok(n) => n,
+                Err(e) if is_source_error(&e) => return Err(e),
+                Err(e) => {
+                    // Cut short (a crash, a full disk): the decoder ran out
+                    // of input. The input ends at the last byte decoded.
+                    let rest = gz.get_mut().fill_buf()?;
+                    if e.kind() == io::ErrorKind::UnexpectedEof && rest.is_empty() {
+                        let zeros = gz.get_ref().get_ref().dropped;
+                        self.cut = Some(if zeros == 0 {
+                            "the gzip stream has no trailer".to_string()
+                        } else {
+                            format!("the gzip stream has no trailer and ends in {zeros} zero bytes")
+                        });
+                        0
+                    } else {
+                        let msg = format!(
+                            "{} line {}: the gzip data is damaged ({e})",
+                            self.name,
+                            self.lines + 1
+                        );
+                        return Err(self.fail(msg));
+                    }
+                }
+            },
+        };
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                self.lines += 1;
+                self.line_bytes = 0;
+                self.line_commas = 0;
+                continue;
+            }
+            self.line_bytes += 1;
+            if self.line_bytes > MAX_LINE_BYTES {
+                let msg = format!(
+                    "{} line {}: the line is longer than {}, the most a dataset line may be",
+                    self.name,
+                    self.lines + 1,
+                    crate::limits::mib(MAX_LINE_BYTES)
+                );
+                return Err(self.fail(msg));
+            }
+            if b == b',' {
+                self.line_commas += 1;
+                // Commas in quoted fields count too: a bound, not a count.
+                if self.line_commas >= LEADING.len() + MAX_FEATURE_COLUMNS {
+                    let msg = format!(
+                        "{} line {}: {}",
+                        self.name,
+                        self.lines + 1,
+                        too_many_columns()
+                    );
+                    return Err(self.fail(msg));
+                }
+            }
+        }
+        if n > 0 {
+            self.bytes += n as u64;
+            self.last = Some(buf[n - 1]);
+        }
+        Ok(n)
+    }
+}
+
+/// Reads the next record into `rec`; false at the end of the input.
+fn next_record<R: Read>(
+    csv: &mut csv::Reader<Input<R>>,
+    rec: &mut ByteRecord,
+    name: &str,
+) -> Result<bool> {
+    csv.read_byte_record(rec).map_err(|e| {
+        if let Some(msg) = csv.get_mut().fatal.take() {
+            return Error::Invalid(msg);
+        }
+        let msg = e.to_string();
+        match e.into_kind() {
+            csv::ErrorKind::Io(io) => read_err(name, io),
+            _ => Error::Invalid(format!("{name}: {msg}")),
+        }
+    })
 }
 
 /// Identity of one row (the leading columns).
@@ -202,39 +558,69 @@ pub struct Table {
 
 impl Table {
     /// Reads a dataset file (CSV, or gzip-compressed CSV: detected by its
-    /// magic bytes). Errors name the file, line and column.
+    /// magic bytes). Errors name the file, line and column. A file cut short
+    /// (a crash, a full disk) is read up to its last complete row, with a
+    /// warning that says what was dropped.
     pub fn read(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|source| Error::Read {
             path: path.to_owned(),
             source,
         })?;
-        let mut reader = std::io::BufReader::new(file);
-        let gz = {
-            use std::io::BufRead;
-            let head = reader.fill_buf().map_err(|source| Error::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            head.starts_with(&[0x1f, 0x8b])
-        };
-        let input: Box<dyn std::io::Read> = if gz {
-            Box::new(flate2::read::MultiGzDecoder::new(reader))
+        Self::from_reader(&path.display().to_string(), file)
+    }
+
+    /// Reads a dataset from `reader`; `name` names it in messages. See
+    /// [`Table::read`].
+    pub fn from_reader(name: &str, reader: impl Read) -> Result<Self> {
+        let (table, cut) = Self::parse(name, reader)?;
+        if let Some(cut) = cut {
+            tracing::warn!("{cut}");
+        }
+        Ok(table)
+    }
+
+    /// The table and, for input that was cut short, the sentence that says
+    /// what was dropped.
+    fn parse(name: &str, reader: impl Read) -> Result<(Self, Option<String>)> {
+        let mut raw = BufReader::new(Tagged(reader));
+        let gz = raw
+            .fill_buf()
+            .map_err(|e| read_err(name, e))?
+            .starts_with(&GZIP_MAGIC);
+        let decoded = if gz {
+            Decoded::Gz(Box::new(MultiGzDecoder::new(BufReader::new(ZeroTail {
+                inner: raw,
+                held: 0,
+                release: false,
+                dropped: 0,
+            }))))
         } else {
-            Box::new(reader)
-        };
-        let bad = |line: u64, msg: String| {
-            Error::Invalid(format!("{} line {line}: {msg}", path.display()))
+            Decoded::Plain(raw)
         };
         let mut csv = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
-            .from_reader(input);
-        let mut records = csv.records();
-        let header = match records.next() {
-            Some(Ok(h)) => h,
-            Some(Err(e)) => return Err(bad(1, e.to_string())),
-            None => return Err(Error::Invalid(format!("{} is empty", path.display()))),
-        };
+            .from_reader(Input::new(name, decoded));
+        let bad = |line: u64, msg: String| Error::Invalid(format!("{name} line {line}: {msg}"));
+        // Each record is parsed only once the next one is read: the last
+        // one is complete only if the input ends with its newline.
+        let mut header = ByteRecord::new();
+        let mut next = ByteRecord::new();
+        if !next_record(&mut csv, &mut header, name)? {
+            return Err(Error::Invalid(if csv.get_ref().bytes == 0 {
+                format!("{name} is empty")
+            } else {
+                format!("{name} ends in the middle of its header line (cut short before any row)")
+            }));
+        }
+        let mut more = next_record(&mut csv, &mut next, name)?;
+        if !more && csv.get_ref().ends_mid_line() {
+            return Err(Error::Invalid(format!(
+                "{name} ends in the middle of its header line (cut short before any row)"
+            )));
+        }
+        let header = StringRecord::from_byte_record(header)
+            .map_err(|e| bad(1, format!("the header is not UTF-8 text ({e})")))?;
         for (i, want) in LEADING.iter().enumerate() {
             if header.get(i) != Some(want) {
                 return Err(bad(
@@ -252,6 +638,9 @@ impl Table {
             .skip(LEADING.len())
             .map(str::to_string)
             .collect();
+        if features.len() > MAX_FEATURE_COLUMNS {
+            return Err(bad(1, too_many_columns()));
+        }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = features.iter().find(|f| !seen.insert(f.as_str())) {
             return Err(bad(1, format!("feature `{dup}` appears twice")));
@@ -259,32 +648,48 @@ impl Table {
         let width = header.len();
         let mut keys = Vec::new();
         let mut values = Vec::new();
-        for (i, rec) in records.enumerate() {
-            let line = i as u64 + 2;
-            let rec = rec.map_err(|e| bad(line, e.to_string()))?;
+        let mut rec = ByteRecord::new();
+        let mut line = 1u64;
+        let mut partial = false;
+        while more {
+            line += 1;
+            std::mem::swap(&mut rec, &mut next);
+            more = next_record(&mut csv, &mut next, name)?;
+            if !more && csv.get_ref().ends_mid_line() {
+                partial = true;
+                break;
+            }
             if rec.len() != width {
                 return Err(bad(
                     line,
                     format!("{} fields, but the header has {width}", rec.len()),
                 ));
             }
+            let text = |col: usize| -> Result<&str> {
+                std::str::from_utf8(&rec[col]).map_err(|_| {
+                    bad(
+                        line,
+                        format!("column {} (`{}`) is not UTF-8 text", col + 1, &header[col]),
+                    )
+                })
+            };
             let num = |col: usize| -> Result<u64> {
-                rec[col].parse::<u64>().map_err(|_| {
+                let field = text(col)?;
+                field.parse::<u64>().map_err(|_| {
                     bad(
                         line,
                         format!(
-                            "column {} (`{}`): `{}` is not a non-negative integer",
+                            "column {} (`{}`): `{field}` is not a non-negative integer",
                             col + 1,
                             &header[col],
-                            &rec[col]
                         ),
                     )
                 })
             };
             keys.push(RowKey {
-                vm: rec[0].to_string(),
+                vm: text(0)?.to_string(),
                 pid: u32::try_from(num(1)?).map_err(|_| bad(line, "pid out of range".into()))?,
-                label: rec[2].to_string(),
+                label: text(2)?.to_string(),
                 window: num(3)?,
                 start_unix_ms: num(4)?,
                 duration_ms: num(5)?,
@@ -295,7 +700,23 @@ impl Table {
         }
         let x = Array2::from_shape_vec((keys.len(), features.len()), values)
             .expect("row widths were checked");
-        Ok(Self { features, keys, x })
+        let rows = keys.len();
+        let dropped = if partial {
+            ", dropped the partial last one"
+        } else {
+            ""
+        };
+        let cut = match (csv.get_ref().cut.as_deref(), partial) {
+            (None, false) => None,
+            (None, true) => Some(format!(
+                "{name} ends in the middle of a row (the recording was cut short): read {rows} \
+                 complete rows{dropped}"
+            )),
+            (Some(why), _) => Some(format!(
+                "{name}: {why} (the recording was cut short): read {rows} complete rows{dropped}"
+            )),
+        };
+        Ok((Self { features, keys, x }, cut))
     }
 
     /// Reads several files into one table: columns are the union (in order
@@ -538,6 +959,55 @@ mod tests {
     }
 
     #[test]
+    fn replaces_only_once_rows_are_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.csv");
+        std::fs::write(&path, "old\n").unwrap();
+        let feats = vec!["qemu:a".to_string()];
+        let entries = || std::fs::read_dir(dir.path()).unwrap().count();
+        // No row: the old file stays, the temporary one goes.
+        let w = DatasetWriter::create(&path, &feats, true).unwrap();
+        assert!(w.keeps_old_file());
+        assert_eq!(entries(), 2);
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"old\n");
+        assert_eq!(entries(), 1);
+        // Dropped mid-window (an error): the same.
+        let mut w = DatasetWriter::create(&path, &feats, true).unwrap();
+        w.write_row(&row(&[1])).unwrap();
+        drop(w);
+        assert_eq!(std::fs::read(&path).unwrap(), b"old\n");
+        assert_eq!(entries(), 1);
+        // The first flushed window replaces it.
+        let mut w = DatasetWriter::create(&path, &feats, true).unwrap();
+        w.write_row(&row(&[1])).unwrap();
+        w.flush().unwrap();
+        assert!(!w.keeps_old_file());
+        assert_eq!(Table::read(&path).unwrap().len(), 1);
+        w.write_row(&row(&[2])).unwrap();
+        w.finish().unwrap();
+        assert_eq!(Table::read(&path).unwrap().len(), 2);
+        assert_eq!(entries(), 1);
+        // A link is refused, with or without overwrite.
+        let link = dir.path().join("l.csv");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        for overwrite in [false, true] {
+            let err = DatasetWriter::create(&link, &feats, overwrite)
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains("is a symbolic link"), "{err}");
+            let err = DatasetWriter::check(&link, overwrite).unwrap_err();
+            assert!(err.to_string().contains("is a symbolic link"), "{err}");
+        }
+        assert!(DatasetWriter::check(&path, false).is_err());
+        assert!(DatasetWriter::check(&path, true).is_ok());
+        // A device is written through.
+        let mut w = DatasetWriter::create(Path::new("/dev/null"), &feats, false).unwrap();
+        w.write_row(&row(&[1])).unwrap();
+        w.finish().unwrap();
+    }
+
+    #[test]
     fn refuses_to_replace_without_overwrite_and_checks_width() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.csv");
@@ -548,6 +1018,218 @@ mod tests {
         let err = DatasetWriter::create(&path, &feats, false).err().unwrap();
         assert!(err.to_string().contains("--force"), "{err}");
         assert!(DatasetWriter::create(&path, &feats, true).is_ok());
+    }
+
+    #[test]
+    fn a_cut_plain_file_keeps_its_complete_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = format!("{HEAD},qemu:a\nv,1,x,0,10,2000,3\nv,1,x,1,2010,2000,4\n");
+        // Cut inside a number, after two fields, and at the end of the last
+        // field but before its newline.
+        for cut in ["v,1,x,2,40", "v,1", "v,1,x,2,4010,2000,12"] {
+            let p = write(dir.path(), "cut.csv", &format!("{full}{cut}"));
+            let t = Table::read(&p).unwrap_or_else(|e| panic!("{cut:?}: {e}"));
+            assert_eq!(t.x.column(0).to_vec(), [3.0, 4.0], "{cut:?}");
+        }
+        // A complete (newline-terminated) malformed row stays fatal.
+        let p = write(
+            dir.path(),
+            "bad.csv",
+            &format!("{full}v,1\nv,1,x,2,4010,2000,12\n"),
+        );
+        let err = Table::read(&p).unwrap_err().to_string();
+        assert!(err.contains("line 4: 2 fields"), "{err}");
+        let p = write(dir.path(), "head.csv", "vm,pid,lab");
+        let err = Table::read(&p).unwrap_err().to_string();
+        assert!(err.contains("in the middle of its header"), "{err}");
+    }
+
+    #[test]
+    fn a_cut_gzip_file_keeps_its_complete_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.csv.gz");
+        let feats: Vec<String> = (0..20).map(|i| format!("qemu:p{i}")).collect();
+        let counts: Vec<u64> = (0..20).map(|i| i * 1000 + 7).collect();
+        let want: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
+        let mut w = DatasetWriter::create(&path, &feats, false).unwrap();
+        let header_len = std::fs::metadata(&path).unwrap().len() as usize;
+        for _ in 0..30 {
+            w.write_row(&row(&counts)).unwrap();
+            w.flush().unwrap();
+        }
+        // What a SIGKILL leaves: every window flushed, no trailer.
+        let flushed = std::fs::read(&path).unwrap();
+        w.finish().unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        assert_eq!(Table::read(&path).unwrap().len(), 30);
+
+        let cut = dir.path().join("cut.csv.gz");
+        let mut last = 0;
+        for len in header_len..=whole.len() {
+            std::fs::write(&cut, &whole[..len]).unwrap();
+            let t = Table::read(&cut).unwrap_or_else(|e| panic!("cut at {len}: {e}"));
+            assert!(
+                t.len() >= last && t.len() <= 30,
+                "cut at {len}: {} rows",
+                t.len()
+            );
+            if !t.is_empty() {
+                assert_eq!(t.x.row(t.len() - 1).to_vec(), want, "cut at {len}");
+            }
+            last = t.len();
+        }
+        std::fs::write(&cut, &flushed).unwrap();
+        assert_eq!(Table::read(&cut).unwrap().len(), 30);
+        // A power loss can leave zeros after the last write.
+        let mut zeros = flushed.clone();
+        zeros.extend([0u8; 4096]);
+        std::fs::write(&cut, &zeros).unwrap();
+        assert_eq!(Table::read(&cut).unwrap().len(), 30);
+    }
+
+    /// `text` gzip-compressed with a sync flush and no trailer, as a
+    /// SIGKILLed writer leaves it.
+    fn gzip_unfinished(text: &str) -> Vec<u8> {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(text.as_bytes()).unwrap();
+        gz.flush().unwrap();
+        gz.get_ref().clone()
+    }
+
+    #[test]
+    fn says_what_a_cut_input_lost() {
+        let whole = format!("{HEAD},qemu:a\nv,1,x,0,10,2000,3\nv,1,x,1,20,2000,4\n");
+        let (t, cut) = Table::parse("x.csv", whole.as_bytes()).unwrap();
+        assert_eq!((t.len(), cut), (2, None));
+        let (t, cut) = Table::parse("x.csv", format!("{whole}v,1,x,2,3").as_bytes()).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            cut.unwrap(),
+            "x.csv ends in the middle of a row (the recording was cut short): read 2 complete \
+             rows, dropped the partial last one"
+        );
+        let gz = gzip_unfinished(&whole);
+        let (t, cut) = Table::parse("x.csv.gz", &gz[..]).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            cut.unwrap(),
+            "x.csv.gz: the gzip stream has no trailer (the recording was cut short): read 2 \
+             complete rows"
+        );
+        let gz = gzip_unfinished(&format!("{whole}v,1,x,2,3"));
+        let (_, cut) = Table::parse("x.csv.gz", &gz[..]).unwrap();
+        assert!(cut
+            .unwrap()
+            .ends_with("read 2 complete rows, dropped the partial last one"));
+        let mut zeros = gzip_unfinished(&whole);
+        zeros.extend([0u8; 4096]);
+        let (t, cut) = Table::parse("x.csv.gz", &zeros[..]).unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(cut.unwrap().contains("ends in 4096 zero bytes"));
+        // Through the public entry point the report is a warning.
+        assert_eq!(Table::from_reader("x.csv.gz", &zeros[..]).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn damaged_gzip_data_stays_fatal() {
+        let whole = format!("{HEAD},qemu:a\nv,1,x,0,10,2000,3\n");
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(whole.as_bytes()).unwrap();
+        let mut bytes = gz.finish().unwrap();
+        assert_eq!(Table::from_reader("ok.gz", &bytes[..]).unwrap().len(), 1);
+        // Garbage after a complete member.
+        bytes.extend([b'x'; 100]);
+        let err = Table::from_reader("x.gz", &bytes[..])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("x.gz line 3: the gzip data is damaged"),
+            "{err}"
+        );
+        // A wrong checksum.
+        bytes.truncate(bytes.len() - 100);
+        let at = bytes.len() - 8;
+        bytes[at] ^= 0xff;
+        let err = Table::from_reader("x.gz", &bytes[..])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the gzip data is damaged"), "{err}");
+    }
+
+    #[test]
+    fn zero_tail_drops_only_a_final_run_of_zeros() {
+        let pass = |input: Vec<u8>| {
+            let mut z = ZeroTail {
+                inner: &input[..],
+                held: 0,
+                release: false,
+                dropped: 0,
+            };
+            let mut out = Vec::new();
+            // Small reads: runs cross read boundaries.
+            let mut buf = [0u8; 7];
+            loop {
+                let n = z.read(&mut buf).unwrap();
+                if n == 0 {
+                    return (out, z.dropped);
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+        };
+        let mut data = vec![1u8];
+        data.extend([0u8; 100]);
+        data.push(2);
+        let mut tailed = data.clone();
+        tailed.extend([0u8; 40]);
+        assert_eq!(pass(tailed), (data.clone(), 40));
+        // A few final zeros can be a trailer's: they stay.
+        let mut short = data.clone();
+        short.extend([0u8; 5]);
+        assert_eq!(pass(short.clone()), (short, 0));
+        assert_eq!(pass(vec![0u8; 64]), (Vec::new(), 64));
+    }
+
+    #[test]
+    fn lines_and_columns_are_bounded_while_reading() {
+        let err = Table::from_reader("a", std::io::repeat(b'a').take(MAX_LINE_BYTES + 10))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "a line 1: the line is longer than 64 MiB, the most a dataset line may be"
+        );
+        let wide = format!("{HEAD}\n{}", ",".repeat(MAX_FEATURE_COLUMNS + 10));
+        let err = Table::from_reader("w", wide.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "w line 2: more than 1000000 feature columns, the most a dataset may have"
+        );
+    }
+
+    #[test]
+    fn a_failing_reader_is_a_read_error() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::from_raw_os_error(libc::EIO))
+            }
+        }
+        let err = Table::from_reader("b", Broken).unwrap_err().to_string();
+        assert!(
+            err.starts_with("cannot read b: Input/output error"),
+            "{err}"
+        );
+        // Also from inside the gzip decoder: not taken for a cut stream.
+        let gz = gzip_unfinished(&format!("{HEAD}\n"));
+        let err = Table::from_reader("g", (&gz[..]).chain(Broken))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot read g: Input/output error"),
+            "{err}"
+        );
     }
 
     #[test]

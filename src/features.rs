@@ -106,18 +106,35 @@ pub fn qemu_feature(probe: &str) -> String {
     format!("{QEMU}{probe}")
 }
 
-/// Reads a feature list: one name per line; blank lines and `#` comments
-/// are ignored. A bare probe name means `qemu:NAME`.
+/// Reads a feature list (at most
+/// [`MAX_FEATURE_LIST_BYTES`](crate::limits::MAX_FEATURE_LIST_BYTES)); see
+/// [`parse_feature_list`].
 pub fn read_feature_list(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+    let bytes = crate::limits::read_file(
+        path,
+        crate::limits::MAX_FEATURE_LIST_BYTES,
+        "a feature list",
+    )?;
+    let text = String::from_utf8(bytes).map_err(|_| Error::Read {
         path: path.to_owned(),
-        source,
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ),
     })?;
-    parse_feature_list(&text).map_err(|msg| Error::Invalid(format!("{}: {msg}", path.display())))
+    parse_feature_list(&path.display().to_string(), &text)
 }
 
-fn parse_feature_list(text: &str) -> Result<Vec<String>, String> {
+/// Parses a feature list: one name per line; blank lines and `#` comments
+/// are ignored. A bare probe name means `qemu:NAME`. `name` names the list
+/// in messages.
+pub fn parse_feature_list(name: &str, text: &str) -> Result<Vec<String>> {
+    parse_lines(text).map_err(|msg| Error::Invalid(format!("{name}: {msg}")))
+}
+
+fn parse_lines(text: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
@@ -134,7 +151,8 @@ fn parse_feature_list(text: &str) -> Result<Vec<String>, String> {
         } else {
             qemu_feature(line)
         };
-        if !out.contains(&name) {
+        // A set, not `out.contains`: a long list must not take quadratic time.
+        if seen.insert(name.clone()) {
             out.push(name);
         }
     }
@@ -159,9 +177,11 @@ mod tests {
 
     #[test]
     fn parses_names_comments_and_bare_probes() {
-        let list =
-            parse_feature_list("# chosen\nqemu:tap_send\n\nvirtqueue_fill # mem\nqemu:tap_send\n")
-                .unwrap();
+        let list = parse_feature_list(
+            "f",
+            "# chosen\nqemu:tap_send\n\nvirtqueue_fill # mem\nqemu:tap_send\n",
+        )
+        .unwrap();
         assert_eq!(list, ["qemu:tap_send", "qemu:virtqueue_fill"]);
     }
 
@@ -185,8 +205,9 @@ mod tests {
 
     #[test]
     fn rejects_empty_and_garbled_lists() {
-        assert!(parse_feature_list("# nothing\n\n").is_err());
-        let err = parse_feature_list("qemu:a\nqemu:b qemu:c\n").unwrap_err();
-        assert!(err.contains("line 2"), "{err}");
+        let err = parse_feature_list("f", "# nothing\n\n").unwrap_err();
+        assert_eq!(err.to_string(), "f: the feature list is empty");
+        let err = parse_feature_list("f", "qemu:a\nqemu:b qemu:c\n").unwrap_err();
+        assert!(err.to_string().starts_with("f: line 2: "), "{err}");
     }
 }

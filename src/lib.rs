@@ -12,6 +12,7 @@ pub mod error;
 pub mod eval;
 pub mod features;
 pub mod kvm;
+pub mod limits;
 pub mod model;
 pub mod plots;
 pub mod procs;

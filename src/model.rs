@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 pub const FORMAT: &str = "vmwatch-model";
 /// Version of the model file layout.
 pub const VERSION: u32 = 1;
+/// The scaler's transform, the only one this vmwatch applies.
+pub const TRANSFORM: &str = "log1p-standardize";
 
 /// A trained detector.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,7 +134,7 @@ impl Scaler {
             .std_axis(Axis(0), 0.0)
             .mapv(|s| if s > 1e-12 { s } else { 1.0 });
         Self {
-            transform: "log1p-standardize".into(),
+            transform: TRANSFORM.into(),
             mean: mean.to_vec(),
             scale: scale.to_vec(),
         }
@@ -153,6 +155,11 @@ impl OneClassSvm {
     /// Trains on scaled rows. linfa's Gaussian kernel is exp(−‖a−b‖²/eps),
     /// so eps = 1/gamma.
     pub fn fit(x: &Array2<f64>, nu: f64, gamma: f64) -> Result<Self> {
+        if !valid_nu(nu) || !valid_gamma(gamma) {
+            return Err(Error::Invalid(format!(
+                "need 0 < nu <= 1 and a finite gamma > 0, not nu = {nu}, gamma = {gamma}"
+            )));
+        }
         if x.nrows() < 2 {
             return Err(Error::Invalid("need at least 2 training windows".into()));
         }
@@ -235,24 +242,33 @@ impl Model {
             .collect()
     }
 
-    /// Writes the model atomically (temporary file, fsync, rename).
+    /// Writes the model atomically (temporary file, fsync, rename); a model
+    /// that [`Model::load`] would refuse is not written.
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.validate().map_err(|msg| {
+            Error::Invalid(format!(
+                "refusing to write {}: the model is not usable ({msg})",
+                path.display()
+            ))
+        })?;
         let json = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::Invalid(format!("encoding the model: {e}")))?;
         crate::atomic::write(path, &json)
     }
 
-    /// Reads and validates a model file.
+    /// Reads and validates a model file (at most
+    /// [`MAX_MODEL_BYTES`](crate::limits::MAX_MODEL_BYTES)).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let bad = |msg: String| {
-            Error::Invalid(format!("{} is not a usable model: {msg}", path.display()))
-        };
+        let bytes = crate::limits::read_file(path, crate::limits::MAX_MODEL_BYTES, "a model file")?;
+        Self::from_json(&path.display().to_string(), &bytes)
+    }
+
+    /// Parses and validates a model from the bytes of a model file; `name`
+    /// names it in messages.
+    pub fn from_json(name: &str, bytes: &[u8]) -> Result<Self> {
+        let bad = |msg: String| Error::Invalid(format!("{name} is not a usable model: {msg}"));
         let head: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON ({e})")))?;
         if head.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
             return Err(bad(format!("no `\"format\": \"{FORMAT}\"` field")));
         }
@@ -262,6 +278,15 @@ impl Model {
                 "file format version {} but this vmwatch reads version {VERSION}",
                 version.map_or("?".into(), |v| v.to_string())
             )));
+        }
+        // JSON has no infinity: serde_json writes a non-finite number as
+        // null. Name the field rather than serde's "expected f64".
+        for field in ["nu", "gamma", "rho"] {
+            if let Some(v) = head.get("svm").and_then(|svm| svm.get(field)) {
+                if !v.is_number() {
+                    return Err(bad(format!("`svm.{field}` is {v}, not a finite number")));
+                }
+            }
         }
         let model: Model = serde_json::from_value(head).map_err(|e| bad(e.to_string()))?;
         model.validate().map_err(bad)?;
@@ -273,14 +298,51 @@ impl Model {
         if d == 0 {
             return Err("no features".into());
         }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = self.features.iter().find(|f| !seen.insert(f.as_str())) {
+            return Err(format!("feature `{dup}` appears twice"));
+        }
+        if self.scaler.transform != TRANSFORM {
+            return Err(format!(
+                "scaler transform `{}` is unknown (this vmwatch applies `{TRANSFORM}`)",
+                self.scaler.transform
+            ));
+        }
         if self.scaler.mean.len() != d || self.scaler.scale.len() != d {
             return Err(format!(
                 "scaler has {} values for {d} features",
                 self.scaler.mean.len()
             ));
         }
+        if !self.scaler.mean.iter().all(|m| m.is_finite()) {
+            return Err("scaler has a non-finite mean".into());
+        }
+        if !self.scaler.scale.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err("scaler has a non-positive or non-finite scale".into());
+        }
+        if self.svm.kernel != "rbf" {
+            return Err(format!(
+                "SVM kernel `{}` is not supported (only `rbf`)",
+                self.svm.kernel
+            ));
+        }
+        if !valid_nu(self.svm.nu) {
+            return Err(format!("nu = {} is outside 0 < nu <= 1", self.svm.nu));
+        }
+        if !valid_gamma(self.svm.gamma) {
+            return Err(format!(
+                "gamma = {} is not a finite number > 0",
+                self.svm.gamma
+            ));
+        }
+        if !self.svm.rho.is_finite() {
+            return Err("SVM rho is not finite".into());
+        }
         if self.svm.coef.len() != self.svm.support_vectors.len() || self.svm.coef.is_empty() {
             return Err("SVM coefficients and support vectors disagree".into());
+        }
+        if !self.svm.coef.iter().all(|c| c.is_finite()) {
+            return Err("an SVM coefficient is not finite".into());
         }
         if let Some(sv) = self.svm.support_vectors.iter().find(|sv| sv.len() != d) {
             return Err(format!(
@@ -288,14 +350,33 @@ impl Model {
                 sv.len()
             ));
         }
-        if self.svm.kernel != "rbf" || self.svm.gamma.is_nan() || self.svm.gamma <= 0.0 {
-            return Err("only an RBF kernel with gamma > 0 is supported".into());
+        if !self
+            .svm
+            .support_vectors
+            .iter()
+            .flatten()
+            .all(|v| v.is_finite())
+        {
+            return Err("a support vector value is not finite".into());
         }
-        if self.scaler.scale.iter().any(|s| s.is_nan() || *s <= 0.0) {
-            return Err("scaler has a non-positive scale".into());
+        let Smoothing { k, n } = self.smoothing;
+        if k == 0 || k > n {
+            return Err(format!(
+                "smoothing {k}/{n} needs 1 <= K <= N (K anomalous of the last N windows)"
+            ));
         }
         Ok(())
     }
+}
+
+/// nu bounds the fraction of training windows outside: 0 < nu <= 1.
+pub fn valid_nu(nu: f64) -> bool {
+    nu > 0.0 && nu <= 1.0
+}
+
+/// The RBF kernel's width: finite and > 0.
+pub fn valid_gamma(gamma: f64) -> bool {
+    gamma.is_finite() && gamma > 0.0
 }
 
 #[cfg(test)]
@@ -381,6 +462,70 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not JSON"));
+        let err = Model::from_json("m", b"[]").unwrap_err().to_string();
+        assert!(
+            err.starts_with("m is not a usable model: no `\"format\""),
+            "{err}"
+        );
+        let bytes = serde_json::to_vec(&model).unwrap();
+        let back = Model::from_json("m", &bytes).unwrap();
+        assert_eq!(back.decisions(x.view()), model.decisions(x.view()));
+    }
+
+    #[test]
+    fn load_rejects_values_nothing_can_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        let model = Model::fit(
+            vec!["a".into(), "b".into()],
+            normal().view(),
+            0.1,
+            0.5,
+            Default::default(),
+        )
+        .unwrap();
+        model.save(&path).unwrap();
+        let good: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        type Edit = fn(&mut serde_json::Value);
+        let cases: [(Edit, &str); 10] = [
+            (
+                |v| v["smoothing"] = serde_json::json!({"k": 0, "n": 3}),
+                "smoothing 0/3",
+            ),
+            (
+                |v| v["smoothing"] = serde_json::json!({"k": 4, "n": 3}),
+                "smoothing 4/3",
+            ),
+            (
+                |v| v["features"] = serde_json::json!(["a", "a"]),
+                "feature `a` appears twice",
+            ),
+            (
+                |v| v["scaler"]["transform"] = "sqrt".into(),
+                "transform `sqrt`",
+            ),
+            (|v| v["svm"]["nu"] = 0.0.into(), "nu"),
+            (|v| v["svm"]["nu"] = 1.5.into(), "nu"),
+            (|v| v["svm"]["gamma"] = serde_json::Value::Null, "gamma"),
+            (|v| v["svm"]["gamma"] = (-1.0).into(), "gamma"),
+            (|v| v["svm"]["rho"] = serde_json::Value::Null, "rho"),
+            (|v| v["svm"]["kernel"] = "linear".into(), "kernel"),
+        ];
+        for (edit, want) in cases {
+            let mut v = good.clone();
+            edit(&mut v);
+            std::fs::write(&path, v.to_string()).unwrap();
+            let err = Model::load(&path).unwrap_err().to_string();
+            assert!(err.contains("is not a usable model"), "{err}");
+            assert!(err.contains(want), "want {want:?}: {err}");
+        }
+        // What load refuses, save does not write.
+        let mut bad = model.clone();
+        bad.svm.gamma = f64::INFINITY;
+        let err = bad.save(&path).unwrap_err().to_string();
+        assert!(err.contains("refusing to write"), "{err}");
+        assert!(OneClassSvm::fit(&normal(), 0.1, f64::INFINITY).is_err());
     }
 
     #[test]

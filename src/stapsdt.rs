@@ -11,6 +11,7 @@ use object::{Endianness, Object, ObjectSection};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::limits::MAX_BINARY_BYTES;
 
 /// Note type of SDT probe descriptors (`NT_STAPSDT` in <sys/sdt.h>).
 const NT_STAPSDT: u32 = 3;
@@ -118,40 +119,20 @@ impl UsdtBinary {
     }
 }
 
-/// Largest executable vmwatch reads (QEMU with debug info is ~0.5 GiB).
-pub const MAX_BINARY_BYTES: u64 = 4 << 30;
-
 /// Reads a regular file of at most [`MAX_BINARY_BYTES`]: a device such as
-/// /dev/zero would otherwise be read until memory runs out.
+/// /dev/zero is no executable, and would be read for as long as memory lasts.
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-
-    let read_err = |source| Error::Read {
+    let meta = std::fs::metadata(path).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
-    };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let meta = file.metadata().map_err(read_err)?;
+    })?;
     if !meta.is_file() {
         return Err(Error::Elf {
             path: path.to_owned(),
             reason: "not a regular file".into(),
         });
     }
-    if meta.len() > MAX_BINARY_BYTES {
-        return Err(Error::Elf {
-            path: path.to_owned(),
-            reason: format!(
-                "{} bytes is larger than the 4 GiB vmwatch reads",
-                meta.len()
-            ),
-        });
-    }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_BINARY_BYTES)
-        .read_to_end(&mut data)
-        .map_err(read_err)?;
-    Ok(data)
+    crate::limits::read_file(path, MAX_BINARY_BYTES, "an executable")
 }
 
 /// Counts the distinct probe names of `provider` in `path`; 0 when the

@@ -2,24 +2,9 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use common::{bpf_available, fixture_path, vmwatch, Fixture};
-
-fn fails_with(out: Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success: {stderr}"
-    );
-    assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let error_lines = stderr
-        .lines()
-        .filter(|l| l.starts_with("vmwatch: "))
-        .count();
-    assert_eq!(error_lines, 1, "one error sentence expected: {stderr}");
-}
+use common::{bpf_available, fails_with, fixture_path, vmwatch, Fixture};
 
 #[test]
 fn probes_of_a_missing_binary() {
@@ -272,4 +257,136 @@ fn record_a_zombie() {
         out,
         &format!("vmwatch: PID {pid} has exited (zombie, not yet reaped by its parent)"),
     );
+}
+
+/// Runs vmwatch with at most 1 GiB of address space: an unbounded reader
+/// dies of an allocation failure instead of exhausting the machine.
+fn bounded(args: &[&std::ffi::OsStr]) -> (std::process::Output, std::time::Duration) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = vmwatch();
+    cmd.args(args);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 1 << 30,
+                rlim_max: 1 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let t = std::time::Instant::now();
+    let out = cmd.output().unwrap();
+    (out, t.elapsed())
+}
+
+#[test]
+fn train_on_dev_zero_fails_with_bounded_memory() {
+    let (out, took) = bounded(&[
+        "train".as_ref(),
+        "/dev/zero".as_ref(),
+        "-o".as_ref(),
+        "/tmp/never-m.json".as_ref(),
+    ]);
+    fails_with(out, "/dev/zero line 1: the line is longer than 64 MiB");
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+}
+
+#[test]
+fn detect_with_a_dev_zero_model_fails_with_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("x.csv");
+    common::training_csv(&data, 20);
+    let (out, took) = bounded(&[
+        "detect".as_ref(),
+        "--model".as_ref(),
+        "/dev/zero".as_ref(),
+        data.as_os_str(),
+    ]);
+    fails_with(out, "/dev/zero is larger than 256 MiB");
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+}
+
+#[test]
+fn train_with_a_dev_zero_feature_list_fails_with_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("x.csv");
+    common::training_csv(&data, 20);
+    let model = dir.path().join("m.json");
+    let (out, took) = bounded(&[
+        "train".as_ref(),
+        data.as_os_str(),
+        "--features".as_ref(),
+        "/dev/zero".as_ref(),
+        "-o".as_ref(),
+        model.as_os_str(),
+    ]);
+    fails_with(out, "/dev/zero is larger than 16 MiB");
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+    assert!(!model.exists());
+}
+
+#[test]
+fn train_rejects_out_of_range_svm_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("x.csv");
+    common::training_csv(&data, 20);
+    let model = dir.path().join("m.json");
+    for (nu, gamma, option) in [
+        ("0.1", "inf", "--gamma"),
+        ("0.1", "0", "--gamma"),
+        ("0.1", "NaN", "--gamma"),
+        ("inf", "0.5", "--nu"),
+        ("1.5", "0.5", "--nu"),
+        ("0", "0.5", "--nu"),
+    ] {
+        let out = vmwatch()
+            .arg("train")
+            .arg(&data)
+            .args(["--nu", nu, "--gamma", gamma, "-o"])
+            .arg(&model)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--nu {nu} --gamma {gamma}: {stderr}");
+        assert!(
+            stderr.contains(option),
+            "--nu {nu} --gamma {gamma}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!model.exists(), "--nu {nu} --gamma {gamma} wrote a model");
+    }
+}
+
+#[test]
+fn detect_rejects_a_model_with_bad_smoothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("x.csv");
+    common::training_csv(&data, 20);
+    let model = dir.path().join("m.json");
+    let out = vmwatch()
+        .arg("train")
+        .arg(&data)
+        .args(["--nu", "0.1", "--gamma", "0.5", "-o"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+    v["smoothing"] = serde_json::json!({"k": 0, "n": 3});
+    std::fs::write(&model, v.to_string()).unwrap();
+    let out = vmwatch()
+        .args(["detect", "--model"])
+        .arg(&model)
+        .arg(&data)
+        .output()
+        .unwrap();
+    fails_with(out, "smoothing");
 }

@@ -164,7 +164,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             )
         }
     };
-    let mut out = std::io::stdout().lock();
+    // With `--json /dev/stdout` the JSON report alone goes to stdout.
+    let mut out: Box<dyn Write> = if args.json.as_deref().is_some_and(super::is_stdout) {
+        Box::new(std::io::stderr().lock())
+    } else {
+        Box::new(std::io::stdout().lock())
+    };
     writeln!(
         out,
         "Normal: `{}` ({} windows); {} features; nu = {nu}, gamma = {gamma} ({how}); {} folds; \

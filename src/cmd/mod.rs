@@ -16,6 +16,20 @@ use clap::Args;
 
 use vmwatch::session::Target;
 
+/// Whether `path` is this process's standard output (`-o /dev/stdout`): a
+/// command then prints its report to stderr rather than into the file.
+pub fn is_stdout(path: &std::path::Path) -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(out) = std::io::stdout().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match (std::fs::File::from(out).metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// The error and its causes as one sentence.
 pub fn sentence(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -81,12 +95,13 @@ pub struct CountArgs {
 /// One-class SVM parameters: fixed, or searched on a grid by k-fold CV.
 #[derive(Debug, Clone, Args)]
 pub struct SvmArgs {
-    /// The SVM's nu (upper bound on the training-error fraction); with
-    /// --gamma it skips the grid search.
-    #[arg(long, requires = "gamma")]
+    /// The SVM's nu (upper bound on the training-error fraction, 0 < nu <=
+    /// 1); with --gamma it skips the grid search.
+    #[arg(long, requires = "gamma", value_parser = parse_nu)]
     pub nu: Option<f64>,
-    /// The RBF kernel's gamma (exp(-gamma * |x - y|^2) on scaled features).
-    #[arg(long, requires = "nu")]
+    /// The RBF kernel's gamma (exp(-gamma * |x - y|^2) on scaled features;
+    /// finite, > 0).
+    #[arg(long, requires = "nu", value_parser = parse_gamma)]
     pub gamma: Option<f64>,
     /// Parameter grid: `paper` (nu, gamma in 0.01..0.1) or `wide` (log grid).
     #[arg(long, default_value = "paper")]
@@ -118,5 +133,31 @@ pub fn windows(s: &str) -> Result<u64, String> {
     match s.trim().parse::<u64>() {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!("`{s}` is not a number of windows (1 or more)")),
+    }
+}
+
+fn parse_number(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))
+}
+
+/// `--nu`: 0 < nu <= 1 (a model with another nu cannot be loaded).
+fn parse_nu(s: &str) -> Result<f64, String> {
+    let nu = parse_number(s)?;
+    if vmwatch::model::valid_nu(nu) {
+        Ok(nu)
+    } else {
+        Err(format!("nu must be a number with 0 < nu <= 1, not `{s}`"))
+    }
+}
+
+/// `--gamma`: finite and > 0 (JSON cannot even store an infinite one).
+fn parse_gamma(s: &str) -> Result<f64, String> {
+    let gamma = parse_number(s)?;
+    if vmwatch::model::valid_gamma(gamma) {
+        Ok(gamma)
+    } else {
+        Err(format!("gamma must be a finite number > 0, not `{s}`"))
     }
 }

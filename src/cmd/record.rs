@@ -32,10 +32,12 @@ pub struct Args {
     /// Value of the `label` column (e.g. the scenario).
     #[arg(long, default_value = "")]
     label: String,
-    /// Output file (`.csv`, or `.csv.gz` for gzip).
+    /// Output file (`.csv`, or `.csv.gz` for gzip). A character device or
+    /// FIFO (`/dev/stdout`) is written through; a symbolic link is refused.
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
-    /// Replace the output file if it exists.
+    /// Replace the output file if it exists (once the first window's rows
+    /// are written; until then the old file stays as it was).
     #[arg(long)]
     force: bool,
 }
@@ -43,6 +45,10 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     // Install before attaching so a early Ctrl-C still detaches cleanly.
     let stop = StopSignal::install()?;
+    // Refuse an existing file (without --force), a symbolic link and the
+    // like before attaching, which takes long; creating it later stays
+    // exclusive (O_EXCL), so a file that appears meanwhile is not clobbered.
+    DatasetWriter::check(&args.output, args.force)?;
     let features = args
         .count
         .probes
@@ -107,6 +113,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Ok(())
     })?;
     progress.finish_and_clear();
+    let kept = writer.keeps_old_file();
     writer
         .finish()
         .with_context(|| format!("closing {}", args.output.display()))?;
@@ -116,7 +123,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Ended::NoneLeft => tracing::info!("every watched process exited"),
         Ended::Count => {}
     }
-    tracing::info!("wrote {rows} rows to {}", args.output.display());
+    if kept {
+        tracing::info!(
+            "no row was recorded; {} was left as it was",
+            args.output.display()
+        );
+    } else {
+        tracing::info!("wrote {rows} rows to {}", args.output.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -214,7 +214,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         }
     }
-    std::io::stdout().lock().write_all(out.as_bytes())?;
+    // With `-o /dev/stdout` the feature list alone goes to stdout.
+    if args.output.as_deref().is_some_and(super::is_stdout) {
+        std::io::stderr().lock().write_all(out.as_bytes())?;
+    } else {
+        std::io::stdout().lock().write_all(out.as_bytes())?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,6 +1,6 @@
 //! `vmwatch train`: fit the scaler and one-class SVM on normal windows.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -81,10 +81,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     );
 
     let (nu, gamma, fp, grid_name) = match (args.svm.nu, args.svm.gamma) {
+        // The option parsers checked the range.
         (Some(nu), Some(gamma)) => {
-            if nu.is_nan() || gamma.is_nan() || nu <= 0.0 || nu > 1.0 || gamma <= 0.0 {
-                bail!("need 0 < nu <= 1 and gamma > 0");
-            }
             let fp = cv_fp_rate(raw.view(), args.svm.folds, nu, gamma)?;
             (nu, gamma, fp, "fixed".to_string())
         }
@@ -111,7 +109,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut model = Model::fit(features, raw.view(), nu, gamma, summary)?;
     model.smoothing = args.smooth;
     model.save(&args.output)?;
-    println!(
+    let summary = format!(
         "nu = {nu}, gamma = {gamma}: {:.2}% false positives in {}-fold cross-validation, \
          {} support vectors; model written to {}",
         fp * 100.0,
@@ -119,6 +117,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         model.svm.coef.len(),
         args.output.display()
     );
+    // With `-o /dev/stdout` the model alone goes to stdout.
+    if super::is_stdout(&args.output) {
+        eprintln!("{summary}");
+    } else {
+        writeln!(std::io::stdout(), "{summary}")?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

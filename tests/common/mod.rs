@@ -268,3 +268,39 @@ impl Drop for Qemu {
         let _ = self.0.wait();
     }
 }
+
+/// Checks that a vmwatch run failed with one `vmwatch: ` sentence that
+/// contains `needle`, and did not panic.
+pub fn fails_with(out: std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {stderr}"
+    );
+    assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let error_lines = stderr
+        .lines()
+        .filter(|l| l.starts_with("vmwatch: "))
+        .count();
+    assert_eq!(error_lines, 1, "one error sentence expected: {stderr}");
+}
+
+/// Writes a plain dataset of `rows` windows with two varying features.
+pub fn training_csv(path: &Path, rows: u32) {
+    use std::fmt::Write as _;
+    let mut text = String::from(
+        "vm,pid,label,window,start_unix_ms,duration_ms,qemu:tap_send,qemu:virtqueue_fill\n",
+    );
+    for w in 0..rows {
+        let a = 1000 + u64::from(w * 37 % 101);
+        let b = 200 + u64::from(w * 13 % 29);
+        writeln!(
+            text,
+            "vm1,42,web,{w},{},2000,{a},{b}",
+            1000 + u64::from(w) * 2000
+        )
+        .unwrap();
+    }
+    std::fs::write(path, text).unwrap();
+}
