@@ -228,27 +228,75 @@ fn slots_after_an_exit_and_a_reused_slot_stay_exact() {
     );
 }
 
+/// Each feature's rate (hits per second) over the windows of `pid` that lie
+/// wholly inside `[from, to)` (unix ms).
+fn rates(ds: &Dataset, pid: u32, from: u64, to: u64) -> HashMap<String, f64> {
+    let (sc, dc) = (
+        ds.col("start_unix_ms").unwrap(),
+        ds.col("duration_ms").unwrap(),
+    );
+    let mut sums: HashMap<String, u64> = HashMap::new();
+    let mut ms = 0;
+    for row in ds.rows_of(pid) {
+        let start: u64 = row[sc].parse().unwrap();
+        let d: u64 = row[dc].parse().unwrap();
+        if start < from || start + d > to {
+            continue;
+        }
+        ms += d;
+        for (name, v) in ds.header.iter().zip(row).skip(6) {
+            *sums.entry(name.clone()).or_default() += v.parse::<u64>().unwrap();
+        }
+    }
+    assert!(
+        ms >= 1000,
+        "PID {pid}: only {ms} ms of windows in the common span"
+    );
+    sums.into_iter()
+        .map(|(f, n)| (f, n as f64 * 1000.0 / ms as f64))
+        .collect()
+}
+
+/// When the recordings' windows begin and end: the span they all cover.
+fn common_span(sets: &[&Dataset]) -> (u64, u64) {
+    let mut from = 0;
+    let mut to = u64::MAX;
+    for ds in sets {
+        let (sc, dc) = (
+            ds.col("start_unix_ms").unwrap(),
+            ds.col("duration_ms").unwrap(),
+        );
+        let starts = ds.rows.iter().map(|r| r[sc].parse::<u64>().unwrap());
+        let ends = ds
+            .rows
+            .iter()
+            .map(|r| r[sc].parse::<u64>().unwrap() + r[dc].parse::<u64>().unwrap());
+        from = from.max(starts.min().unwrap());
+        to = to.min(ends.max().unwrap());
+    }
+    (from, to)
+}
+
 /// One QEMU recorded by its own vmwatch and, at the same time, together with
-/// others by a second vmwatch: its row must be the same in both (within the
-/// few milliseconds the two recordings' windows are apart).
-fn same_as_alone(solo: &HashMap<String, u64>, joint: &HashMap<String, u64>, vm: &str) {
+/// others by a second vmwatch: its rates must be the same in both.
+fn same_as_alone(solo: &HashMap<String, f64>, joint: &HashMap<String, f64>, vm: &str) {
     let mut compared = 0;
     for (f, &s) in solo {
-        let j = joint.get(f).copied().unwrap_or(0);
-        if s >= 200 {
+        let j = joint.get(f).copied().unwrap_or(0.0);
+        if s >= 200.0 {
             compared += 1;
-            let ratio = j as f64 / s as f64;
+            let ratio = j / s;
             assert!(
                 (0.6..=1.67).contains(&ratio),
-                "{vm}: {f} = {j} together, {s} alone"
+                "{vm}: {f} = {j:.0}/s together, {s:.0}/s alone"
             );
         }
     }
     for (f, &j) in joint {
-        if j >= 50 {
+        if j >= 50.0 {
             assert!(
-                solo.get(f).copied().unwrap_or(0) > 0,
-                "{vm}: {f} = {j} together but never fired alone (another VM's count?)"
+                solo.get(f).copied().unwrap_or(0.0) > 0.0,
+                "{vm}: {f} = {j:.0}/s together but never fired alone (another VM's count?)"
             );
         }
     }
@@ -268,19 +316,17 @@ fn two_and_three_real_qemus_with_every_probe_syscalls_and_kvm() {
         return;
     }
     let tag = std::process::id();
-    let vms: Vec<Qemu> = (0..3)
-        .map(|i| Qemu::start(&bin, &format!("vmwatch-wide-{tag}-{i}")))
-        .collect();
-    // Past SeaBIOS's start-up, into its steady wait for a boot device.
-    std::thread::sleep(Duration::from_secs(3));
     let dir = tempfile::tempdir().unwrap();
+    let vms: Vec<Qemu> = (0..3)
+        .map(|i| Qemu::start_idle(&bin, &format!("vmwatch-wide-{tag}-{i}"), dir.path()))
+        .collect();
     let args = [
         "--source",
         "qemu,syscalls,kvm",
         "--interval",
         "500ms",
         "--windows",
-        "8",
+        "10",
     ];
     let pids: Vec<u32> = vms.iter().map(Qemu::pid).collect();
     let path = |name: &str| dir.path().join(format!("{name}.csv"));
@@ -295,6 +341,9 @@ fn two_and_three_real_qemus_with_every_probe_syscalls_and_kvm() {
         finish(child);
     }
 
+    let solos: Vec<Dataset> = (0..3)
+        .map(|i| Dataset::read(&path(&format!("solo{i}"))))
+        .collect();
     let three = Dataset::read(&path("three"));
     let two = Dataset::read(&path("two"));
     assert!(
@@ -302,11 +351,22 @@ fn two_and_three_real_qemus_with_every_probe_syscalls_and_kvm() {
         "{} columns",
         three.header.len()
     );
+    let mut all: Vec<&Dataset> = solos.iter().collect();
+    all.extend([&two, &three]);
+    let (from, to) = common_span(&all);
     for (i, pid) in pids.iter().enumerate() {
-        let solo = totals(&Dataset::read(&path(&format!("solo{i}"))), *pid);
-        same_as_alone(&solo, &totals(&three, *pid), &format!("VM {i} of three"));
+        let solo = rates(&solos[i], *pid, from, to);
+        same_as_alone(
+            &solo,
+            &rates(&three, *pid, from, to),
+            &format!("VM {i} of three"),
+        );
         if i < 2 {
-            same_as_alone(&solo, &totals(&two, *pid), &format!("VM {i} of two"));
+            same_as_alone(
+                &solo,
+                &rates(&two, *pid, from, to),
+                &format!("VM {i} of two"),
+            );
         }
     }
 }

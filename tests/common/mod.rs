@@ -257,6 +257,38 @@ impl Qemu {
         Self(child)
     }
 
+    /// A QEMU without a NIC, returned once SeaBIOS has found no boot device
+    /// (read from its debug console in `dir`): from then on it waits in a
+    /// steady idle loop, so recordings taken at slightly different times
+    /// see the same rates.
+    pub fn start_idle(bin: &Path, name: &str, dir: &Path) -> Self {
+        let log = dir.join(format!("{name}.debugcon"));
+        let child = Command::new(bin)
+            .args([
+                "-M", "pc", "-accel", "tcg", "-m", "64", "-nic", "none", "-name",
+            ])
+            .arg(format!("guest={name},debug-threads=on"))
+            .args(["-display", "none", "-serial", "null", "-monitor", "none"])
+            .args(["-parallel", "none", "-no-reboot", "-chardev"])
+            .arg(format!("file,id=dbg,path={}", log.display()))
+            .args(["-device", "isa-debugcon,iobase=0x402,chardev=dbg"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start QEMU");
+        let q = Self(child);
+        let end = Instant::now() + Duration::from_secs(120);
+        while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("No bootable device")) {
+            assert!(
+                Instant::now() < end,
+                "SeaBIOS of {name} did not settle in 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        q
+    }
+
     pub fn pid(&self) -> u32 {
         self.0.id()
     }
