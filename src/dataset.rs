@@ -12,7 +12,7 @@ use flate2::Compression;
 use ndarray::Array2;
 
 use crate::atomic::{self, Output};
-use crate::error::{Error, Result};
+use crate::error::{shown, Error, Result};
 use crate::limits::{MAX_FEATURE_COLUMNS, MAX_LINE_BYTES};
 
 /// The leading columns, in order.
@@ -643,7 +643,7 @@ impl Table {
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = features.iter().find(|f| !seen.insert(f.as_str())) {
-            return Err(bad(1, format!("feature `{dup}` appears twice")));
+            return Err(bad(1, format!("feature `{}` appears twice", shown(dup))));
         }
         let width = header.len();
         let mut keys = Vec::new();
@@ -669,7 +669,11 @@ impl Table {
                 std::str::from_utf8(&rec[col]).map_err(|_| {
                     bad(
                         line,
-                        format!("column {} (`{}`) is not UTF-8 text", col + 1, &header[col]),
+                        format!(
+                            "column {} (`{}`) is not UTF-8 text",
+                            col + 1,
+                            shown(&header[col])
+                        ),
                     )
                 })
             };
@@ -679,9 +683,10 @@ impl Table {
                     bad(
                         line,
                         format!(
-                            "column {} (`{}`): `{field}` is not a non-negative integer",
+                            "column {} (`{}`): `{}` is not a non-negative integer",
                             col + 1,
-                            &header[col],
+                            shown(&header[col]),
+                            shown(field),
                         ),
                     )
                 })
@@ -905,6 +910,12 @@ mod tests {
                 "dup.csv",
                 format!("{HEAD},qemu:a,qemu:a\n"),
                 "appears twice",
+            ),
+            // A quoted field's line break is shown escaped: one line.
+            (
+                "quoted.csv",
+                format!("{HEAD},qemu:a\nv,1,idle,0,10,2000,\"1\r\n2\"\n"),
+                r"line 2: column 7 (`qemu:a`): `1\r\n2` is not",
             ),
         ];
         for (name, text, want) in cases {

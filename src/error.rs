@@ -68,6 +68,21 @@ pub enum Error {
 /// Result alias for the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Text read from an input (a CSV field, a probe name), for a message:
+/// control characters and line separators are shown escaped (`\n`, `\r`,
+/// `\u{1b}`), so the message stays one line and cannot drive the terminal.
+pub(crate) fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl Error {
     /// Wraps a libbpf error, telling a missing privilege apart from the rest.
     pub(crate) fn bpf(what: impl Into<String>, source: libbpf_rs::Error) -> Self {
@@ -83,5 +98,19 @@ impl Error {
             what: what.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_escapes_what_would_break_the_line() {
+        assert_eq!(shown("qemu:tap_send"), "qemu:tap_send");
+        assert_eq!(
+            shown("a\nb\r\u{1b}[2J\u{85}\u{2028}é"),
+            r"a\nb\r\u{1b}[2J\u{85}\u{2028}é"
+        );
     }
 }

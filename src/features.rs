@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{shown, Error, Result};
 
 /// A source of features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -142,8 +142,9 @@ fn parse_lines(text: &str) -> Result<Vec<String>, String> {
         }
         if line.split_whitespace().count() != 1 {
             return Err(format!(
-                "line {}: expected one feature name, got `{line}`",
-                i + 1
+                "line {}: expected one feature name, got `{}`",
+                i + 1,
+                shown(line)
             ));
         }
         let name = if line.contains(':') {
@@ -209,5 +210,12 @@ mod tests {
         assert_eq!(err.to_string(), "f: the feature list is empty");
         let err = parse_feature_list("f", "qemu:a\nqemu:b qemu:c\n").unwrap_err();
         assert!(err.to_string().starts_with("f: line 2: "), "{err}");
+        // Found by the features fuzz target: a lone CR is no line end for
+        // `lines()`, and was echoed into the message as is.
+        let err = parse_feature_list("f", "qemu:a\rqemu:b\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r"f: line 1: expected one feature name, got `qemu:a\rqemu:b`"
+        );
     }
 }

@@ -15,7 +15,7 @@ use linfa_svm::Svm;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{shown, Error, Result};
 
 /// Identifies a vmwatch model file.
 pub const FORMAT: &str = "vmwatch-model";
@@ -300,12 +300,12 @@ impl Model {
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = self.features.iter().find(|f| !seen.insert(f.as_str())) {
-            return Err(format!("feature `{dup}` appears twice"));
+            return Err(format!("feature `{}` appears twice", shown(dup)));
         }
         if self.scaler.transform != TRANSFORM {
             return Err(format!(
                 "scaler transform `{}` is unknown (this vmwatch applies `{TRANSFORM}`)",
-                self.scaler.transform
+                shown(&self.scaler.transform)
             ));
         }
         if self.scaler.mean.len() != d || self.scaler.scale.len() != d {
@@ -323,7 +323,7 @@ impl Model {
         if self.svm.kernel != "rbf" {
             return Err(format!(
                 "SVM kernel `{}` is not supported (only `rbf`)",
-                self.svm.kernel
+                shown(&self.svm.kernel)
             ));
         }
         if !valid_nu(self.svm.nu) {
@@ -520,6 +520,17 @@ mod tests {
             assert!(err.contains("is not a usable model"), "{err}");
             assert!(err.contains(want), "want {want:?}: {err}");
         }
+        // Found by tests/fuzz_inputs.rs: a line break in a name from the
+        // file split the message.
+        let mut v = good.clone();
+        v["svm"]["kernel"] = "rbf\nlinear".into();
+        let err = Model::from_json("m", v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with(r"SVM kernel `rbf\nlinear` is not supported (only `rbf`)"),
+            "{err}"
+        );
         // What load refuses, save does not write.
         let mut bad = model.clone();
         bad.svm.gamma = f64::INFINITY;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::collector::{BpfObjects, Collector, CollectorConfig, Drain};
-use crate::error::{Error, Result};
+use crate::error::{shown, Error, Result};
 use crate::features::{self, Source};
 use crate::procs::{self, Process, Skipped, Untrusted};
 use crate::stapsdt::UsdtBinary;
@@ -432,12 +432,14 @@ fn choose_features(
         match Source::of(f) {
             None => {
                 return Err(Error::Invalid(format!(
-                    "feature `{f}` belongs to no source vmwatch collects (qemu:, sys:, kvm:)"
+                    "feature `{}` belongs to no source vmwatch collects (qemu:, sys:, kvm:)",
+                    shown(f)
                 )))
             }
             Some(s) if !sources.contains(&s) => {
                 return Err(Error::Invalid(format!(
-                    "feature `{f}` needs --source {}",
+                    "feature `{}` needs --source {}",
+                    shown(f),
                     s.name()
                 )))
             }

@@ -10,7 +10,7 @@ use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, SectionHeader};
 use object::{Endianness, Object, ObjectSection};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{shown, Error, Result};
 use crate::limits::MAX_BINARY_BYTES;
 
 /// Note type of SDT probe descriptors (`NT_STAPSDT` in <sys/sdt.h>).
@@ -159,11 +159,13 @@ fn parse_sites(data: &[u8]) -> Result<Vec<UsdtSite>, String> {
         .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
         .map(|ph| (ph.p_vaddr(endian), ph.p_filesz(endian), ph.p_offset(endian)))
         .collect();
+    // Checked: the headers are the file's, and may put a segment at the
+    // top of the address space.
     let to_offset = |addr: u64| -> Option<u64> {
         segments
             .iter()
-            .find(|(vaddr, filesz, _)| addr >= *vaddr && addr < vaddr + filesz)
-            .map(|(vaddr, _, off)| addr - vaddr + off)
+            .find(|(vaddr, filesz, _)| addr >= *vaddr && addr - vaddr < *filesz)
+            .and_then(|(vaddr, _, off)| off.checked_add(addr - vaddr))
     };
 
     let sections = header.sections(endian, data).map_err(|e| e.to_string())?;
@@ -183,12 +185,20 @@ fn parse_sites(data: &[u8]) -> Result<Vec<UsdtSite>, String> {
             let site = parse_desc(desc, endian, base_addr)
                 .ok_or_else(|| "malformed stapsdt note".to_string())?;
             let (address, semaphore, provider, name, args) = site;
+            // The names come from the file: escaped, the message stays one line.
+            let probe = || format!("{}:{}", shown(&provider), shown(&name));
             let file_offset = to_offset(address).ok_or_else(|| {
-                format!("probe {provider}:{name} at {address:#x} lies in no loadable segment")
+                format!(
+                    "probe {} at {address:#x} lies in no loadable segment",
+                    probe()
+                )
             })?;
             let semaphore_offset = match semaphore {
                 Some(sema) => Some(to_offset(sema).ok_or_else(|| {
-                    format!("semaphore of {provider}:{name} at {sema:#x} lies in no loaded segment")
+                    format!(
+                        "semaphore of {} at {sema:#x} lies in no loaded segment",
+                        probe()
+                    )
                 })?),
                 None => None,
             };
@@ -287,5 +297,36 @@ mod tests {
     #[test]
     fn garbage_is_not_elf() {
         assert!(parse_sites(b"definitely not an ELF file").is_err());
+    }
+
+    /// A fuzz seed: a static executable with three probes in one PT_LOAD.
+    /// `include_bytes!` promises no alignment: the parser must need none.
+    const TINY: &[u8] = include_bytes!("../fuzz/corpus/stapsdt/usdt-tiny");
+
+    #[test]
+    fn reads_the_tiny_seed() {
+        let b = UsdtBinary::parse(Path::new("t"), TINY).unwrap();
+        let names: Vec<String> = b.probes().iter().map(|p| p.name.clone()).collect();
+        assert_eq!(names, ["unguarded", "tap_send", "virtqueue_fill"]);
+    }
+
+    #[test]
+    fn hostile_headers_and_names_make_one_line_errors() {
+        // Found by the stapsdt fuzz target: a segment's file offset near
+        // 2^64 overflowed the address-to-offset sum (a panic in debug
+        // builds), and a `\r` in a provider name split the message.
+        let mut data = TINY.to_vec();
+        let phoff = u64::from_le_bytes(data[0x20..0x28].try_into().unwrap()) as usize;
+        data[phoff + 8..phoff + 16].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        let at = TINY.windows(5).position(|w| w == b"qemu\0").unwrap();
+        data[at + 1] = b'\r';
+        let err = UsdtBinary::parse(Path::new("t"), &data)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(r"t is not an ELF file vmwatch can read: probe q\rmu:tap_send at 0x")
+                && err.ends_with(" lies in no loadable segment"),
+            "{err}"
+        );
     }
 }

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod deps;
 mod eval;
+mod fuzz;
 mod lab;
 mod qemu;
 mod test;
@@ -52,8 +53,9 @@ enum Cmd {
 
     /// The full test run (what CI runs): deps, qemu, `cargo fmt --check`,
     /// `cargo clippy -D warnings`, `cargo test --workspace` with VMWATCH_QEMU set
-    /// to the built QEMU, and the lab smoke test (`cargo xtask lab smoke`: one
-    /// VM, 3 windows of `idle`; needs root).
+    /// to the built QEMU, the fuzz targets for 30 s each (`cargo xtask fuzz`;
+    /// skipped without a nightly toolchain, except in CI), and the lab smoke
+    /// test (`cargo xtask lab smoke`: one VM, 3 windows of `idle`; needs root).
     ///
     /// All checks run even if one fails; the command fails if any failed. A
     /// VMWATCH_QEMU already set in the environment is used instead of building.
@@ -62,6 +64,22 @@ enum Cmd {
         /// `cargo xtask test -- probes -- --nocapture`.
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
+    },
+
+    /// Coverage-guided fuzzing (cargo-fuzz, nightly toolchain) of the readers
+    /// of dataset, model, feature-list and ELF files: builds fuzz/ and runs
+    /// each target for a bounded time, failing on a crash, a hang, or an error
+    /// that is not one sentence.
+    ///
+    /// Installs cargo-fuzz if missing. The committed seeds (fuzz/corpus/) are
+    /// only read; new inputs go to fuzz/scratch/, crashes to fuzz/artifacts/.
+    /// See fuzz/README.md.
+    Fuzz {
+        /// Seconds each target runs (libFuzzer would take 0 for "no limit").
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        seconds: u64,
+        /// Targets to run (default: all): dataset, model, features, stapsdt.
+        targets: Vec<String>,
     },
 
     /// The README's main job: boots a lab VM with web load, records normal
@@ -144,6 +162,11 @@ fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Cmd::Fuzz { seconds, targets } => fuzz::run(&fuzz::Options {
+            seconds,
+            targets,
+            optional: false,
+        }),
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Lab { cmd } => lab::run(cmd),
         Cmd::Bench { cmd } => bench::run(cmd),

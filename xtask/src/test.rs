@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::util::{self, note};
-use crate::{deps, qemu};
+use crate::{deps, fuzz, qemu};
 
 pub fn run(cargo_test_args: &[String]) -> Result<()> {
     deps::ensure().context("setting up the system packages failed")?;
@@ -39,13 +39,19 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
         cmd
     };
 
-    // cargo test runs last of the cargo checks; the lab smoke test follows.
+    // cargo test runs last of the cargo checks; fuzzing and the lab smoke
+    // test follow.
     let mut test = cargo_cmd(&["test", "--workspace"]);
     test.args(cargo_test_args).env("VMWATCH_QEMU", &qemu_path);
     let steps: Vec<(&str, Command)> = vec![
         (
             "cargo fmt --check",
             cargo_cmd(&["fmt", "--all", "--", "--check"]),
+        ),
+        // fuzz/ is a workspace of its own: `--all` does not reach it.
+        (
+            "cargo fmt --check (fuzz/)",
+            cargo_cmd(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]),
         ),
         (
             "cargo clippy",
@@ -61,6 +67,8 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
         ("cargo test", test),
     ];
 
+    // The steps, the fuzz step and the lab smoke test.
+    let checks = steps.len() + 2;
     let mut failed = Vec::new();
     for (name, mut cmd) in steps {
         if let Err(e) = util::run_inherit(&mut cmd) {
@@ -68,12 +76,25 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
             failed.push(name);
         }
     }
+    let fuzz = fuzz::Options {
+        seconds: fuzz::TEST_SECONDS,
+        targets: Vec::new(),
+        optional: true,
+    };
+    if let Err(e) = fuzz::run(&fuzz) {
+        eprintln!("xtask: fuzz failed: {e:#}");
+        failed.push("fuzz");
+    }
     if let Err(e) = lab_smoke() {
         eprintln!("xtask: lab smoke test failed: {e:#}");
         failed.push("lab smoke test");
     }
     if !failed.is_empty() {
-        bail!("{} of 4 checks failed: {}", failed.len(), failed.join(", "));
+        bail!(
+            "{} of {checks} checks failed: {}",
+            failed.len(),
+            failed.join(", ")
+        );
     }
     Ok(())
 }
