@@ -15,9 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmwatch::collector::{BpfObjects, Collector, CollectorConfig};
-use vmwatch::procs::Process;
-use vmwatch::stapsdt::UsdtBinary;
+use vmwatch::bpf::BpfObjects;
+use vmwatch::counter::bpf::{Collector, CollectorConfig};
+use vmwatch::discover::procs::Process;
+use vmwatch::discover::stapsdt::UsdtBinary;
+use vmwatch_core::features::Columns;
 
 const REPS: usize = 7;
 
@@ -96,7 +98,7 @@ fn collector(obj: &mut BpfObjects, features: Vec<String>, max: u32) -> Collector
     Collector::new(
         obj,
         CollectorConfig {
-            features,
+            columns: Columns::new(features.iter().map(|f| f.parse().expect("a feature name"))),
             max_vms: max,
             kvm: None,
         },
@@ -149,9 +151,8 @@ fn bench_hit_cost(fx_path: &Path) {
 fn bench_syscall_cost(fx_path: &Path) {
     let mut fx = Fixture::start(fx_path);
     let other = Fixture::start(fx_path);
-    let features: Vec<String> = vmwatch::features::syscall_features()
-        .into_iter()
-        .map(|(n, _)| n)
+    let features: Vec<String> = vmwatch_core::features::syscall_features()
+        .map(|f| f.to_string())
         .collect();
     let (mut none, mut bpf, mut strace) = (Vec::new(), Vec::new(), Vec::new());
     let mut filtered = Vec::new();

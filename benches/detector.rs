@@ -10,8 +10,8 @@
 use std::time::Instant;
 
 use ndarray::Array2;
-use vmwatch::model::{Model, TrainingSummary};
-use vmwatch::train::{grid_search, Grid};
+use vmwatch_core::model::{Model, TrainingSummary};
+use vmwatch_core::train::{grid_search, Grid};
 
 fn windows(rows: usize, features: usize, seed: u64) -> Array2<f64> {
     let mut state = seed;

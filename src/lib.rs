@@ -1,28 +1,21 @@
-//! vmwatch: per-VM behaviour profiles of QEMU/KVM guests from the host.
+//! vmwatch: per-VM behaviour profiles of QEMU/KVM guests from the host,
+//! counted in the kernel with eBPF.
 //!
-//! Data flows one way: ELF probe discovery ([`stapsdt`]) → attach and count
-//! in the kernel ([`collector`]) → window drain ([`window`]) → feature rows
-//! ([`dataset`]).
+//! Data flows one way: discovery of processes, probes and tracepoints
+//! ([`discover`]) → the BPF object and its links ([`attach`], with the
+//! kernel/user layout in [`bpf`]) → per-window drain of the per-VM
+//! counters ([`drain`]) → a [`counter::Counter`] (BPF, or strace for the
+//! baseline) → a [`session`] that yields one row per VM and window. What
+//! follows the rows (datasets, selection, models, verdicts) needs no BPF
+//! and lives in the `vmwatch-core` crate.
 
-pub mod atomic;
+pub mod attach;
 pub mod bpf;
-pub mod collector;
-pub mod dataset;
+pub mod counter;
+pub mod discover;
+pub mod drain;
 pub mod error;
-pub mod eval;
-pub mod features;
-pub mod kvm;
-pub mod limits;
-pub mod model;
-pub mod plots;
-pub mod procs;
-pub mod select;
-pub mod semaphores;
 pub mod session;
 pub mod signals;
-pub mod stapsdt;
-pub mod strace;
-pub mod train;
-pub mod window;
 
 pub use error::{Error, Result};

@@ -54,7 +54,8 @@ fn main() -> ExitCode {
         // `vmwatch probes QEMU | head` closes the pipe early: not an error.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vmwatch: {}", cmd::sentence(&e));
+            // The error and its causes, each once: `what: cause: root`.
+            eprintln!("vmwatch: {}", vmwatch_core::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

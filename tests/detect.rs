@@ -4,34 +4,29 @@
 
 mod common;
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use common::vmwatch;
+use common::{around, run, train, write_dataset, Run, HEAD};
 
-const HEAD: &str = "vm,pid,label,window,start_unix_ms,duration_ms";
-
-/// A deterministic dataset: `rows` windows, three features.
-fn dataset(dir: &Path, name: &str, label: &str, rows: u32, boost: u64) -> PathBuf {
-    let mut text = format!("{HEAD},qemu:virtqueue_fill,qemu:tap_send,sys:ppoll\n");
-    for w in 0..rows {
-        let a = 1000 + u64::from(w * 37 % 101);
-        let b = (200 + u64::from(w * 13 % 29)) * boost;
-        let c = 5000 + u64::from(w * 71 % 307);
-        writeln!(
-            text,
-            "vm1,42,{label},{w},{},2000,{a},{b},{c}",
-            1000 + u64::from(w) * 2000
-        )
-        .unwrap();
-    }
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+/// A deterministic dataset: `rows` windows, three features, `tap_send`
+/// `boost` times its normal count.
+fn dataset(dir: &Path, name: &str, label: &str, rows: usize, boost: u64) -> PathBuf {
+    let tap_send = around(200, 13, 29);
+    write_dataset(
+        &dir.join(name),
+        |_| label.to_string(),
+        rows,
+        &[
+            ("qemu:virtqueue_fill", &around(1000, 37, 101)),
+            ("qemu:tap_send", &|w| tap_send(w) * boost),
+            ("sys:ppoll", &around(5000, 71, 307)),
+        ],
+    )
 }
 
-fn run(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    vmwatch().args(args).output().unwrap()
+/// `vmwatch detect --model MODEL DATA`.
+fn detect(model: &Path, data: &Path) -> Run {
+    run("detect --model").arg(model).arg(data)
 }
 
 #[test]
@@ -41,37 +36,14 @@ fn train_then_detect_flags_the_anomaly_not_the_normal() {
     let held = dataset(dir.path(), "web2.csv", "web", 50, 1);
     let attack = dataset(dir.path(), "flood.csv", "synflood", 50, 100);
     let model = dir.path().join("model.json");
-    let out = run(&[
-        "train".as_ref(),
-        normal.as_os_str(),
-        "-o".as_ref(),
-        model.as_os_str(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = train(&normal, "", &model).succeeds().stdout;
     assert!(stdout.contains("false positives"), "{stdout}");
 
-    let out = run(&[
-        "detect".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        "--json".as_ref(),
-        held.as_os_str(),
-        attack.as_os_str(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let verdicts: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let verdicts = detect(&model, &held)
+        .arg(&attack)
+        .arg("--json")
+        .succeeds()
+        .json_lines();
     assert_eq!(verdicts.len(), 100);
     let flagged = |label: &str| {
         verdicts
@@ -96,35 +68,12 @@ fn smoothing_needs_k_of_n() {
     let normal = dataset(dir.path(), "web.csv", "web", 100, 1);
     let attack = dataset(dir.path(), "flood.csv", "synflood", 10, 100);
     let model = dir.path().join("m.json");
-    let out = run(&[
-        "train".as_ref(),
-        normal.as_os_str(),
-        "--nu".as_ref(),
-        "0.05".as_ref(),
-        "--gamma".as_ref(),
-        "0.1".as_ref(),
-        "-o".as_ref(),
-        model.as_os_str(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = run(&[
-        "detect".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        "--smooth".as_ref(),
-        "3/5".as_ref(),
-        "--json".as_ref(),
-        attack.as_os_str(),
-    ]);
-    assert!(out.status.success());
-    let flags: Vec<bool> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["anomalous"] == true)
-        .collect();
+    train(&normal, "--nu 0.05 --gamma 0.1", &model).succeeds();
+    let verdicts = detect(&model, &attack)
+        .args("--smooth 3/5 --json")
+        .succeeds()
+        .json_lines();
+    let flags: Vec<bool> = verdicts.iter().map(|v| v["anomalous"] == true).collect();
     // The first two windows cannot have 3 anomalies among their last 5.
     assert_eq!(flags[..3], [false, false, true]);
     assert!(flags[2..].iter().all(|f| *f));
@@ -135,38 +84,13 @@ fn a_model_for_other_features_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let normal = dataset(dir.path(), "web.csv", "web", 60, 1);
     let model = dir.path().join("m.json");
-    let out = run(&[
-        "train".as_ref(),
-        normal.as_os_str(),
-        "--nu".as_ref(),
-        "0.05".as_ref(),
-        "--gamma".as_ref(),
-        "0.1".as_ref(),
-        "-o".as_ref(),
-        model.as_os_str(),
-    ]);
-    assert!(out.status.success());
+    train(&normal, "--nu 0.05 --gamma 0.1", &model).succeeds();
     let other = dir.path().join("kvm.csv");
     std::fs::write(&other, format!("{HEAD},kvm:kvm_pio\nvm1,1,x,0,0,2000,5\n")).unwrap();
-    let out = run(&[
-        "detect".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        other.as_os_str(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("has none of the model's 3 features"), "{err}");
+    detect(&model, &other).fails_with("has none of the model's 3 features");
 
     std::fs::write(&model, "{\"format\": \"something-else\"}").unwrap();
-    let out = run(&[
-        "detect".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        normal.as_os_str(),
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a usable model"));
+    detect(&model, &normal).fails_with("is not a usable model");
 }
 
 #[test]
@@ -174,26 +98,11 @@ fn training_on_too_little_or_broken_data_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let small = dataset(dir.path(), "small.csv", "web", 5, 1);
     let model = dir.path().join("m.json");
-    let out = run(&[
-        "train".as_ref(),
-        small.as_os_str(),
-        "-o".as_ref(),
-        model.as_os_str(),
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("too few"));
+    train(&small, "", &model).fails_with("too few");
     assert!(!model.exists(), "no model file on failure");
     let broken = dir.path().join("broken.csv");
     std::fs::write(&broken, format!("{HEAD},qemu:a\nvm,1,web,0,0,2000,-3\n")).unwrap();
-    let out = run(&[
-        "train".as_ref(),
-        broken.as_os_str(),
-        "-o".as_ref(),
-        model.as_os_str(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("line 2: column 7 (`qemu:a`): `-3`"), "{err}");
+    train(&broken, "", &model).fails_with("line 2: column 7 (`qemu:a`): `-3`");
 }
 
 #[test]
@@ -202,27 +111,16 @@ fn eval_reports_the_papers_metrics() {
     let normal = dataset(dir.path(), "web.csv", "web", 200, 1);
     let flood = dataset(dir.path(), "flood.csv", "synflood-target", 50, 100);
     let peak = dataset(dir.path(), "peak.csv", "web-peak", 50, 5);
-    let out = run(&[
-        "eval".as_ref(),
-        "--normal".as_ref(),
-        normal.as_os_str(),
-        "--anomaly".as_ref(),
-        flood.as_os_str(),
-        "--nu".as_ref(),
-        "0.05".as_ref(),
-        "--gamma".as_ref(),
-        "0.1".as_ref(),
-        "--relearn".as_ref(),
-        peak.as_os_str(),
-        "--plots".as_ref(),
-        dir.path().join("fig").as_os_str(),
-    ]);
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = run("eval --nu 0.05 --gamma 0.1 --normal")
+        .arg(&normal)
+        .arg("--anomaly")
+        .arg(&flood)
+        .arg("--relearn")
+        .arg(&peak)
+        .arg("--plots")
+        .arg(dir.path().join("fig"))
+        .succeeds()
+        .stdout;
     let row = report
         .lines()
         .find(|l| l.starts_with("| synflood-target |"))

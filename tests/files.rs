@@ -2,31 +2,28 @@
 //! and FIFOs are written through, symbolic links and other file types are
 //! refused; `record --force` keeps the old file until the first window.
 
+#[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Child;
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use common::{bpf_available, fails_with, finish, record, training_csv, vmwatch, Dataset, Fixture};
+use common::{finish, record, recorder, training_csv, Dataset, Fixture, Run};
 
 /// `vmwatch train` on a small generated dataset, fixed parameters (fast).
-fn train_to(dir: &Path, out: &Path) -> Output {
+fn train_to(dir: &Path, out: &Path) -> Run {
     let data = dir.join("train.csv");
     training_csv(&data, 20);
-    vmwatch()
-        .arg("train")
-        .arg(&data)
-        .args(["--nu", "0.1", "--gamma", "0.5", "-o"])
-        .arg(out)
-        .output()
-        .unwrap()
+    common::train(&data, "--nu 0.1 --gamma 0.5", out)
 }
 
-fn mknod_char(path: &Path, major: u32, minor: u32) {
+/// A character device node `dir/name` with the given numbers.
+fn mknod_char(dir: &Path, name: &str, major: u32, minor: u32) -> PathBuf {
+    let path = dir.join(name);
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path; mknod has no other preconditions.
     let rc = unsafe {
@@ -43,6 +40,7 @@ fn mknod_char(path: &Path, major: u32, minor: u32) {
         path.display(),
         std::io::Error::last_os_error()
     );
+    path
 }
 
 fn assert_char_device(path: &Path, major: u32, minor: u32) {
@@ -69,18 +67,10 @@ fn others(dir: &Path, keep: &[&str]) -> Vec<String> {
 // machine's own /dev/null.
 #[test]
 fn train_writes_through_a_null_device() {
-    if !bpf_available("train_writes_through_a_null_device") {
-        return;
-    }
+    skip_without_bpf!();
     let dir = tempfile::tempdir().unwrap();
-    let null = dir.path().join("null");
-    mknod_char(&null, 1, 3);
-    let out = train_to(dir.path(), &null);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let null = mknod_char(dir.path(), "null", 1, 3);
+    train_to(dir.path(), &null).succeeds();
     assert_char_device(&null, 1, 3);
     assert_eq!(
         others(dir.path(), &["null", "train.csv"]),
@@ -90,17 +80,13 @@ fn train_writes_through_a_null_device() {
 
 #[test]
 fn train_to_a_full_device_fails_and_keeps_the_node() {
-    if !bpf_available("train_to_a_full_device_fails_and_keeps_the_node") {
-        return;
-    }
+    skip_without_bpf!();
     let dir = tempfile::tempdir().unwrap();
-    let full = dir.path().join("full");
-    mknod_char(&full, 1, 7);
-    let out = train_to(dir.path(), &full);
-    fails_with(
-        out,
-        &format!("cannot write {}: No space left on device", full.display()),
-    );
+    let full = mknod_char(dir.path(), "full", 1, 7);
+    train_to(dir.path(), &full).fails_with(&format!(
+        "cannot write {}: No space left on device",
+        full.display()
+    ));
     assert_char_device(&full, 1, 7);
 }
 
@@ -118,12 +104,7 @@ fn train_writes_into_a_fifo() {
         .custom_flags(libc::O_NONBLOCK)
         .open(&fifo)
         .unwrap();
-    let out = train_to(dir.path(), &fifo);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    train_to(dir.path(), &fifo).succeeds();
     let mut text = String::new();
     let _ = reader.read_to_string(&mut text);
     assert!(text.contains("\"vmwatch-model\""), "{text:?}");
@@ -140,13 +121,12 @@ fn train_refuses_a_symlink_to_a_file() {
     std::fs::write(&real, "keep\n").unwrap();
     let link = dir.path().join("link.json");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let out = train_to(dir.path(), &link);
+    let ran = train_to(dir.path(), &link).fails_with("is a symbolic link");
     let canonical = real.canonicalize().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    fails_with(out, "is a symbolic link");
     assert!(
-        stderr.contains(&canonical.display().to_string()),
-        "{stderr}"
+        ran.stderr.contains(&canonical.display().to_string()),
+        "{}",
+        ran.stderr
     );
     assert!(std::fs::symlink_metadata(&link)
         .unwrap()
@@ -160,14 +140,14 @@ fn train_refuses_a_socket_and_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("sock");
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    fails_with(train_to(dir.path(), &sock), "is a socket");
+    train_to(dir.path(), &sock).fails_with("is a socket");
     assert!(std::fs::symlink_metadata(&sock)
         .unwrap()
         .file_type()
         .is_socket());
     let sub = dir.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
-    fails_with(train_to(dir.path(), &sub), "is a directory");
+    train_to(dir.path(), &sub).fails_with("is a directory");
 }
 
 /// Lines of a child's stderr, as they come.
@@ -204,23 +184,34 @@ fn wait_for_line(rx: &Receiver<String>, needle: &str, timeout: Duration) -> Stri
     panic!("no line with {needle:?} within {timeout:?}: {seen}");
 }
 
-#[test]
-fn record_force_interrupted_before_the_first_window_keeps_the_old_file() {
-    if !bpf_available("record_force_interrupted_before_the_first_window_keeps_the_old_file") {
-        return;
-    }
+/// `vmwatch record OPTIONS -o OUT` of a process that is no QEMU (attaching
+/// would fail with another message): it must fail with `needle`.
+fn refused_before_attaching(options: &str, out: &Path, needle: &str) {
+    let sleeper = common::sleeper();
+    recorder(&[sleeper.pid()], options, out).fails_with(needle);
+}
+
+/// A scratch directory holding an earlier dataset, `old.csv`: the
+/// directory, the file and its bytes.
+fn old_dataset() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("old.csv");
     training_csv(&out, 40);
     let before = std::fs::read(&out).unwrap();
+    (dir, out, before)
+}
+
+#[test]
+fn record_force_interrupted_before_the_first_window_keeps_the_old_file() {
+    skip_without_bpf!();
+    let (dir, out, before) = old_dataset();
     let fx = Fixture::start();
-    let mut rec = record(&[fx.pid], &["--interval", "30s", "--force"], &out);
+    let mut rec = record(&[fx.pid], "--interval 30s --force", &out);
     let lines = stderr_lines(&mut rec);
     wait_for_line(&lines, "attached in", Duration::from_secs(30));
     // Attached, first window open: the old file must still be whole.
     assert_eq!(std::fs::read(&out).unwrap(), before);
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
+    common::signal(&rec, libc::SIGINT);
     let status = rec.wait().unwrap();
     let rest: Vec<String> = lines.try_iter().collect();
     assert!(status.success(), "{status}: {rest:?}");
@@ -230,20 +221,15 @@ fn record_force_interrupted_before_the_first_window_keeps_the_old_file() {
 
 #[test]
 fn record_force_replaces_the_file_after_a_window() {
-    if !bpf_available("record_force_replaces_the_file_after_a_window") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("old.csv");
-    training_csv(&out, 40);
-    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o640)).unwrap();
+    skip_without_bpf!();
+    let (dir, out, _) = old_dataset();
+    common::chmod(&out, 0o640);
     let fx = Fixture::start();
-    let rec = record(
+    finish(record(
         &[fx.pid],
-        &["--interval", "100ms", "--windows", "3", "--force"],
+        "--interval 100ms --windows 3 --force",
         &out,
-    );
-    finish(rec);
+    ));
     let ds = Dataset::read(&out);
     assert_eq!(ds.rows.len(), 3);
     assert_eq!(ds.rows_of(fx.pid).count(), 3);
@@ -254,104 +240,37 @@ fn record_force_replaces_the_file_after_a_window() {
 
 #[test]
 fn record_onto_an_existing_file_fails_before_attaching() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("old.csv");
-    training_csv(&out, 40);
-    let before = std::fs::read(&out).unwrap();
-    // Not a QEMU: attaching would fail with another message.
-    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
-    let res = vmwatch()
-        .args([
-            "record",
-            "--pid",
-            &sleeper.id().to_string(),
-            "--windows",
-            "1",
-            "-o",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
-    fails_with(res, "already exists (pass --force to replace it)");
+    let (_dir, out, before) = old_dataset();
+    let needle = "already exists (pass --force to replace it)";
+    refused_before_attaching("--windows 1", &out, needle);
     assert_eq!(std::fs::read(&out).unwrap(), before);
 }
 
 #[test]
 fn record_onto_an_existing_file_does_not_attach() {
-    if !bpf_available("record_onto_an_existing_file_does_not_attach") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("old.csv");
-    training_csv(&out, 40);
+    skip_without_bpf!();
+    let (_dir, out, _) = old_dataset();
     let fx = Fixture::start();
-    let res = vmwatch()
-        .args([
-            "record",
-            "--pid",
-            &fx.pid.to_string(),
-            "--windows",
-            "1",
-            "-o",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&res.stderr).into_owned();
-    fails_with(res, "already exists");
-    assert!(!stderr.contains("attached"), "{stderr}");
+    let ran = recorder(&[fx.pid], "--windows 1", &out).fails_with("already exists");
+    assert!(!ran.stderr.contains("attached"), "{}", ran.stderr);
 }
 
 #[test]
 fn record_refuses_a_symlinked_output_before_attaching() {
-    let dir = tempfile::tempdir().unwrap();
-    let real = dir.path().join("real.csv");
-    training_csv(&real, 40);
-    let before = std::fs::read(&real).unwrap();
+    let (dir, real, before) = old_dataset();
     let link = dir.path().join("link.csv");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
-    let res = vmwatch()
-        .args([
-            "record",
-            "--force",
-            "--pid",
-            &sleeper.id().to_string(),
-            "-o",
-        ])
-        .arg(&link)
-        .output()
-        .unwrap();
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
-    fails_with(res, "is a symbolic link");
+    refused_before_attaching("--force", &link, "is a symbolic link");
     assert_eq!(std::fs::read(&real).unwrap(), before);
 }
 
 #[test]
 fn record_streams_csv_to_dev_stdout() {
-    if !bpf_available("record_streams_csv_to_dev_stdout") {
-        return;
-    }
+    skip_without_bpf!();
     let mut fx = Fixture::start();
-    let mut rec = vmwatch()
-        .args([
-            "record",
-            "--pid",
-            &fx.pid.to_string(),
-            "--interval",
-            "100ms",
-            "--windows",
-            "4",
-            "-o",
-            "/dev/stdout",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let stdout = Path::new("/dev/stdout");
+    let mut rec =
+        recorder(&[fx.pid], "--interval 100ms --windows 4", stdout).spawn_reading_stdout();
     let mut stdout = BufReader::new(rec.stdout.take().unwrap());
     let mut text = String::new();
     stdout.read_line(&mut text).unwrap();

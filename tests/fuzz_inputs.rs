@@ -22,9 +22,9 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use ndarray::Array2;
 use serde_json::Value;
-use vmwatch::dataset::Table;
-use vmwatch::model::Model;
-use vmwatch::stapsdt::UsdtBinary;
+use vmwatch::discover::stapsdt::UsdtBinary;
+use vmwatch_core::dataset::Table;
+use vmwatch_core::model::Model;
 
 const SEED: u64 = 0x766d_7761_7463_6821;
 const CASES: usize = 3000;
@@ -510,7 +510,7 @@ fn parse_model(data: &[u8]) -> vmwatch::Result<()> {
 }
 
 fn parse_features(data: &[u8]) -> vmwatch::Result<()> {
-    vmwatch::features::parse_feature_list("features.txt", &String::from_utf8_lossy(data))?;
+    vmwatch_core::features::parse_feature_list("features.txt", &String::from_utf8_lossy(data))?;
     Ok(())
 }
 
@@ -525,7 +525,8 @@ fn parse_elf(data: &[u8]) -> vmwatch::Result<()> {
 fn check(parse: Parse, input: &[u8]) -> Option<String> {
     let err = match panic::catch_unwind(AssertUnwindSafe(|| parse(input))) {
         Ok(Ok(())) => return None,
-        Ok(Err(e)) => e.to_string(),
+        // What the binary prints: the error and its causes.
+        Ok(Err(e)) => vmwatch_core::error::chain(&e),
         Err(payload) => {
             let msg = payload
                 .downcast_ref::<String>()

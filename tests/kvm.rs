@@ -3,81 +3,35 @@
 //! Needs /dev/kvm (skipped with a printed reason where it is absent) and the
 //! instrumented QEMU of `cargo xtask qemu`.
 
+#[macro_use]
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use common::{bpf_available, qemu_binary, vmwatch, Dataset};
-
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(bin: &std::path::Path, accel: &str, name: &str) -> Qemu {
-    let child = Command::new(bin)
-        .args(["-M", "pc", "-accel", accel, "-m", "64", "-name", name])
-        .args(["-display", "none", "-serial", "null", "-monitor", "none"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start QEMU");
-    Qemu(child)
-}
+use common::{requires_root_and_qemu, Dataset, Qemu};
 
 #[test]
 fn kvm_events_are_counted_under_their_own_qemu_only() {
-    let test = "kvm_events_are_counted_under_their_own_qemu_only";
+    let test = test_name!();
     if !std::path::Path::new("/dev/kvm").exists() {
         eprintln!("SKIPPED {test}: /dev/kvm is absent on this machine");
         return;
     }
-    let Some(bin) = qemu_binary(test) else {
+    let Some(bin) = requires_root_and_qemu(test) else {
         return;
     };
-    if !bpf_available(test) {
-        return;
-    }
-    let mut kvm = start(&bin, "kvm", "vmwatch-test-kvm");
-    let tcg = start(&bin, "tcg", "vmwatch-test-tcg");
-    std::thread::sleep(Duration::from_millis(500));
-    if let Ok(Some(status)) = kvm.0.try_wait() {
+    let mut kvm = Qemu::start_accel(&bin, "vmwatch-test-kvm", "kvm");
+    let tcg = Qemu::start_accel(&bin, "vmwatch-test-tcg", "tcg");
+    if let Some(status) = kvm.exited() {
         eprintln!("SKIPPED {test}: QEMU -accel kvm exited at once ({status}): KVM unusable here");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("kvm.csv");
-    let rec = vmwatch()
-        .args([
-            "record",
-            "--source",
-            "kvm",
-            "--interval",
-            "1s",
-            "--windows",
-            "3",
-        ])
-        .args([
-            "--pid",
-            &kvm.0.id().to_string(),
-            "--pid",
-            &tcg.0.id().to_string(),
-        ])
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        rec.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rec.stderr)
-    );
+    let pids = [kvm.pid(), tcg.pid()];
+    common::finish(common::record(
+        &pids,
+        "--source kvm --interval 1s --windows 3",
+        &out,
+    ));
 
     let ds = Dataset::read(&out);
     for f in [
@@ -88,16 +42,11 @@ fn kvm_events_are_counted_under_their_own_qemu_only() {
     ] {
         assert!(ds.col(f).is_some(), "{f} is not a column");
     }
-    assert!(ds.header[6..].iter().all(|h| h.starts_with("kvm:")));
-    let sum = |pid: u32| -> u64 {
-        ds.rows_of(pid)
-            .flat_map(|r| r[6..].iter().map(|v| v.parse::<u64>().unwrap()))
-            .sum()
-    };
+    assert!(ds.features().iter().all(|h| h.starts_with("kvm:")));
     assert!(
-        sum(kvm.0.id()) > 0,
+        ds.hits(kvm.pid()) > 0,
         "no kvm: events under the KVM guest's PID"
     );
-    assert_eq!(sum(tcg.0.id()), 0, "kvm: events under a TCG guest's PID");
-    assert_eq!(ds.rows_of(tcg.0.id()).count(), 3);
+    assert_eq!(ds.hits(tcg.pid()), 0, "kvm: events under a TCG guest's PID");
+    assert_eq!(ds.rows_of(tcg.pid()).count(), 3);
 }

@@ -4,31 +4,21 @@
 //! several processes at once, and in slots freed and reused while recording.
 //! Run as root.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{bpf_available, finish, qemu_binary, record, wait_for_file, Dataset, Fixture, Qemu};
-
-/// Every feature's total over the rows of `pid`.
-fn totals(ds: &Dataset, pid: u32) -> HashMap<String, u64> {
-    let mut out = HashMap::new();
-    for row in ds.rows_of(pid) {
-        for (name, v) in ds.header.iter().zip(row).skip(6) {
-            *out.entry(name.clone()).or_default() += v.parse::<u64>().unwrap();
-        }
-    }
-    out
-}
+use common::{finish, record, Dataset, Fixture, Recording};
+use common::{Qemu, KEYS};
 
 /// Asserts that `pid`'s rows hold exactly `want` for every `qemu:` feature
 /// (0 for the unlisted) and for the listed `sys:` features.
 fn assert_exact(ds: &Dataset, pid: u32, want: &[(&str, u64)]) {
-    let got = totals(ds, pid);
+    let got = ds.totals(pid);
     for (f, total) in &got {
         if f.starts_with("qemu:") {
             let expected = want.iter().find(|(w, _)| w == f).map_or(0, |(_, n)| *n);
@@ -43,32 +33,15 @@ fn assert_exact(ds: &Dataset, pid: u32, want: &[(&str, u64)]) {
 fn column(ds: &Dataset, feature: &str) -> usize {
     ds.col(feature)
         .unwrap_or_else(|| panic!("no column {feature}"))
-        - 6
+        - KEYS
 }
 
 #[test]
 fn three_fixtures_are_exact_beyond_the_first_chunk() {
-    if !bpf_available("three_fixtures_are_exact_beyond_the_first_chunk") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("wide.csv");
-    let mut a = Fixture::start();
-    let mut b = Fixture::start();
-    let mut c = Fixture::start();
-    let mut rec = record(
-        &[a.pid, b.pid, c.pid],
-        &[
-            "--source",
-            "qemu,syscalls",
-            "--interval",
-            "200ms",
-            "--windows",
-            "10",
-        ],
-        &out,
-    );
-    wait_for_file(&out, Duration::from_secs(30), &mut rec);
+    skip_without_bpf!();
+    let (mut a, mut b, mut c) = (Fixture::start(), Fixture::start(), Fixture::start());
+    let options = "--source qemu,syscalls --interval 200ms --windows 10";
+    let rec = Recording::start(&[a.pid, b.pid, c.pid], options, "wide.csv");
     a.fire("tap_send", 1000);
     a.fire("pad_0001", 300);
     b.fire("virtqueue_fill", 250);
@@ -76,12 +49,10 @@ fn three_fixtures_are_exact_beyond_the_first_chunk() {
     c.fire("pad_2050", 5);
     c.fire("bdrv_aio_flush", 3);
     assert_eq!(c.ask("getppid 400"), "ok getppid 400");
-    finish(rec);
-
-    let ds = Dataset::read(&out);
+    let (ds, _) = rec.finish();
     // Columns beyond the first chunk carry counts of every slot.
     assert!(
-        ds.header.len() > 6 + 2048 + 300,
+        ds.header.len() > KEYS + 2048 + 300,
         "{} columns",
         ds.header.len()
     );
@@ -126,14 +97,6 @@ fn three_fixtures_are_exact_beyond_the_first_chunk() {
     }
 }
 
-/// The fixture as a QEMU-named executable, so `--vm` finds it by `-name`.
-fn qemu_named_fixture(dir: &Path) -> PathBuf {
-    let bin = dir.join("qemu-system-x86_64");
-    std::fs::copy(common::fixture_path(), &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
-}
-
 fn start_vm(bin: &Path, name: &str) -> Fixture {
     Fixture::start_with(Command::new(bin).args(["-name", &format!("guest={name}")]))
 }
@@ -155,12 +118,11 @@ fn wait_for_rows(path: &Path, pid: u32, rec: &mut Child) {
 
 #[test]
 fn slots_after_an_exit_and_a_reused_slot_stay_exact() {
-    if !bpf_available("slots_after_an_exit_and_a_reused_slot_stay_exact") {
-        return;
-    }
+    skip_without_bpf!();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let bin = qemu_named_fixture(dir.path());
+    common::chmod(dir.path(), 0o755);
+    // The fixture as a QEMU-named executable, so `--vm` finds it by `-name`.
+    let bin = common::install(&common::fixture_path(), dir.path(), "qemu-system-x86_64");
     let tag = std::process::id();
     let names: Vec<String> = ["a", "b", "c"]
         .iter()
@@ -170,19 +132,12 @@ fn slots_after_an_exit_and_a_reused_slot_stay_exact() {
     let mut b = start_vm(&bin, &names[1]);
     let mut c = start_vm(&bin, &names[2]);
     let out = dir.path().join("slots.csv");
-    let mut cmd = common::vmwatch();
-    cmd.arg("record");
-    for n in &names {
-        cmd.args(["--vm", n]);
-    }
-    let mut rec = cmd
-        .args(["--source", "qemu,syscalls", "--interval", "200ms", "-o"])
-        .arg(&out)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_file(&out, Duration::from_secs(30), &mut rec);
+    let vms: Vec<String> = names.iter().map(|n| format!("--vm {n}")).collect();
+    let mut rec = common::run("record --source qemu,syscalls --interval 200ms")
+        .args(&vms.join(" "))
+        .out(&out)
+        .spawn();
+    common::wait_for_file(&out, Duration::from_secs(30), &mut rec);
     // A (slot 0) leaves counts behind in its slot, then exits.
     a.fire("tap_send", 1234);
     a.fire("pad_2090", 11);
@@ -203,12 +158,11 @@ fn slots_after_an_exit_and_a_reused_slot_stay_exact() {
     a2.fire("pad_2099", 44);
     b.fire("pad_0000", 9);
     std::thread::sleep(Duration::from_millis(600));
-    // SAFETY: plain kill(2) of our own child.
-    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
+    common::signal(&rec, libc::SIGINT);
     finish(rec);
 
     let ds = Dataset::read(&out);
-    assert!(ds.header.len() > 6 + 2048, "{} columns", ds.header.len());
+    assert!(ds.header.len() > KEYS + 2048, "{} columns", ds.header.len());
     assert_exact(
         &ds,
         a_pid,
@@ -231,23 +185,13 @@ fn slots_after_an_exit_and_a_reused_slot_stay_exact() {
 /// Each feature's rate (hits per second) over the windows of `pid` that lie
 /// wholly inside `[from, to)` (unix ms).
 fn rates(ds: &Dataset, pid: u32, from: u64, to: u64) -> HashMap<String, f64> {
-    let (sc, dc) = (
-        ds.col("start_unix_ms").unwrap(),
-        ds.col("duration_ms").unwrap(),
-    );
-    let mut sums: HashMap<String, u64> = HashMap::new();
-    let mut ms = 0;
-    for row in ds.rows_of(pid) {
-        let start: u64 = row[sc].parse().unwrap();
-        let d: u64 = row[dc].parse().unwrap();
-        if start < from || start + d > to {
-            continue;
-        }
-        ms += d;
-        for (name, v) in ds.header.iter().zip(row).skip(6) {
-            *sums.entry(name.clone()).or_default() += v.parse::<u64>().unwrap();
-        }
-    }
+    let inside = |row: &&Vec<String>| {
+        let (start, d) = ds.window(row);
+        from <= start && start + d <= to
+    };
+    let rows: Vec<&Vec<String>> = ds.rows_of(pid).filter(inside).collect();
+    let ms: u64 = rows.iter().map(|row| ds.window(row).1).sum();
+    let sums = ds.sums(rows.into_iter());
     assert!(
         ms >= 1000,
         "PID {pid}: only {ms} ms of windows in the common span"
@@ -262,15 +206,9 @@ fn common_span(sets: &[&Dataset]) -> (u64, u64) {
     let mut from = 0;
     let mut to = u64::MAX;
     for ds in sets {
-        let (sc, dc) = (
-            ds.col("start_unix_ms").unwrap(),
-            ds.col("duration_ms").unwrap(),
-        );
-        let starts = ds.rows.iter().map(|r| r[sc].parse::<u64>().unwrap());
-        let ends = ds
-            .rows
-            .iter()
-            .map(|r| r[sc].parse::<u64>().unwrap() + r[dc].parse::<u64>().unwrap());
+        let windows: Vec<(u64, u64)> = ds.rows.iter().map(|r| ds.window(r)).collect();
+        let starts = windows.iter().map(|(start, _)| *start);
+        let ends = windows.iter().map(|(start, d)| start + d);
         from = from.max(starts.min().unwrap());
         to = to.min(ends.max().unwrap());
     }
@@ -308,35 +246,22 @@ fn same_as_alone(solo: &HashMap<String, f64>, joint: &HashMap<String, f64>, vm: 
 
 #[test]
 fn two_and_three_real_qemus_with_every_probe_syscalls_and_kvm() {
-    let test = "two_and_three_real_qemus_with_every_probe_syscalls_and_kvm";
-    let Some(bin) = qemu_binary(test) else {
-        return;
-    };
-    if !bpf_available(test) {
-        return;
-    }
+    let bin = skip_without_bpf_and_qemu!();
     let tag = std::process::id();
     let dir = tempfile::tempdir().unwrap();
     let vms: Vec<Qemu> = (0..3)
         .map(|i| Qemu::start_idle(&bin, &format!("vmwatch-wide-{tag}-{i}"), dir.path()))
         .collect();
-    let args = [
-        "--source",
-        "qemu,syscalls,kvm",
-        "--interval",
-        "500ms",
-        "--windows",
-        "10",
-    ];
+    let args = "--source qemu,syscalls,kvm --interval 500ms --windows 10";
     let pids: Vec<u32> = vms.iter().map(Qemu::pid).collect();
     let path = |name: &str| dir.path().join(format!("{name}.csv"));
     let mut runs: Vec<(String, Child)> = Vec::new();
     for (i, pid) in pids.iter().enumerate() {
         let name = format!("solo{i}");
-        runs.push((name.clone(), record(&[*pid], &args, &path(&name))));
+        runs.push((name.clone(), record(&[*pid], args, &path(&name))));
     }
-    runs.push(("two".into(), record(&pids[..2], &args, &path("two"))));
-    runs.push(("three".into(), record(&pids, &args, &path("three"))));
+    runs.push(("two".into(), record(&pids[..2], args, &path("two"))));
+    runs.push(("three".into(), record(&pids, args, &path("three"))));
     for (_, child) in runs {
         finish(child);
     }
@@ -347,7 +272,7 @@ fn two_and_three_real_qemus_with_every_probe_syscalls_and_kvm() {
     let three = Dataset::read(&path("three"));
     let two = Dataset::read(&path("two"));
     assert!(
-        three.header.len() > 6 + 3000,
+        three.header.len() > KEYS + 3000,
         "{} columns",
         three.header.len()
     );

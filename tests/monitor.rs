@@ -2,15 +2,15 @@
 //! it calls a burst anomalous, keeps going when a watched process exits,
 //! and prints JSON lines. Run as root.
 
+#[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{bpf_available, vmwatch, wait_for_file, Fixture};
+use common::{finish, recording, run, train, Fixture};
 
 /// Fires a steady ~25 tap_send per 100 ms until `stop`.
 fn steady(mut fx: Fixture, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Fixture> {
@@ -25,9 +25,7 @@ fn steady(mut fx: Fixture, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Fix
 
 #[test]
 fn monitor_flags_a_burst_and_survives_an_exit() {
-    if !bpf_available("monitor_flags_a_burst_and_survives_an_exit") {
-        return;
-    }
+    skip_without_bpf!();
     let dir = tempfile::tempdir().unwrap();
     let normal = dir.path().join("normal.csv");
     let model = dir.path().join("model.json");
@@ -37,58 +35,16 @@ fn monitor_flags_a_burst_and_survives_an_exit() {
     let fx = Fixture::start();
     let pid = fx.pid;
     let worker = steady(fx, stop.clone());
-    let mut rec = vmwatch()
-        .args([
-            "record",
-            "--pid",
-            &pid.to_string(),
-            "--interval",
-            "200ms",
-            "--windows",
-            "40",
-        ])
-        .arg("-o")
-        .arg(&normal)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_file(&normal, Duration::from_secs(30), &mut rec);
-    assert!(rec.wait().unwrap().success());
-    let out = vmwatch()
-        .args(["train", "--nu", "0.05", "--gamma", "0.5", "-o"])
-        .arg(&model)
-        .arg(&normal)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    finish(recording(&[pid], "--interval 200ms --windows 40", &normal));
+    train(&normal, "--nu 0.05 --gamma 0.5", &model).succeeds();
 
     // Monitor the same process plus one that will exit.
     let leaver = Fixture::start();
-    let mut mon = vmwatch()
-        .args([
-            "monitor",
-            "--json",
-            "--interval",
-            "200ms",
-            "--windows",
-            "25",
-        ])
-        .args([
-            "--pid",
-            &pid.to_string(),
-            "--pid",
-            &leaver.pid.to_string(),
-            "--model",
-        ])
+    let mut mon = run("monitor --json --interval 200ms --windows 25 --model")
         .arg(&model)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .pid(pid)
+        .pid(leaver.pid)
+        .spawn_reading_stdout();
     let stdout = BufReader::new(mon.stdout.take().unwrap());
     let mut lines = stdout.lines();
     let mut verdicts = Vec::new();

@@ -2,45 +2,37 @@
 //! across window boundaries, per-process rows, `--probes`, semaphores, and
 //! processes that exit mid-recording. Run as root.
 
+#[macro_use]
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{bpf_available, finish, record, wait_for_file, Dataset, Fixture};
+use common::{finish, Dataset, Fixture, Recording};
 
 #[test]
 fn exact_totals_across_many_window_boundaries() {
-    if !bpf_available("exact_totals_across_many_window_boundaries") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("burn.csv");
+    skip_without_bpf!();
     let mut fx = Fixture::start();
     // 100 ms windows; the fixture fires nonstop through ~15 boundaries.
-    let mut rec = record(&[fx.pid], &["--interval", "100ms", "--windows", "25"], &out);
-    wait_for_file(&out, Duration::from_secs(30), &mut rec);
+    let rec = Recording::start(&[fx.pid], "--interval 100ms --windows 25", "burn.csv");
     let fired = fx.burn("tap_send", 1500);
     let fired2 = fx.burn("virtqueue_fill", 300);
-    finish(rec);
-
-    let ds = Dataset::read(&out);
+    let (ds, _) = rec.finish();
     assert_eq!(ds.total(fx.pid, "qemu:tap_send"), fired, "tap_send total");
     // +0: the fixture's `enabled` was not asked, so nothing else fired.
     assert_eq!(ds.total(fx.pid, "qemu:virtqueue_fill"), fired2);
-    let tc = ds.col("qemu:tap_send").unwrap();
-    let busy = ds.rows.iter().filter(|r| r[tc] != "0").count();
+    let busy = ds.busy_windows("qemu:tap_send");
     assert!(busy >= 10, "hits spread over only {busy} windows");
     assert_eq!(ds.rows.len(), 25);
     // Windows are numbered in order. A late drain shortens the next window
     // (deadlines are absolute), so single windows vary on a busy machine,
     // but they add up to 25 intervals: no drift.
     let wc = ds.col("window").unwrap();
-    let dc = ds.col("duration_ms").unwrap();
     let mut total = 0;
     for (i, r) in ds.rows.iter().enumerate() {
         assert_eq!(r[wc], i.to_string());
-        let d: u64 = r[dc].parse().unwrap();
+        let (_, d) = ds.window(r);
         assert!(d > 0 && d < 300, "window {i} lasted {d} ms");
         total += d;
     }
@@ -52,25 +44,14 @@ fn exact_totals_across_many_window_boundaries() {
 
 #[test]
 fn two_processes_get_separate_rows_and_share_one_attachment() {
-    if !bpf_available("two_processes_get_separate_rows_and_share_one_attachment") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("two.csv");
-    let mut a = Fixture::start();
-    let mut b = Fixture::start();
-    let mut rec = record(
-        &[a.pid, b.pid],
-        &["--interval", "200ms", "--windows", "5", "--label", "pair"],
-        &out,
-    );
-    wait_for_file(&out, Duration::from_secs(30), &mut rec);
+    skip_without_bpf!();
+    let (mut a, mut b) = (Fixture::start(), Fixture::start());
+    let options = "--interval 200ms --windows 5 --label pair";
+    let rec = Recording::start(&[a.pid, b.pid], options, "two.csv");
     a.fire("tap_send", 1000);
     b.fire("virtqueue_fill", 250);
     b.fire("tap_send", 7);
-    let stderr = finish(rec);
-
-    let ds = Dataset::read(&out);
+    let (ds, stderr) = rec.finish();
     assert_eq!(ds.total(a.pid, "qemu:tap_send"), 1000);
     assert_eq!(ds.total(a.pid, "qemu:virtqueue_fill"), 0);
     assert_eq!(ds.total(b.pid, "qemu:tap_send"), 7);
@@ -89,13 +70,9 @@ fn two_processes_get_separate_rows_and_share_one_attachment() {
 
 #[test]
 fn probes_file_narrows_attachment_and_semaphores() {
-    if !bpf_available("probes_file_narrows_attachment_and_semaphores") {
-        return;
-    }
+    skip_without_bpf!();
     let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("features.txt");
-    std::fs::write(&list, "# chosen\nqemu:tap_send\nqemu:virtqueue_fill\n").unwrap();
-    let out = dir.path().join("narrow.csv");
+    let list = common::feature_list(dir.path(), "# chosen\nqemu:tap_send\nqemu:virtqueue_fill\n");
     let mut fx = Fixture::start();
     let before = fx.enabled();
     assert!(
@@ -103,20 +80,8 @@ fn probes_file_narrows_attachment_and_semaphores() {
         "semaphores up before attach: {before:?}"
     );
 
-    let probes_arg = list.to_str().unwrap();
-    let mut rec = record(
-        &[fx.pid],
-        &[
-            "--probes",
-            probes_arg,
-            "--interval",
-            "200ms",
-            "--windows",
-            "6",
-        ],
-        &out,
-    );
-    wait_for_file(&out, Duration::from_secs(30), &mut rec);
+    let options = format!("--probes {} --interval 200ms --windows 6", list.display());
+    let rec = Recording::start(&[fx.pid], &options, "narrow.csv");
     fx.fire("tap_send", 10);
     fx.fire("bdrv_aio_flush", 10);
     fx.fire("virtqueue_fill", 3);
@@ -125,16 +90,8 @@ fn probes_file_narrows_attachment_and_semaphores() {
     assert!(during["virtqueue_fill"], "{during:?}");
     assert!(!during["bdrv_aio_flush"], "{during:?}");
     assert!(!during["memory_region_ops_write"], "{during:?}");
-    finish(rec);
-
-    let ds = Dataset::read(&out);
-    assert_eq!(
-        ds.header[6..],
-        [
-            "qemu:tap_send".to_string(),
-            "qemu:virtqueue_fill".to_string()
-        ]
-    );
+    let (ds, _) = rec.finish();
+    assert_eq!(ds.features(), ["qemu:tap_send", "qemu:virtqueue_fill"]);
     assert_eq!(ds.total(fx.pid, "qemu:tap_send"), 10);
     assert_eq!(ds.total(fx.pid, "qemu:virtqueue_fill"), 4);
     // Detach lowers the semaphores again.
@@ -147,28 +104,17 @@ fn probes_file_narrows_attachment_and_semaphores() {
 
 #[test]
 fn a_process_that_exits_stops_its_rows_only() {
-    if !bpf_available("a_process_that_exits_stops_its_rows_only") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("exit.csv");
-    let mut stays = Fixture::start();
-    let mut leaves = Fixture::start();
+    skip_without_bpf!();
+    let (mut stays, mut leaves) = (Fixture::start(), Fixture::start());
     let leaving_pid = leaves.pid;
-    let mut rec = record(
-        &[stays.pid, leaves.pid],
-        &["--interval", "200ms", "--windows", "10"],
-        &out,
-    );
-    wait_for_file(&out, Duration::from_secs(30), &mut rec);
+    let pids = [stays.pid, leaves.pid];
+    let rec = Recording::start(&pids, "--interval 200ms --windows 10", "exit.csv");
     leaves.fire("tap_send", 5);
     std::thread::sleep(Duration::from_millis(500));
     leaves.exit();
     std::thread::sleep(Duration::from_millis(300));
     stays.fire("tap_send", 42);
-    let stderr = finish(rec);
-
-    let ds = Dataset::read(&out);
+    let (ds, stderr) = rec.finish();
     assert_eq!(ds.rows_of(stays.pid).count(), 10);
     let left = ds.rows_of(leaving_pid).count();
     assert!((1..10).contains(&left), "exited process has {left} rows");
@@ -181,20 +127,13 @@ fn a_process_that_exits_stops_its_rows_only() {
 
 #[test]
 fn sigint_ends_recording_cleanly() {
-    if !bpf_available("sigint_ends_recording_cleanly") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("sig.csv");
+    skip_without_bpf!();
     let mut fx = Fixture::start();
-    let mut rec = record(&[fx.pid], &["--interval", "100ms"], &out);
-    wait_for_file(&out, Duration::from_secs(30), &mut rec);
+    let rec = Recording::start(&[fx.pid], "--interval 100ms", "sig.csv");
     fx.fire("virtqueue_fill", 3);
     std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
-    finish(rec);
-    let ds = Dataset::read(&out);
+    common::signal(&rec.child, libc::SIGINT);
+    let (ds, _) = rec.finish();
     assert!(ds.rows.len() >= 3, "only {} rows", ds.rows.len());
     // Detached: the semaphore is down again.
     assert!(!fx.enabled()["virtqueue_fill"]);
@@ -202,35 +141,25 @@ fn sigint_ends_recording_cleanly() {
 
 #[test]
 fn all_watched_processes_gone_ends_the_recording() {
-    if !bpf_available("all_watched_processes_gone_ends_the_recording") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("gone.csv");
+    skip_without_bpf!();
     let fx = Fixture::start();
-    let mut rec = record(&[fx.pid], &["--interval", "100ms"], &out);
-    wait_for_file(&out, Duration::from_secs(30), &mut rec);
+    let rec = Recording::start(&[fx.pid], "--interval 100ms", "gone.csv");
     std::thread::sleep(Duration::from_millis(300));
     fx.exit();
-    let stderr = finish(rec);
+    let stderr = finish(rec.child);
     assert!(stderr.contains("every watched process exited"), "{stderr}");
 }
 
 #[test]
 fn gzip_output_is_readable() {
-    if !bpf_available("gzip_output_is_readable") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("d.csv.gz");
+    skip_without_bpf!();
     let mut fx = Fixture::start();
-    let mut rec = record(&[fx.pid], &["--interval", "100ms", "--windows", "4"], &out);
-    wait_for_file(&out, Duration::from_secs(30), &mut rec);
+    let rec = Recording::start(&[fx.pid], "--interval 100ms --windows 4", "d.csv.gz");
     fx.fire("tap_send", 9);
-    finish(rec);
-    let text = Command::new("zcat").arg(&out).output().unwrap();
+    finish(rec.child);
+    let text = Command::new("zcat").arg(&rec.out).output().unwrap();
     assert!(text.status.success());
-    let plain = dir.path().join("d.csv");
+    let plain = rec.dir.path().join("d.csv");
     std::fs::write(&plain, &text.stdout).unwrap();
     let ds = Dataset::read(&plain);
     assert_eq!(ds.total(fx.pid, "qemu:tap_send"), 9);
@@ -238,22 +167,18 @@ fn gzip_output_is_readable() {
 
 #[test]
 fn a_sigkilled_gzip_recording_is_readable() {
-    if !bpf_available("a_sigkilled_gzip_recording_is_readable") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("killed.csv.gz");
+    skip_without_bpf!();
     let mut fx = Fixture::start();
-    let mut rec = record(&[fx.pid], &["--interval", "100ms"], &out);
-    wait_for_file(&out, Duration::from_secs(30), &mut rec);
+    let mut rec = Recording::start(&[fx.pid], "--interval 100ms", "killed.csv.gz");
     fx.fire("tap_send", 1000);
     // ~20 windows, then no trailer: the gzip stream ends at the last
     // window's sync flush.
     std::thread::sleep(Duration::from_millis(2200));
-    rec.kill().unwrap();
-    let _ = rec.wait();
+    rec.child.kill().unwrap();
+    let _ = rec.child.wait();
 
-    let table = vmwatch::dataset::Table::read(&out).unwrap();
+    let out = &rec.out;
+    let table = vmwatch_core::dataset::Table::read(out).unwrap();
     assert!(
         (10..=30).contains(&table.len()),
         "{} rows after ~20 windows",
@@ -268,16 +193,10 @@ fn a_sigkilled_gzip_recording_is_readable() {
     // Fired 2 s before the kill: every hit is in a closed (flushed) window.
     assert_eq!(table.x.column(col).sum(), 1000.0);
 
-    let model = dir.path().join("m.json");
-    let res = common::vmwatch()
-        .arg("train")
-        .arg(&out)
-        .args(["--nu", "0.1", "--gamma", "0.5", "-o"])
-        .arg(&model)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(res.status.success(), "{stderr}");
+    let model = rec.dir.path().join("m.json");
+    let stderr = common::train(out, "--nu 0.1 --gamma 0.5", &model)
+        .succeeds()
+        .stderr;
     assert!(stderr.contains("no trailer"), "{stderr}");
     assert!(model.exists());
 }

@@ -1,50 +1,19 @@
 //! `vmwatch select` on small hand-made datasets: the separating feature is
 //! named for its pair, `-o` writes the union, bad input fails cleanly.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-const HEAD: &str = "vm,pid,label,window,start_unix_ms,duration_ms";
-
-fn vmwatch() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vmwatch"))
-}
-
-/// A dataset of `rows` windows; `features` gives each column's name and
-/// its value in row i.
-fn dataset(
-    dir: &Path,
-    name: &str,
-    label: impl Fn(usize) -> String,
-    rows: usize,
-    features: &[(&str, &dyn Fn(usize) -> u64)],
-) -> PathBuf {
-    let mut text = String::from(HEAD);
-    for (f, _) in features {
-        text.push(',');
-        text.push_str(f);
-    }
-    text.push('\n');
-    for i in 0..rows {
-        text.push_str(&format!("vm1,42,{},{i},{},2000", label(i), 1000 + 2000 * i));
-        for (_, value) in features {
-            text.push_str(&format!(",{}", value(i)));
-        }
-        text.push('\n');
-    }
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use common::{run, write_dataset, Ran, Run};
 
 /// Baseline plus two stress files: `qemu:tap_send` (absent from the
 /// baseline) separates stress-net, `qemu:bdrv_aio_flush` separates
 /// stress-io; `qemu:noise` has the same distribution everywhere.
 fn scenario(dir: &Path) -> [PathBuf; 3] {
     let noise = |i: usize| (i * 7 % 5 + 10) as u64;
-    let idle = dataset(
-        dir,
-        "idle.csv",
+    let idle = write_dataset(
+        &dir.join("idle.csv"),
         |_| "idle".into(),
         20,
         &[
@@ -53,9 +22,8 @@ fn scenario(dir: &Path) -> [PathBuf; 3] {
             ("qemu:never", &|_| 0),
         ],
     );
-    let net = dataset(
-        dir,
-        "net.csv",
+    let net = write_dataset(
+        &dir.join("net.csv"),
         |_| "stress-net".into(),
         20,
         &[
@@ -64,9 +32,8 @@ fn scenario(dir: &Path) -> [PathBuf; 3] {
             ("qemu:bdrv_aio_flush", &|i| (i % 3) as u64),
         ],
     );
-    let io = dataset(
-        dir,
-        "stress-io.csv",
+    let io = write_dataset(
+        &dir.join("stress-io.csv"),
         |i| if i < 10 { "io-a".into() } else { "io-b".into() },
         20,
         &[
@@ -77,12 +44,9 @@ fn scenario(dir: &Path) -> [PathBuf; 3] {
     [idle, net, io]
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// `vmwatch select --baseline BASELINE`.
+fn select(baseline: &Path) -> Run {
+    run("select --baseline").arg(baseline)
 }
 
 /// The rows of the leading (Table 1) table: pair → (feature, score).
@@ -102,15 +66,7 @@ fn table1(text: &str) -> Vec<(String, String, f64)> {
 fn names_the_separating_feature_per_pair() {
     let dir = tempfile::tempdir().unwrap();
     let [idle, net, io] = scenario(dir.path());
-    let out = vmwatch()
-        .arg("select")
-        .arg("--baseline")
-        .arg(&idle)
-        .args([&net, &io])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    let text = select(&idle).arg(&net).arg(&io).succeeds().stdout;
     assert!(text.contains("ln(1+x)"), "{text}");
     let rows = table1(&text);
     assert_eq!(rows.len(), 2, "{text}");
@@ -141,18 +97,15 @@ fn output_file_holds_the_union() {
     let dir = tempfile::tempdir().unwrap();
     let [idle, net, io] = scenario(dir.path());
     let list = dir.path().join("features.txt");
-    let out = vmwatch()
-        .arg("select")
-        .arg("--baseline")
-        .arg(&idle)
-        .args([&net, &io])
-        .args(["--top", "2", "--raw", "-o"])
-        .arg(&list)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("raw counts"));
-    assert!(!stdout(&out).contains("selected features"));
+    let report = select(&idle)
+        .arg(&net)
+        .arg(&io)
+        .args("--top 2 --raw")
+        .out(&list)
+        .succeeds()
+        .stdout;
+    assert!(report.contains("raw counts"));
+    assert!(!report.contains("selected features"));
     let text = std::fs::read_to_string(&list).unwrap();
     assert!(text.starts_with("# vmwatch select: baseline "), "{text}");
     assert!(
@@ -168,27 +121,21 @@ fn output_file_holds_the_union() {
     assert_eq!(left, 4);
 }
 
-fn fails_with(out: Output, needle: &str) {
-    let err = stderr(&out);
-    assert!(!out.status.success(), "expected failure: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("vmwatch: ")).collect();
-    assert_eq!(lines.len(), 1, "one error sentence expected: {err}");
-    assert!(lines[0].contains(needle), "{needle:?} not in {err}");
+/// Runs `cmd`: it must fail with one sentence, which names `needle`.
+fn fails_with(cmd: Run, needle: &str) {
+    let ran: Ran = cmd.fails_with(needle);
+    assert!(
+        ran.sentence().contains(needle),
+        "{needle:?} not in {}",
+        ran.stderr
+    );
 }
 
 #[test]
 fn missing_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let [idle, ..] = scenario(dir.path());
-    let out = vmwatch()
-        .arg("select")
-        .arg("--baseline")
-        .arg(&idle)
-        .arg(dir.path().join("nope.csv"))
-        .output()
-        .unwrap();
-    fails_with(out, "nope.csv");
+    fails_with(select(&idle).arg(dir.path().join("nope.csv")), "nope.csv");
 }
 
 #[test]
@@ -198,42 +145,20 @@ fn malformed_csv_is_an_error() {
     let mut text = std::fs::read_to_string(&net).unwrap();
     text.push_str("vm1,42,stress-net,20,0,2000,x,1,2\n");
     std::fs::write(&net, text).unwrap();
-    let out = vmwatch()
-        .arg("select")
-        .arg("--baseline")
-        .arg(&idle)
-        .arg(&net)
-        .output()
-        .unwrap();
-    fails_with(out, "line 22");
+    fails_with(select(&idle).arg(&net), "line 22");
 }
 
 #[test]
 fn too_few_rows_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let [idle, _, io] = scenario(dir.path());
-    let short = dataset(dir.path(), "short.csv", |_| "s".into(), 3, &[]);
-    let out = vmwatch()
-        .arg("select")
-        .arg("--baseline")
-        .arg(&idle)
-        .args([&io, &short])
-        .output()
-        .unwrap();
-    fails_with(out, "short.csv has 3 rows");
+    let short = write_dataset(&dir.path().join("short.csv"), |_| "s".into(), 3, &[]);
+    fails_with(select(&idle).arg(&io).arg(&short), "short.csv has 3 rows");
     // --min-rows lowers the bar.
-    let out = vmwatch()
-        .arg("select")
-        .arg("--baseline")
-        .arg(&idle)
-        .arg(&short)
-        .args(["--min-rows", "3"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let ran = select(&idle).arg(&short).args("--min-rows 3").succeeds();
     // A file without feature columns is all zeros: the baseline's busy
     // probe tells them apart.
-    let rows = table1(&stdout(&out));
+    let rows = table1(&ran.stdout);
     assert_eq!(rows[0].0, "s");
     assert_eq!(rows[0].1, "qemu:noise");
 }
@@ -242,15 +167,7 @@ fn too_few_rows_is_an_error() {
 fn identical_files_select_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let [idle, ..] = scenario(dir.path());
-    let out = vmwatch()
-        .arg("select")
-        .arg("--baseline")
-        .arg(&idle)
-        .arg(&idle)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    let text = select(&idle).arg(&idle).succeeds().stdout;
     assert_eq!(table1(&text), [("idle".into(), "(none)".into(), 0.0)]);
     assert!(text.contains("no feature separates"), "{text}");
 }
@@ -259,34 +176,29 @@ fn identical_files_select_nothing() {
 fn budget_leaves_out_probes_that_cost_too_much() {
     let dir = tempfile::tempdir().unwrap();
     let [idle, net, io] = scenario(dir.path());
-    let select = |extra: &[&str]| {
+    let select = |extra: &str| {
         let list = dir.path().join("features.txt");
-        let out = vmwatch()
-            .arg("select")
-            .arg("--baseline")
-            .arg(&idle)
-            .args([&net, &io])
-            .args(["--top", "2"])
+        let ran = select(&idle)
+            .arg(&net)
+            .arg(&io)
+            .args("--top 2")
             .args(extra)
-            .arg("-o")
-            .arg(&list)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+            .out(&list)
+            .succeeds();
         let text = std::fs::read_to_string(&list).unwrap();
         let names: Vec<String> = text
             .lines()
             .filter(|l| !l.starts_with('#'))
             .map(str::to_string)
             .collect();
-        (stdout(&out), names)
+        (ran.stdout, names)
     };
     // qemu:tap_send: ~5,000 hits per 2-s window of net.csv = 2,500/s, 0.25%
     // of a CPU at 1 µs; qemu:bdrv_aio_flush: 150/s, 0.015%.
-    let (report, names) = select(&[]);
+    let (report, names) = select("");
     assert!(names.contains(&"qemu:tap_send".to_string()), "{names:?}");
     assert!(report.contains("cost of the selection"), "{report}");
-    let (report, names) = select(&["--budget", "0.1"]);
+    let (report, names) = select("--budget 0.1");
     assert!(!names.contains(&"qemu:tap_send".to_string()), "{names:?}");
     assert!(
         names.contains(&"qemu:bdrv_aio_flush".to_string()),
@@ -294,7 +206,7 @@ fn budget_leaves_out_probes_that_cost_too_much() {
     );
     assert!(report.contains("(budget 0.1%)"), "{report}");
     // A cheaper hit makes tap_send affordable again.
-    let (_, names) = select(&["--budget", "0.1", "--hit-cost", "300"]);
+    let (_, names) = select("--budget 0.1 --hit-cost 300");
     assert!(names.contains(&"qemu:tap_send".to_string()), "{names:?}");
 }
 
@@ -302,20 +214,9 @@ fn budget_leaves_out_probes_that_cost_too_much() {
 fn bad_budget_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let [idle, net, _] = scenario(dir.path());
-    for bad in [
-        ["--budget", "-1"],
-        ["--budget", "lots"],
-        ["--hit-cost", "0"],
-    ] {
-        let out = vmwatch()
-            .arg("select")
-            .arg("--baseline")
-            .arg(&idle)
-            .arg(&net)
-            .args(bad)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{bad:?} accepted");
-        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    for bad in ["--budget -1", "--budget lots", "--hit-cost 0"] {
+        let ran = select(&idle).arg(&net).args(bad).output();
+        assert!(!ran.status.success(), "{bad:?} accepted");
+        assert!(!ran.stderr.contains("panicked"), "{}", ran.stderr);
     }
 }

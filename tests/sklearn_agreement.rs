@@ -3,7 +3,7 @@
 //! the reference points (scripts/sklearn_reference.py made the file).
 
 use ndarray::Array2;
-use vmwatch::model::OneClassSvm;
+use vmwatch_core::model::OneClassSvm;
 
 fn matrix(rows: &serde_json::Value) -> Array2<f64> {
     let rows = rows.as_array().unwrap();

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmwatch::dataset::Table;
+use vmwatch_core::dataset::Table;
 use vmwatch_fuzz::assert_one_sentence;
 
 fuzz_target!(|data: &[u8]| {

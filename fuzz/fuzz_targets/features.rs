@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmwatch::features::parse_feature_list;
+use vmwatch_core::features::parse_feature_list;
 use vmwatch_fuzz::assert_one_sentence;
 
 fuzz_target!(|data: &[u8]| {

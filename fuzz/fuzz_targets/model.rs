@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use ndarray::Array2;
-use vmwatch::model::Model;
+use vmwatch_core::model::Model;
 use vmwatch_fuzz::assert_one_sentence;
 
 fuzz_target!(|data: &[u8]| {

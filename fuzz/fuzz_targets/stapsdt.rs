@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use vmwatch::stapsdt::UsdtBinary;
+use vmwatch::discover::stapsdt::UsdtBinary;
 use vmwatch_fuzz::assert_one_sentence;
 
 fuzz_target!(|data: &[u8]| {

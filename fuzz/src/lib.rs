@@ -8,8 +8,9 @@ const LINE_BREAKS: [char; 7] = [
 
 /// Panics (a crash for libFuzzer) unless `err` renders as one non-empty
 /// line.
-pub fn assert_one_sentence(err: &vmwatch::Error) {
-    let msg = err.to_string();
+pub fn assert_one_sentence(err: &(dyn std::error::Error + 'static)) {
+    // What the binary prints: the error and its causes.
+    let msg = vmwatch_core::error::chain(err);
     assert!(!msg.trim().is_empty(), "empty error message: {err:?}");
     assert!(
         !msg.contains(LINE_BREAKS),

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use vmwatch::semaphores;
+use vmwatch::attach::semaphores;
 
 /// Lower the USDT semaphores that a vmwatch which was killed (SIGKILL, the
 /// OOM killer) raised in QEMU processes and never lowered.

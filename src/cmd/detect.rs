@@ -1,15 +1,14 @@
 //! `vmwatch detect`: offline verdicts for recorded windows.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
-use serde::Serialize;
+use anyhow::Result;
 
-use vmwatch::dataset::Table;
-use vmwatch::model::{Model, Smoothing};
+use vmwatch_core::dataset::Table;
+use vmwatch_core::model::{Model, Smoothing};
+use vmwatch_core::verdict::{judge_table, tally_by_label};
 
 /// Score recorded windows with a trained model: one verdict per VM and
 /// window (negative score = outside the normal region).
@@ -30,22 +29,10 @@ pub struct Args {
     json: bool,
 }
 
-#[derive(Serialize)]
-struct Verdict<'a> {
-    start_unix_ms: u64,
-    vm: &'a str,
-    pid: u32,
-    label: &'a str,
-    window: u64,
-    score: f64,
-    anomalous: bool,
-}
-
 pub fn run(args: Args) -> Result<ExitCode> {
     let model = Model::load(&args.model)?;
     let smooth = args.smooth.unwrap_or(model.smoothing);
     let mut out = std::io::stdout().lock();
-    let mut totals: Vec<(String, usize, usize)> = Vec::new();
     if !args.json {
         writeln!(
             out,
@@ -53,78 +40,34 @@ pub fn run(args: Args) -> Result<ExitCode> {
             "VM", "PID", "LABEL", "WINDOW", "SCORE"
         )?;
     }
+    let mut all = Vec::new();
     for file in &args.files {
         let table = Table::read(file)?;
-        let present = model
-            .features
-            .iter()
-            .filter(|f| table.features.contains(f))
-            .count();
-        if present == 0 {
-            bail!(
-                "{} has none of the model's {} features (the model counts {}…): wrong model or wrong source?",
-                file.display(),
-                model.features.len(),
-                model.features[0]
-            );
-        }
-        if present < model.features.len() {
-            tracing::warn!(
-                "{}: {} of the model's features are absent and read as zero",
-                file.display(),
-                model.features.len() - present
-            );
-        }
-        let scores = model.decisions(table.project(&model.features).view());
-        // Smoothing runs per VM process over its windows in order.
-        let mut order: Vec<usize> = (0..table.len()).collect();
-        order.sort_by_key(|&i| (table.keys[i].pid, table.keys[i].window));
-        let mut history: HashMap<u32, Vec<bool>> = HashMap::new();
-        let mut flagged = vec![false; table.len()];
-        for i in order {
-            let h = history.entry(table.keys[i].pid).or_default();
-            h.push(scores[i] < 0.0);
-            flagged[i] = smooth.flags(h);
-        }
-        for (i, key) in table.keys.iter().enumerate() {
-            match totals.iter_mut().find(|t| t.0 == key.label) {
-                Some(t) => {
-                    t.1 += 1;
-                    t.2 += usize::from(flagged[i]);
-                }
-                None => totals.push((key.label.clone(), 1, usize::from(flagged[i]))),
-            }
+        let verdicts = judge_table(&model, &table, smooth, &file.display().to_string())?;
+        for v in &verdicts {
             if args.json {
-                let v = Verdict {
-                    start_unix_ms: key.start_unix_ms,
-                    vm: &key.vm,
-                    pid: key.pid,
-                    label: &key.label,
-                    window: key.window,
-                    score: scores[i],
-                    anomalous: flagged[i],
-                };
-                serde_json::to_writer(&mut out, &v)?;
+                serde_json::to_writer(&mut out, v)?;
                 writeln!(out)?;
             } else {
                 writeln!(
                     out,
                     "{:<16} {:>8} {:<14} {:>6} {:>10.4}  {}",
-                    key.vm,
-                    key.pid,
-                    key.label,
-                    key.window,
-                    scores[i],
-                    if flagged[i] { "ANOMALOUS" } else { "normal" }
+                    v.vm,
+                    v.pid,
+                    v.label.as_deref().unwrap_or(""),
+                    v.window,
+                    v.score,
+                    if v.anomalous { "ANOMALOUS" } else { "normal" }
                 )?;
             }
         }
+        all.extend(verdicts);
     }
     if !args.json {
-        for (label, n, a) in &totals {
+        for (label, n, a) in tally_by_label(&all) {
             eprintln!(
                 "label {label:?}: {a} of {n} windows anomalous ({:.1}%)",
-                100.0 * *a as f64 / *n as f64
+                100.0 * a as f64 / n as f64
             );
         }
     }

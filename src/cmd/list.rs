@@ -4,10 +4,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use serde::Serialize;
-
-use vmwatch::procs;
-use vmwatch::stapsdt;
 
 /// List the QEMU processes on this host: PID, VM name, binary, USDT probes.
 ///
@@ -22,50 +18,11 @@ pub struct Args {
     json: bool,
 }
 
-#[derive(Serialize)]
-struct Entry {
-    pid: u32,
-    vm: String,
-    binary: String,
-    probes: usize,
-    /// Whether `--vm` and `--all` take it for a VM.
-    trusted: bool,
-    untrusted_reason: Option<String>,
-}
-
 const NO_PROBES_HINT: &str =
     "no USDT probes: vmwatch needs a QEMU built with --enable-trace-backends=dtrace";
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let scan = procs::scan();
-    // A partial list would pass for the whole host.
-    if scan.hidden > 0 {
-        return Err(vmwatch::Error::NeedsRoot {
-            what: "listing QEMU processes".into(),
-            hidden: scan.hidden,
-            uid: procs::current_uid(),
-        }
-        .into());
-    }
-    let mut probe_counts = std::collections::HashMap::new();
-    let entries: Vec<Entry> = scan
-        .qemus
-        .into_iter()
-        .map(|p| {
-            let untrusted = p.trust().err();
-            let probes = *probe_counts
-                .entry(p.binary_id)
-                .or_insert_with(|| stapsdt::count_probe_names(&p.exe_path(), "qemu"));
-            Entry {
-                pid: p.pid,
-                vm: p.vm,
-                binary: p.binary.display().to_string(),
-                probes,
-                trusted: untrusted.is_none(),
-                untrusted_reason: untrusted.map(|u| u.to_string()),
-            }
-        })
-        .collect();
+    let entries = vmwatch::discover::list_qemus()?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &entries)?;

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use vmwatch::session::Target;
+use vmwatch_core::train::{FeatureChoice, SvmParams};
 
 /// Whether `path` is this process's standard output (`-o /dev/stdout`): a
 /// command then prints its report to stderr rather than into the file.
@@ -28,19 +29,6 @@ pub fn is_stdout(path: &std::path::Path) -> bool {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
-}
-
-/// The error and its causes as one sentence.
-pub fn sentence(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        // thiserror messages already include their source's text.
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-    }
-    parts.join(": ")
 }
 
 /// Which VMs to watch.
@@ -78,18 +66,45 @@ pub struct CountArgs {
     /// `strace` alone (the real `strace -c -f`,
     /// the paper's baseline). Default: the sources of --probes, else qemu.
     #[arg(long = "source", value_delimiter = ',', value_name = "SOURCES")]
-    pub sources: Vec<vmwatch::features::Source>,
+    pub sources: Vec<vmwatch::session::CountSource>,
     /// Count only these features (one name per line, e.g. `qemu:tap_send`);
     /// only their probe sites are attached.
     #[arg(long, value_name = "FILE")]
     pub probes: Option<PathBuf>,
     /// Window length (e.g. 2s, 500ms).
-    #[arg(long, default_value = "2s", value_parser = vmwatch::window::parse_interval)]
+    #[arg(long, default_value = "2s", value_parser = vmwatch_core::window::parse_interval)]
     pub interval: std::time::Duration,
     /// Most VMs watched at once (sizes the kernel maps; 1 to 1024).
-    #[arg(long, default_value_t = vmwatch::collector::DEFAULT_MAX_VMS, value_name = "N",
+    #[arg(long, default_value_t = vmwatch::bpf::DEFAULT_MAX_VMS, value_name = "N",
           value_parser = max_vms)]
     pub max_vms: u32,
+}
+
+/// Which features to learn from (`train`, `eval`).
+#[derive(Debug, Clone, Args)]
+pub struct FeatureArgs {
+    /// Use only these features (one per line, e.g. from `vmwatch select`).
+    /// Default: every feature that is nonzero somewhere in the input files.
+    #[arg(long, value_name = "FILE")]
+    pub features: Option<PathBuf>,
+    /// Use only the features of these sources (comma separated: qemu,
+    /// syscalls, kvm) that are nonzero somewhere in the input files.
+    #[arg(
+        long = "source",
+        value_delimiter = ',',
+        value_name = "SOURCES",
+        conflicts_with = "features"
+    )]
+    pub sources: Vec<vmwatch_core::features::Source>,
+}
+
+impl FeatureArgs {
+    pub fn choice(&self) -> vmwatch_core::Result<FeatureChoice> {
+        Ok(match &self.features {
+            Some(path) => FeatureChoice::List(vmwatch_core::features::read_feature_list(path)?),
+            None => FeatureChoice::Nonzero(self.sources.clone()),
+        })
+    }
 }
 
 /// One-class SVM parameters: fixed, or searched on a grid by k-fold CV.
@@ -105,35 +120,61 @@ pub struct SvmArgs {
     pub gamma: Option<f64>,
     /// Parameter grid: `paper` (nu, gamma in 0.01..0.1) or `wide` (log grid).
     #[arg(long, default_value = "paper")]
-    pub grid: vmwatch::train::Grid,
+    pub grid: vmwatch_core::train::Grid,
     /// Cross-validation folds (at least 2).
     #[arg(long, default_value_t = 5, value_parser = folds)]
     pub folds: usize,
 }
 
-/// `--max-vms`: 1 to [`vmwatch::collector::MAX_VMS`].
-pub fn max_vms(s: &str) -> Result<u32, String> {
-    let max = vmwatch::collector::MAX_VMS;
-    match s.trim().parse::<u32>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(format!("`{s}` is not a number of VMs from 1 to {max}")),
+impl SvmArgs {
+    pub fn params(&self) -> SvmParams {
+        match (self.nu, self.gamma) {
+            // The option parsers checked the range; clap makes them a pair.
+            (Some(nu), Some(gamma)) => SvmParams::Fixed { nu, gamma },
+            _ => SvmParams::Search(self.grid),
+        }
     }
+}
+
+/// `text` parsed as a `T` that `valid` accepts; otherwise the sentence
+/// `invalid` makes (for an option's value parser).
+fn parse_checked<T: std::str::FromStr>(
+    text: &str,
+    valid: impl Fn(&T) -> bool,
+    invalid: impl FnOnce() -> String,
+) -> Result<T, String> {
+    match text.parse::<T>() {
+        Ok(v) if valid(&v) => Ok(v),
+        _ => Err(invalid()),
+    }
+}
+
+/// `--max-vms`: 1 to [`vmwatch::bpf::MAX_VMS`].
+pub fn max_vms(s: &str) -> Result<u32, String> {
+    let max = vmwatch::bpf::MAX_VMS;
+    parse_checked(
+        s.trim(),
+        |n| (1..=max).contains(n),
+        || format!("`{s}` is not a number of VMs from 1 to {max}"),
+    )
 }
 
 /// `--folds`: 2 to 100.
 fn folds(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(n) if (2..=100).contains(&n) => Ok(n),
-        _ => Err(format!("`{s}` is not a number of folds from 2 to 100")),
-    }
+    parse_checked(
+        s.trim(),
+        |n| (2..=100).contains(n),
+        || format!("`{s}` is not a number of folds from 2 to 100"),
+    )
 }
 
 /// `--windows`: at least 1.
 pub fn windows(s: &str) -> Result<u64, String> {
-    match s.trim().parse::<u64>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("`{s}` is not a number of windows (1 or more)")),
-    }
+    parse_checked(
+        s.trim(),
+        |n| *n >= 1,
+        || format!("`{s}` is not a number of windows (1 or more)"),
+    )
 }
 
 fn parse_number(s: &str) -> Result<f64, String> {
@@ -142,22 +183,31 @@ fn parse_number(s: &str) -> Result<f64, String> {
         .map_err(|_| format!("`{s}` is not a number"))
 }
 
+/// A number (else "`s` is not a number") that `valid` accepts (else
+/// "`must_be`, not `s`").
+fn number_within(s: &str, valid: fn(f64) -> bool, must_be: &str) -> Result<f64, String> {
+    let x = parse_number(s)?;
+    if valid(x) {
+        Ok(x)
+    } else {
+        Err(format!("{must_be}, not `{s}`"))
+    }
+}
+
 /// `--nu`: 0 < nu <= 1 (a model with another nu cannot be loaded).
 fn parse_nu(s: &str) -> Result<f64, String> {
-    let nu = parse_number(s)?;
-    if vmwatch::model::valid_nu(nu) {
-        Ok(nu)
-    } else {
-        Err(format!("nu must be a number with 0 < nu <= 1, not `{s}`"))
-    }
+    number_within(
+        s,
+        vmwatch_core::model::valid_nu,
+        "nu must be a number with 0 < nu <= 1",
+    )
 }
 
 /// `--gamma`: finite and > 0 (JSON cannot even store an infinite one).
 fn parse_gamma(s: &str) -> Result<f64, String> {
-    let gamma = parse_number(s)?;
-    if vmwatch::model::valid_gamma(gamma) {
-        Ok(gamma)
-    } else {
-        Err(format!("gamma must be a finite number > 0, not `{s}`"))
-    }
+    number_within(
+        s,
+        vmwatch_core::model::valid_gamma,
+        "gamma must be a finite number > 0",
+    )
 }

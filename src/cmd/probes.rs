@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use vmwatch::stapsdt::UsdtBinary;
+use vmwatch::discover::stapsdt::UsdtBinary;
 
 /// List the USDT probes of a binary: provider, name, call sites, semaphore.
 #[derive(Debug, clap::Args)]

@@ -8,10 +8,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use vmwatch::collector::BpfObjects;
-use vmwatch::dataset::{DatasetWriter, Row};
+use vmwatch::bpf::BpfObjects;
 use vmwatch::session::{Ended, Session, SessionConfig};
 use vmwatch::signals::StopSignal;
+use vmwatch_core::dataset::DatasetWriter;
 
 use super::{CountArgs, TargetArgs};
 
@@ -53,7 +53,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .count
         .probes
         .as_deref()
-        .map(vmwatch::features::read_feature_list)
+        .map(vmwatch_core::features::read_feature_list)
         .transpose()?;
     let mut objects = BpfObjects::default();
     let t = Instant::now();
@@ -66,14 +66,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             max_vms: args.count.max_vms,
         },
     )?;
-    let sites: usize = session
-        .collector()
-        .map_or(0, |c| c.attachments().map(|a| a.sites).sum());
+    let sites = session.attached_sites();
     tracing::info!(
         "counting {} features ({} probe sites) for {} process(es); attached in {:.2?}",
         session.features().len(),
         sites,
-        session.watched().count(),
+        session.watched().len(),
         t.elapsed()
     );
     for p in session.watched() {
@@ -95,16 +93,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             progress
                 .suspend(|| tracing::warn!("window {} overran {} boundaries", w.index, w.missed));
         }
-        for s in &w.drain.samples {
-            writer.write_row(&Row {
-                vm: &s.process.vm,
-                pid: s.process.pid,
-                label: &args.label,
-                window: w.index,
-                start_unix_ms: w.start_unix_ms,
-                duration_ms: w.duration_ms,
-                counts: &s.counts,
-            })?;
+        for row in w.rows(&args.label) {
+            writer.write_row(&row)?;
             rows += 1;
         }
         writer.flush()?;

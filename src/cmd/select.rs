@@ -1,16 +1,15 @@
 //! `vmwatch select`: LDA scores of each feature for baseline-vs-stress
 //! pairs (the paper's Table 1) and a multivariate subset per pair.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
-use vmwatch::dataset::Table;
-use vmwatch::select::{score_pair, Budget, PairScores, Transform};
+use vmwatch_core::dataset::Table;
+use vmwatch_core::select::{self, Pair, SelectConfig, Selection, Transform};
 
 /// Rank features by how well they separate a baseline scenario from each
 /// stress scenario (Linear Discriminant Analysis, two classes at a time).
@@ -47,7 +46,7 @@ pub struct Args {
     /// Consider only features of these sources (comma separated: qemu,
     /// syscalls, kvm). Default: every feature of the files.
     #[arg(long = "source", value_delimiter = ',', value_name = "SOURCES")]
-    sources: Vec<vmwatch::features::Source>,
+    sources: Vec<vmwatch_core::features::Source>,
     /// Fewest rows (windows) a file must have.
     #[arg(long, default_value_t = 10, value_name = "N")]
     min_rows: usize,
@@ -66,65 +65,19 @@ pub struct Args {
 }
 
 fn parse_percent(s: &str) -> std::result::Result<f64, String> {
-    match s.trim_end_matches('%').parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("`{s}` is not a percentage (e.g. 0.5)")),
-    }
+    super::parse_checked(
+        s.trim_end_matches('%'),
+        |v: &f64| v.is_finite() && *v >= 0.0,
+        || format!("`{s}` is not a percentage (e.g. 0.5)"),
+    )
 }
 
 fn parse_ns(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("`{s}` is not a positive number of nanoseconds")),
-    }
-}
-
-/// What counting each `qemu:` probe costs, as a percentage of one CPU.
-struct ProbeCosts {
-    /// Highest mean hits per second of each probe in any file.
-    peak_rate: HashMap<String, f64>,
-    hit_cost_ns: f64,
-}
-
-impl ProbeCosts {
-    fn new(tables: &[&Table], hit_cost_ns: f64) -> Self {
-        let mut peak_rate: HashMap<String, f64> = HashMap::new();
-        for t in tables {
-            let probes: Vec<String> = t
-                .features
-                .iter()
-                .filter(|f| f.starts_with(vmwatch::features::QEMU))
-                .cloned()
-                .collect();
-            for (f, r) in probes.iter().zip(t.mean_rates(&probes)) {
-                let peak = peak_rate.entry(f.clone()).or_insert(0.0);
-                *peak = peak.max(r);
-            }
-        }
-        Self {
-            peak_rate,
-            hit_cost_ns,
-        }
-    }
-
-    fn rate(&self, feature: &str) -> f64 {
-        self.peak_rate.get(feature).copied().unwrap_or(0.0)
-    }
-
-    /// Percent of one CPU.
-    fn percent(&self, feature: &str) -> f64 {
-        self.rate(feature) * self.hit_cost_ns * 1e-9 * 100.0
-    }
-}
-
-/// One baseline-vs-stress comparison.
-struct Pair {
-    name: String,
-    path: PathBuf,
-    rows: usize,
-    /// Features nonzero in at least one of the two files.
-    features: Vec<String>,
-    scores: PairScores,
+    super::parse_checked(
+        s,
+        |v: &f64| v.is_finite() && *v > 0.0,
+        || format!("`{s}` is not a positive number of nanoseconds"),
+    )
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -134,82 +87,35 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Transform::Log1p
     };
     let top = args.top as usize;
-    let baseline = read(&args.baseline, args.min_rows)?;
+    let baseline = select::read(&args.baseline, args.min_rows)?;
     let stresses = args
         .stress
         .iter()
-        .map(|path| Ok((path, read(path, args.min_rows)?)))
+        .map(|path| Ok((path.clone(), select::read(path, args.min_rows)?)))
         .collect::<Result<Vec<_>>>()?;
-    let mut tables = vec![&baseline];
-    tables.extend(stresses.iter().map(|(_, t)| t));
-    let costs = ProbeCosts::new(&tables, args.hit_cost);
-    // The union of the subsets so far (pair order, then selection order)
-    // and what it costs: a later pair may reuse its features for free and
-    // spend only what is left.
-    let mut union: Vec<String> = Vec::new();
-    let mut chosen: HashSet<String> = HashSet::new();
-    let mut spent = 0.0;
-    let mut pairs = Vec::new();
-    for (path, stress) in stresses {
-        let features = Table::nonzero_features(&[&baseline, &stress], &args.sources);
-        let cost: Vec<f64> = features
-            .iter()
-            .map(|f| {
-                if chosen.contains(f) {
-                    0.0
-                } else {
-                    costs.percent(f)
-                }
-            })
-            .collect();
-        let budget = args.budget.map(|limit| Budget {
-            cost: &cost,
-            limit: limit - spent,
-        });
-        let scores = score_pair(
-            baseline.project(&features).view(),
-            stress.project(&features).view(),
-            top,
-            transform,
-            budget,
-        )
-        .with_context(|| {
-            format!(
-                "scoring {} against {}",
-                path.display(),
-                args.baseline.display()
-            )
-        })?;
-        for step in &scores.greedy {
-            let f = &features[step.feature];
-            if chosen.insert(f.clone()) {
-                spent += costs.percent(f);
-                union.push(f.clone());
-            }
-        }
-        pairs.push(Pair {
-            name: pair_name(&stress, path),
-            path: path.clone(),
-            rows: stress.len(),
-            features,
-            scores,
-        });
-    }
-    disambiguate(&mut pairs);
+    let config = SelectConfig {
+        top,
+        transform,
+        sources: args.sources.clone(),
+        budget: args.budget,
+        hit_cost_ns: args.hit_cost,
+    };
+    let selection = select::select((&args.baseline, &baseline), &stresses, &config)?;
 
     let mut out = String::new();
-    report(&mut out, &args, &baseline, &pairs, transform, top);
-    cost_report(&mut out, &args, &costs, &union);
+    report(&mut out, &args, &baseline, &selection.pairs, transform, top);
+    cost_report(&mut out, &args, &selection);
+    let union = &selection.union;
     match &args.output {
         Some(path) => {
             let header = features_header(&args, transform, top);
             // Atomic (temp file + rename): a reader never sees a half list.
-            vmwatch::atomic::write(path, features_file(&header, &union).as_bytes())?;
+            vmwatch_core::atomic::write(path, features_file(&header, union).as_bytes())?;
             tracing::info!("wrote {} features to {}", union.len(), path.display());
         }
         None => {
             writeln!(out, "\nselected features (union of the subsets):").unwrap();
-            for f in &union {
+            for f in union {
                 writeln!(out, "{f}").unwrap();
             }
         }
@@ -221,53 +127,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         std::io::stdout().lock().write_all(out.as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn read(path: &Path, min_rows: usize) -> Result<Table> {
-    let t = Table::read(path)?;
-    if t.len() < min_rows {
-        bail!(
-            "{} has {} rows; select needs at least {min_rows} per file (--min-rows)",
-            path.display(),
-            t.len()
-        );
-    }
-    Ok(t)
-}
-
-/// The stress file's label when all its rows share one, else its stem.
-fn pair_name(t: &Table, path: &Path) -> String {
-    if let Some(first) = t.keys.first() {
-        if !first.label.is_empty() && t.keys.iter().all(|k| k.label == first.label) {
-            return first.label.clone();
-        }
-    }
-    stem(path)
-}
-
-fn stem(path: &Path) -> String {
-    let name = path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    for ext in [".csv.gz", ".csv", ".gz"] {
-        if let Some(s) = name.strip_suffix(ext) {
-            if !s.is_empty() {
-                return s.to_string();
-            }
-        }
-    }
-    name
-}
-
-/// Two files with the same label get their file names added.
-fn disambiguate(pairs: &mut [Pair]) {
-    let names: Vec<String> = pairs.iter().map(|p| p.name.clone()).collect();
-    for p in pairs.iter_mut() {
-        if names.iter().filter(|n| **n == p.name).count() > 1 {
-            p.name = format!("{} ({})", p.name, p.path.display());
-        }
-    }
 }
 
 fn report(
@@ -300,7 +159,7 @@ fn report(
         writeln!(
             out,
             "\n## {} vs {} ({}: {} rows, {} nonzero features)",
-            pair_name(baseline, &args.baseline),
+            baseline.scenario_name(&args.baseline),
             p.name,
             p.path.display(),
             p.rows,
@@ -342,22 +201,16 @@ fn report(
 }
 
 /// What counting the selection costs the VM, by the cost model of --budget.
-fn cost_report(out: &mut String, args: &Args, costs: &ProbeCosts, union: &[String]) {
-    let probes: Vec<&String> = union
-        .iter()
-        .filter(|f| f.starts_with(vmwatch::features::QEMU))
-        .collect();
-    let rate: f64 = probes.iter().map(|f| costs.rate(f)).sum();
-    let percent: f64 = probes.iter().map(|f| costs.percent(f)).sum();
+fn cost_report(out: &mut String, args: &Args, selection: &Selection) {
+    let cost = selection.costs.of(&selection.union);
     let budget = args
         .budget
         .map_or_else(String::new, |b| format!(" (budget {b}%)"));
     writeln!(
         out,
-        "\ncost of the selection: {} probes, at most {rate:.0} hits/s per VM (each probe's highest \
-         mean rate in the files) x {:.0} ns = {percent:.3}% of one CPU{budget}",
-        probes.len(),
-        args.hit_cost
+        "\ncost of the selection: {} probes, at most {:.0} hits/s per VM (each probe's highest \
+         mean rate in the files) x {:.0} ns = {:.3}% of one CPU{budget}",
+        cost.probes, cost.rate, args.hit_cost, cost.percent
     )
     .unwrap();
 }

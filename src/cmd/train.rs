@@ -4,12 +4,12 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use vmwatch::dataset::Table;
-use vmwatch::model::{Model, Smoothing, TrainingSummary};
-use vmwatch::train::{cv_fp_rate, grid_search};
+use vmwatch_core::dataset::Table;
+use vmwatch_core::model::Smoothing;
+use vmwatch_core::train::{train, Chosen, SvmParams, TrainConfig, TrainingSet};
 
 /// Train a detector on windows of normal behaviour.
 ///
@@ -21,19 +21,8 @@ pub struct Args {
     /// Dataset files of normal behaviour (CSV or CSV.gz).
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// Use only these features (one per line, e.g. from `vmwatch select`).
-    /// Default: every feature that is nonzero somewhere in the files.
-    #[arg(long, value_name = "FILE")]
-    features: Option<PathBuf>,
-    /// Use only the features of these sources (comma separated: qemu,
-    /// syscalls, kvm) that are nonzero somewhere in the files.
-    #[arg(
-        long = "source",
-        value_delimiter = ',',
-        value_name = "SOURCES",
-        conflicts_with = "features"
-    )]
-    sources: Vec<vmwatch::features::Source>,
+    #[command(flatten)]
+    features: super::FeatureArgs,
     #[command(flatten)]
     svm: super::SvmArgs,
     /// Default smoothing stored in the model (K/N: K anomalous of the last N).
@@ -46,75 +35,33 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let table = Table::read_all(&args.files)?;
-    if table.len() < 10 {
-        bail!(
-            "{} training windows are too few (need at least 10)",
-            table.len()
-        );
-    }
-    let features = match &args.features {
-        Some(path) => vmwatch::features::read_feature_list(path)?,
-        None => Table::nonzero_features(&[&table], &args.sources),
-    };
-    if features.is_empty() {
-        bail!("every feature is zero in the training files: nothing to learn from");
-    }
-    let missing: Vec<&String> = features
-        .iter()
-        .filter(|f| !table.features.contains(f))
-        .collect();
-    if missing.len() == features.len() {
-        bail!("none of the requested features is a column of the training files");
-    }
-    if !missing.is_empty() {
-        tracing::warn!(
-            "{} requested features are absent (zeros) in the training files",
-            missing.len()
-        );
-    }
-    let raw = table.project(&features);
+    let set = TrainingSet::new(&table, &args.features.choice()?)?;
     eprintln!(
         "training on {} windows x {} features from {} file(s)",
-        raw.nrows(),
-        features.len(),
+        set.raw.nrows(),
+        set.features.len(),
         args.files.len()
     );
-
-    let (nu, gamma, fp, grid_name) = match (args.svm.nu, args.svm.gamma) {
-        // The option parsers checked the range.
-        (Some(nu), Some(gamma)) => {
-            let fp = cv_fp_rate(raw.view(), args.svm.folds, nu, gamma)?;
-            (nu, gamma, fp, "fixed".to_string())
-        }
-        _ => {
-            let points = args.svm.grid.points();
-            let bar = progress(points.len() as u64);
-            let (best, _) = grid_search(raw.view(), args.svm.folds, &points, &|| bar.inc(1))?;
-            bar.finish_and_clear();
-            (
-                best.nu,
-                best.gamma,
-                best.fp_rate,
-                args.svm.grid.name().to_string(),
-            )
-        }
-    };
-    let summary = TrainingSummary {
-        windows: raw.nrows(),
-        files: args.files.iter().map(|p| p.display().to_string()).collect(),
-        cv_false_positive_rate: Some(fp),
+    let config = TrainConfig {
+        params: args.svm.params(),
         folds: args.svm.folds,
-        grid: grid_name,
+        smoothing: args.smooth,
+        files: args.files.iter().map(|p| p.display().to_string()).collect(),
     };
-    let mut model = Model::fit(features, raw.view(), nu, gamma, summary)?;
-    model.smoothing = args.smooth;
-    model.save(&args.output)?;
+    let bar = match config.params {
+        SvmParams::Search(grid) => progress(grid.points().len() as u64),
+        SvmParams::Fixed { .. } => ProgressBar::hidden(),
+    };
+    let trained = train(set, &config, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    trained.model.save(&args.output)?;
+    let Chosen { nu, gamma, .. } = trained.chosen;
     let summary = format!(
         "nu = {nu}, gamma = {gamma}: {:.2}% false positives in {}-fold cross-validation, \
          {} support vectors; model written to {}",
-        fp * 100.0,
+        trained.fp_rate * 100.0,
         args.svm.folds,
-        model.svm.coef.len(),
+        trained.model.svm.coef.len(),
         args.output.display()
     );
     // With `-o /dev/stdout` the model alone goes to stdout.

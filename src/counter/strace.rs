@@ -8,20 +8,23 @@
 //! once. Syscalls made between the detach and the next attach are not
 //! counted; docs/SOURCES.md gives the measured size of that gap.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::collector::{Drain, Sample};
+use std::str::FromStr;
+
+use syscalls::Sysno;
+use vmwatch_core::features::{Columns, Feature};
+
+use super::{Counter, Drain, Sample};
+use crate::discover::procs::Process;
+use crate::discover::stapsdt::UsdtBinary;
 use crate::error::{Error, Result};
-use crate::features;
-use crate::procs::Process;
 
 /// One strace per watched process.
 pub struct StraceCounter {
-    features: Vec<String>,
-    index: HashMap<String, usize>,
+    columns: Columns,
     dir: tempfile::TempDir,
     tracers: Vec<Tracer>,
 }
@@ -33,9 +36,8 @@ struct Tracer {
 }
 
 impl StraceCounter {
-    /// Columns are every syscall of the running architecture (or the
-    /// requested subset).
-    pub fn new(features: Vec<String>) -> Result<Self> {
+    /// Counts the syscall columns of `columns` (the others stay zero).
+    pub fn new(columns: Columns) -> Result<Self> {
         let status = Command::new("strace")
             .arg("-V")
             .stdout(Stdio::null())
@@ -46,14 +48,8 @@ impl StraceCounter {
                 "--source strace needs the strace program (apt-get install strace)".into(),
             ));
         }
-        let index = features
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.clone(), i))
-            .collect();
         Ok(Self {
-            features,
-            index,
+            columns,
             dir: tempfile::Builder::new()
                 .prefix("vmwatch-strace-")
                 .tempdir()
@@ -62,17 +58,9 @@ impl StraceCounter {
         })
     }
 
-    pub fn features(&self) -> &[String] {
-        &self.features
-    }
-
-    pub fn watched(&self) -> impl Iterator<Item = &Process> {
-        self.tracers.iter().map(|t| &t.process)
-    }
-
     /// Attaches a strace to `process`.
     pub fn watch(&mut self, process: &Process) -> Result<()> {
-        if self.watched().any(|p| p.pid == process.pid) {
+        if self.tracers.iter().any(|t| t.process.pid == process.pid) {
             return Ok(());
         }
         let output = self.dir.path().join(format!("{}.txt", process.pid));
@@ -102,16 +90,23 @@ impl StraceCounter {
                 out.exited.push(t.process);
                 continue;
             }
-            let mut counts = vec![0u64; self.features.len()];
+            let mut counts = vec![0u64; self.columns.len()];
             for (name, calls) in parse_summary(&text) {
-                if let Some(&i) = self.index.get(&features::sys_feature(&name)) {
+                let column = Sysno::from_str(&name)
+                    .ok()
+                    .and_then(|s| self.columns.position(&Feature::Syscall(s.id() as u32)));
+                if let Some(i) = column {
                     counts[i] += calls;
                 }
             }
             match spawn(t.process.pid, &t.output) {
                 Ok(child) => t.child = child,
                 Err(e) => {
-                    tracing::warn!("strace on PID {}: {e}", t.process.pid);
+                    tracing::warn!(
+                        "strace on PID {}: {}",
+                        t.process.pid,
+                        vmwatch_core::error::chain(&e)
+                    );
                     out.exited.push(t.process);
                     continue;
                 }
@@ -126,6 +121,24 @@ impl StraceCounter {
         // Upper bound of the blind gap: the first detach to the last attach.
         tracing::debug!("strace runs restarted; uncounted gap <= {:?}", t0.elapsed());
         Ok(out)
+    }
+}
+
+impl Counter for StraceCounter {
+    fn columns(&self) -> &Columns {
+        &self.columns
+    }
+
+    fn watch(&mut self, process: &Process, _binary: Option<&UsdtBinary>) -> Result<()> {
+        StraceCounter::watch(self, process)
+    }
+
+    fn watched(&self) -> Vec<&Process> {
+        self.tracers.iter().map(|t| &t.process).collect()
+    }
+
+    fn drain(&mut self) -> Result<Drain> {
+        StraceCounter::drain(self)
     }
 }
 

@@ -169,7 +169,7 @@ impl OneClassSvm {
             .eps(1e-3)
             .gaussian_kernel(1.0 / gamma)
             .fit(&dataset)
-            .map_err(|e| Error::Invalid(format!("training the one-class SVM: {e}")))?;
+            .map_err(|source| Error::Svm { source })?;
         // linfa keeps the support vectors in training order with the
         // alphas above its threshold; rebuild them for a self-contained file.
         let threshold = 100.0 * f64::EPSILON;
@@ -266,7 +266,10 @@ impl Model {
     /// Parses and validates a model from the bytes of a model file; `name`
     /// names it in messages.
     pub fn from_json(name: &str, bytes: &[u8]) -> Result<Self> {
-        let bad = |msg: String| Error::Invalid(format!("{name} is not a usable model: {msg}"));
+        let bad = |reason: String| Error::Model {
+            path: name.to_string(),
+            reason,
+        };
         let head: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON ({e})")))?;
         if head.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
@@ -382,6 +385,7 @@ pub fn valid_gamma(gamma: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorMessage as _;
 
     /// Two tight clusters of "normal" windows in 2 features.
     fn normal() -> Array2<f64> {
@@ -393,6 +397,18 @@ mod tests {
             ]);
         }
         Array2::from_shape_vec((60, 2), v).unwrap()
+    }
+
+    /// A model of features `a` and `b` fitted on `x` with nu 0.1, gamma 0.5.
+    fn fitted(x: &Array2<f64>) -> Model {
+        Model::fit(
+            vec!["a".into(), "b".into()],
+            x.view(),
+            0.1,
+            0.5,
+            Default::default(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -412,14 +428,7 @@ mod tests {
             let want = theirs.weighted_sum(&row) - theirs.rho;
             assert!((ours.decision(row) - want).abs() < 1e-9);
         }
-        let model = Model::fit(
-            vec!["a".into(), "b".into()],
-            x.view(),
-            0.1,
-            0.5,
-            Default::default(),
-        )
-        .unwrap();
+        let model = fitted(&x);
         let far = Array2::from_shape_vec((1, 2), vec![5000.0, 3.0]).unwrap();
         assert!(model.decisions(far.view())[0] < 0.0);
         let inside = model.decisions(x.view());
@@ -433,14 +442,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.json");
         let x = normal();
-        let model = Model::fit(
-            vec!["a".into(), "b".into()],
-            x.view(),
-            0.1,
-            0.5,
-            Default::default(),
-        )
-        .unwrap();
+        let model = fitted(&x);
         model.save(&path).unwrap();
         let back = Model::load(&path).unwrap();
         assert_eq!(back.features, model.features);
@@ -450,19 +452,16 @@ mod tests {
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         v["version"] = 99.into();
         std::fs::write(&path, v.to_string()).unwrap();
-        let err = Model::load(&path).unwrap_err().to_string();
+        let err = Model::load(&path).error_message();
         assert!(err.contains("version 99"), "{err}");
         v["version"] = VERSION.into();
         v["scaler"]["mean"] = serde_json::json!([0.0]);
         std::fs::write(&path, v.to_string()).unwrap();
-        let err = Model::load(&path).unwrap_err().to_string();
+        let err = Model::load(&path).error_message();
         assert!(err.contains("scaler has 1 values for 2 features"), "{err}");
         std::fs::write(&path, "{").unwrap();
-        assert!(Model::load(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("not JSON"));
-        let err = Model::from_json("m", b"[]").unwrap_err().to_string();
+        assert!(Model::load(&path).error_message().contains("not JSON"));
+        let err = Model::from_json("m", b"[]").error_message();
         assert!(
             err.starts_with("m is not a usable model: no `\"format\""),
             "{err}"
@@ -476,14 +475,7 @@ mod tests {
     fn load_rejects_values_nothing_can_use() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.json");
-        let model = Model::fit(
-            vec!["a".into(), "b".into()],
-            normal().view(),
-            0.1,
-            0.5,
-            Default::default(),
-        )
-        .unwrap();
+        let model = fitted(&normal());
         model.save(&path).unwrap();
         let good: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -516,7 +508,7 @@ mod tests {
             let mut v = good.clone();
             edit(&mut v);
             std::fs::write(&path, v.to_string()).unwrap();
-            let err = Model::load(&path).unwrap_err().to_string();
+            let err = Model::load(&path).error_message();
             assert!(err.contains("is not a usable model"), "{err}");
             assert!(err.contains(want), "want {want:?}: {err}");
         }
@@ -534,7 +526,7 @@ mod tests {
         // What load refuses, save does not write.
         let mut bad = model.clone();
         bad.svm.gamma = f64::INFINITY;
-        let err = bad.save(&path).unwrap_err().to_string();
+        let err = bad.save(&path).error_message();
         assert!(err.contains("refusing to write"), "{err}");
         assert!(OneClassSvm::fit(&normal(), 0.1, f64::INFINITY).is_err());
     }

@@ -10,8 +10,10 @@ use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, SectionHeader};
 use object::{Endianness, Object, ObjectSection};
 use serde::Serialize;
 
-use crate::error::{shown, Error, Result};
-use crate::limits::MAX_BINARY_BYTES;
+use crate::discover::procs::Process;
+use crate::error::{Error, Result};
+use vmwatch_core::error::shown;
+use vmwatch_core::limits::MAX_BINARY_BYTES;
 
 /// Note type of SDT probe descriptors (`NT_STAPSDT` in <sys/sdt.h>).
 const NT_STAPSDT: u32 = 3;
@@ -86,6 +88,24 @@ impl UsdtBinary {
         })
     }
 
+    /// Reads the executable of `p` (through /proc/PID/exe, so a replaced or
+    /// deleted file is still the one running), which must have `qemu` probes.
+    pub fn of_process(p: &Process) -> Result<Self> {
+        let bin = Self::read(&p.exe_path()).map_err(|e| match e {
+            Error::NoProbes { .. } => Error::NoProbes {
+                path: p.binary.clone(),
+            },
+            other => other,
+        })?;
+        if bin.provider_sites("qemu").next().is_none() {
+            return Err(Error::NoProviderProbes {
+                path: p.binary.clone(),
+                provider: "qemu".into(),
+            });
+        }
+        Ok(bin)
+    }
+
     /// How many sites are 5-byte nops (see [`NOP5`]).
     pub fn nop5_sites(&self) -> usize {
         self.sites.iter().filter(|s| s.nop5).count()
@@ -122,17 +142,18 @@ impl UsdtBinary {
 /// Reads a regular file of at most [`MAX_BINARY_BYTES`]: a device such as
 /// /dev/zero is no executable, and would be read for as long as memory lasts.
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).map_err(|source| Error::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let meta = std::fs::metadata(path).map_err(|source| Error::read(path.to_owned(), source))?;
     if !meta.is_file() {
         return Err(Error::Elf {
             path: path.to_owned(),
             reason: "not a regular file".into(),
         });
     }
-    crate::limits::read_file(path, MAX_BINARY_BYTES, "an executable")
+    Ok(vmwatch_core::limits::read_file(
+        path,
+        MAX_BINARY_BYTES,
+        "an executable",
+    )?)
 }
 
 /// Counts the distinct probe names of `provider` in `path`; 0 when the
@@ -301,7 +322,7 @@ mod tests {
 
     /// A fuzz seed: a static executable with three probes in one PT_LOAD.
     /// `include_bytes!` promises no alignment: the parser must need none.
-    const TINY: &[u8] = include_bytes!("../fuzz/corpus/stapsdt/usdt-tiny");
+    const TINY: &[u8] = include_bytes!("../../fuzz/corpus/stapsdt/usdt-tiny");
 
     #[test]
     fn reads_the_tiny_seed() {

@@ -87,6 +87,7 @@ pub fn read_file(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorMessage as _;
 
     #[test]
     fn reads_up_to_the_limit_and_no_further() {
@@ -94,19 +95,16 @@ mod tests {
         let p = dir.path().join("f");
         std::fs::write(&p, [7u8; 100]).unwrap();
         assert_eq!(read_file(&p, 100, "a test file").unwrap().len(), 100);
-        let err = read_file(&p, 99, "a test file").unwrap_err().to_string();
+        let err = read_file(&p, 99, "a test file").error_message();
         assert!(
             err.contains("is larger than 99 bytes, the most a test file may be"),
             "{err}"
         );
         // A device has no size: the limit applies while reading.
-        let err = read_file(Path::new("/dev/zero"), 1 << 20, "a test file")
-            .unwrap_err()
-            .to_string();
+        let err = read_file(Path::new("/dev/zero"), 1 << 20, "a test file").error_message();
         assert!(err.contains("/dev/zero is larger than 1 MiB"), "{err}");
         assert!(read_file(&dir.path().join("none"), 1, "x")
-            .unwrap_err()
-            .to_string()
+            .error_message()
             .contains("cannot read"));
     }
 }

@@ -23,8 +23,9 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::discover::procs;
 use crate::error::{Error, Result};
-use crate::procs;
+use vmwatch_core::error::chain;
 
 /// Where vmwatch instances record the semaphores they raised (root only).
 pub const RUN_DIR: &str = "/run/vmwatch";
@@ -196,7 +197,8 @@ fn run_dir() -> Option<&'static Path> {
         Ok(()) => Some(PathBuf::from(RUN_DIR)),
         Err(e) => {
             tracing::warn!(
-                "{e}: semaphores raised by this vmwatch cannot be restored if it is killed"
+                "{}: semaphores raised by this vmwatch cannot be restored if it is killed",
+                chain(&e)
             );
             None
         }
@@ -238,7 +240,10 @@ fn instance_dir(run: &Path) -> Option<PathBuf> {
     // Made again each time: the folder goes when its last record does.
     let made = private_dir(dir.parent().expect("has a parent")).and_then(|()| private_dir(&dir));
     if let Err(e) = made {
-        tracing::warn!("{e}: semaphores raised by this vmwatch cannot be restored if it is killed");
+        tracing::warn!(
+            "{}: semaphores raised by this vmwatch cannot be restored if it is killed",
+            chain(&e)
+        );
         return None;
     }
     Some(dir)
@@ -248,11 +253,12 @@ fn write_record(record: &Record) -> Option<PathBuf> {
     let dir = instance_dir(run_dir()?)?;
     let path = dir.join(format!("{}.{}.json", record.pid, record.start_time));
     let json = serde_json::to_vec(record).expect("a record serializes");
-    match crate::atomic::write(&path, &json) {
+    match vmwatch_core::atomic::write(&path, &json) {
         Ok(()) => Some(path),
         Err(e) => {
             tracing::warn!(
-                "{e}: semaphores raised in PID {} cannot be restored if vmwatch is killed",
+                "{}: semaphores raised in PID {} cannot be restored if vmwatch is killed",
+                chain(&e),
                 record.pid
             );
             None
@@ -314,7 +320,7 @@ pub fn repair() -> Result<Repair> {
             match restore(&file) {
                 Ok(Some((target, n))) => out.restored.push((pid, target, n)),
                 Ok(None) => out.gone += 1,
-                Err(e) => tracing::warn!("{e}"),
+                Err(e) => tracing::warn!("{}", chain(&e)),
             }
             remove_record(&file);
         }
@@ -326,10 +332,7 @@ pub fn repair() -> Result<Repair> {
 
 /// Lowers the semaphores of one record; `None` when its process is gone.
 fn restore(path: &Path) -> Result<Option<(u32, usize)>> {
-    let text = fs::read(path).map_err(|source| Error::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = fs::read(path).map_err(|source| Error::read(path.to_owned(), source))?;
     let record: Record = serde_json::from_slice(&text).map_err(|e| {
         Error::Invalid(format!("{} is not a semaphore record: {e}", path.display()))
     })?;

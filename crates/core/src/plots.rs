@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 /// Where Debian's fonts-dejavu-core puts the font the figures use.
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
-fn register_font() -> Result<()> {
+/// Registers DejaVu Sans as plotters' `"sans-serif"` (once per process;
+/// later calls return the first outcome). Every figure calls it before
+/// drawing text: these and `cargo xtask bench`'s, so all share one font.
+pub fn register_font() -> Result<()> {
     static DONE: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
     DONE.get_or_init(|| {
         let bytes = std::fs::read(FONT)
@@ -24,8 +27,11 @@ fn register_font() -> Result<()> {
     .map_err(|e| Error::Invalid(format!("plots need a font: {e}")))
 }
 
-fn plot_err<E: std::fmt::Debug>(e: E) -> Error {
-    Error::Invalid(format!("drawing a figure: {e:?}"))
+fn plot_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
+    Error::Plot {
+        what: "a figure".into(),
+        source: Box::new(e),
+    }
 }
 
 /// Fig. 3: false positives (%) against training windows.

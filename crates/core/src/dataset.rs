@@ -175,8 +175,7 @@ impl DatasetWriter {
     /// rows puts a replacing file in place of the old one.
     pub fn flush(&mut self) -> Result<()> {
         let csv = self.csv.as_mut().expect("writer is open until finish");
-        csv.flush()
-            .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))?;
+        csv.flush().map_err(|e| Error::write(&self.path, e))?;
         if self.rows > 0 {
             if let Some(tmp) = self.pending.take() {
                 let file = match csv.get_ref() {
@@ -214,31 +213,27 @@ impl DatasetWriter {
             self.pending = None;
             return Ok(());
         }
-        let what = || format!("cannot write {}", self.path.display());
-        let sink = csv
-            .into_inner()
-            .map_err(|e| Error::io(what(), e.into_error()))?;
+        let what = |e| Error::write(&self.path, e);
+        let sink = csv.into_inner().map_err(|e| what(e.into_error()))?;
         let buf = match sink {
             Sink::Plain(w) => w,
-            Sink::Gz(gz) => gz.finish().map_err(|e| Error::io(what(), e))?,
+            Sink::Gz(gz) => gz.finish().map_err(what)?,
         };
-        let file = buf
-            .into_inner()
-            .map_err(|e| Error::io(what(), e.into_error()))?;
+        let file = buf.into_inner().map_err(|e| what(e.into_error()))?;
         if let Some(tmp) = self.pending.take() {
             return replace(&self.path, &file, tmp);
         }
         if self.stream {
             return Ok(());
         }
-        file.sync_all().map_err(|e| Error::io(what(), e))
+        file.sync_all().map_err(what)
     }
 }
 
 impl Drop for DatasetWriter {
     fn drop(&mut self) {
         if let Err(e) = self.close(false) {
-            tracing::error!("{e}");
+            tracing::error!("{}", crate::error::chain(&e));
         }
     }
 }
@@ -262,7 +257,7 @@ fn csv_err(path: &Path, e: csv::Error) -> Error {
     let msg = e.to_string();
     match e.into_kind() {
         // Keeps the io::Error: the binary tells a closed pipe apart.
-        csv::ErrorKind::Io(io) => Error::io(format!("cannot write {}", path.display()), io),
+        csv::ErrorKind::Io(io) => Error::write(path, io),
         _ => Error::Invalid(format!("cannot write {}: {msg}", path.display())),
     }
 }
@@ -601,7 +596,11 @@ impl Table {
             .has_headers(false)
             .flexible(true)
             .from_reader(Input::new(name, decoded));
-        let bad = |line: u64, msg: String| Error::Invalid(format!("{name} line {line}: {msg}"));
+        let bad = |line: u64, reason: String| Error::Dataset {
+            path: name.to_string(),
+            line,
+            reason,
+        };
         // Each record is parsed only once the next one is read: the last
         // one is complete only if the input ends with its newline.
         let mut header = ByteRecord::new();
@@ -761,16 +760,11 @@ impl Table {
     /// The counts of `features`, in that order; a feature this table lacks
     /// is all zeros.
     pub fn project(&self, features: &[String]) -> Array2<f64> {
-        let index: std::collections::HashMap<&str, usize> = self
-            .features
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.as_str(), i))
-            .collect();
+        let projection = crate::features::Projection::new(&self.features, features);
         let mut out = Array2::zeros((self.len(), features.len()));
-        for (j, f) in features.iter().enumerate() {
-            if let Some(&c) = index.get(f.as_str()) {
-                out.column_mut(j).assign(&self.x.column(c));
+        for (j, c) in projection.columns().iter().enumerate() {
+            if let Some(c) = c {
+                out.column_mut(j).assign(&self.x.column(*c));
             }
         }
         out
@@ -813,6 +807,29 @@ impl Table {
         out
     }
 
+    /// The scenario this table records: its label when every row has the
+    /// same nonempty one, else the name of the file it was read from
+    /// without `.csv`/`.csv.gz`.
+    pub fn scenario_name(&self, path: &Path) -> String {
+        if let Some(first) = self.keys.first() {
+            if !first.label.is_empty() && self.keys.iter().all(|k| k.label == first.label) {
+                return first.label.clone();
+            }
+        }
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        for ext in [".csv.gz", ".csv", ".gz"] {
+            if let Some(s) = name.strip_suffix(ext) {
+                if !s.is_empty() {
+                    return s.to_string();
+                }
+            }
+        }
+        name
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -826,6 +843,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorMessage as _;
     use std::io::Read;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -860,24 +878,16 @@ mod tests {
 
     #[test]
     fn mean_rates_are_per_second_of_each_window() {
-        let dir = tempfile::tempdir().unwrap();
         // 10 hits in 2 s and 30 in 1 s: 5/s and 30/s, mean 17.5/s.
-        let a = write(
-            dir.path(),
-            "a.csv",
-            &format!("{HEAD},qemu:a\nv,1,x,0,10,2000,10\nv,1,x,1,2010,1000,30\n"),
-        );
-        let t = Table::read(&a).unwrap();
+        let text = format!("{HEAD},qemu:a\nv,1,x,0,10,2000,10\nv,1,x,1,2010,1000,30\n");
+        let t = Table::from_reader("a.csv", text.as_bytes()).unwrap();
         let r = t.mean_rates(&["qemu:a".into(), "qemu:none".into()]);
         assert_eq!(r, [17.5, 0.0]);
     }
 
     #[test]
     fn reads_what_the_writer_wrote_gzipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.csv.gz");
-        let feats = vec!["qemu:a".to_string()];
-        let mut w = DatasetWriter::create(&path, &feats, false).unwrap();
+        let (_dir, path, mut w) = writer("d.csv.gz");
         w.write_row(&row(&[7])).unwrap();
         w.finish().unwrap();
         let t = Table::read(&path).unwrap();
@@ -920,13 +930,20 @@ mod tests {
         ];
         for (name, text, want) in cases {
             let p = write(dir.path(), name, &text);
-            let err = Table::read(&p).unwrap_err().to_string();
+            let err = Table::read(&p).error_message();
             assert!(err.contains(want), "{name}: {err}");
         }
-        let err = Table::read(&dir.path().join("missing.csv"))
-            .unwrap_err()
-            .to_string();
+        let err = Table::read(&dir.path().join("missing.csv")).error_message();
         assert!(err.contains("cannot read"), "{err}");
+    }
+
+    /// A new dataset `name` of the one feature `qemu:a` in a scratch
+    /// directory, being written.
+    fn writer(name: &str) -> (tempfile::TempDir, PathBuf, DatasetWriter) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        let w = DatasetWriter::create(&path, &["qemu:a".to_string()], false).unwrap();
+        (dir, path, w)
     }
 
     fn row(counts: &[u64]) -> Row<'_> {
@@ -1020,10 +1037,8 @@ mod tests {
 
     #[test]
     fn refuses_to_replace_without_overwrite_and_checks_width() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.csv");
+        let (_dir, path, mut w) = writer("d.csv");
         let feats = vec!["qemu:a".to_string()];
-        let mut w = DatasetWriter::create(&path, &feats, false).unwrap();
         assert!(w.write_row(&row(&[1, 2])).is_err());
         drop(w);
         let err = DatasetWriter::create(&path, &feats, false).err().unwrap();
@@ -1048,10 +1063,10 @@ mod tests {
             "bad.csv",
             &format!("{full}v,1\nv,1,x,2,4010,2000,12\n"),
         );
-        let err = Table::read(&p).unwrap_err().to_string();
+        let err = Table::read(&p).error_message();
         assert!(err.contains("line 4: 2 fields"), "{err}");
         let p = write(dir.path(), "head.csv", "vm,pid,lab");
-        let err = Table::read(&p).unwrap_err().to_string();
+        let err = Table::read(&p).error_message();
         assert!(err.contains("in the middle of its header"), "{err}");
     }
 
@@ -1150,9 +1165,7 @@ mod tests {
         assert_eq!(Table::from_reader("ok.gz", &bytes[..]).unwrap().len(), 1);
         // Garbage after a complete member.
         bytes.extend([b'x'; 100]);
-        let err = Table::from_reader("x.gz", &bytes[..])
-            .unwrap_err()
-            .to_string();
+        let err = Table::from_reader("x.gz", &bytes[..]).error_message();
         assert!(
             err.contains("x.gz line 3: the gzip data is damaged"),
             "{err}"
@@ -1161,9 +1174,7 @@ mod tests {
         bytes.truncate(bytes.len() - 100);
         let at = bytes.len() - 8;
         bytes[at] ^= 0xff;
-        let err = Table::from_reader("x.gz", &bytes[..])
-            .unwrap_err()
-            .to_string();
+        let err = Table::from_reader("x.gz", &bytes[..]).error_message();
         assert!(err.contains("the gzip data is damaged"), "{err}");
     }
 
@@ -1203,16 +1214,13 @@ mod tests {
     #[test]
     fn lines_and_columns_are_bounded_while_reading() {
         let err = Table::from_reader("a", std::io::repeat(b'a').take(MAX_LINE_BYTES + 10))
-            .unwrap_err()
-            .to_string();
+            .error_message();
         assert_eq!(
             err,
             "a line 1: the line is longer than 64 MiB, the most a dataset line may be"
         );
         let wide = format!("{HEAD}\n{}", ",".repeat(MAX_FEATURE_COLUMNS + 10));
-        let err = Table::from_reader("w", wide.as_bytes())
-            .unwrap_err()
-            .to_string();
+        let err = Table::from_reader("w", wide.as_bytes()).error_message();
         assert_eq!(
             err,
             "w line 2: more than 1000000 feature columns, the most a dataset may have"
@@ -1227,16 +1235,14 @@ mod tests {
                 Err(std::io::Error::from_raw_os_error(libc::EIO))
             }
         }
-        let err = Table::from_reader("b", Broken).unwrap_err().to_string();
+        let err = Table::from_reader("b", Broken).error_message();
         assert!(
             err.starts_with("cannot read b: Input/output error"),
             "{err}"
         );
         // Also from inside the gzip decoder: not taken for a cut stream.
         let gz = gzip_unfinished(&format!("{HEAD}\n"));
-        let err = Table::from_reader("g", (&gz[..]).chain(Broken))
-            .unwrap_err()
-            .to_string();
+        let err = Table::from_reader("g", (&gz[..]).chain(Broken)).error_message();
         assert!(
             err.starts_with("cannot read g: Input/output error"),
             "{err}"
@@ -1245,10 +1251,7 @@ mod tests {
 
     #[test]
     fn gz_rows_survive_without_trailer() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.csv.gz");
-        let feats = vec!["qemu:a".to_string()];
-        let mut w = DatasetWriter::create(&path, &feats, false).unwrap();
+        let (_dir, path, mut w) = writer("d.csv.gz");
         w.write_row(&row(&[7])).unwrap();
         w.flush().unwrap();
         // Simulate a crash: the file is read before finish() writes the trailer.

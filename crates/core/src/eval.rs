@@ -7,9 +7,14 @@
 
 use ndarray::{s, ArrayView2};
 
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::Table;
 use crate::error::{Error, Result};
 use crate::model::{Model, Smoothing, TrainingSummary};
-use crate::train::{check_folds, fold_ranges, without};
+use crate::train::{check_folds, choose_params, fold_ranges, without, FeatureChoice, SvmParams};
 
 /// Confusion counts (averaged over folds, so fractional).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -160,6 +165,225 @@ pub fn relearn(
         after += outside(&model, held) as f64 / held.nrows().max(1) as f64;
     }
     Ok((before_rate, after / folds as f64))
+}
+
+/// How `vmwatch eval` runs.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    pub features: FeatureChoice,
+    pub params: SvmParams,
+    pub folds: usize,
+    pub smoothing: Smoothing,
+}
+
+/// One scenario's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    pub name: String,
+    pub windows: usize,
+    pub tp: f64,
+    pub fp: f64,
+    pub tn: f64,
+    pub fn_: f64,
+    pub sensitivity: f64,
+    pub precision: f64,
+    pub f_measure: f64,
+    pub fp_rate: f64,
+}
+
+/// The re-learning experiment's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelearnReport {
+    pub file: String,
+    pub fp_rate_before: f64,
+    pub fp_rate_after: f64,
+}
+
+/// What `vmwatch eval` found (its `--json`, read by `cargo xtask eval`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub normal: String,
+    pub normal_windows: usize,
+    pub features: usize,
+    pub nu: f64,
+    pub gamma: f64,
+    /// How nu and gamma were chosen (`fixed`, or the grid and its CV rate).
+    pub parameters: String,
+    pub folds: usize,
+    pub smoothing: String,
+    pub scenarios: Vec<ScenarioReport>,
+    pub median_f_measure: f64,
+    pub median_sensitivity: f64,
+    pub median_fp_rate: f64,
+    /// (training windows, false-positive rate).
+    pub learning_curve: Vec<(usize, f64)>,
+    pub relearn: Option<RelearnReport>,
+}
+
+/// Training-set sizes of the learning curve (those that fit in k − 1 folds).
+const CURVE_SIZES: [usize; 7] = [10, 20, 50, 100, 200, 400, 800];
+
+/// The paper's evaluation of `normal` against each named anomaly table
+/// (and, with `relearn`, the re-learning experiment on a second normal).
+/// Features come from all the tables given; `progress` hears each step.
+pub fn run(
+    normal: (&str, &Table),
+    anomalies: &[(String, Table)],
+    relearn_with: Option<(&str, &Table)>,
+    config: &EvalConfig,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Report> {
+    let (normal_name, normal) = normal;
+    let tables: Vec<&Table> = std::iter::once(normal)
+        .chain(anomalies.iter().map(|(_, t)| t))
+        .chain(relearn_with.map(|(_, t)| t))
+        .collect();
+    let features = config.features.resolve(&tables)?;
+    let x_normal = normal.project(&features);
+    let folds = config.folds;
+    if let SvmParams::Search(grid) = config.params {
+        progress(&format!(
+            "searching nu and gamma ({} grid, {folds} folds)…",
+            grid.name()
+        ));
+    }
+    let chosen = choose_params(x_normal.view(), folds, config.params, &|| {})?;
+    let (nu, gamma) = (chosen.nu, chosen.gamma);
+    let mut scenarios = Vec::new();
+    for (name, table) in anomalies {
+        progress(&format!("evaluating {name}…"));
+        let c = evaluate(
+            x_normal.view(),
+            table.project(&features).view(),
+            folds,
+            nu,
+            gamma,
+            config.smoothing,
+        )?;
+        scenarios.push(ScenarioReport {
+            name: name.clone(),
+            windows: table.len(),
+            tp: c.tp,
+            fp: c.fp,
+            tn: c.tn,
+            fn_: c.fn_,
+            sensitivity: c.sensitivity(),
+            precision: c.precision(),
+            f_measure: c.f_measure(),
+            fp_rate: c.fp_rate(),
+        });
+    }
+    let sizes: Vec<usize> = CURVE_SIZES
+        .into_iter()
+        .filter(|&n| n <= x_normal.nrows() * (folds - 1) / folds)
+        .collect();
+    let curve = learning_curve(x_normal.view(), folds, nu, gamma, &sizes)?;
+    let relearned = match relearn_with {
+        Some((file, peak)) => {
+            let (before, after) = relearn(
+                x_normal.view(),
+                peak.project(&features).view(),
+                folds,
+                nu,
+                gamma,
+            )?;
+            Some(RelearnReport {
+                file: file.to_string(),
+                fp_rate_before: before,
+                fp_rate_after: after,
+            })
+        }
+        None => None,
+    };
+    let of = |f: fn(&ScenarioReport) -> f64| median(&scenarios.iter().map(f).collect::<Vec<_>>());
+    Ok(Report {
+        normal: normal_name.to_string(),
+        normal_windows: normal.len(),
+        features: features.len(),
+        nu,
+        gamma,
+        parameters: chosen.describe(),
+        folds,
+        smoothing: config.smoothing.to_string(),
+        median_f_measure: of(|s| s.f_measure),
+        median_sensitivity: of(|s| s.sensitivity),
+        median_fp_rate: of(|s| s.fp_rate),
+        scenarios,
+        learning_curve: curve,
+        relearn: relearned,
+    })
+}
+
+impl Report {
+    /// The report as `vmwatch eval` prints it (markdown).
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let w = &mut out;
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            w,
+            "Normal: `{}` ({} windows); {} features; nu = {}, gamma = {} ({}); {} folds; \
+             smoothing {}.\n",
+            self.normal,
+            self.normal_windows,
+            self.features,
+            self.nu,
+            self.gamma,
+            self.parameters,
+            self.folds,
+            self.smoothing
+        );
+        let _ = writeln!(
+            w,
+            "| scenario | windows | TP | FP | TN | FN | sensitivity | precision | F-measure |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for c in &self.scenarios {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}% | {:.1}% | {:.1}% |",
+                c.name,
+                c.windows,
+                c.tp,
+                c.fp,
+                c.tn,
+                c.fn_,
+                100.0 * c.sensitivity,
+                100.0 * c.precision,
+                100.0 * c.f_measure
+            );
+        }
+        let _ = writeln!(
+            w,
+            "\nMedian over {} scenarios: F-measure {:.1}%, sensitivity {:.1}%; false positives \
+             on held-out normal windows {:.2}%.\n",
+            self.scenarios.len(),
+            100.0 * self.median_f_measure,
+            100.0 * self.median_sensitivity,
+            100.0 * self.median_fp_rate
+        );
+        let _ = writeln!(
+            w,
+            "Learning curve (false positives on held-out normal folds):\n"
+        );
+        let _ = writeln!(w, "| training windows | false positives |");
+        let _ = writeln!(w, "|---:|---:|");
+        for (n, rate) in &self.learning_curve {
+            let _ = writeln!(w, "| {n} | {:.2}% |", rate * 100.0);
+        }
+        if let Some(r) = &self.relearn {
+            let _ = writeln!(
+                w,
+                "\nRe-learning with `{}`: {:.1}% false positives when trained on the normal \
+                 file alone, {:.1}% after adding the other folds of the new normal (paper: 82% \
+                 → 1%).",
+                r.file,
+                r.fp_rate_before * 100.0,
+                r.fp_rate_after * 100.0
+            );
+        }
+        out
+    }
 }
 
 /// Median of a list (mean of the middle two for even lengths).

@@ -51,7 +51,7 @@ pub fn classify(path: &Path) -> Result<Output> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Output::New),
-        Err(e) => return Err(Error::io(format!("cannot write {}", path.display()), e)),
+        Err(e) => return Err(Error::write(path, e)),
     };
     let t = meta.file_type();
     if t.is_file() {
@@ -109,16 +109,15 @@ fn link_target(path: &Path) -> PathBuf {
 /// after opening, so a path swapped for a regular file in between is not
 /// written.
 pub fn open_stream(path: &Path) -> Result<File> {
-    let what = || format!("cannot write {}", path.display());
     let file = OpenOptions::new()
         .write(true)
         // A terminal given as output must not become the controlling one.
         .custom_flags(libc::O_NOCTTY)
         .open(path)
-        .map_err(|e| Error::io(what(), e))?;
+        .map_err(|e| Error::write(path, e))?;
     let t = file
         .metadata()
-        .map_err(|e| Error::io(what(), e))?
+        .map_err(|e| Error::write(path, e))?
         .file_type();
     if !is_stream(t) {
         return Err(Error::Invalid(format!(
@@ -138,7 +137,6 @@ pub fn open_stream(path: &Path) -> Result<File> {
 /// `path` atomically), created exclusively and removed when dropped. It
 /// takes the mode and (best effort) the owner of the file it will replace.
 pub fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
-    let what = || format!("cannot write {}", path.display());
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -150,10 +148,10 @@ pub fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
         .tempfile_in(dir)
-        .map_err(|e| Error::io(what(), e))?;
+        .map_err(|e| Error::write(path, e))?;
     if let Ok(old) = std::fs::symlink_metadata(path) {
         if old.is_file() {
-            keep_owner_and_mode(tmp.as_file(), &old).map_err(|e| Error::io(what(), e))?;
+            keep_owner_and_mode(tmp.as_file(), &old).map_err(|e| Error::write(path, e))?;
         }
     }
     Ok(tmp)
@@ -168,21 +166,23 @@ fn keep_owner_and_mode(file: &File, old: &Metadata) -> std::io::Result<()> {
 /// Writes `contents` to `path`: a regular file is replaced atomically, a
 /// device or FIFO written through; see [`classify`] for what is refused.
 pub fn write(path: &Path, contents: &[u8]) -> Result<()> {
-    let what = || format!("cannot write {}", path.display());
     if classify(path)? == Output::Stream {
         let mut file = open_stream(path)?;
-        return file.write_all(contents).map_err(|e| Error::io(what(), e));
+        return file.write_all(contents).map_err(|e| Error::write(path, e));
     }
     let mut tmp = temp_beside(path)?;
-    tmp.write_all(contents).map_err(|e| Error::io(what(), e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(what(), e))?;
-    tmp.persist(path).map_err(|e| Error::io(what(), e.error))?;
+    tmp.write_all(contents).map_err(|e| Error::write(path, e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::write(path, e))?;
+    tmp.persist(path).map_err(|e| Error::write(path, e.error))?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorMessage as _;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -196,7 +196,7 @@ mod tests {
         assert_eq!(classify(Path::new("/dev/null")).unwrap(), Output::Stream);
         let link = d.join("l");
         std::os::unix::fs::symlink(&file, &link).unwrap();
-        let err = classify(&link).unwrap_err().to_string();
+        let err = classify(&link).error_message();
         let real = file.canonicalize().unwrap();
         assert!(
             err.contains(&format!("is a symbolic link to {}", real.display())),
@@ -207,7 +207,7 @@ mod tests {
         assert_eq!(classify(&null_link).unwrap(), Output::Stream);
         let dangling = d.join("dangling");
         std::os::unix::fs::symlink("nowhere", &dangling).unwrap();
-        let err = classify(&dangling).unwrap_err().to_string();
+        let err = classify(&dangling).error_message();
         assert!(err.contains("which does not exist"), "{err}");
         assert!(
             err.contains(&d.join("nowhere").display().to_string()),
@@ -215,9 +215,9 @@ mod tests {
         );
         let dir_link = d.join("dl");
         std::os::unix::fs::symlink(d, &dir_link).unwrap();
-        let err = classify(&dir_link).unwrap_err().to_string();
+        let err = classify(&dir_link).error_message();
         assert!(err.contains("which is a directory"), "{err}");
-        let err = classify(d).unwrap_err().to_string();
+        let err = classify(d).error_message();
         assert!(err.contains("it is a directory"), "{err}");
     }
 

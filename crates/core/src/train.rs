@@ -4,8 +4,10 @@
 
 use ndarray::{Array2, ArrayView2, Axis};
 
+use crate::dataset::Table;
 use crate::error::{Error, Result};
-use crate::model::{Model, TrainingSummary};
+use crate::features::Source;
+use crate::model::{Model, Smoothing, TrainingSummary};
 
 /// A grid of (nu, gamma) pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,4 +201,186 @@ mod tests {
         assert_eq!(best.fp_rate, min);
         assert!(grid_search(x.view(), 1, &grid, &|| {}).is_err());
     }
+}
+
+/// Which features to learn from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeatureChoice {
+    /// These, in this order (a `--features` list).
+    List(Vec<String>),
+    /// Every feature of these sources (empty: any) that is nonzero in some
+    /// row of the given tables.
+    Nonzero(Vec<Source>),
+}
+
+impl FeatureChoice {
+    /// The features to use for `tables` (the training tables, for
+    /// `Nonzero`). Fails when nothing is left, or when none of a list is
+    /// a column of the tables.
+    pub fn resolve(&self, tables: &[&Table]) -> Result<Vec<String>> {
+        let features = match self {
+            FeatureChoice::List(list) => list.clone(),
+            FeatureChoice::Nonzero(sources) => Table::nonzero_features(tables, sources),
+        };
+        if features.is_empty() {
+            return Err(Error::Invalid(
+                "every feature (of the chosen sources) is zero in the input files: nothing to \
+                 learn from"
+                    .into(),
+            ));
+        }
+        if let FeatureChoice::List(_) = self {
+            let missing = features
+                .iter()
+                .filter(|f| !tables.iter().any(|t| t.features.contains(f)))
+                .count();
+            if missing == features.len() {
+                return Err(Error::Invalid(
+                    "none of the requested features is a column of the input files".into(),
+                ));
+            }
+            if missing > 0 {
+                tracing::warn!(
+                    "{missing} requested features are absent (zeros) in the input files"
+                );
+            }
+        }
+        Ok(features)
+    }
+}
+
+/// The one-class SVM's parameters: given, or searched on a grid.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SvmParams {
+    Fixed { nu: f64, gamma: f64 },
+    Search(Grid),
+}
+
+/// Parameters chosen by [`choose_params`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Chosen {
+    pub nu: f64,
+    pub gamma: f64,
+    /// The grid searched, `None` for fixed parameters.
+    pub grid: Option<Grid>,
+    /// Mean CV false-positive rate of the chosen point (grid search only).
+    pub fp_rate: Option<f64>,
+}
+
+impl Chosen {
+    /// How the parameters were chosen, for reports: `fixed`, or `paper
+    /// grid, 1.33% CV false positives`.
+    pub fn describe(&self) -> String {
+        match (self.grid, self.fp_rate) {
+            (Some(g), Some(fp)) => {
+                format!("{} grid, {:.2}% CV false positives", g.name(), fp * 100.0)
+            }
+            _ => "fixed".into(),
+        }
+    }
+}
+
+/// Fixed parameters as they are; otherwise the grid search on `raw`
+/// (`progress` is called once per grid point scored).
+pub fn choose_params(
+    raw: ArrayView2<f64>,
+    folds: usize,
+    params: SvmParams,
+    progress: &(dyn Fn() + Sync),
+) -> Result<Chosen> {
+    match params {
+        SvmParams::Fixed { nu, gamma } => Ok(Chosen {
+            nu,
+            gamma,
+            grid: None,
+            fp_rate: None,
+        }),
+        SvmParams::Search(grid) => {
+            let (best, _) = grid_search(raw, folds, &grid.points(), progress)?;
+            Ok(Chosen {
+                nu: best.nu,
+                gamma: best.gamma,
+                grid: Some(grid),
+                fp_rate: Some(best.fp_rate),
+            })
+        }
+    }
+}
+
+/// Fewest windows a model is trained on.
+pub const MIN_TRAINING_WINDOWS: usize = 10;
+
+/// The windows a model learns from, in the chosen features' columns.
+#[derive(Debug, Clone)]
+pub struct TrainingSet {
+    pub features: Vec<String>,
+    /// Counts, windows × features.
+    pub raw: Array2<f64>,
+}
+
+impl TrainingSet {
+    /// The chosen features of `table`'s windows; too few windows, or no
+    /// usable feature, is an error.
+    pub fn new(table: &Table, features: &FeatureChoice) -> Result<Self> {
+        if table.len() < MIN_TRAINING_WINDOWS {
+            return Err(Error::Invalid(format!(
+                "{} training windows are too few (need at least {MIN_TRAINING_WINDOWS})",
+                table.len()
+            )));
+        }
+        let features = features.resolve(&[table])?;
+        let raw = table.project(&features);
+        Ok(Self { features, raw })
+    }
+}
+
+/// What [`train`] needs besides the windows.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub params: SvmParams,
+    pub folds: usize,
+    /// Stored in the model as its default.
+    pub smoothing: Smoothing,
+    /// The training files, recorded in the model.
+    pub files: Vec<String>,
+}
+
+/// A trained model and how its parameters were found.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    pub model: Model,
+    pub chosen: Chosen,
+    /// The chosen parameters' mean CV false-positive rate (measured for
+    /// fixed parameters too).
+    pub fp_rate: f64,
+}
+
+/// Fits a model on normal windows (`vmwatch train`): parameters chosen
+/// (`progress` is called per grid point), their CV false-positive rate,
+/// the fit.
+pub fn train(
+    set: TrainingSet,
+    config: &TrainConfig,
+    progress: &(dyn Fn() + Sync),
+) -> Result<Trained> {
+    let TrainingSet { features, raw } = set;
+    let chosen = choose_params(raw.view(), config.folds, config.params, progress)?;
+    let fp_rate = match chosen.fp_rate {
+        Some(fp) => fp,
+        None => cv_fp_rate(raw.view(), config.folds, chosen.nu, chosen.gamma)?,
+    };
+    let summary = TrainingSummary {
+        windows: raw.nrows(),
+        files: config.files.clone(),
+        cv_false_positive_rate: Some(fp_rate),
+        folds: config.folds,
+        grid: chosen.grid.map_or("fixed", Grid::name).to_string(),
+    };
+    let mut model = Model::fit(features, raw.view(), chosen.nu, chosen.gamma, summary)?;
+    model.smoothing = config.smoothing;
+    Ok(Trained {
+        model,
+        chosen,
+        fp_rate,
+    })
 }

@@ -72,14 +72,8 @@ impl Process {
             fs::read_to_string(dir.join("status")).map_err(|_| Error::NoSuchProcess(pid))?;
         let uids = parse_uids(&status).ok_or(Error::NoSuchProcess(pid))?;
         let exe = dir.join("exe");
-        let binary = fs::read_link(&exe).map_err(|source| Error::Read {
-            path: exe.clone(),
-            source,
-        })?;
-        let meta = fs::metadata(&exe).map_err(|source| Error::Read {
-            path: exe.clone(),
-            source,
-        })?;
+        let binary = fs::read_link(&exe).map_err(|source| Error::read(exe.clone(), source))?;
+        let meta = fs::metadata(&exe).map_err(|source| Error::read(exe.clone(), source))?;
         let args = read_cmdline(pid);
         let is_qemu = is_qemu_binary(&binary);
         let vm = vm_name(&args)
@@ -412,24 +406,16 @@ mod tests {
 
     #[test]
     fn vm_name_forms() {
-        assert_eq!(
-            vm_name(&args(&["qemu", "-name", "web1"])).as_deref(),
-            Some("web1")
-        );
-        assert_eq!(
-            vm_name(&args(&["qemu", "-name", "guest=db,debug-threads=on"])).as_deref(),
-            Some("db")
-        );
-        assert_eq!(
-            vm_name(&args(&["qemu", "-name", "process=x,guest=a,,b"])).as_deref(),
-            Some("a,b")
-        );
-        assert_eq!(
-            vm_name(&args(&["qemu", "-name", "lab,process=q"])).as_deref(),
-            Some("lab")
-        );
-        assert_eq!(vm_name(&args(&["qemu", "-m", "512"])), None);
-        assert_eq!(vm_name(&args(&["qemu", "-name"])), None);
+        for (cmdline, want) in [
+            (&["qemu", "-name", "web1"][..], Some("web1")),
+            (&["qemu", "-name", "guest=db,debug-threads=on"], Some("db")),
+            (&["qemu", "-name", "process=x,guest=a,,b"], Some("a,b")),
+            (&["qemu", "-name", "lab,process=q"], Some("lab")),
+            (&["qemu", "-m", "512"], None),
+            (&["qemu", "-name"], None),
+        ] {
+            assert_eq!(vm_name(&args(cmdline)).as_deref(), want, "{cmdline:?}");
+        }
     }
 
     #[test]

@@ -3,17 +3,12 @@
 //! does, from tracefs. tracefs is mounted privately for the look-up when the
 //! host has not mounted it, and unmounted again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Prefix of KVM features.
-pub const KVM: &str = "kvm:";
-/// Prefix of exit-reason features.
-pub const KVM_EXIT: &str = "kvm:exit:";
-/// Feature for exit reasons missing from the kernel's table.
-pub const KVM_EXIT_OTHER: &str = "kvm:exit:other";
+use vmwatch_core::features::Feature;
 
 /// What the running kernel offers.
 #[derive(Debug, Clone, Default)]
@@ -39,20 +34,14 @@ pub struct ExitTracepoint {
 }
 
 impl KvmEvents {
-    /// Feature names: `kvm:<event>`, then `kvm:exit:<reason>` and
-    /// `kvm:exit:other`.
-    pub fn features(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.events.iter().map(|e| format!("{KVM}{e}")).collect();
+    /// Features: every event, then the exit reasons by name and the
+    /// catch-all `kvm:exit:other`.
+    pub fn features(&self) -> Vec<Feature> {
+        let mut out: Vec<Feature> = self.events.iter().cloned().map(Feature::KvmEvent).collect();
         if let Some(exit) = &self.exit {
-            let mut reasons: Vec<String> = exit
-                .reasons
-                .values()
-                .map(|n| format!("{KVM_EXIT}{n}"))
-                .collect();
-            reasons.sort();
-            reasons.dedup();
-            out.extend(reasons);
-            out.push(KVM_EXIT_OTHER.to_string());
+            let reasons: BTreeSet<&String> = exit.reasons.values().collect();
+            out.extend(reasons.into_iter().cloned().map(Feature::KvmExit));
+            out.push(Feature::kvm_exit_other());
         }
         out
     }
@@ -262,9 +251,9 @@ print fmt: "vcpu %u reason %s", REC->vcpu_id, (REC->isa == 1) ? __print_symbolic
             events: vec!["kvm_exit".into(), "kvm_pio".into()],
             exit: parse_exit_format(FORMAT, false),
         };
-        let f = k.features();
+        let f: Vec<String> = k.features().iter().map(|f| f.to_string()).collect();
         assert_eq!(f[..2], ["kvm:kvm_exit", "kvm:kvm_pio"]);
         assert!(f.contains(&"kvm:exit:io".to_string()));
-        assert_eq!(f.last().unwrap(), KVM_EXIT_OTHER);
+        assert_eq!(f.last().unwrap(), "kvm:exit:other");
     }
 }

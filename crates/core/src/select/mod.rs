@@ -1,0 +1,145 @@
+//! Feature selection (`vmwatch select`): for each stress scenario, LDA
+//! against the baseline ([`lda`]) picks a greedy subset, optionally within a
+//! cost budget ([`budget`]); the union of the subsets is the selection.
+
+pub mod budget;
+pub mod lda;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+pub use lda::*;
+
+use crate::dataset::Table;
+use crate::error::{Error, Result};
+use crate::features::Source;
+use budget::ProbeCosts;
+
+/// How `vmwatch select` runs.
+#[derive(Debug, Clone)]
+pub struct SelectConfig {
+    /// Features in each pair's greedy subset.
+    pub top: usize,
+    pub transform: Transform,
+    /// Only features of these sources (empty: any).
+    pub sources: Vec<Source>,
+    /// Keep the selection's probe cost within this percent of one CPU.
+    pub budget: Option<f64>,
+    /// CPU time of one probe hit, ns.
+    pub hit_cost_ns: f64,
+}
+
+/// One baseline-vs-stress comparison.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    /// The stress scenario (its label, else its file's stem; with the file
+    /// added when two pairs would share a name).
+    pub name: String,
+    pub path: PathBuf,
+    pub rows: usize,
+    /// Features nonzero in at least one of the two files.
+    pub features: Vec<String>,
+    pub scores: PairScores,
+}
+
+/// The outcome of [`select`].
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub pairs: Vec<Pair>,
+    /// The union of the pairs' greedy subsets, in pair order then
+    /// selection order.
+    pub union: Vec<String>,
+    pub costs: ProbeCosts,
+}
+
+/// Reads a dataset for selection: it must have at least `min_rows` rows.
+pub fn read(path: &Path, min_rows: usize) -> Result<Table> {
+    let t = Table::read(path)?;
+    if t.len() < min_rows {
+        return Err(Error::Invalid(format!(
+            "{} has {} rows; select needs at least {min_rows} per file (--min-rows)",
+            path.display(),
+            t.len()
+        )));
+    }
+    Ok(t)
+}
+
+/// Scores every stress table against the baseline and unites the greedy
+/// subsets. With a budget, a later pair reuses the features chosen so far
+/// for free and spends only what is left.
+pub fn select(
+    baseline: (&Path, &Table),
+    stresses: &[(PathBuf, Table)],
+    config: &SelectConfig,
+) -> Result<Selection> {
+    let (baseline_path, baseline) = baseline;
+    let mut tables = vec![baseline];
+    tables.extend(stresses.iter().map(|(_, t)| t));
+    let costs = ProbeCosts::new(&tables, config.hit_cost_ns);
+    let mut union: Vec<String> = Vec::new();
+    let mut chosen: HashSet<String> = HashSet::new();
+    let mut spent = 0.0;
+    let mut pairs = Vec::new();
+    for (path, stress) in stresses {
+        let features = Table::nonzero_features(&[baseline, stress], &config.sources);
+        let cost: Vec<f64> = features
+            .iter()
+            .map(|f| {
+                if chosen.contains(f) {
+                    0.0
+                } else {
+                    costs.percent(f)
+                }
+            })
+            .collect();
+        let budget = config.budget.map(|limit| Budget {
+            cost: &cost,
+            limit: limit - spent,
+        });
+        let scores = score_pair(
+            baseline.project(&features).view(),
+            stress.project(&features).view(),
+            config.top,
+            config.transform,
+            budget,
+        )
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "scoring {} against {}: {e}",
+                path.display(),
+                baseline_path.display()
+            ))
+        })?;
+        for step in &scores.greedy {
+            let f = &features[step.feature];
+            if chosen.insert(f.clone()) {
+                spent += costs.percent(f);
+                union.push(f.clone());
+            }
+        }
+        pairs.push(Pair {
+            name: stress.scenario_name(path),
+            path: path.clone(),
+            rows: stress.len(),
+            features,
+            scores,
+        });
+    }
+    disambiguate(&mut pairs);
+    Ok(Selection {
+        pairs,
+        union,
+        costs,
+    })
+}
+
+/// Two files with the same label get their file names added.
+fn disambiguate(pairs: &mut [Pair]) {
+    let names: Vec<String> = pairs.iter().map(|p| p.name.clone()).collect();
+    for p in pairs.iter_mut() {
+        if names.iter().filter(|n| **n == p.name).count() > 1 {
+            p.name = format!("{} ({})", p.name, p.path.display());
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The BPF collector: per-VM counting in the kernel. It loads the BPF
+//! object ([`crate::attach`]), attaches each QEMU binary once for every
+//! process that runs it, raises the semaphores of each watched process, and
+//! drains one row per watched process per window ([`crate::drain`]).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use vmwatch_core::features::Columns;
+
+use super::{Counter, Drain, Sample};
+use crate::attach::semaphores::{self, Raised};
+use crate::attach::uprobes::{self, BinaryAttachment};
+use crate::attach::{self, Kernel};
+use crate::bpf::{BpfObjects, Layout};
+use crate::discover::kvm::KvmEvents;
+use crate::discover::procs::Process;
+use crate::discover::stapsdt::UsdtBinary;
+use crate::drain::Drainer;
+use crate::error::{Error, Result};
+
+/// How a collector is set up.
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    /// The features to count, in row order. Each attached binary attaches
+    /// the sites of its probes among them only.
+    pub columns: Columns,
+    /// Most processes watched at once (sizes the kernel maps).
+    pub max_vms: u32,
+    /// The kernel's KVM tracepoints, when `kvm:` features are counted.
+    pub kvm: Option<KvmEvents>,
+}
+
+/// A watched process in its slot.
+struct Watched {
+    process: Process,
+    /// Semaphores raised in this process; lowered when the slot is freed.
+    _raised: Raised,
+}
+
+/// Loaded BPF counters plus the attachments and watched processes.
+pub struct Collector<'obj> {
+    kernel: Kernel<'obj>,
+    columns: Columns,
+    attachments: HashMap<(u64, u64), BinaryAttachment>,
+    slots: Vec<Option<Watched>>,
+    drainer: Drainer,
+}
+
+impl<'obj> Collector<'obj> {
+    /// Loads the BPF programs of the sources `config` counts, sizes the maps
+    /// and attaches the syscall and KVM programs.
+    pub fn new(objects: &'obj mut BpfObjects, config: CollectorConfig) -> Result<Self> {
+        let layout = Layout::new(config.columns.len(), config.max_vms)?;
+        let kernel = attach::load(objects, &layout, &config.columns, config.kvm.as_ref())?;
+        let drainer = Drainer::new(kernel.counts_fd(), layout)?;
+        Ok(Self {
+            kernel,
+            columns: config.columns,
+            attachments: HashMap::new(),
+            slots: (0..layout.slots).map(|_| None).collect(),
+            drainer,
+        })
+    }
+
+    /// Attachments, one per distinct binary.
+    pub fn attachments(&self) -> impl Iterator<Item = &BinaryAttachment> {
+        self.attachments.values()
+    }
+
+    /// Whether the syscall program is attached.
+    pub fn counts_syscalls(&self) -> bool {
+        self.kernel.counts_syscalls
+    }
+
+    fn processes(&self) -> impl Iterator<Item = &Process> {
+        self.slots.iter().flatten().map(|s| &s.process)
+    }
+
+    /// Starts counting `process`. Attaches its binary first if no other
+    /// watched process runs the same file. `binary` is `None` when no QEMU
+    /// probe is counted (e.g. syscalls only).
+    pub fn watch(&mut self, process: &Process, binary: Option<&UsdtBinary>) -> Result<()> {
+        if self.processes().any(|p| p.pid == process.pid) {
+            return Ok(());
+        }
+        let slot = self.slots.iter().position(Option::is_none).ok_or_else(|| {
+            Error::Invalid(format!(
+                "cannot watch PID {}: already watching {} processes (raise --max-vms)",
+                process.pid,
+                self.slots.len()
+            ))
+        })?;
+        let raised = match binary {
+            Some(binary) => self.attach_and_raise(process, binary)?,
+            None => Raised::default(),
+        };
+        self.drainer.open(slot)?;
+        if let Err(e) = self.kernel.watch(process.pid, slot) {
+            self.drainer.close(slot);
+            return Err(e);
+        }
+        self.slots[slot] = Some(Watched {
+            process: process.clone(),
+            _raised: raised,
+        });
+        Ok(())
+    }
+
+    fn attach_and_raise(&mut self, process: &Process, binary: &UsdtBinary) -> Result<Raised> {
+        if !self.attachments.contains_key(&process.binary_id) {
+            let prog = &self.kernel.skel.progs.count_usdt;
+            let att = uprobes::attach(prog, process, binary, &self.kernel.probes)?;
+            self.attachments.insert(process.binary_id, att);
+        }
+        let raised = semaphores::raise(
+            process.pid,
+            process.binary_id,
+            &self.attachments[&process.binary_id].semaphores,
+        );
+        if raised.is_err() {
+            self.detach_unused(process.binary_id);
+        }
+        raised
+    }
+
+    /// Stops counting `pid` and detaches its binary when no watched process
+    /// runs it any more.
+    pub fn unwatch(&mut self, pid: u32) {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.process.pid == pid))
+        else {
+            return;
+        };
+        let watched = self.slots[i].take().expect("slot found above");
+        self.kernel.unwatch(pid);
+        self.drainer.close(i);
+        let binary_id = watched.process.binary_id;
+        drop(watched);
+        self.detach_unused(binary_id);
+    }
+
+    /// Detaches a binary no watched process runs any more.
+    fn detach_unused(&mut self, binary_id: (u64, u64)) {
+        if self.processes().any(|p| p.binary_id == binary_id) {
+            return;
+        }
+        if let Some(att) = self.attachments.remove(&binary_id) {
+            let t = Instant::now();
+            let path = att.path.clone();
+            drop(att);
+            tracing::debug!("detached {path} in {:?}", t.elapsed());
+        }
+    }
+
+    /// Reads every watched process's counts since the previous drain.
+    /// Processes that exited are unwatched and reported in `exited`.
+    pub fn drain(&mut self) -> Result<Drain> {
+        let mut out = Drain::default();
+        for (slot, counts) in self.drainer.drain()? {
+            let process = &self.slots[slot]
+                .as_ref()
+                .expect("open slots are watched")
+                .process;
+            if process.is_alive() {
+                out.samples.push(Sample {
+                    process: process.clone(),
+                    counts,
+                });
+            } else {
+                out.exited.push(process.clone());
+            }
+        }
+        for p in &out.exited {
+            self.unwatch(p.pid);
+        }
+        Ok(out)
+    }
+}
+
+impl Counter for Collector<'_> {
+    fn columns(&self) -> &Columns {
+        &self.columns
+    }
+
+    fn watch(&mut self, process: &Process, binary: Option<&UsdtBinary>) -> Result<()> {
+        Collector::watch(self, process, binary)
+    }
+
+    fn watched(&self) -> Vec<&Process> {
+        self.processes().collect()
+    }
+
+    fn drain(&mut self) -> Result<Drain> {
+        Collector::drain(self)
+    }
+
+    fn attached_sites(&self) -> usize {
+        self.attachments.values().map(|a| a.sites).sum()
+    }
+}

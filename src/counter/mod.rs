@@ -1,0 +1,51 @@
+//! Counters: what watches processes and, every window, drains one row of
+//! counts per watched process. The BPF collector ([`bpf`]) and the strace
+//! baseline ([`strace`]) implement [`Counter`]; a session drives whichever
+//! it was given.
+
+pub mod bpf;
+pub mod strace;
+
+use vmwatch_core::features::Columns;
+
+use crate::discover::procs::Process;
+use crate::discover::stapsdt::UsdtBinary;
+use crate::error::Result;
+
+/// One drained window of one watched process.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub process: Process,
+    /// One count per column.
+    pub counts: Vec<u64>,
+}
+
+/// Result of a drain: samples of live processes, and processes that exited
+/// since the previous drain (their partial window is not reported).
+#[derive(Debug, Default)]
+pub struct Drain {
+    pub samples: Vec<Sample>,
+    pub exited: Vec<Process>,
+}
+
+/// Counts features per watched process.
+pub trait Counter {
+    /// The features counted, in row order.
+    fn columns(&self) -> &Columns;
+
+    /// Starts counting `process`. `binary` is its executable's probes when
+    /// QEMU probes are counted.
+    fn watch(&mut self, process: &Process, binary: Option<&UsdtBinary>) -> Result<()>;
+
+    /// Processes being counted.
+    fn watched(&self) -> Vec<&Process>;
+
+    /// Every watched process's counts since the previous drain; processes
+    /// that exited are unwatched and reported.
+    fn drain(&mut self) -> Result<Drain>;
+
+    /// Probe sites attached in the kernel.
+    fn attached_sites(&self) -> usize {
+        0
+    }
+}

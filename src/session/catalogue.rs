@@ -1,0 +1,166 @@
+//! The feature catalogue: which features exist for the targets (every
+//! `qemu` probe of their binaries, every syscall of the architecture, every
+//! KVM tracepoint of the kernel) and which of them a session counts.
+
+use std::collections::{BTreeSet, HashMap};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use vmwatch_core::error::shown;
+use vmwatch_core::features::{self, Columns, Feature, Source};
+
+use crate::discover::kvm::{self, KvmEvents};
+use crate::discover::stapsdt::UsdtBinary;
+use crate::error::{Error, Result};
+
+/// What `--source` names for counting: a feature namespace, or `strace`, the
+/// paper's syscall baseline, which counts `sys:` features with the real
+/// `strace -c -f` instead of BPF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountSource {
+    Qemu,
+    Syscalls,
+    Kvm,
+    Strace,
+}
+
+impl FromStr for CountSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "qemu" => Ok(CountSource::Qemu),
+            "syscalls" => Ok(CountSource::Syscalls),
+            "kvm" => Ok(CountSource::Kvm),
+            "strace" => Ok(CountSource::Strace),
+            other => Err(format!(
+                "unknown source `{other}` (sources: qemu, syscalls, kvm, strace)"
+            )),
+        }
+    }
+}
+
+/// What counts the features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The BPF collector.
+    Bpf,
+    /// `strace -c -f`, for comparison only.
+    Strace,
+}
+
+/// The namespaces to count and the backend: the given `--source` list,
+/// else the sources of the requested features, else QEMU probes.
+pub fn plan(
+    sources: &[CountSource],
+    requested: Option<&[String]>,
+) -> Result<(Vec<Source>, Backend)> {
+    if sources.contains(&CountSource::Strace) {
+        if sources.len() > 1 {
+            return Err(Error::Invalid(
+                "--source strace is a comparison baseline and cannot be combined with other sources"
+                    .into(),
+            ));
+        }
+        return Ok((vec![Source::Syscalls], Backend::Strace));
+    }
+    let mut out: Vec<Source> = if sources.is_empty() {
+        requested
+            .into_iter()
+            .flatten()
+            .filter_map(|f| Source::of(f))
+            .collect()
+    } else {
+        sources
+            .iter()
+            .map(|s| match s {
+                CountSource::Qemu => Source::Qemu,
+                CountSource::Syscalls | CountSource::Strace => Source::Syscalls,
+                CountSource::Kvm => Source::Kvm,
+            })
+            .collect()
+    };
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        out.push(Source::Qemu);
+    }
+    Ok((out, Backend::Bpf))
+}
+
+/// Every feature of `sources` for targets running `binaries`, in column
+/// order: probes by name, then syscalls in the architecture's order, then
+/// KVM tracepoints and exit reasons. Also the KVM events, when discovered.
+pub fn available(
+    sources: &[Source],
+    binaries: &HashMap<(u64, u64), Arc<UsdtBinary>>,
+) -> Result<(Vec<Feature>, Option<KvmEvents>)> {
+    let mut out = Vec::new();
+    if sources.contains(&Source::Qemu) {
+        let probes: BTreeSet<&str> = binaries
+            .values()
+            .flat_map(|b| b.provider_sites("qemu").map(|s| s.name.as_str()))
+            .collect();
+        out.extend(probes.into_iter().map(|p| Feature::Probe(p.to_string())));
+    }
+    if sources.contains(&Source::Syscalls) {
+        out.extend(features::syscall_features());
+    }
+    let kvm = if sources.contains(&Source::Kvm) {
+        let events = kvm::discover()?;
+        out.extend(events.features());
+        Some(events)
+    } else {
+        None
+    };
+    Ok((out, kvm))
+}
+
+/// The columns to count: every available feature, or the requested ones
+/// that exist here, in the requested order (those that do not exist are
+/// reported and stay zero).
+pub fn choose(
+    available: Vec<Feature>,
+    requested: Option<&[String]>,
+    sources: &[Source],
+) -> Result<Columns> {
+    let Some(wanted) = requested else {
+        return Ok(Columns::new(available));
+    };
+    let have: std::collections::HashSet<&Feature> = available.iter().collect();
+    let mut present = Vec::new();
+    let mut missing = Vec::new();
+    for name in wanted {
+        let source = Source::of(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "feature `{}` belongs to no source vmwatch collects (qemu:, sys:, kvm:)",
+                shown(name)
+            ))
+        })?;
+        if !sources.contains(&source) {
+            return Err(Error::Invalid(format!(
+                "feature `{}` needs --source {}",
+                shown(name),
+                source.name()
+            )));
+        }
+        // A syscall this architecture lacks is missing like any other.
+        match Feature::from_str(name) {
+            Ok(f) if have.contains(&f) => present.push(f),
+            _ => missing.push(name.as_str()),
+        }
+    }
+    if !missing.is_empty() {
+        tracing::warn!(
+            "{} requested feature(s) do not exist here and stay zero: {}",
+            missing.len(),
+            missing.join(", ")
+        );
+    }
+    if present.is_empty() {
+        return Err(Error::Invalid(
+            "none of the requested features exists for these targets".into(),
+        ));
+    }
+    Ok(Columns::new(present))
+}

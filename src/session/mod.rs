@@ -1,0 +1,231 @@
+//! A counting session: the user's targets resolved to processes
+//! ([`targets`]), the features counted ([`catalogue`]), a [`Counter`] kept in
+//! step with the processes that come and go, and the window loop ([`run`])
+//! that yields one sample per VM per window.
+
+pub mod catalogue;
+pub mod run;
+pub mod targets;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use vmwatch_core::features::{Columns, Source};
+
+pub use catalogue::{Backend, CountSource};
+pub use run::{Ended, Window};
+pub use targets::{resolve, Origin, Resolved, Target};
+
+use crate::bpf::BpfObjects;
+use crate::counter::bpf::{Collector, CollectorConfig};
+use crate::counter::strace::StraceCounter;
+use crate::counter::{Counter, Drain};
+use crate::discover::procs::{self, Process, Skipped};
+use crate::discover::stapsdt::UsdtBinary;
+use crate::error::{Error, Result};
+use targets::{key, skip};
+
+/// How a session is set up.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub targets: Vec<Target>,
+    /// `--source`; empty = the sources of `features`, else QEMU probes.
+    pub sources: Vec<CountSource>,
+    /// Features to count (`--probes`); `None` = every feature of the
+    /// sources (every `qemu` probe of the targets' binaries, every syscall).
+    pub features: Option<Vec<String>>,
+    pub max_vms: u32,
+}
+
+/// A running session.
+pub struct Session<'obj> {
+    counter: Box<dyn Counter + 'obj>,
+    targets: Vec<Target>,
+    binaries: HashMap<(u64, u64), Arc<UsdtBinary>>,
+    /// Whether any QEMU probe is counted (else no binary is attached).
+    counts_qemu: bool,
+    /// Joined during the current window: their first sample is partial.
+    pending_joined: Vec<Process>,
+    /// Candidates of `--vm`/`--all` skipped for good (untrusted, or a
+    /// binary without usable probes), by PID and start time: logged once.
+    rejected: HashSet<(u32, u64)>,
+    /// When counting (the first window) began.
+    since: (std::time::Instant, std::time::SystemTime),
+}
+
+impl<'obj> Session<'obj> {
+    /// Resolves the targets, loads and attaches the counters, and starts
+    /// counting every target process.
+    pub fn start(objects: &'obj mut BpfObjects, config: SessionConfig) -> Result<Self> {
+        let (sources, backend) = catalogue::plan(&config.sources, config.features.as_deref())?;
+        let resolved = resolve(&config.targets)?;
+        let mut rejected: HashSet<(u32, u64)> =
+            resolved.untrusted.iter().map(|(p, _)| key(p)).collect();
+        // A discovered candidate that cannot be counted is skipped while
+        // others remain; if none remain, the first cause is the error.
+        let mut first_skip: Option<Error> = None;
+        let mut processes = Vec::new();
+        let mut binaries = HashMap::new();
+        for (p, origin) in resolved.processes {
+            if sources.contains(&Source::Qemu) && !binaries.contains_key(&p.binary_id) {
+                match UsdtBinary::of_process(&p) {
+                    Ok(b) => {
+                        binaries.insert(p.binary_id, Arc::new(b));
+                    }
+                    Err(e) if origin == Origin::Discovered => {
+                        skip(&p, &e);
+                        rejected.insert(key(&p));
+                        first_skip.get_or_insert(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            processes.push((p, origin));
+        }
+        if processes.is_empty() {
+            // resolve() found at least one candidate, so one was skipped.
+            return Err(first_skip.unwrap_or(Error::NoQemu {
+                skipped: Skipped::default(),
+            }));
+        }
+        let (available, kvm) = catalogue::available(&sources, &binaries)?;
+        let columns = catalogue::choose(available, config.features.as_deref(), &sources)?;
+        let counts_qemu = columns.has(Source::Qemu);
+        let counter: Box<dyn Counter + 'obj> = match backend {
+            Backend::Strace => Box::new(StraceCounter::new(columns)?),
+            Backend::Bpf => Box::new(Collector::new(
+                objects,
+                CollectorConfig {
+                    columns,
+                    max_vms: config.max_vms,
+                    kvm,
+                },
+            )?),
+        };
+        let mut session = Self {
+            counter,
+            targets: config.targets,
+            binaries,
+            counts_qemu,
+            pending_joined: Vec::new(),
+            rejected,
+            since: (std::time::Instant::now(), std::time::SystemTime::now()),
+        };
+        for (p, origin) in &processes {
+            let bin = session.binary(p);
+            match session.counter.watch(p, bin.as_deref()) {
+                Ok(()) => {}
+                // E.g. --max-vms is full: retried every window, like a
+                // VM that starts later.
+                Err(e) if *origin == Origin::Discovered => {
+                    skip(p, &e);
+                    first_skip.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if session.watched().is_empty() {
+            return Err(first_skip.unwrap_or(Error::NoQemu {
+                skipped: Skipped::default(),
+            }));
+        }
+        // The first window starts once every target is attached.
+        session.rebase()?;
+        Ok(session)
+    }
+
+    /// The features counted, in row order.
+    pub fn columns(&self) -> &Columns {
+        self.counter.columns()
+    }
+
+    /// Column names (a dataset header's feature part).
+    pub fn features(&self) -> &[String] {
+        self.counter.columns().names()
+    }
+
+    /// Probe sites attached (0 when strace counts).
+    pub fn attached_sites(&self) -> usize {
+        self.counter.attached_sites()
+    }
+
+    /// Processes being counted.
+    pub fn watched(&self) -> Vec<&Process> {
+        self.counter.watched()
+    }
+
+    /// The binary of `p` when QEMU probes are counted.
+    fn binary(&self, p: &Process) -> Option<Arc<UsdtBinary>> {
+        self.binaries
+            .get(&p.binary_id)
+            .cloned()
+            .filter(|_| self.counts_qemu)
+    }
+
+    /// Forgets counts so far: the first window starts now.
+    pub fn rebase(&mut self) -> Result<()> {
+        self.drain()?;
+        self.since = (std::time::Instant::now(), std::time::SystemTime::now());
+        Ok(())
+    }
+
+    /// Drains one window.
+    pub fn drain(&mut self) -> Result<Drain> {
+        self.counter.drain()
+    }
+
+    /// Watches processes that newly match a `--vm` or `--all` target.
+    /// Returns the processes added (their first window is partial).
+    pub fn refresh(&mut self) -> Vec<Process> {
+        if !self.can_grow() {
+            return Vec::new();
+        }
+        let scan = procs::scan();
+        // Forget rejected processes that are gone (their PIDs get reused).
+        self.rejected
+            .retain(|k| scan.qemus.iter().any(|p| key(p) == *k));
+        let mut added = Vec::new();
+        for p in scan.qemus {
+            if !targets::wanted(&self.targets, &p)
+                || self.rejected.contains(&key(&p))
+                || self.watched().iter().any(|w| w.pid == p.pid)
+            {
+                continue;
+            }
+            if let Err(why) = p.trust() {
+                skip(&p, &why);
+                self.rejected.insert(key(&p));
+                continue;
+            }
+            let bin = if !self.counts_qemu {
+                None
+            } else if let Some(b) = self.binaries.get(&p.binary_id) {
+                Some(b.clone())
+            } else {
+                match UsdtBinary::of_process(&p) {
+                    Ok(b) => {
+                        let b = Arc::new(b);
+                        self.binaries.insert(p.binary_id, b.clone());
+                        Some(b)
+                    }
+                    Err(e) => {
+                        skip(&p, &e);
+                        self.rejected.insert(key(&p));
+                        continue;
+                    }
+                }
+            };
+            match self.counter.watch(&p, bin.as_deref()) {
+                Ok(()) => added.push(p),
+                Err(e) => skip(&p, &e),
+            }
+        }
+        added
+    }
+
+    /// Whether new processes can still join (else an empty session is over).
+    pub fn can_grow(&self) -> bool {
+        targets::can_grow(&self.targets)
+    }
+}
