@@ -30,6 +30,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use vmwatch_core::dataset::Table;
+use vmwatch_core::features::read_feature_list;
+use vmwatch_core::model::Smoothing;
+use vmwatch_core::verdict::{is_outlier, Verdict};
 
 use crate::deps;
 use crate::lab::record::{self, Session, SessionOpts};
@@ -45,30 +49,9 @@ const WINDOW: Duration = Duration::from_secs(2);
 const SELECT_BUDGET: &str = "0.5";
 
 /// Features used when there is no lab dataset to select from (a checkout
-/// without `data/`) and no `--features`: counters that move with the guest's
-/// network and CPU activity and are cheap to count.
-///
-/// Chosen from the lab's 150-window recordings (TCG, 2-s windows). Means per
-/// window, idle / web / synflood-target / stress-mem:
-///
-/// | feature | idle | web | synflood-target | stress-mem |
-/// |---|---:|---:|---:|---:|
-/// | `qemu:virtqueue_pop` (a buffer taken from a virtqueue: NIC rx/tx) | 0 | 170 | 5,434 | 0 |
-/// | `qemu:virtio_notify` (interrupt to the guest for a virtqueue) | 0 | 162 | 2,020 | 0 |
-/// | `qemu:virtio_queue_notify` (the guest kicks a queue: it transmits) | 0 | 83 | 1,270 | 0 |
-/// | `sys:writev` (QEMU writes a packet to the tap) | 0 | 85 | 1,870 | 0 |
-/// | `qemu:memory_region_ops_write` (MMIO writes: device and APIC registers) | 53 | 1,166 | 4,857 | 959 |
-/// | `qemu:apic_local_deliver` (local APIC interrupts: timer, IPIs) | 18 | 419 | 448 | 480 |
-/// | `sys:ppoll` (QEMU's main loop waking up for I/O) | 52 | 1,076 | 4,711 | 952 |
-///
-/// Trained on 120 windows of `web` and tested on the other 30 and on the
-/// attack recordings (`vmwatch train` / `detect`, smoothing 2/3), this set
-/// flagged 0 of 30 held-out `web` windows and 149 of 150 `synflood-target`
-/// windows, like the 13 features `vmwatch select` picks from the same data.
-/// The TCG execution probes (`exec_tb`, `exec_tb_exit`: about 110,000
-/// hits per window under `web`) and the BQL probes (`qemu_mutex_*`, 16,000)
-/// move with CPU work too, but at about 1.2 µs a hit they would slow the VM
-/// down by several percent while it is watched; they are left out.
+/// without `data/`) and no `--features`: cheap counters that move with the
+/// guest's network and CPU activity (docs/LAB.md, "The demo's built-in
+/// features", has how they were chosen and what they measured).
 pub const DEFAULT_FEATURES: &str = "\
 # vmwatch demo: default features (no lab dataset to select from; see demo.rs)
 qemu:virtqueue_pop
@@ -113,7 +96,7 @@ pub struct Args {
     /// Flag the VM when K of its last N windows are anomalous (the paper's
     /// smoothing; 1/1 reports every window as it is).
     #[arg(long, default_value = "2/3", value_name = "K/N")]
-    smooth: String,
+    smooth: Smoothing,
     /// Seed of the client load.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -152,7 +135,6 @@ pub fn run(a: &Args) -> Result<()> {
             ok.join(", ")
         );
     }
-    let smooth = parse_smooth(&a.smooth)?;
     let web = scenario::find("web")?;
     let plan = Plan {
         normal: a.normal_windows as usize,
@@ -240,12 +222,11 @@ pub fn run(a: &Args) -> Result<()> {
     if !status.success() {
         bail!("vmwatch record failed ({status})");
     }
-    let (_, rows) = record::read_csv(&train_csv)?;
-    if rows.len() != a.train_windows as usize {
+    let rows = Table::read(&train_csv)?.len();
+    if rows != a.train_windows as usize {
         bail!(
-            "{} has {} rows, expected {}",
+            "{} has {rows} rows, expected {}",
             train_csv.display(),
-            rows.len(),
             a.train_windows
         );
     }
@@ -257,7 +238,7 @@ pub fn run(a: &Args) -> Result<()> {
         .arg(&train_csv)
         .arg("--features")
         .arg(&features_file)
-        .args(["--smooth", &a.smooth, "-o"])
+        .args(["--smooth", &a.smooth.to_string(), "-o"])
         .arg(&model)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
@@ -287,7 +268,7 @@ pub fn run(a: &Args) -> Result<()> {
         &vmwatch,
         &model,
         pid,
-        &a.smooth,
+        a.smooth,
         attack,
         plan,
         &verdicts_file,
@@ -301,7 +282,7 @@ pub fn run(a: &Args) -> Result<()> {
         features: features.len(),
         train_windows: a.train_windows,
         train_line: &train_line,
-        smooth,
+        smooth: a.smooth,
         ready_at,
         total: started.elapsed(),
     });
@@ -382,12 +363,8 @@ fn choose_features(a: &Args, vmwatch: &Path, dest: &Path) -> Result<Vec<String>>
             }
         }
     }
-    let features = feature_names(
-        &fs::read_to_string(dest).with_context(|| format!("could not read {}", dest.display()))?,
-    );
-    if features.is_empty() {
-        bail!("the feature list {} is empty", dest.display());
-    }
+    // As `vmwatch record --probes` reads it (an empty list is an error).
+    let features = read_feature_list(dest)?;
     note(format!(
         "{} features: {}",
         features.len(),
@@ -411,26 +388,6 @@ fn dataset_files(dir: &Path) -> Result<(Option<PathBuf>, Vec<PathBuf>)> {
     }
     stress.sort();
     Ok((baseline, stress))
-}
-
-/// The names in a feature list (comments and blank lines skipped).
-fn feature_names(text: &str) -> Vec<String> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-/// `K/N` with 1 <= K <= N.
-fn parse_smooth(s: &str) -> Result<(u32, u32)> {
-    let parsed = s
-        .split_once('/')
-        .and_then(|(k, n)| Some((k.trim().parse().ok()?, n.trim().parse().ok()?)));
-    match parsed {
-        Some((k, n)) if k >= 1 && k <= n => Ok((k, n)),
-        _ => bail!("--smooth {s:?}: expected K/N with 1 <= K <= N, e.g. 2/3"),
-    }
 }
 
 /// Windows of each monitoring phase.
@@ -475,43 +432,28 @@ impl Phase {
     }
 }
 
-/// One verdict of `vmwatch monitor --json`.
+/// One verdict of `vmwatch monitor --json` and when it came.
 #[derive(Debug, Clone, PartialEq)]
-struct Verdict {
-    window: u64,
-    score: f64,
-    /// After smoothing.
-    anomalous: bool,
+struct Seen {
+    verdict: Verdict,
     /// Seconds from the attack's start to this verdict's arrival (None before).
     since_attack: Option<f64>,
 }
 
-impl Verdict {
-    /// Parses one JSON line of `vmwatch monitor --json` (a flat object).
-    fn parse(line: &str) -> Result<Verdict> {
-        let field = |name: &str| -> Result<&str> {
-            let key = format!("\"{name}\":");
-            let at = line
-                .find(&key)
-                .with_context(|| format!("no `{name}` in the monitor's line {line:?}"))?;
-            let rest = line[at + key.len()..].trim_start();
-            let end = rest.find([',', '}']).unwrap_or(rest.len());
-            Ok(rest[..end].trim())
-        };
-        let bad = |name: &str| format!("bad `{name}` in the monitor's line {line:?}");
-        Ok(Verdict {
-            window: field("window")?.parse().with_context(|| bad("window"))?,
-            score: field("score")?.parse().with_context(|| bad("score"))?,
-            anomalous: field("anomalous")?
-                .parse()
-                .with_context(|| bad("anomalous"))?,
+impl Seen {
+    /// Parses one JSON line of `vmwatch monitor --json`.
+    fn parse(line: &str) -> Result<Seen> {
+        let verdict = serde_json::from_str(line)
+            .with_context(|| format!("the monitor's line {line:?} is not a verdict"))?;
+        Ok(Seen {
+            verdict,
             since_attack: None,
         })
     }
 
     /// Outside the normal region in this window alone (before smoothing).
     fn outlier(&self) -> bool {
-        self.score < 0.0
+        is_outlier(self.verdict.score)
     }
 }
 
@@ -532,16 +474,17 @@ fn monitor(
     vmwatch: &Path,
     model: &Path,
     pid: u32,
-    smooth: &str,
+    smooth: Smoothing,
     attack: &'static scenario::Scenario,
     plan: Plan,
     verdicts_file: &Path,
-) -> Result<Vec<Verdict>> {
+) -> Result<Vec<Seen>> {
     let mut cmd = record::vmwatch_command(vmwatch);
     cmd.arg("monitor")
         .arg("--model")
         .arg(model)
-        .args(["--pid", &pid.to_string(), "--json", "--smooth", smooth])
+        .args(["--pid", &pid.to_string(), "--json", "--smooth"])
+        .arg(smooth.to_string())
         .args(["--windows", &plan.total().to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
@@ -571,7 +514,7 @@ fn monitor(
     let mut attack_started: Option<Instant> = None;
     let mut attack_running = false;
     let mut first_detection = true;
-    let mut verdicts: Vec<Verdict> = Vec::new();
+    let mut verdicts: Vec<Seen> = Vec::new();
     println!("\n{:>6}  {:<6}  {:>9}  VERDICT", "WINDOW", "PHASE", "SCORE");
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
@@ -582,17 +525,18 @@ fn monitor(
                 }
                 raw.push_str(&line);
                 raw.push('\n');
-                let mut v = Verdict::parse(&line)?;
+                let mut v = Seen::parse(&line)?;
                 v.since_attack = attack_started.map(|t| t.elapsed().as_secs_f64());
                 let k = verdicts.len();
                 let phase = plan.phase(k);
+                let anomalous = v.verdict.anomalous;
                 let mut remark = String::new();
-                if v.outlier() && !v.anomalous {
+                if v.outlier() && !anomalous {
                     remark.push_str("(outlier, smoothed away)");
-                } else if v.anomalous && !v.outlier() {
+                } else if anomalous && !v.outlier() {
                     remark.push_str("(inside, flagged by the windows before)");
                 }
-                if v.anomalous && first_detection && phase != Phase::Normal {
+                if anomalous && first_detection && phase != Phase::Normal {
                     first_detection = false;
                     if !remark.is_empty() {
                         remark.push(' ');
@@ -603,16 +547,16 @@ fn monitor(
                         v.since_attack.unwrap_or(0.0)
                     );
                 }
-                let verdict = match (v.anomalous, color) {
+                let verdict = match (anomalous, color) {
                     (true, true) => "\x1b[1;31mANOMALOUS\x1b[0m",
                     (true, false) => "ANOMALOUS",
                     (false, _) => "normal   ",
                 };
                 let row = format!(
                     "{:>6}  {:<6}  {:>9.4}  {verdict}  {remark}",
-                    v.window,
+                    v.verdict.window,
                     phase.as_str(),
-                    v.score
+                    v.verdict.score
                 );
                 println!("{}", row.trim_end());
                 verdicts.push(v);
@@ -681,14 +625,26 @@ struct Counts {
 }
 
 impl Counts {
-    fn of<'a>(vs: impl Iterator<Item = &'a Verdict>) -> Counts {
+    fn of<'a>(vs: impl Iterator<Item = &'a Seen>) -> Counts {
         let mut c = Counts::default();
         for v in vs {
             c.windows += 1;
-            c.flagged += usize::from(v.anomalous);
+            c.flagged += usize::from(v.verdict.anomalous);
             c.outliers += usize::from(v.outlier());
         }
         c
+    }
+
+    /// `F/W WHAT (F/W %); before smoothing O/W (O/W %)`.
+    fn flagged_of(&self, what: &str) -> String {
+        let w = self.windows;
+        format!(
+            "{}/{w} {what} ({}); before smoothing {}/{w} ({})",
+            self.flagged,
+            Counts::rate(self.flagged, w),
+            self.outliers,
+            Counts::rate(self.outliers, w),
+        )
     }
 
     fn rate(n: usize, of: usize) -> String {
@@ -715,14 +671,14 @@ struct Summary {
 }
 
 impl Summary {
-    fn of(vs: &[Verdict], plan: Plan) -> Summary {
+    fn of(vs: &[Seen], plan: Plan) -> Summary {
         let (normal, rest) = vs.split_at(plan.normal.min(vs.len()));
         let (attack, after) = rest.split_at(plan.attack.min(rest.len()));
         let first_detection = rest
             .iter()
-            .position(|v| v.anomalous)
+            .position(|v| v.verdict.anomalous)
             .map(|i| (i, rest[i].since_attack.unwrap_or(0.0)));
-        let recovered_after = match after.iter().rposition(|v| v.anomalous) {
+        let recovered_after = match after.iter().rposition(|v| v.verdict.anomalous) {
             None if after.is_empty() => None,
             None => Some(0),
             Some(last) if last + 1 < after.len() => Some(last + 1),
@@ -749,28 +705,18 @@ impl Summary {
         let _ = writeln!(
             s,
             "  windows monitored:    {monitored} ({} before the attack, {} during `{}`, {} after), \
-             smoothing {}/{}",
-            self.normal.windows, self.attack.windows, c.attack, self.after.windows, c.smooth.0, c.smooth.1
+             smoothing {}",
+            self.normal.windows, self.attack.windows, c.attack, self.after.windows, c.smooth
         );
         let _ = writeln!(
             s,
-            "  false positives:      {}/{} windows before the attack ({}); before smoothing {}/{} ({})",
-            self.normal.flagged,
-            self.normal.windows,
-            Counts::rate(self.normal.flagged, self.normal.windows),
-            self.normal.outliers,
-            self.normal.windows,
-            Counts::rate(self.normal.outliers, self.normal.windows),
+            "  false positives:      {}",
+            self.normal.flagged_of("windows before the attack")
         );
         let _ = writeln!(
             s,
-            "  detection rate:       {}/{} attack windows flagged ({}); before smoothing {}/{} ({})",
-            self.attack.flagged,
-            self.attack.windows,
-            Counts::rate(self.attack.flagged, self.attack.windows),
-            self.attack.outliers,
-            self.attack.windows,
-            Counts::rate(self.attack.outliers, self.attack.windows),
+            "  detection rate:       {}",
+            self.attack.flagged_of("attack windows flagged")
         );
         let _ = match self.first_detection {
             Some((i, secs)) => writeln!(
@@ -815,7 +761,7 @@ struct SummaryContext<'a> {
     features: usize,
     train_windows: u32,
     train_line: &'a str,
-    smooth: (u32, u32),
+    smooth: Smoothing,
     ready_at: Duration,
     total: Duration,
 }
@@ -824,11 +770,17 @@ struct SummaryContext<'a> {
 mod tests {
     use super::*;
 
-    fn v(score: f64, anomalous: bool, since: Option<f64>) -> Verdict {
-        Verdict {
-            window: 0,
-            score,
-            anomalous,
+    fn v(score: f64, anomalous: bool, since: Option<f64>) -> Seen {
+        Seen {
+            verdict: Verdict {
+                start_unix_ms: 0,
+                vm: "lab-web".into(),
+                pid: 1,
+                label: None,
+                window: 0,
+                score,
+                anomalous,
+            },
             since_attack: since,
         }
     }
@@ -836,18 +788,24 @@ mod tests {
     #[test]
     fn parses_monitor_json() {
         let line = r#"{"start_unix_ms":1764120000000,"vm":"lab-web","pid":4242,"window":17,"score":-0.5123,"anomalous":true}"#;
+        let seen = Seen::parse(line).unwrap();
+        assert_eq!(seen.since_attack, None);
         assert_eq!(
-            Verdict::parse(line).unwrap(),
+            seen.verdict,
             Verdict {
+                start_unix_ms: 1_764_120_000_000,
+                vm: "lab-web".into(),
+                pid: 4242,
+                label: None,
                 window: 17,
                 score: -0.5123,
                 anomalous: true,
-                since_attack: None
             }
         );
-        let e = Verdict::parse(r#"{"window":1,"score":0.1}"#).unwrap_err();
-        assert!(format!("{e:#}").contains("anomalous"));
-        assert!(Verdict::parse(r#"{"window":x,"score":0.1,"anomalous":false}"#).is_err());
+        assert!(seen.outlier());
+        let e = Seen::parse(r#"{"window":1,"score":0.1}"#).unwrap_err();
+        assert!(format!("{e:#}").contains("missing field"), "{e:#}");
+        assert!(Seen::parse(r#"{"window":x,"score":0.1,"anomalous":false}"#).is_err());
     }
 
     #[test]
@@ -907,7 +865,7 @@ mod tests {
             features: 5,
             train_windows: 90,
             train_line: "nu = 0.01",
-            smooth: (2, 3),
+            smooth: Smoothing { k: 2, n: 3 },
             ready_at: Duration::from_secs(20),
             total: Duration::from_secs(400),
         });
@@ -942,11 +900,19 @@ mod tests {
 
     #[test]
     fn smoothing_and_features() {
-        assert_eq!(parse_smooth("2/3").unwrap(), (2, 3));
-        assert!(parse_smooth("4/3").is_err());
-        assert!(parse_smooth("0/3").is_err());
-        assert!(parse_smooth("x").is_err());
-        let f = feature_names(DEFAULT_FEATURES);
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Demo {
+            #[command(flatten)]
+            args: Args,
+        }
+        let smooth = |s: &str| Demo::try_parse_from(["demo", "--smooth", s]).map(|d| d.args.smooth);
+        assert_eq!(smooth("2/3").unwrap(), Smoothing { k: 2, n: 3 });
+        for bad in ["4/3", "0/3", "x"] {
+            assert!(smooth(bad).is_err(), "{bad}");
+        }
+        let f = vmwatch_core::features::parse_feature_list("DEFAULT_FEATURES", DEFAULT_FEATURES)
+            .unwrap();
         assert!(f.len() >= 4 && f.iter().all(|n| n.contains(':')), "{f:?}");
         assert!(!f.iter().any(|n| n.starts_with("qemu:exec_tb")), "{f:?}");
     }

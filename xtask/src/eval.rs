@@ -16,6 +16,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use vmwatch_core::eval::{Report, ScenarioReport};
+use vmwatch_core::features::read_feature_list;
 
 use crate::lab::record::vmwatch_binary;
 use crate::lab::scenario::{self, Group};
@@ -113,10 +115,7 @@ pub fn run(o: &Options) -> Result<()> {
         cmd.arg("-o").arg(rel(out));
         let report = util::output(&mut cmd)
             .with_context(|| format!("vmwatch select {} failed", extra.join(" ")))?;
-        let chosen = fs::read_to_string(out)?
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .count();
+        let chosen = read_feature_list(out)?.len();
         Ok((report, chosen))
     };
     note(format!(
@@ -200,7 +199,7 @@ pub fn run(o: &Options) -> Result<()> {
             let dir = results.join(set.key).join(grid);
             fs::create_dir_all(&dir)
                 .with_context(|| format!("could not create {}", dir.display()))?;
-            let eval = |extra: &[String], json: &Path| -> Result<(String, Value)> {
+            let eval = |extra: &[String], json: &Path| -> Result<(String, Report)> {
                 let mut cmd = Command::new(&vmwatch);
                 cmd.current_dir(&root)
                     .arg("eval")
@@ -216,7 +215,7 @@ pub fn run(o: &Options) -> Result<()> {
                     .arg(rel(json));
                 let out = util::output(&mut cmd)
                     .with_context(|| format!("vmwatch eval ({}) failed", set.title))?;
-                Ok((out, read_json(json)?))
+                Ok((out, read_report(json)?))
             };
             note(format!("    {grid} grid"));
             let (md, raw) = eval(
@@ -234,9 +233,9 @@ pub fn run(o: &Options) -> Result<()> {
             let (_, smoothed) = eval(
                 &[
                     "--nu".into(),
-                    num(&raw, "nu").to_string(),
+                    raw.nu.to_string(),
                     "--gamma".into(),
-                    num(&raw, "gamma").to_string(),
+                    raw.gamma.to_string(),
                     "--smooth".into(),
                     SMOOTH.into(),
                 ],
@@ -295,8 +294,8 @@ pub fn run(o: &Options) -> Result<()> {
                     "{} {}: F {:.1}% FP {:.2}%",
                     v.grid,
                     v.smooth,
-                    100.0 * num(&v.report, "median_f_measure"),
-                    100.0 * num(&v.report, "median_fp_rate")
+                    100.0 * v.report.median_f_measure,
+                    100.0 * v.report.median_fp_rate
                 )
             })
             .collect();
@@ -319,11 +318,11 @@ struct Run<'a> {
 struct Variant {
     grid: &'static str,
     smooth: &'static str,
-    report: Value,
+    report: Report,
 }
 
 impl Run<'_> {
-    fn get(&self, grid: &str, smooth: &str) -> Option<&Value> {
+    fn get(&self, grid: &str, smooth: &str) -> Option<&Report> {
         self.variants
             .iter()
             .find(|v| v.grid == grid && v.smooth == smooth)
@@ -331,15 +330,21 @@ impl Run<'_> {
     }
 
     /// The paper's procedure: paper grid, raw verdicts.
-    fn paper(&self) -> &Value {
+    fn paper(&self) -> &Report {
         &self.variants[0].report
     }
 }
 
-fn read_json(path: &Path) -> Result<Value> {
+/// A report of `vmwatch eval --json`.
+fn read_report(path: &Path) -> Result<Report> {
     let text =
         fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a report of `vmwatch eval --json`",
+            path.display()
+        )
+    })
 }
 
 struct Render<'a> {
@@ -358,10 +363,6 @@ struct Render<'a> {
     docs: &'a Path,
     notes: String,
     folds: usize,
-}
-
-fn num(v: &Value, key: &str) -> f64 {
-    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
 
 /// Three significant digits (grid points such as 10^-2.5).
@@ -454,27 +455,19 @@ fn render(r: &Render) -> Result<String> {
     writeln!(s, " paper's median F |")?;
     writeln!(s, "|---|---:|---:|---:|---:|---:|---:|")?;
     for run in r.runs {
-        write!(
-            s,
-            "| {} | {} |",
-            run.set.title,
-            run.paper()
-                .get("features")
-                .map(value_text)
-                .unwrap_or_default()
-        )?;
+        write!(s, "| {} | {} |", run.set.title, run.paper().features)?;
         for grid in GRIDS {
             for smooth in ["1/1", SMOOTH] {
                 match run.get(grid, smooth) {
                     Some(v) => {
-                        let (f, fp) = (num(v, "median_f_measure"), num(v, "median_fp_rate"));
+                        let (f, fp) = (v.median_f_measure, v.median_fp_rate);
                         let cell = format!("{} / {:.2}%", pct(f), 100.0 * fp);
                         if f >= 0.95 && fp <= 0.01 {
                             write!(s, " **{cell}**")?;
                         } else {
                             write!(s, " {cell}")?;
                         }
-                        write!(s, " ({}, {}) |", sig(num(v, "nu")), sig(num(v, "gamma")))?;
+                        write!(s, " ({}, {}) |", sig(v.nu), sig(v.gamma))?;
                     }
                     None => write!(s, " — |")?,
                 }
@@ -508,12 +501,8 @@ fn render(r: &Render) -> Result<String> {
     for attack in scenario::in_group(Group::Attack) {
         write!(s, "| {attack} |")?;
         for run in r.runs {
-            let cell = |v: Option<&Value>| match v.and_then(|v| scenario(v, attack)) {
-                Some(sc) => format!(
-                    "{} ({})",
-                    pct(num(sc, "f_measure")),
-                    pct(num(sc, "sensitivity"))
-                ),
+            let cell = |v: Option<&Report>| match v.and_then(|v| scenario(v, attack)) {
+                Some(sc) => format!("{} ({})", pct(sc.f_measure), pct(sc.sensitivity)),
                 None => "—".to_string(),
             };
             write!(
@@ -534,15 +523,16 @@ fn render(r: &Render) -> Result<String> {
         let Some(best) = run.get("wide", SMOOTH) else {
             continue;
         };
-        let low: Vec<String> = scenarios(best)
+        let low: Vec<String> = best
+            .scenarios
             .iter()
-            .filter(|sc| num(sc, "f_measure") < 0.95)
+            .filter(|sc| sc.f_measure < 0.95)
             .map(|sc| {
                 format!(
                     "{} (F {}, sensitivity {})",
-                    sc.get("name").map(value_text).unwrap_or_default(),
-                    pct(num(sc, "f_measure")),
-                    pct(num(sc, "sensitivity"))
+                    sc.name,
+                    pct(sc.f_measure),
+                    pct(sc.sensitivity)
                 )
             })
             .collect();
@@ -571,13 +561,13 @@ fn render(r: &Render) -> Result<String> {
     writeln!(s, "| feature set | trained on web | after re-learning |")?;
     writeln!(s, "|---|---:|---:|")?;
     for run in r.runs {
-        if let Some(rl) = run.paper().get("relearn").filter(|x| !x.is_null()) {
+        if let Some(rl) = &run.paper().relearn {
             writeln!(
                 s,
                 "| {} | {} | {} |",
                 run.set.title,
-                pct(num(rl, "fp_rate_before")),
-                pct(num(rl, "fp_rate_after"))
+                pct(rl.fp_rate_before),
+                pct(rl.fp_rate_after)
             )?;
         }
     }
@@ -635,17 +625,8 @@ fn render(r: &Render) -> Result<String> {
 }
 
 /// The result of one attack scenario in an eval report.
-fn scenario<'v>(v: &'v Value, name: &str) -> Option<&'v Value> {
-    scenarios(v)
-        .into_iter()
-        .find(|sc| sc.get("name").and_then(Value::as_str) == Some(name))
-}
-
-fn scenarios(v: &Value) -> Vec<&Value> {
-    v.get("scenarios")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
+fn scenario<'r>(r: &'r Report, name: &str) -> Option<&'r ScenarioReport> {
+    r.scenarios.iter().find(|sc| sc.name == name)
 }
 
 fn value_text(v: &Value) -> String {
@@ -669,9 +650,13 @@ mod tests {
 
     #[test]
     fn grid_points_print_short() {
-        assert_eq!(sig(0.0031622776601683794), "0.00316");
-        assert_eq!(sig(0.04), "0.04");
-        assert_eq!(sig(0.001), "0.001");
-        assert_eq!(sig(31.622776), "31.6");
+        for (x, short) in [
+            (0.0031622776601683794, "0.00316"),
+            (0.04, "0.04"),
+            (0.001, "0.001"),
+            (31.622776, "31.6"),
+        ] {
+            assert_eq!(sig(x), short, "{x}");
+        }
     }
 }

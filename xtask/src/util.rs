@@ -1,11 +1,15 @@
-//! Small helpers shared by the subcommands: running commands, locating the cache,
-//! formatting times.
+//! Small helpers shared by the subcommands: running commands, locating and
+//! updating the cache, cleaning up after killed runs, formatting times.
 
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -156,6 +160,121 @@ fn parse_ninja_step(line: &str) -> Option<(u64, u64)> {
     Some((done.trim().parse().ok()?, total.trim().parse().ok()?))
 }
 
+/// Makes `cmd`'s process get `signal` when the xtask thread that starts it
+/// dies (`PR_SET_PDEATHSIG`), and exit at once if xtask died before that
+/// took effect.
+pub fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl, getppid and _exit are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Whether process `pid` runs.
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// The pid in a name `<prefix><pid>-<n>`, how xtask names what it leaves in
+/// shared places (`host-4242-0` with prefix `host-`).
+pub fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
+    let (pid, n) = name.strip_prefix(prefix)?.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Removes what a killed xtask left in `dir`: the entries whose name `owner`
+/// maps to a pid that no longer runs.
+pub fn remove_orphans(dir: &Path, owner: impl Fn(&str) -> Option<u32>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if owner(&name).is_some_and(|pid| !pid_alive(pid)) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Drops terminal escape sequences and control characters from console
+/// output; tabs become spaces, line breaks stay.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // CSI: ESC [ params final-byte; other escapes: ESC + one char.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\t' => out.push(' '),
+            '\n' => out.push('\n'),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A thread that runs until told to stop: [`Worker::halt`] or dropping it
+/// sets its flag and waits for it to end.
+pub struct Worker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts thread `name` running `f`, which returns soon after the flag
+    /// it is given is set.
+    pub fn spawn(
+        name: &str,
+        f: impl FnOnce(&AtomicBool) + Send + 'static,
+    ) -> std::io::Result<Worker> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || f(&flag))?;
+        Ok(Worker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Tells the thread to stop and waits for it.
+    pub fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
 /// True when running as root (`id -u` prints 0).
 pub fn is_root() -> Result<bool> {
     let uid = output(Command::new("id").arg("-u")).context("could not find the user id")?;
@@ -185,6 +304,103 @@ pub fn cache_dir() -> Result<PathBuf> {
         None => bail!(
             "cannot choose a cache directory: none of VMWATCH_CACHE, XDG_CACHE_HOME and HOME is set"
         ),
+    }
+}
+
+/// Takes `<root>/.lock`, the lock of a cache directory's builds; while
+/// another process holds it, says `busy` and waits. Held until dropped.
+pub fn lock_cache(root: &Path, busy: &str) -> Result<fs::File> {
+    let lock_path = root.join(".lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("could not open the lock file {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        note(format!("{busy}; waiting for it to finish"));
+        lock.lock()
+            .with_context(|| format!("could not lock {}", lock_path.display()))?;
+    }
+    Ok(lock)
+}
+
+/// A build in progress in a cache directory: assembled in
+/// `<root>/.work-<hash>/out` and renamed to `<root>/<hash>` once complete,
+/// so an interrupted build never looks complete.
+pub struct CacheBuild {
+    /// Where the finished build goes.
+    pub final_dir: PathBuf,
+    /// The work directory (the next attempt removes what a failed one left).
+    pub work: PathBuf,
+    /// The build itself, inside `work`.
+    pub out: PathBuf,
+    /// `out/build.log`.
+    pub log_path: PathBuf,
+    pub log: fs::File,
+}
+
+impl CacheBuild {
+    /// Starts `<root>/<hash>` afresh: an empty work directory and build log.
+    pub fn start(root: &Path, hash: &str) -> Result<CacheBuild> {
+        let work = root.join(format!(".work-{hash}"));
+        remove_dir_if_exists(&work)?;
+        let out = work.join("out");
+        fs::create_dir_all(&out).with_context(|| format!("could not create {}", out.display()))?;
+        let log_path = out.join("build.log");
+        let log = fs::File::create(&log_path)
+            .with_context(|| format!("could not create the build log {}", log_path.display()))?;
+        Ok(CacheBuild {
+            final_dir: root.join(hash),
+            work,
+            out,
+            log_path,
+            log,
+        })
+    }
+
+    /// Writes `files` (name, contents) into the build in order, the
+    /// completion marker last; then moves the build to its final place and
+    /// removes the work directory. An incomplete directory of the same hash
+    /// (from an older layout or a crash after the rename of a forced
+    /// rebuild) is replaced.
+    pub fn finish(self, files: &[(&str, &str)]) -> Result<()> {
+        for (name, text) in files {
+            let path = self.out.join(name);
+            fs::write(&path, text)
+                .with_context(|| format!("could not write {}", path.display()))?;
+        }
+        remove_dir_if_exists(&self.final_dir)?;
+        fs::rename(&self.out, &self.final_dir).with_context(|| {
+            format!(
+                "could not move the finished build {} to {}",
+                self.out.display(),
+                self.final_dir.display()
+            )
+        })?;
+        remove_dir_if_exists(&self.work)
+    }
+}
+
+/// Points `<root>/current` at `<hash>` (atomically: new symlink, then rename).
+pub fn set_current(root: &Path, hash: &str) -> Result<()> {
+    let current = root.join("current");
+    if fs::read_link(&current).ok().as_deref() == Some(Path::new(hash)) {
+        return Ok(());
+    }
+    let tmp = root.join(format!(".current.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(hash, &tmp)
+        .with_context(|| format!("could not create the symlink {}", tmp.display()))?;
+    fs::rename(&tmp, &current).with_context(|| format!("could not update {}", current.display()))
+}
+
+/// Removes `dir` and what it holds; nothing there is not an error.
+pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("could not remove {}", dir.display())),
     }
 }
 
@@ -289,6 +505,24 @@ mod tests {
         assert_eq!(parse_ninja_step("[12/345] Compiling C"), Some((12, 345)));
         assert_eq!(parse_ninja_step("FAILED: foo.o"), None);
         assert_eq!(parse_ninja_step("[x/y]"), None);
+    }
+
+    #[test]
+    fn console_cleanup() {
+        assert_eq!(printable("\u{1b}[2Jready\r"), "ready");
+        assert_eq!(printable("a\tb"), "a b");
+        assert_eq!(
+            printable("\u{1b}[2J\u{1b}[01;01HSeaBIOS (v)\r\n"),
+            "SeaBIOS (v)\n"
+        );
+    }
+
+    #[test]
+    fn owners() {
+        assert_eq!(owner_pid("host-4242-0", "host-"), Some(4242));
+        assert_eq!(owner_pid("host-4242", "host-"), None);
+        assert_eq!(owner_pid("host-x-0", "host-"), None);
+        assert_eq!(owner_pid("run-lab-idle-4242-0", "host-"), None);
     }
 
     #[test]

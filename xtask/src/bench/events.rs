@@ -6,7 +6,7 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -42,13 +42,7 @@ struct Loop {
 
 impl Loop {
     fn start(bin: &Path) -> Result<Loop> {
-        let mut child = Command::new(bin)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("could not start {}", bin.display()))?;
-        let stdin = child.stdin.take().context("no stdin pipe")?;
-        let stdout = BufReader::new(child.stdout.take().context("no stdout pipe")?);
+        let (child, stdin, stdout) = super::spawn_piped(bin)?;
         let mut l = Loop {
             child,
             stdin,
@@ -166,44 +160,19 @@ pub fn run(o: &Opts, setup: &Setup, csv: &Path) -> Result<Vec<Row>> {
     let (n_off, n_vmwatch, n_lttng) = (20_000_000 / scale, 500_000 / scale, 500_000 / scale);
     let mut rows = Vec::new();
     for rep in 0..o.reps {
-        lp.wait_state((false, false))?;
-        rows.push(Row {
-            state: "detached",
+        let row = |state, n, ns_per_event, recorded| Row {
+            state,
             rep,
-            n: n_off,
-            ns_per_event: lp.run(n_off)?,
-            recorded: None,
-        });
-        {
-            let m = Running::start(setup, Config::VmwatchAll, &[pid], &format!("events-{rep}"))?;
-            lp.wait_state((true, false))?;
-            rows.push(Row {
-                state: "vmwatch",
-                rep,
-                n: n_vmwatch,
-                ns_per_event: lp.run(n_vmwatch)?,
-                recorded: None,
-            });
-            m.stop()?;
-        }
-        {
-            let pid5 = lp5.child.id();
-            let m = Running::start(
-                setup,
-                Config::VmwatchAll,
-                &[pid5],
-                &format!("events5-{rep}"),
-            )?;
-            lp5.wait_state((true, false))?;
-            rows.push(Row {
-                state: "vmwatch-nop5",
-                rep,
-                n: n_vmwatch,
-                ns_per_event: lp5.run(n_vmwatch)?,
-                recorded: None,
-            });
-            m.stop()?;
-        }
+            n,
+            ns_per_event,
+            recorded,
+        };
+        lp.wait_state((false, false))?;
+        rows.push(row("detached", n_off, lp.run(n_off)?, None));
+        let ns = counted(setup, &mut lp, &format!("events-{rep}"), n_vmwatch)?;
+        rows.push(row("vmwatch", n_vmwatch, ns, None));
+        let ns = counted(setup, &mut lp5, &format!("events5-{rep}"), n_vmwatch)?;
+        rows.push(row("vmwatch-nop5", n_vmwatch, ns, None));
         {
             let out = setup.tmp.join(format!("events-trace-{rep}"));
             let _ = fs::remove_dir_all(&out);
@@ -228,13 +197,7 @@ pub fn run(o: &Opts, setup: &Setup, csv: &Path) -> Result<Vec<Row>> {
             )?;
             let recorded = count_events(&out).ok();
             t.finish()?;
-            rows.push(Row {
-                state: "lttng",
-                rep,
-                n: n_lttng,
-                ns_per_event: ns,
-                recorded,
-            });
+            rows.push(row("lttng", n_lttng, ns, recorded));
         }
         let last = &rows[rows.len() - 4..];
         note(format!(
@@ -250,6 +213,16 @@ pub fn run(o: &Opts, setup: &Setup, csv: &Path) -> Result<Vec<Row>> {
         write_csv(csv, &rows)?;
     }
     Ok(rows)
+}
+
+/// ns per event of `lp` over `n` events while vmwatch counts its probe
+/// (`tag` names vmwatch's output).
+fn counted(setup: &Setup, lp: &mut Loop, tag: &str, n: u64) -> Result<f64> {
+    let m = Running::start(setup, Config::VmwatchAll, &[lp.child.id()], tag)?;
+    lp.wait_state((true, false))?;
+    let ns = lp.run(n)?;
+    m.stop()?;
+    Ok(ns)
 }
 
 fn write_csv(path: &Path, rows: &[Row]) -> Result<()> {

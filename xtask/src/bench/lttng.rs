@@ -51,15 +51,7 @@ impl Sessiond {
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        util::die_with_parent(&mut cmd, libc::SIGTERM);
         note(format!("$ {}", util::display(&cmd)));
         let child = cmd
             .spawn()

@@ -13,12 +13,14 @@ mod plot;
 mod report;
 mod scaling;
 
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use vmwatch_core::features;
 
 use crate::lab::scenario::{Group, Scenario};
 use crate::lab::tools::TempDir;
@@ -174,7 +176,9 @@ fn overhead(o: Opts) -> Result<()> {
     vm::check_interrupted()?;
 
     remove_stale_scratch();
-    let tmp = TempDir::create(PathBuf::from(format!("{SCRATCH}{}", std::process::id())))?;
+    let tmp = TempDir::create(
+        Path::new(SCRATCH_PARENT).join(format!("{SCRATCH_PREFIX}{}", std::process::id())),
+    )?;
     let QemuProbes {
         names: all,
         site_kind,
@@ -259,27 +263,16 @@ fn write_report(o: &Opts, root: &Path, out_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Scratch directories (traces, outputs) on a tmpfs: `<prefix><xtask pid>`.
-const SCRATCH: &str = "/dev/shm/vmwatch-bench-";
+/// Scratch directories (traces, outputs) on a tmpfs:
+/// `<SCRATCH_PARENT>/<SCRATCH_PREFIX><xtask pid>`.
+const SCRATCH_PARENT: &str = "/dev/shm";
+const SCRATCH_PREFIX: &str = "vmwatch-bench-";
 
 /// Removes scratch directories of benches whose xtask is gone (killed).
 fn remove_stale_scratch() {
-    let Ok(dir) = std::fs::read_dir("/dev/shm") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let path = e.path();
-        let Some(pid) = path
-            .to_str()
-            .and_then(|p| p.strip_prefix(SCRATCH))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new("/proc").join(pid.to_string()).exists() {
-            let _ = std::fs::remove_dir_all(&path);
-        }
-    }
+    util::remove_orphans(Path::new(SCRATCH_PARENT), |name| {
+        name.strip_prefix(SCRATCH_PREFIX)?.parse().ok()
+    });
 }
 
 /// The `qemu:` probes of the binary and the kind of their sites (`vmwatch probes --json`).
@@ -359,11 +352,15 @@ fn selection(o: &Opts, vmwatch: &Path, tmp: &Path, all: &[String]) -> Result<Sel
             }
             cmd.arg("-o").arg(&out);
             util::output(&mut cmd).context("vmwatch select failed")?;
-            Ok(std::fs::read_to_string(&out)?
-                .lines()
-                .map(str::trim)
-                .filter(|l| l.starts_with("qemu:") && all.iter().any(|a| a == l))
-                .map(str::to_string)
+            let text = std::fs::read_to_string(&out)
+                .with_context(|| format!("could not read {}", out.display()))?;
+            // Its qemu: features this QEMU has; none (an empty list too):
+            // the paper's five.
+            let listed =
+                features::parse_feature_list(&out.display().to_string(), &text).unwrap_or_default();
+            Ok(listed
+                .into_iter()
+                .filter(|f| f.starts_with(features::QEMU) && all.contains(f))
                 .collect())
         };
         let selected = select(Some(SELECT_BUDGET))?;
@@ -402,6 +399,19 @@ fn selection(o: &Opts, vmwatch: &Path, tmp: &Path, all: &[String]) -> Result<Sel
             missing.join(", ")
         ),
     })
+}
+
+/// Starts `program` with its stdin and stdout piped: a helper process the
+/// bench talks to line by line.
+fn spawn_piped(program: &Path) -> Result<(Child, ChildStdin, BufReader<ChildStdout>)> {
+    let mut child = Command::new(program)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start {}", program.display()))?;
+    let stdin = child.stdin.take().context("no stdin pipe")?;
+    let stdout = BufReader::new(child.stdout.take().context("no stdout pipe")?);
+    Ok((child, stdin, stdout))
 }
 
 /// Waits until QEMU `pid` registered with the session daemon (it does so at

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use vmwatch_core::dataset::Table;
+use vmwatch_core::features;
 
 use super::lttng::{Events, Sessiond, TraceOpts, Tracing};
 use crate::lab::record::{stop_vmwatch, vmwatch_command};
@@ -61,6 +63,11 @@ impl Config {
             Config::LttngNoTcg => "lttng-all-no-tcg",
             Config::LttngSelected => "lttng-selected",
         }
+    }
+
+    /// Its place in [`Config::ALL`].
+    pub fn index(self) -> usize {
+        Config::ALL.iter().position(|c| *c == self).unwrap_or(0)
     }
 
     pub fn from_id(s: &str) -> Option<Config> {
@@ -398,33 +405,28 @@ impl VmwatchRun {
         Ok(())
     }
 
-    /// Rows written so far.
+    /// Rows written so far. Polled every 50 ms while the bench measures,
+    /// so it counts lines (vmwatch ends every row with one; the bench's VM
+    /// names need no quotes) instead of parsing the whole file.
     fn rows(&self) -> u64 {
         fs::read(&self.out)
             .map(|b| b.iter().filter(|&&c| c == b'\n').count().saturating_sub(1) as u64)
             .unwrap_or(0)
     }
 
-    /// (rows, sum of the `qemu:*` columns over all rows).
+    /// (rows, sum of the `qemu:*` and `sys:*` columns over all rows).
     fn rows_and_hits(&self) -> (u64, f64) {
-        let Ok((header, rows)) = crate::lab::record::read_csv(&self.out) else {
+        let Ok(table) = Table::read(&self.out) else {
             return (0, 0.0);
         };
-        let cols: Vec<usize> = header
+        let hits = table
+            .features
             .iter()
             .enumerate()
-            .filter(|(_, h)| h.starts_with("qemu:") || h.starts_with("sys:"))
-            .map(|(i, _)| i)
-            .collect();
-        let hits = rows
-            .iter()
-            .map(|r| {
-                cols.iter()
-                    .filter_map(|&i| r.get(i)?.parse::<f64>().ok())
-                    .sum::<f64>()
-            })
+            .filter(|(_, f)| f.starts_with(features::QEMU) || f.starts_with(features::SYS))
+            .map(|(j, _)| table.x.column(j).sum())
             .sum();
-        (rows.len() as u64, hits)
+        (table.len() as u64, hits)
     }
 }
 

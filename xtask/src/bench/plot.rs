@@ -1,29 +1,14 @@
-//! SVG figures of the overhead report, in the style of src/plots.rs
-//! (plotters, DejaVu Sans registered as "sans-serif", white background).
+//! SVG figures of the overhead report, in the style of vmwatch's own
+//! (plotters, DejaVu Sans registered as "sans-serif" by
+//! [`vmwatch_core::plots::register_font`], white background).
 
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
+use vmwatch_core::plots::register_font;
 
 use crate::util;
-
-/// Debian's fonts-dejavu-core (also what src/plots.rs uses).
-const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-
-fn register_font() -> Result<()> {
-    static DONE: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
-    DONE.get_or_init(|| {
-        let bytes = std::fs::read(FONT)
-            .map_err(|e| format!("{FONT}: {e} (apt-get install fonts-dejavu-core)"))?;
-        // plotters keeps the font for the life of the process.
-        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-            .map_err(|_| format!("{FONT} is not a usable font"))
-    })
-    .clone()
-    .map_err(|e| anyhow!("plots need a font: {e}"))
-}
 
 fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing a figure: {e:?}")

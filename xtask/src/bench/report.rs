@@ -10,10 +10,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use vmwatch_core::eval::median;
 
 use super::monitor::Config;
 use super::{plot, scaling, Part, Run};
-use crate::lab::record::read_csv;
 use crate::util;
 
 const BEGIN: &str = "<!-- BEGIN cargo xtask bench overhead (generated; edits are overwritten) -->";
@@ -86,12 +86,9 @@ pub fn write_machine(
         .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string()))
         .unwrap_or_default();
     let qemu_version = fs::read_to_string(qemu_dir.join("BUILD-INFO.json"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let v = l.trim().strip_prefix("\"qemu_version\": \"")?;
-            Some(v.trim_end_matches(',').trim_end_matches('"').to_string())
-        })
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["qemu_version"].as_str().map(str::to_string))
         .unwrap_or_else(|| "unknown".into());
     let lines = [
         ("date", util::utc_now()),
@@ -146,17 +143,9 @@ pub fn write_machine(
     util::write_atomic(&out.join("machine.txt"), s.as_bytes())
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+/// The median of the values at `key` (NaN: none).
+fn median_at<K: Ord>(values: &BTreeMap<K, Vec<f64>>, key: &K) -> f64 {
+    median(values.get(key).map_or(&[], Vec::as_slice))
 }
 
 fn min_max(v: &[f64]) -> (f64, f64) {
@@ -166,14 +155,26 @@ fn min_max(v: &[f64]) -> (f64, f64) {
         })
 }
 
-/// A CSV as rows of column name → value.
+/// One of the bench's CSVs as rows of column name → value (None: missing
+/// or unreadable).
 fn table(path: &Path) -> Option<Vec<BTreeMap<String, String>>> {
-    let (h, rows) = read_csv(path).ok()?;
-    Some(
-        rows.into_iter()
-            .map(|r| h.iter().cloned().zip(r).collect())
-            .collect(),
-    )
+    let mut csv = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .ok()?;
+    let header = csv.headers().ok()?.clone();
+    csv.records()
+        .map(|r| {
+            let r = r.ok()?;
+            Some(
+                header
+                    .iter()
+                    .map(str::to_string)
+                    .zip(r.iter().map(str::to_string))
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 fn num(r: &BTreeMap<String, String>, k: &str) -> f64 {
@@ -296,12 +297,12 @@ programs and uprobe traps run in QEMU's context and count as QEMU CPU.\n\n";
 fn per_hit_ns(out: &Path, nop5: bool) -> Option<f64> {
     let rows = table(&out.join("events.csv"))?;
     let med = |state: &str| {
-        let mut v: Vec<f64> = rows
+        let v: Vec<f64> = rows
             .iter()
             .filter(|r| r.get("state").map(String::as_str) == Some(state))
             .map(|r| num(r, "ns_per_event"))
             .collect();
-        median(&mut v)
+        median(&v)
     };
     let d = med(if nop5 { "vmwatch-nop5" } else { "vmwatch" }) - med("detached");
     d.is_finite().then_some(d)
@@ -319,7 +320,7 @@ fn impact_section(out: &Path, md: &mut String, per_hit: Option<f64>, nop5: bool)
         let Some(c) = r.get("config").and_then(|c| Config::from_id(c)) else {
             continue;
         };
-        let ci = Config::ALL.iter().position(|x| *x == c).unwrap_or(0);
+        let ci = c.index();
         let job = if r.get("job").map(String::as_str) == Some("cpu") {
             "cpu"
         } else {
@@ -336,12 +337,7 @@ fn impact_section(out: &Path, md: &mut String, per_hit: Option<f64>, nop5: bool)
     }
     let base: BTreeMap<&str, f64> = jobs
         .iter()
-        .map(|j| {
-            (
-                *j,
-                median(&mut by.get(&(0, *j)).cloned().unwrap_or_default()),
-            )
-        })
+        .map(|j| (*j, median_at(&by, &(0, *j))))
         .collect();
     let reps = by.get(&(0, "cpu")).map_or(0, Vec::len);
     let _ = writeln!(
@@ -368,9 +364,9 @@ syscalls (vmwatch syscalls), or events counted (LTTng) per window during the CPU
         }
         let mut cells = Vec::new();
         for (ji, j) in jobs.iter().enumerate() {
-            let mut v = by.get(&(ci, *j)).cloned().unwrap_or_default();
-            let (lo, hi) = min_max(&v);
-            let med = median(&mut v);
+            let v = by.get(&(ci, *j)).map_or(&[][..], Vec::as_slice);
+            let (lo, hi) = min_max(v);
+            let med = median(v);
             let b = base[j];
             let s = (med / b - 1.0) * 100.0;
             slow.insert((ci, j), s);
@@ -381,7 +377,6 @@ syscalls (vmwatch syscalls), or events counted (LTTng) per window during the CPU
                 .push((s, (lo / b - 1.0) * 100.0, (hi / b - 1.0) * 100.0));
         }
         let (hits, disc, win, counted) = extra.get(&ci).cloned().unwrap_or_default();
-        let mut hits = hits;
         let lt = matches!(
             c,
             Config::LttngAll | Config::LttngNoTcg | Config::LttngSelected
@@ -397,7 +392,7 @@ syscalls (vmwatch syscalls), or events counted (LTTng) per window during the CPU
             if ci == 0 {
                 "—".into()
             } else {
-                format!("{:.0}", median(&mut hits))
+                format!("{:.0}", median(&hits))
             },
             if lt {
                 format!("{counted} of {win}")
@@ -429,7 +424,7 @@ for vmwatch the cost per hit × hits per second (below) is the sharper estimate.
         &svg_series,
     )?;
     let g = |c: Config, j: &str| {
-        let ci = Config::ALL.iter().position(|x| *x == c).unwrap_or(0);
+        let ci = c.index();
         slow.get(&(ci, j)).copied().unwrap_or(f64::NAN)
     };
     let _ = writeln!(
@@ -459,10 +454,7 @@ paper 2% / 4% / 9% fewer transactions; here vmwatch {} ({}) / {} ({}) / {}, stra
         pct(g(Config::LttngNoTcg, "db")),
     );
     if let Some(ns) = per_hit {
-        let hits = |c: Config| {
-            let ci = Config::ALL.iter().position(|x| *x == c).unwrap_or(0);
-            median(&mut extra.get(&ci).map(|e| e.0.clone()).unwrap_or_default())
-        };
+        let hits = |c: Config| median(extra.get(&c.index()).map_or(&[][..], |e| e.0.as_slice()));
         let share = |c: Config| {
             let v = hits(c) / 2.0 * ns / 1e9 * 100.0;
             if v.is_finite() {
@@ -498,7 +490,7 @@ fn scaling_section(out: &Path, md: &mut String) -> Result<()> {
         let Some(c) = r.get("config").and_then(|c| Config::from_id(c)) else {
             continue;
         };
-        let ci = Config::ALL.iter().position(|x| *x == c).unwrap_or(0);
+        let ci = c.index();
         let kind = r.get("kind").cloned().unwrap_or_default();
         let n = num(r, "vms") as usize;
         let k = (kind, ci, n);
@@ -545,12 +537,11 @@ bounded by what is left; read it for N = 1.\n"
         );
         let mut series = Vec::new();
         for c in scaling::CONFIGS.iter().filter(|c| **c != Config::None) {
-            let ci = Config::ALL.iter().position(|x| x == c).unwrap_or(0);
+            let ci = c.index();
             let mut cells = Vec::new();
             let mut pts = Vec::new();
             for &n in &vm_counts {
-                let mut v = coll.get(&("vm".into(), ci, n)).cloned().unwrap_or_default();
-                let med = median(&mut v);
+                let med = median_at(&coll, &("vm".into(), ci, n));
                 let (done, all) = lag.get(&("vm".into(), ci, n)).copied().unwrap_or_default();
                 let note = if matches!(c, Config::LttngAll | Config::LttngSelected) && done < all {
                     format!(" ({done}/{all} counted)")
@@ -570,19 +561,12 @@ bounded by what is left; read it for N = 1.\n"
             "---:|".repeat(vm_counts.len())
         );
         for c in scaling::CONFIGS {
-            let ci = Config::ALL.iter().position(|x| *x == c).unwrap_or(0);
+            let ci = c.index();
             let cells: Vec<String> = vm_counts
                 .iter()
                 .map(|&n| {
-                    let mut v = target
-                        .get(&("vm".into(), ci, n))
-                        .cloned()
-                        .unwrap_or_default();
-                    let mut b = target
-                        .get(&("vm".into(), 0, n))
-                        .cloned()
-                        .unwrap_or_default();
-                    let (mv, mb) = (median(&mut v), median(&mut b));
+                    let mv = median_at(&target, &("vm".into(), ci, n));
+                    let mb = median_at(&target, &("vm".into(), 0, n));
                     if c == Config::None {
                         fmt_ms(mv)
                     } else {
@@ -601,56 +585,37 @@ bounded by what is left; read it for N = 1.\n"
         )?;
         md.push_str("\n![collector cost](overhead/scaling.svg)\n\n");
     }
-    let fx = counts("fixture");
-    if !fx.is_empty() {
-        let head: Vec<String> = fx.iter().map(|n| format!("{n}")).collect();
-        let _ = writeln!(
-            md,
+    // The collector alone, past what the machine can boot.
+    let alone: [(&str, &[Config], &str); 2] = [
+        (
+            "fixture",
+            &scaling::FIXTURE_CONFIGS,
             "Past what the machine can boot: idle fixture processes (`tests/fixture`, 5 probes) \
-watched by one collector; ms per process per window (median):\n\n| configuration | {} |\n|---|{}",
-            head.join(" | "),
-            "---:|".repeat(fx.len())
-        );
-        for c in scaling::FIXTURE_CONFIGS {
-            let ci = Config::ALL.iter().position(|x| *x == c).unwrap_or(0);
-            let cells: Vec<String> = fx
-                .iter()
-                .map(|&n| {
-                    fmt_ms(median(
-                        &mut coll
-                            .get(&("fixture".into(), ci, n))
-                            .cloned()
-                            .unwrap_or_default(),
-                    ))
-                })
-                .collect();
-            let _ = writeln!(md, "| {} | {} |", c.label(), cells.join(" | "));
+watched by one collector; ms per process per window (median):",
+        ),
+        (
+            "qemu-paused",
+            &[Config::VmwatchAll, Config::VmwatchSelected],
+            "At QEMU's full probe width: paused QEMU processes (`-S`, every probe site attached, \
+semaphores raised, no guest code running), ms per VM per window (median; DESIGN goal: ≤ 1 ms at 64 VMs):",
+        ),
+    ];
+    for (kind, configs, intro) in alone {
+        let ns = counts(kind);
+        if ns.is_empty() {
+            continue;
         }
-        md.push('\n');
-    }
-    let pq = counts("qemu-paused");
-    if !pq.is_empty() {
-        let head: Vec<String> = pq.iter().map(|n| format!("{n}")).collect();
+        let head: Vec<String> = ns.iter().map(|n| format!("{n}")).collect();
         let _ = writeln!(
             md,
-            "At QEMU's full probe width: paused QEMU processes (`-S`, every probe site attached, \
-semaphores raised, no guest code running), ms per VM per window (median; DESIGN goal: ≤ 1 ms at 64 VMs):\n\n\
-| configuration | {} |\n|---|{}",
+            "{intro}\n\n| configuration | {} |\n|---|{}",
             head.join(" | "),
-            "---:|".repeat(pq.len())
+            "---:|".repeat(ns.len())
         );
-        for c in [Config::VmwatchAll, Config::VmwatchSelected] {
-            let ci = Config::ALL.iter().position(|x| *x == c).unwrap_or(0);
-            let cells: Vec<String> = pq
+        for c in configs {
+            let cells: Vec<String> = ns
                 .iter()
-                .map(|&n| {
-                    fmt_ms(median(
-                        &mut coll
-                            .get(&("qemu-paused".into(), ci, n))
-                            .cloned()
-                            .unwrap_or_default(),
-                    ))
-                })
+                .map(|&n| fmt_ms(median_at(&coll, &(kind.to_string(), c.index(), n))))
                 .collect();
             let _ = writeln!(md, "| {} | {} |", c.label(), cells.join(" | "));
         }
@@ -683,8 +648,7 @@ A C program (built at bench time) fires one trace point N times in a loop, the w
 (two pointer-sized fields, like `exec_tb`) behind its enabled flag. ns per event = loop time / N, \
 median of {reps} interleaved repetitions (min–max).\n\n| state | N | ns per event | added |\n|---|---:|---:|---:|"
     );
-    let mut base = by.get("detached").map(|v| v.0.clone()).unwrap_or_default();
-    let base = median(&mut base);
+    let base = median(by.get("detached").map_or(&[][..], |v| v.0.as_slice()));
     for (state, label) in [
         ("detached", "detached (semaphore 0, tracepoint disabled)"),
         ("vmwatch", "vmwatch attached (uprobe + BPF count)"),
@@ -697,9 +661,8 @@ median of {reps} interleaved repetitions (min–max).\n\n| state | N | ns per ev
         let Some((v, n, rec)) = by.get(state) else {
             continue;
         };
-        let mut v = v.clone();
-        let (lo, hi) = min_max(&v);
-        let med = median(&mut v);
+        let (lo, hi) = min_max(v);
+        let med = median(v);
         let recn = if state == "lttng" {
             format!(
                 " ({:.1}% of the events recorded)",

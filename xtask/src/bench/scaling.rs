@@ -7,7 +7,7 @@
 //! 64 idle fixture processes (tests/fixture) and paused QEMU processes (all
 //! 3,081 probes), which shows its per-VM cost past what this machine can boot.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -182,14 +182,10 @@ struct Fixture {
 
 impl Fixture {
     fn start(path: &Path) -> Result<Fixture> {
-        let mut child = Command::new(path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("could not start {}", path.display()))?;
-        let stdin = child.stdin.take().context("no stdin pipe")?;
+        let (child, stdin, mut stdout) = super::spawn_piped(path)?;
+        // Its first line: it is ready.
         let mut line = String::new();
-        BufReader::new(child.stdout.take().context("no stdout pipe")?).read_line(&mut line)?;
+        stdout.read_line(&mut line)?;
         Ok(Fixture {
             child,
             _stdin: stdin,
@@ -256,15 +252,7 @@ impl IdleQemu {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0);
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        util::die_with_parent(&mut cmd, libc::SIGKILL);
         let child = cmd
             .spawn()
             .with_context(|| format!("could not start {}", qemu.display()))?;

@@ -13,12 +13,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::net::Net;
+use crate::util::Worker;
 
 /// Requests in flight at most.
 pub const WORKERS: usize = 8;
@@ -228,10 +228,9 @@ impl std::fmt::Display for Summary {
 
 /// A running load generator; dropping it stops it.
 pub struct LoadGen {
-    stop: Arc<AtomicBool>,
     stats: Arc<Stats>,
     started: Instant,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
     error: Arc<Mutex<Option<String>>>,
 }
 
@@ -254,36 +253,32 @@ impl LoadGen {
             schedule.describe(),
             duration.as_secs()
         ));
-        let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Stats::default());
         let error = Arc::new(Mutex::new(None));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let ns = net.path();
         let name = net.name().to_string();
-        let (stop2, stats2, error2) = (stop.clone(), stats.clone(), error.clone());
-        let thread = std::thread::Builder::new()
-            .name("lab-load".into())
-            .spawn(move || {
-                if let Err(e) = enter(&ns, &name) {
-                    let _ = ready_tx.send(Err(format!("{e:#}")));
-                    return;
-                }
-                let _ = ready_tx.send(Ok(()));
-                if let Err(e) = drive(addr, schedule, seed, duration, &stop2, &stats2) {
-                    *error2.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{e:#}"));
-                }
-            })
-            .context("could not start the load generator thread")?;
+        let (stats2, error2) = (stats.clone(), error.clone());
+        let worker = Worker::spawn("lab-load", move |stop| {
+            if let Err(e) = enter(&ns, &name) {
+                let _ = ready_tx.send(Err(format!("{e:#}")));
+                return;
+            }
+            let _ = ready_tx.send(Ok(()));
+            if let Err(e) = drive(addr, schedule, seed, duration, stop, &stats2) {
+                *error2.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{e:#}"));
+            }
+        })
+        .context("could not start the load generator thread")?;
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => bail!("the load generator could not start: {e}"),
             Err(_) => bail!("the load generator thread died"),
         }
         Ok(LoadGen {
-            stop,
             stats,
             started: Instant::now(),
-            thread: Some(thread),
+            worker,
             error,
         })
     }
@@ -306,22 +301,9 @@ impl LoadGen {
 
     /// Stops the load and returns its summary (and an error the generator hit).
     pub fn stop(mut self) -> (Summary, Option<String>) {
-        self.halt();
+        self.worker.halt();
         let e = self.error.lock().unwrap_or_else(|e| e.into_inner()).take();
         (self.summary(), e)
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for LoadGen {
-    fn drop(&mut self) {
-        self.halt();
     }
 }
 

@@ -175,6 +175,20 @@ pub struct RunArgs {
     vmwatch: Option<PathBuf>,
 }
 
+impl RunArgs {
+    /// The options of the recording (the accelerator chosen).
+    fn resolve(self) -> Result<record::RunOpts> {
+        Ok(record::RunOpts {
+            windows: self.windows,
+            interval: self.interval,
+            vms: self.vms,
+            accel: accel::resolve(self.accel)?,
+            memory_mib: self.memory,
+            vmwatch: self.vmwatch,
+        })
+    }
+}
+
 pub fn run(cmd: LabCmd) -> Result<()> {
     match cmd {
         LabCmd::Build { force } => {
@@ -210,24 +224,19 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             output,
             force,
         } => {
+            let run = run.resolve()?;
+            let (windows, vms) = (run.windows, run.vms);
             let r = record::record(&record::RecordOpts {
                 scenario: scenario::find(&scenario)?,
-                windows: run.windows,
-                interval: run.interval,
+                run,
                 seed,
-                vms: run.vms,
-                accel: accel::resolve(run.accel)?,
-                memory_mib: run.memory,
                 output: output.clone(),
                 force,
-                vmwatch: run.vmwatch,
             })?;
             println!(
-                "{}: {} rows ({} windows x {} VMs), {} features, {:.0} QEMU probe hits per window",
+                "{}: {} rows ({windows} windows x {vms} VMs), {} features, {:.0} QEMU probe hits per window",
                 output.display(),
                 r.rows,
-                run.windows,
-                run.vms,
                 r.features,
                 r.qemu_hits_per_window
             );
@@ -239,15 +248,10 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             out_dir,
             only,
         } => record::record_all(&record::RecordAllOpts {
-            windows: run.windows,
-            interval: run.interval,
+            run: run.resolve()?,
             seed,
-            vms: run.vms,
-            accel: accel::resolve(run.accel)?,
-            memory_mib: run.memory,
             out_dir,
             only,
-            vmwatch: run.vmwatch,
         }),
         LabCmd::Smoke { vmwatch } => record::smoke(vmwatch.as_deref()),
     }
@@ -305,28 +309,17 @@ pub fn ensure(force: bool) -> Result<Guest> {
     let hash = recipe_hash(&kernel)?;
     let guest = Guest::at(root.join(&hash));
     if !force && guest.is_complete() {
-        set_current(&root, &hash)?;
+        util::set_current(&root, &hash)?;
         return Ok(guest);
     }
 
-    let lock_path = root.join(".lock");
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("could not open the lock file {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        note("another `cargo xtask lab build` is running; waiting for it to finish");
-        lock.lock()
-            .with_context(|| format!("could not lock {}", lock_path.display()))?;
-    }
+    let _lock = util::lock_cache(&root, "another `cargo xtask lab build` is running")?;
     if !force && guest.is_complete() {
-        set_current(&root, &hash)?;
+        util::set_current(&root, &hash)?;
         return Ok(guest);
     }
     build(&root, &hash, &kernel)?;
-    set_current(&root, &hash)?;
+    util::set_current(&root, &hash)?;
     Ok(guest)
 }
 
@@ -370,41 +363,25 @@ fn recipe_hash(kernel: &recipe::Kernel) -> Result<String> {
 
 fn build(root: &Path, hash: &str, kernel: &recipe::Kernel) -> Result<()> {
     let started = Instant::now();
-    let final_dir = root.join(hash);
-    let work = root.join(format!(".work-{hash}"));
-    remove_dir_if_exists(&work)?;
-    let out = work.join("out");
-    fs::create_dir_all(&out).with_context(|| format!("could not create {}", out.display()))?;
-    let log_path = out.join("build.log");
-    let mut log = fs::File::create(&log_path)
-        .with_context(|| format!("could not create the build log {}", log_path.display()))?;
+    let mut b = util::CacheBuild::start(root, hash)?;
     note(format!(
         "building the lab guest (recipe {hash}, kernel {} {}); about a minute",
         kernel.package, kernel.version
     ));
-    note(format!("build log: {}", log_path.display()));
+    note(format!("build log: {}", b.log_path.display()));
 
-    let built = recipe::build(&work, &out, kernel, &mut log).map_err(|e| {
+    let built = recipe::build(&b.work, &b.out, kernel, &mut b.log).map_err(|e| {
         anyhow!(
             "{e:#}\nThe lab guest build failed; its output is in {} (the work directory {} is removed by the next attempt).",
-            log_path.display(),
-            work.display()
+            b.log_path.display(),
+            b.work.display()
         )
     })?;
     let elapsed = started.elapsed();
-    fs::write(out.join(MANIFEST), manifest_json(hash, &built, elapsed))
-        .with_context(|| format!("could not write {}", out.join(MANIFEST).display()))?;
-    fs::write(out.join(MARKER), format!("{}\n", util::utc_now()))
-        .with_context(|| format!("could not write {}", out.join(MARKER).display()))?;
-    remove_dir_if_exists(&final_dir)?;
-    fs::rename(&out, &final_dir).with_context(|| {
-        format!(
-            "could not move the finished build {} to {}",
-            out.display(),
-            final_dir.display()
-        )
-    })?;
-    remove_dir_if_exists(&work)?;
+    b.finish(&[
+        (MANIFEST, &manifest_json(hash, &built, elapsed)),
+        (MARKER, &format!("{}\n", util::utc_now())),
+    ])?;
     note(format!(
         "lab guest built in {}: initramfs {:.1} MiB ({:.1} MiB uncompressed, {} entries), kernel {}",
         util::human_duration(elapsed),
@@ -450,27 +427,6 @@ fn manifest_json(hash: &str, b: &recipe::Built, elapsed: Duration) -> String {
         elapsed.as_secs(),
         j(host_kernel.trim()),
     )
-}
-
-/// Points `<root>/current` at `<hash>` (atomically: new symlink, then rename).
-fn set_current(root: &Path, hash: &str) -> Result<()> {
-    let current = root.join("current");
-    if fs::read_link(&current).ok().as_deref() == Some(Path::new(hash)) {
-        return Ok(());
-    }
-    let tmp = root.join(format!(".current.tmp-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(hash, &tmp)
-        .with_context(|| format!("could not create the symlink {}", tmp.display()))?;
-    fs::rename(&tmp, &current).with_context(|| format!("could not update {}", current.display()))
-}
-
-fn remove_dir_if_exists(dir: &Path) -> Result<()> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("could not remove {}", dir.display())),
-    }
 }
 
 struct BootArgs {

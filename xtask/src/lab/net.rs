@@ -113,28 +113,26 @@ impl Drop for Net {
     }
 }
 
-/// Makes `cmd` enter the namespace of `ns` (an open `/run/netns/NAME`) between
-/// fork and exec, in its own process group, with SIGKILL as its parent-death
-/// signal. `ns` must stay open until the command is spawned.
-pub fn enter_in_child(cmd: &mut Command, ns: &fs::File) {
-    let fd = ns.as_raw_fd();
-    let parent = std::process::id() as libc::pid_t;
+/// Makes `cmd` run in its own process group, enter the namespace of `ns` (an
+/// open `/run/netns/NAME`; `None`: stay in the host's) between fork and exec,
+/// and die with SIGKILL when xtask does. `ns` must stay open until the
+/// command is spawned.
+pub fn enter_in_child(cmd: &mut Command, ns: Option<&fs::File>) {
     cmd.process_group(0);
-    // SAFETY: setns, prctl and getppid are async-signal-safe syscalls.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+    if let Some(ns) = ns {
+        let fd = ns.as_raw_fd();
+        // SAFETY: setns is an async-signal-safe syscall.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
+    // Registered second, so it runs after setns.
+    util::die_with_parent(cmd, libc::SIGKILL);
 }
 
 fn ns_pids(name: &str) -> Vec<u32> {
@@ -178,10 +176,7 @@ fn delete(name: &str) {
 
 /// `vmwatch-lab-4242-0` → 4242.
 pub fn ns_owner(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(NS_PREFIX)?;
-    let (pid, n) = rest.split_once('-')?;
-    n.parse::<u64>().ok()?;
-    pid.parse().ok()
+    util::owner_pid(name, NS_PREFIX)
 }
 
 /// Deletes lab namespaces whose xtask is gone (a killed run).
@@ -194,7 +189,7 @@ pub fn remove_stale() {
             continue;
         };
         if let Some(pid) = ns_owner(name) {
-            if !PathBuf::from("/proc").join(pid.to_string()).exists() {
+            if !util::pid_alive(pid) {
                 note(format!("removing the stale lab namespace {name}"));
                 delete(name);
             }

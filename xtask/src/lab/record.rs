@@ -3,12 +3,14 @@
 //! `lab record`, `lab record-all` (with `MANIFEST.json`) and the CI smoke test.
 
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use vmwatch_core::dataset::Table;
+use vmwatch_core::features;
+use vmwatch_core::window::parse_interval;
 
 use super::load::{self, LoadGen};
 use super::net::{self, Net};
@@ -74,7 +76,7 @@ impl Session {
         let guest = super::ensure(false).context("building the lab guest failed")?;
         vm::check_interrupted()?;
         let runs = lab_root()?.join("runs");
-        remove_stale_logs(&runs);
+        util::remove_orphans(&runs, |name| util::owner_pid(name, "host-"));
         let logs = TempDir::create(runs.join(format!("host-{}-{}", std::process::id(), unique())))?;
 
         let net = if o.network {
@@ -276,48 +278,35 @@ impl Session {
     }
 }
 
-/// Removes host-side log directories (`host-<pid>-<n>`) of killed runs.
-fn remove_stale_logs(runs: &Path) {
-    let Ok(entries) = fs::read_dir(runs) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = host_dir_pid(&name) {
-            if !Path::new("/proc").join(pid.to_string()).exists() {
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
-    }
-}
-
-/// `host-4242-0` → 4242.
-fn host_dir_pid(name: &str) -> Option<u32> {
-    let (pid, n) = name.strip_prefix("host-")?.split_once('-')?;
-    n.parse::<u64>().ok()?;
-    pid.parse().ok()
-}
-
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// How the VMs of a recording run and are recorded (`lab record` and
+/// `lab record-all` alike).
+#[derive(Debug, Clone)]
+pub struct RunOpts {
+    /// Windows per scenario.
+    pub windows: u32,
+    /// vmwatch's `--interval`, as given.
+    pub interval: String,
+    pub vms: usize,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    /// The vmwatch binary; `None`: build it (`cargo build --release -p vmwatch`).
+    pub vmwatch: Option<PathBuf>,
+}
+
 /// Options of one recording.
 #[derive(Debug, Clone)]
 pub struct RecordOpts {
     pub scenario: &'static Scenario,
-    pub windows: u32,
-    pub interval: String,
+    pub run: RunOpts,
     pub seed: u64,
-    pub vms: usize,
-    pub accel: Accel,
-    pub memory_mib: u32,
     pub output: PathBuf,
     pub force: bool,
-    /// The vmwatch binary; `None`: build it (`cargo build --release -p vmwatch`).
-    pub vmwatch: Option<PathBuf>,
 }
 
 /// What a recording produced (checked).
@@ -355,15 +344,7 @@ pub fn vmwatch_binary(given: Option<&Path>) -> Result<PathBuf> {
 /// cleanly) if xtask dies.
 pub fn vmwatch_command(vmwatch: &Path) -> Command {
     let mut cmd = Command::new(vmwatch);
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    util::die_with_parent(&mut cmd, libc::SIGTERM);
     cmd
 }
 
@@ -411,45 +392,26 @@ pub fn stop_vmwatch(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Parses `2s` / `500ms` (what vmwatch's `--interval` takes) into a duration.
-pub fn parse_interval(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(at) => s.split_at(at),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| anyhow!("bad interval {s:?}: expected e.g. 2s or 500ms"))?;
-    let secs = match unit {
-        "s" => n,
-        "ms" => n / 1000.0,
-        _ => bail!("bad interval {s:?}: expected e.g. 2s or 500ms"),
-    };
-    if secs <= 0.0 {
-        bail!("bad interval {s:?}: must be positive");
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// `lab record`: one scenario, `windows` windows, checked output.
 pub fn record(o: &RecordOpts) -> Result<Recorded> {
-    let interval = parse_interval(&o.interval)?;
+    let run = &o.run;
+    // What vmwatch's `--interval` takes, checked before anything boots.
+    let interval = parse_interval(&run.interval).map_err(|e| anyhow!("--interval: {e}"))?;
     if o.output.exists() && !o.force {
         bail!("{} exists; pass --force to replace it", o.output.display());
     }
     if let Some(dir) = o.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
     }
-    let vmwatch = vmwatch_binary(o.vmwatch.as_deref())?;
-    let record_time = interval * o.windows;
+    let vmwatch = vmwatch_binary(run.vmwatch.as_deref())?;
+    let record_time = interval * run.windows;
     let started = Instant::now();
     let mut session = Session::start(&SessionOpts {
         scenario: o.scenario,
-        vms: o.vms,
+        vms: run.vms,
         seed: o.seed,
-        accel: o.accel,
-        memory_mib: o.memory_mib,
+        accel: run.accel,
+        memory_mib: run.memory_mib,
         boot_timeout: Duration::from_secs(180),
         duration: WARM_UP + record_time + Duration::from_secs(120),
         kernel_args: Vec::new(),
@@ -466,8 +428,8 @@ pub fn record(o: &RecordOpts) -> Result<Recorded> {
         cmd.args(["--pid", &pid.to_string()]);
     }
     cmd.args(["--source", SOURCES, "--label", o.scenario.name])
-        .args(["--interval", &o.interval])
-        .args(["--windows", &o.windows.to_string()])
+        .args(["--interval", &run.interval])
+        .args(["--windows", &run.windows.to_string()])
         .arg("-o")
         .arg(&o.output)
         .arg("--force")
@@ -485,7 +447,7 @@ pub fn record(o: &RecordOpts) -> Result<Recorded> {
         bail!("vmwatch record failed ({status})");
     }
     session.finish()?;
-    let mut rec = check_dataset(&o.output, &pids, o.scenario.name, o.windows as usize)?;
+    let mut rec = check_dataset(&o.output, &pids, o.scenario.name, run.windows as usize)?;
     rec.seconds = started.elapsed().as_secs_f64();
     rec.boot_seconds = boot_seconds;
     note(format!(
@@ -499,89 +461,33 @@ pub fn record(o: &RecordOpts) -> Result<Recorded> {
     Ok(rec)
 }
 
-/// Reads a dataset (`.csv` or `.csv.gz`) as (header, rows).
-pub fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
-    let text = if path.extension().is_some_and(|e| e == "gz") {
-        util::output(Command::new("gzip").arg("-dc").arg(path))?
-    } else {
-        fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?
-    };
-    let mut lines = text.lines();
-    let header: Vec<String> = lines
-        .next()
-        .with_context(|| format!("{} is empty", path.display()))?
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let rows = lines
-        .filter(|l| !l.is_empty())
-        .map(|l| l.split(',').map(str::to_string).collect())
-        .collect();
-    Ok((header, rows))
-}
-
 /// Checks a recording: `windows` rows per VM, every row from one of `pids`,
-/// labelled `label`, with QEMU probes counted in every row.
+/// labelled `label`, with QEMU probes counted in every row. The file is read
+/// as vmwatch reads datasets (quoted fields, gzip, leading columns checked).
 pub fn check_dataset(path: &Path, pids: &[u32], label: &str, windows: usize) -> Result<Recorded> {
-    let (header, rows) = read_csv(path)?;
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| h == name)
-            .with_context(|| format!("{} has no `{name}` column", path.display()))
-    };
-    let (pid_c, label_c) = (col("pid")?, col("label")?);
-    let lead = [
-        "vm",
-        "pid",
-        "label",
-        "window",
-        "start_unix_ms",
-        "duration_ms",
-    ];
-    if header.len() < lead.len() || header[..lead.len()] != lead {
-        bail!(
-            "{} does not start with the columns {}",
-            path.display(),
-            lead.join(",")
-        );
-    }
-    let qemu_cols: Vec<usize> = (0..header.len())
-        .filter(|&i| header[i].starts_with("qemu:"))
+    let table = Table::read(path)?;
+    let qemu_cols: Vec<usize> = (0..table.features.len())
+        .filter(|&j| table.features[j].starts_with(features::QEMU))
         .collect();
     let mut total = 0.0;
-    for (n, r) in rows.iter().enumerate() {
-        if r.len() != header.len() {
+    for (n, key) in table.keys.iter().enumerate() {
+        if !pids.contains(&key.pid) {
             bail!(
-                "{} row {}: {} fields, header has {}",
+                "{} row {}: pid {} is not a VM of this run ({pids:?})",
                 path.display(),
                 n + 1,
-                r.len(),
-                header.len()
+                key.pid
             );
         }
-        let pid: u32 = r[pid_c]
-            .parse()
-            .with_context(|| format!("bad pid {:?}", r[pid_c]))?;
-        if !pids.contains(&pid) {
-            bail!(
-                "{} row {}: pid {pid} is not a VM of this run ({pids:?})",
-                path.display(),
-                n + 1
-            );
-        }
-        if r[label_c] != label {
+        if key.label != label {
             bail!(
                 "{} row {}: label {:?}, expected {label:?}",
                 path.display(),
                 n + 1,
-                r[label_c]
+                key.label
             );
         }
-        let hits: f64 = qemu_cols
-            .iter()
-            .map(|&i| r[i].parse::<f64>().unwrap_or(0.0))
-            .sum();
+        let hits: f64 = qemu_cols.iter().map(|&j| table.x[[n, j]]).sum();
         if hits <= 0.0 {
             bail!(
                 "{} row {}: no QEMU probe was counted",
@@ -592,36 +498,31 @@ pub fn check_dataset(path: &Path, pids: &[u32], label: &str, windows: usize) -> 
         total += hits;
     }
     let expected = windows * pids.len();
-    if rows.len() != expected {
+    if table.len() != expected {
         bail!(
             "{} has {} rows, expected {expected} ({windows} windows x {} VMs)",
             path.display(),
-            rows.len(),
+            table.len(),
             pids.len()
         );
     }
     Ok(Recorded {
-        rows: rows.len(),
+        rows: table.len(),
         pids: pids.to_vec(),
         seconds: 0.0,
         boot_seconds: Vec::new(),
-        qemu_hits_per_window: total / rows.len().max(1) as f64,
-        features: header.len() - lead.len(),
+        qemu_hits_per_window: total / table.len().max(1) as f64,
+        features: table.features.len(),
     })
 }
 
 /// Options of `lab record-all`.
 #[derive(Debug, Clone)]
 pub struct RecordAllOpts {
-    pub windows: u32,
-    pub interval: String,
+    pub run: RunOpts,
     pub seed: u64,
-    pub vms: usize,
-    pub accel: Accel,
-    pub memory_mib: u32,
     pub out_dir: PathBuf,
     pub only: Vec<String>,
-    pub vmwatch: Option<PathBuf>,
 }
 
 /// `lab record-all`: every scenario into `<out>/<scenario>.csv.gz`, a summary,
@@ -637,7 +538,7 @@ pub fn record_all(o: &RecordAllOpts) -> Result<()> {
     };
     fs::create_dir_all(&o.out_dir)
         .with_context(|| format!("could not create {}", o.out_dir.display()))?;
-    let vmwatch = vmwatch_binary(o.vmwatch.as_deref())?;
+    let vmwatch = vmwatch_binary(o.run.vmwatch.as_deref())?;
     let started = Instant::now();
     let date = util::utc_now();
     let mut results: Vec<(&'static Scenario, u64, PathBuf, Result<Recorded>)> = Vec::new();
@@ -649,20 +550,18 @@ pub fn record_all(o: &RecordAllOpts) -> Result<()> {
             i + 1,
             list.len(),
             s.name,
-            o.windows,
+            o.run.windows,
             util::human_duration(started.elapsed())
         ));
         let r = record(&RecordOpts {
             scenario: s,
-            windows: o.windows,
-            interval: o.interval.clone(),
+            run: RunOpts {
+                vmwatch: Some(vmwatch.clone()),
+                ..o.run.clone()
+            },
             seed,
-            vms: o.vms,
-            accel: o.accel,
-            memory_mib: o.memory_mib,
             output: file.clone(),
             force: true,
-            vmwatch: Some(vmwatch.clone()),
         });
         if let Err(e) = &r {
             note(format!("{} failed: {e:#}", s.name));
@@ -791,12 +690,12 @@ fn manifest_json(
         j(&git),
         j(&vmwatch_version),
         j(SOURCES),
-        j(sources_note(o.accel)),
-        j(&o.interval),
-        o.windows,
-        o.vms,
-        j(o.accel.as_str()),
-        o.memory_mib,
+        j(sources_note(o.run.accel)),
+        j(&o.run.interval),
+        o.run.windows,
+        o.run.vms,
+        j(o.run.accel.as_str()),
+        o.run.memory_mib,
         o.seed,
         load::WEB_RATE.0,
         load::WEB_RATE.1,
@@ -821,15 +720,17 @@ pub fn smoke(vmwatch: Option<&Path>) -> Result<()> {
     let out = dir.0.join("idle.csv");
     let rec = record(&RecordOpts {
         scenario: scenario::find("idle")?,
-        windows: 3,
-        interval: "2s".into(),
+        run: RunOpts {
+            windows: 3,
+            interval: "2s".into(),
+            vms: 1,
+            accel: Accel::Tcg,
+            memory_mib: 512,
+            vmwatch: vmwatch.map(Path::to_path_buf),
+        },
         seed: 1,
-        vms: 1,
-        accel: Accel::Tcg,
-        memory_mib: 512,
         output: out,
         force: true,
-        vmwatch: vmwatch.map(Path::to_path_buf),
     })?;
     note(format!(
         "lab smoke test passed: {} rows of QEMU pid {:?}, {:.0} probe hits per window, {} features, {}",
@@ -845,23 +746,7 @@ pub fn smoke(vmwatch: Option<&Path>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_dirs() {
-        assert_eq!(host_dir_pid("host-4242-0"), Some(4242));
-        assert_eq!(host_dir_pid("host-4242"), None);
-        assert_eq!(host_dir_pid("run-lab-idle-4242-0"), None);
-    }
-
-    #[test]
-    fn intervals() {
-        assert_eq!(parse_interval("2s").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_interval("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_interval("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_interval("2h").is_err());
-        assert!(parse_interval("0s").is_err());
-        assert!(parse_interval("abc").is_err());
-    }
+    use vmwatch_core::dataset::{DatasetWriter, Row};
 
     fn write(name: &str, text: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!("vmwatch-xtask-{}-{name}", std::process::id()));
@@ -889,7 +774,31 @@ mod tests {
         assert!(e(&zero, &[10], 1).contains("no QEMU probe"));
         let label = write("label.csv", &format!("{head}v,10,web,0,1,2000,1,9\n"));
         assert!(e(&label, &[10], 1).contains("label"));
-        for p in [good, zero, label] {
+        let swapped = write(
+            "swapped.csv",
+            "pid,vm,label,window,start_unix_ms,duration_ms\n",
+        );
+        assert!(e(&swapped, &[10], 0).contains("column 1 must be `vm`"));
+        // As vmwatch writes it: gzip, and a VM name that needs quotes.
+        let gz = std::env::temp_dir().join(format!(
+            "vmwatch-xtask-{}-quoted.csv.gz",
+            std::process::id()
+        ));
+        let mut w = DatasetWriter::create(&gz, &["qemu:a".to_string()], true).unwrap();
+        w.write_row(&Row {
+            vm: "web,\"1\"",
+            pid: 10,
+            label: "idle",
+            window: 0,
+            start_unix_ms: 1,
+            duration_ms: 2000,
+            counts: &[7],
+        })
+        .unwrap();
+        w.finish().unwrap();
+        let r = check_dataset(&gz, &[10], "idle", 1).unwrap();
+        assert_eq!((r.rows, r.features, r.qemu_hits_per_window), (1, 1, 7.0));
+        for p in [good, zero, label, swapped, gz] {
             let _ = fs::remove_file(p);
         }
     }

@@ -9,15 +9,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::net::{self, Net};
-use crate::util::{self, note};
+use crate::util::{self, note, Worker};
 
 /// One process in the namespace; killed (with its process group) on drop.
 pub struct HostProc {
@@ -36,7 +35,7 @@ impl HostProc {
         let ns_file = fs::File::open(&ns.path)
             .with_context(|| format!("could not open {}", ns.path.display()))?;
         let mut cmd = std::process::Command::new(program);
-        net::enter_in_child(&mut cmd, &ns_file);
+        net::enter_in_child(&mut cmd, Some(&ns_file));
         let out = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -93,9 +92,8 @@ impl Drop for HostProc {
 /// A tool run again and again (each run is bounded by the tool's own options)
 /// until stopped or `deadline`.
 pub struct Repeater {
-    stop: Arc<AtomicBool>,
     runs: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
     what: String,
 }
 
@@ -115,66 +113,45 @@ impl Repeater {
         ));
         // Started once here so that a tool that cannot start fails the run.
         let first = HostProc::spawn(net, &argv, &log)?;
-        let stop = Arc::new(AtomicBool::new(false));
         let runs = Arc::new(AtomicU64::new(1));
-        let (stop2, runs2) = (stop.clone(), runs.clone());
+        let runs2 = runs.clone();
         // The thread needs the namespace path only: a Net is not shared.
         let ns = NetRef::of(net);
-        let thread = std::thread::Builder::new()
-            .name("lab-tool".into())
-            .spawn(move || {
-                let deadline = Instant::now() + duration;
-                let mut proc = Some(first);
-                while !stop2.load(Ordering::SeqCst) && Instant::now() < deadline {
-                    let done = proc.as_mut().is_none_or(|p| p.exited().is_some());
-                    if done {
-                        drop(proc.take());
-                        std::thread::sleep(Duration::from_millis(500));
-                        match HostProc::spawn_in(&ns, &argv, &log) {
-                            Ok(p) => {
-                                runs2.fetch_add(1, Ordering::Relaxed);
-                                proc = Some(p);
-                            }
-                            Err(e) => {
-                                note(format!("could not restart `{}`: {e:#}", argv.join(" ")));
-                                return;
-                            }
+        let worker = Worker::spawn("lab-tool", move |stop| {
+            let deadline = Instant::now() + duration;
+            let mut proc = Some(first);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let done = proc.as_mut().is_none_or(|p| p.exited().is_some());
+                if done {
+                    drop(proc.take());
+                    std::thread::sleep(Duration::from_millis(500));
+                    match HostProc::spawn_in(&ns, &argv, &log) {
+                        Ok(p) => {
+                            runs2.fetch_add(1, Ordering::Relaxed);
+                            proc = Some(p);
+                        }
+                        Err(e) => {
+                            note(format!("could not restart `{}`: {e:#}", argv.join(" ")));
+                            return;
                         }
                     }
-                    std::thread::sleep(Duration::from_millis(100));
                 }
-                // Dropping `proc` kills the running one.
-            })
-            .context("could not start the tool thread")?;
-        Ok(Repeater {
-            stop,
-            runs,
-            thread: Some(thread),
-            what,
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // Dropping `proc` kills the running one.
         })
+        .context("could not start the tool thread")?;
+        Ok(Repeater { runs, worker, what })
     }
 
     /// Stops the tool; returns how many times it was started.
     pub fn stop(mut self) -> u64 {
-        self.halt();
+        self.worker.halt();
         self.runs.load(Ordering::Relaxed)
     }
 
     pub fn what(&self) -> &str {
         &self.what
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Repeater {
-    fn drop(&mut self) {
-        self.halt();
     }
 }
 

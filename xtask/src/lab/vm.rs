@@ -9,8 +9,6 @@
 use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::net;
 use crate::util::{self, note};
 
 /// Console lines kept in memory (for error messages).
@@ -183,7 +182,8 @@ impl Vm {
     /// Starts QEMU (returns at once; see [`Vm::wait_ready`]).
     pub fn boot(cfg: &VmConfig) -> Result<Vm> {
         install_signal_handlers();
-        remove_stale_runs(&cfg.run_parent);
+        // Run directories of an xtask that was killed.
+        util::remove_orphans(&cfg.run_parent, run_dir_pid);
         let run_dir = cfg.run_parent.join(format!(
             "run-{}-{}-{}",
             cfg.name,
@@ -211,13 +211,6 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // Own process group: a Ctrl-C in the terminal reaches xtask only, which
-        // then stops QEMU in order. PDEATHSIG: QEMU dies with the xtask thread
-        // that started it, even on SIGKILL.
-        cmd.process_group(0);
-        // SAFETY: setns, prctl and getppid are async-signal-safe; nothing else
-        // runs between fork and exec.
-        let parent = std::process::id() as libc::pid_t;
         let netns = match &cfg.netns {
             Some(path) => Some(
                 fs::File::open(path)
@@ -225,24 +218,10 @@ impl Vm {
             ),
             None => None,
         };
-        let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some(fd) = netns_fd {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before prctl took effect.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        // Own process group: a Ctrl-C in the terminal reaches xtask only, which
+        // then stops QEMU in order. PDEATHSIG: QEMU dies with the xtask thread
+        // that started it, even on SIGKILL.
+        net::enter_in_child(&mut cmd, netns.as_ref());
         note(format!("$ {}", util::display(&cmd)));
         let mut child = cmd
             .spawn()
@@ -268,7 +247,7 @@ impl Vm {
                 }
             });
             for line in BufReader::new(stdout).split(b'\n').map_while(|l| l.ok()) {
-                let line = printable(&String::from_utf8_lossy(&line));
+                let line = util::printable(&String::from_utf8_lossy(&line));
                 let _ = writeln!(log, "{line}");
                 let mut c = shared.lock().unwrap_or_else(|e| e.into_inner());
                 if c.ready.is_none() {
@@ -441,22 +420,6 @@ impl Drop for Vm {
     }
 }
 
-/// Removes run directories (`run-<name>-<pid>-<n>`) left by an xtask that was
-/// killed: those whose pid is no longer running.
-fn remove_stale_runs(parent: &Path) {
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = run_dir_pid(&name) {
-            if !Path::new("/proc").join(pid.to_string()).exists() {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-}
-
 /// `run-lab-idle-7821-0` → 7821.
 fn run_dir_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix("run-")?;
@@ -531,32 +494,6 @@ pub fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-/// Drops terminal escape sequences and control characters from console output.
-pub fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\u{1b}' => {
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                } else {
-                    chars.next();
-                }
-            }
-            '\t' => out.push(' '),
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,12 +547,6 @@ mod tests {
         assert!(joined.contains("-netdev tap,id=net0,ifname=vmw-tap0,script=no,downscript=no"));
         assert!(joined.contains("virtio-net-pci,netdev=net0,mac=52:54:00:00:00:0b"));
         assert!(!joined.contains("-drive"));
-    }
-
-    #[test]
-    fn console_cleanup() {
-        assert_eq!(printable("\u{1b}[2Jready\r"), "ready");
-        assert_eq!(printable("a\tb"), "a b");
     }
 
     #[test]

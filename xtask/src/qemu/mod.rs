@@ -95,7 +95,7 @@ pub fn ensure(opts: &Options) -> Result<Build> {
     let hash = recipe_hash(&version, &packages.qemu);
     let dir = root.join(&hash);
     if !opts.force && is_complete(&dir) {
-        set_current(&root, &hash)?;
+        util::set_current(&root, &hash)?;
         return Ok(complete_build(dir));
     }
 
@@ -109,24 +109,13 @@ pub fn ensure(opts: &Options) -> Result<Build> {
     let hash = recipe_hash(&version, &packages.qemu);
     let dir = root.join(&hash);
 
-    let lock_path = root.join(".lock");
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("could not open the lock file {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        note("another `cargo xtask qemu` is building; waiting for it to finish");
-        lock.lock()
-            .with_context(|| format!("could not lock {}", lock_path.display()))?;
-    }
+    let _lock = util::lock_cache(&root, "another `cargo xtask qemu` is building")?;
     if !opts.force && is_complete(&dir) {
-        set_current(&root, &hash)?;
+        util::set_current(&root, &hash)?;
         return Ok(complete_build(dir));
     }
     build(&root, &hash, &version, opts)?;
-    set_current(&root, &hash)?;
+    util::set_current(&root, &hash)?;
     Ok(complete_build(dir))
 }
 
@@ -191,61 +180,33 @@ fn source_version() -> Result<String> {
     Ok(full.unwrap_or(dsc_version))
 }
 
-/// Points `<root>/current` at `<hash>` (atomically: new symlink, then rename).
-fn set_current(root: &Path, hash: &str) -> Result<()> {
-    let current = root.join("current");
-    if fs::read_link(&current).ok().as_deref() == Some(Path::new(hash)) {
-        return Ok(());
-    }
-    let tmp = root.join(format!(".current.tmp-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(hash, &tmp)
-        .with_context(|| format!("could not create the symlink {}", tmp.display()))?;
-    fs::rename(&tmp, &current).with_context(|| format!("could not update {}", current.display()))
-}
-
-fn remove_dir_if_exists(dir: &Path) -> Result<()> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("could not remove {}", dir.display())),
-    }
-}
-
 fn build(root: &Path, hash: &str, version: &str, opts: &Options) -> Result<()> {
     let started = Instant::now();
-    let final_dir = root.join(hash);
-    let work = root.join(format!(".work-{hash}"));
-    remove_dir_if_exists(&work)?;
-    fs::create_dir_all(&work).with_context(|| format!("could not create {}", work.display()))?;
-    let out = work.join("out");
-    let install = out.join("install");
+    let mut b = util::CacheBuild::start(root, hash)?;
+    let install = b.out.join("install");
     fs::create_dir_all(&install)
         .with_context(|| format!("could not create {}", install.display()))?;
-    let log_path = out.join("build.log");
-    let mut log = fs::File::create(&log_path)
-        .with_context(|| format!("could not create the build log {}", log_path.display()))?;
 
     note(format!(
         "building QEMU from Debian source {} {version} (recipe {hash}); this takes 6-15 minutes on 2 cores",
         recipe::SOURCE_PACKAGE
     ));
-    note(format!("build log: {}", log_path.display()));
+    note(format!("build log: {}", b.log_path.display()));
 
     // The prefix is the final location; QEMU is relocatable, so it also runs from
     // the work directory for the checks below.
-    let sdt_include = work.join("sdt-nop5");
-    let configure = recipe::configure_args(&final_dir.join("install"), version, &sdt_include);
+    let sdt_include = b.work.join("sdt-nop5");
+    let configure = recipe::configure_args(&b.final_dir.join("install"), version, &sdt_include);
     let result = (|| -> Result<(ProbeCounts, String, String)> {
         recipe::write_sdt_wrapper(&sdt_include)?;
-        let src = recipe::fetch_source(&work.join("src"), version, &mut log)?;
+        let src = recipe::fetch_source(&b.work.join("src"), version, &mut b.log)?;
         recipe::build(
             &src,
-            &work.join("build"),
+            &b.work.join("build"),
             &install,
             &configure,
             opts.jobs,
-            &mut log,
+            &mut b.log,
         )?;
         let binary = install.join("bin").join(BINARY);
         let qemu_version = qemu_version(&binary)?;
@@ -257,30 +218,18 @@ fn build(root: &Path, hash: &str, version: &str, opts: &Options) -> Result<()> {
     let (probes, qemu_version, banner) = result.map_err(|e| {
         anyhow!(
             "{e:#}\nThe QEMU build failed; its full output is in {} (the work directory {} is removed by the next attempt).",
-            log_path.display(),
-            work.display()
+            b.log_path.display(),
+            b.work.display()
         )
     })?;
+    note(format!("SeaBIOS boot check: {banner}"));
 
     let elapsed = started.elapsed();
     let manifest = manifest_json(hash, version, &configure, &qemu_version, &probes, elapsed);
-    fs::write(out.join(MANIFEST), manifest)
-        .with_context(|| format!("could not write {}", out.join(MANIFEST).display()))?;
-    note(format!("SeaBIOS boot check: {banner}"));
-    fs::write(out.join(MARKER), format!("{}\n", util::utc_now()))
-        .with_context(|| format!("could not write {}", out.join(MARKER).display()))?;
-
-    // An incomplete directory of the same hash (from an older layout or a crash
-    // after the rename of a forced rebuild) is replaced.
-    remove_dir_if_exists(&final_dir)?;
-    fs::rename(&out, &final_dir).with_context(|| {
-        format!(
-            "could not move the finished build {} to {}",
-            out.display(),
-            final_dir.display()
-        )
-    })?;
-    remove_dir_if_exists(&work)?;
+    b.finish(&[
+        (MANIFEST, &manifest),
+        (MARKER, &format!("{}\n", util::utc_now())),
+    ])?;
     note(format!(
         "QEMU built in {} ({} qemu probe names, {} sites)",
         util::human_duration(elapsed),
@@ -428,7 +377,7 @@ pub fn boot_seabios(binary: &Path) -> Result<String> {
     while let Ok(chunk) = rx.try_recv() {
         seen.extend_from_slice(&chunk);
     }
-    let text = printable(&String::from_utf8_lossy(&seen));
+    let text = util::printable(&String::from_utf8_lossy(&seen));
     if let Err(e) = outcome {
         bail!(
             "the SeaBIOS boot check failed: {e} (QEMU {status}); its output was:\n{}",
@@ -448,34 +397,6 @@ pub fn boot_seabios(binary: &Path) -> Result<String> {
         .trim()
         .to_string();
     Ok(banner)
-}
-
-/// Drops terminal escape sequences and control characters from console output.
-fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\u{1b}' => {
-                // CSI: ESC [ params final-byte; other escapes: ESC + one char.
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                } else {
-                    chars.next();
-                }
-            }
-            '\n' => out.push('\n'),
-            '\r' => {}
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn manifest_json(
@@ -557,13 +478,5 @@ Displaying notes found in: .note.stapsdt
         assert_eq!(a, recipe_hash("1:7.2+dfsg-7", &["meson".into()]));
         assert_ne!(a, recipe_hash("1:7.2+dfsg-8", &["meson".into()]));
         assert_ne!(a, recipe_hash("1:7.2+dfsg-7", &["ninja-build".into()]));
-    }
-
-    #[test]
-    fn console_cleanup() {
-        assert_eq!(
-            printable("\u{1b}[2J\u{1b}[01;01HSeaBIOS (v)\r\n"),
-            "SeaBIOS (v)\n"
-        );
     }
 }
