@@ -9,6 +9,7 @@
 //! follows the rows (datasets, selection, models, verdicts) needs no BPF
 //! and lives in the `vmwatch-core` crate.
 
+pub mod agent;
 pub mod attach;
 pub mod bpf;
 pub mod counter;

@@ -33,6 +33,8 @@ enum Command {
     Monitor(cmd::monitor::Args),
     Select(cmd::select::Args),
     Cleanup(cmd::cleanup::Args),
+    Agent(cmd::agent::Args),
+    Ctl(cmd::ctl::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,8 @@ fn main() -> ExitCode {
         Command::Monitor(a) => cmd::monitor::run(a),
         Command::Select(a) => cmd::select::run(a),
         Command::Cleanup(a) => cmd::cleanup::run(a),
+        Command::Agent(a) => cmd::agent::run(a),
+        Command::Ctl(a) => cmd::ctl::run(a),
     };
     match result {
         Ok(code) => code,

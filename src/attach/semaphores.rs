@@ -17,7 +17,7 @@
 //! are safe against other tracers.
 
 use std::fs::{self, File};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -206,25 +206,9 @@ fn run_dir() -> Option<&'static Path> {
     .as_deref()
 }
 
-/// Creates `dir` (mode 0700) or checks that an existing one is a folder of
-/// ours that nobody else can write.
+/// Creates `dir` (mode 0700) or checks an existing one is private.
 fn private_dir(dir: &Path) -> Result<()> {
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(Error::io(format!("cannot create {}", dir.display()), e)),
-    }
-    let meta = fs::symlink_metadata(dir)
-        .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
-        return Err(Error::Invalid(format!(
-            "{} is not a folder owned by uid {me} and writable only by it",
-            dir.display()
-        )));
-    }
-    Ok(())
+    Ok(vmwatch_core::atomic::private_dir(dir)?)
 }
 
 /// `RUN_DIR/raised/PID.START`: this instance's records.

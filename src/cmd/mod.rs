@@ -1,6 +1,8 @@
 //! Subcommands of the `vmwatch` binary.
 
+pub mod agent;
 pub mod cleanup;
+pub mod ctl;
 pub mod detect;
 pub mod eval;
 pub mod list;

@@ -29,6 +29,8 @@ pub struct Process {
     #[serde(skip)]
     pub binary_id: (u64, u64),
     pub is_qemu: bool,
+    /// The VM's UUID from QEMU's `-uuid` (libvirt always passes one).
+    pub uuid: Option<String>,
     /// Real and effective uid.
     #[serde(skip)]
     pub uids: (u32, u32),
@@ -86,6 +88,7 @@ impl Process {
             start_time,
             binary_id: (meta.dev(), meta.ino()),
             is_qemu,
+            uuid: vm_uuid(&args),
             uids,
             exe_owner: meta.uid(),
             exe_mode: meta.mode() & 0o7777,
@@ -323,6 +326,19 @@ pub fn is_qemu_binary(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with("qemu-system-") || n == "qemu-kvm")
 }
 
+/// The UUID from QEMU's `-uuid UUID`, in canonical lower-case form; none
+/// when absent or not a UUID.
+pub fn vm_uuid(args: &[String]) -> Option<String> {
+    let pos = args.iter().position(|a| a == "-uuid" || a == "--uuid")?;
+    let value = args.get(pos + 1)?.to_ascii_lowercase();
+    let groups: Vec<&str> = value.split('-').collect();
+    let shape = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]);
+    let hex = groups
+        .iter()
+        .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
+    (shape && hex).then_some(value)
+}
+
 /// The VM name from QEMU's `-name guest=NAME,...` or `-name NAME,...`.
 pub fn vm_name(args: &[String]) -> Option<String> {
     let pos = args.iter().position(|a| a == "-name" || a == "--name")?;
@@ -402,6 +418,20 @@ mod tests {
 
     fn args(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn vm_uuids() {
+        let a = |s: &[&str]| vm_uuid(&args(s));
+        let u = "7d2c9f0e-1b3a-4c5d-8e9f-0a1b2c3d4e5f";
+        assert_eq!(a(&["qemu", "-uuid", u]).as_deref(), Some(u));
+        assert_eq!(
+            a(&["qemu", "--uuid", &u.to_ascii_uppercase()]).as_deref(),
+            Some(u)
+        );
+        assert_eq!(a(&["qemu", "-uuid", "not-a-uuid"]), None);
+        assert_eq!(a(&["qemu", "-uuid"]), None);
+        assert_eq!(a(&["qemu", "-name", "x"]), None);
     }
 
     #[test]

@@ -118,11 +118,14 @@ pub fn available(
 
 /// The columns to count: every available feature, or the requested ones
 /// that exist here, in the requested order (those that do not exist are
-/// reported and stay zero).
+/// reported and stay zero). With `probes_as_requested`, requested probes are
+/// columns whether or not a binary seen so far has them: QEMU processes
+/// that start later may.
 pub fn choose(
     available: Vec<Feature>,
     requested: Option<&[String]>,
     sources: &[Source],
+    probes_as_requested: bool,
 ) -> Result<Columns> {
     let Some(wanted) = requested else {
         return Ok(Columns::new(available));
@@ -147,6 +150,7 @@ pub fn choose(
         // A syscall this architecture lacks is missing like any other.
         match Feature::from_str(name) {
             Ok(f) if have.contains(&f) => present.push(f),
+            Ok(f @ Feature::Probe(_)) if probes_as_requested => present.push(f),
             _ => missing.push(name.as_str()),
         }
     }

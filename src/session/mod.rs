@@ -37,6 +37,15 @@ pub struct SessionConfig {
     pub max_vms: u32,
 }
 
+impl SessionConfig {
+    /// Whether the session may start with nothing to watch and wait for
+    /// VMs (a [`Target::Names`] target, as the agent has); its requested
+    /// probes are then counted whether or not a binary seen so far has them.
+    fn waits_for_vms(&self) -> bool {
+        self.targets.iter().any(|t| matches!(t, Target::Names(_)))
+    }
+}
+
 /// A running session.
 pub struct Session<'obj> {
     counter: Box<dyn Counter + 'obj>,
@@ -83,14 +92,15 @@ impl<'obj> Session<'obj> {
             }
             processes.push((p, origin));
         }
-        if processes.is_empty() {
+        let waits = config.waits_for_vms();
+        if processes.is_empty() && !waits {
             // resolve() found at least one candidate, so one was skipped.
             return Err(first_skip.unwrap_or(Error::NoQemu {
                 skipped: Skipped::default(),
             }));
         }
         let (available, kvm) = catalogue::available(&sources, &binaries)?;
-        let columns = catalogue::choose(available, config.features.as_deref(), &sources)?;
+        let columns = catalogue::choose(available, config.features.as_deref(), &sources, waits)?;
         let counts_qemu = columns.has(Source::Qemu);
         let counter: Box<dyn Counter + 'obj> = match backend {
             Backend::Strace => Box::new(StraceCounter::new(columns)?),
@@ -125,7 +135,7 @@ impl<'obj> Session<'obj> {
                 Err(e) => return Err(e),
             }
         }
-        if session.watched().is_empty() {
+        if session.watched().is_empty() && !waits {
             return Err(first_skip.unwrap_or(Error::NoQemu {
                 skipped: Skipped::default(),
             }));

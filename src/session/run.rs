@@ -27,6 +27,10 @@ pub struct Window {
     pub joined: Vec<Process>,
     /// Window boundaries the drain overran (merged into this window).
     pub missed: u32,
+    /// How long draining the counters took.
+    pub drain_time: std::time::Duration,
+    /// Probe sites attached after the window (processes come and go).
+    pub attached_sites: usize,
 }
 
 impl Window {
@@ -76,6 +80,7 @@ impl Session<'_> {
             let now = Instant::now();
             let wall = SystemTime::now();
             let mut drain = self.drain()?;
+            let drain_time = now.elapsed();
             // Processes that joined in this window have partial counts.
             let joined_pids: Vec<u32> = self.pending_joined.drain(..).map(|p| p.pid).collect();
             drain
@@ -90,6 +95,8 @@ impl Session<'_> {
                 drain,
                 joined: joined.clone(),
                 missed,
+                drain_time,
+                attached_sites: self.attached_sites(),
             };
             self.pending_joined = joined;
             on_window(&window)?;

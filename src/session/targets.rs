@@ -5,7 +5,7 @@ use crate::discover::procs::{self, Process, Skipped, Untrusted};
 use crate::error::{Error, Result};
 
 /// Which processes to watch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Target {
     /// A process by PID (any process with `qemu` USDT probes).
     Pid(u32),
@@ -14,6 +14,40 @@ pub enum Target {
     Vm(String),
     /// Every QEMU process, including ones started later.
     All,
+    /// Every QEMU process whose VM name matches, now or later; matching
+    /// none yet is no error (the agent starts on a host without VMs).
+    Names(NameFilter),
+}
+
+/// VM names to include and exclude, as glob patterns (`web-*`).
+#[derive(Debug, Clone)]
+pub struct NameFilter {
+    include: globset::GlobSet,
+    exclude: globset::GlobSet,
+}
+
+impl NameFilter {
+    /// Names that match an `include` pattern and no `exclude` pattern.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self> {
+        let set = |patterns: &[String]| {
+            let mut b = globset::GlobSetBuilder::new();
+            for p in patterns {
+                let glob = globset::Glob::new(p)
+                    .map_err(|e| Error::Invalid(format!("`{p}` is not a VM name pattern: {e}")))?;
+                b.add(glob);
+            }
+            b.build()
+                .map_err(|e| Error::Invalid(format!("VM name patterns: {e}")))
+        };
+        Ok(Self {
+            include: set(include)?,
+            exclude: set(exclude)?,
+        })
+    }
+
+    pub fn matches(&self, vm: &str) -> bool {
+        self.include.is_match(vm) && !self.exclude.is_match(vm)
+    }
 }
 
 /// How a process came to be a target.
@@ -65,10 +99,8 @@ pub fn resolve(targets: &[Target]) -> Result<Resolved> {
             ..Skipped::default()
         };
         for p in &scan.qemus {
-            if let Target::Vm(name) = t {
-                if p.vm != *name {
-                    continue;
-                }
+            if !wanted(std::slice::from_ref(t), p) {
+                continue;
             }
             if out.processes.iter().any(|(o, _)| o.pid == p.pid) {
                 found = true;
@@ -87,7 +119,7 @@ pub fn resolve(targets: &[Target]) -> Result<Resolved> {
                 }
             }
         }
-        if !found {
+        if !found && !matches!(t, Target::Names(_)) {
             return Err(match t {
                 Target::Vm(name) => Error::NoSuchVm {
                     name: name.clone(),
@@ -120,9 +152,7 @@ pub(super) fn key(p: &Process) -> (u32, u64) {
 
 /// Whether `targets` find processes by name (so more can join later).
 pub fn can_grow(targets: &[Target]) -> bool {
-    targets
-        .iter()
-        .any(|t| matches!(t, Target::Vm(_) | Target::All))
+    targets.iter().any(|t| !matches!(t, Target::Pid(_)))
 }
 
 /// Whether `p`, found by a scan, is what one of `targets` names.
@@ -130,6 +160,7 @@ pub fn wanted(targets: &[Target], p: &Process) -> bool {
     targets.iter().any(|t| match t {
         Target::All => true,
         Target::Vm(name) => *name == p.vm,
+        Target::Names(filter) => filter.matches(&p.vm),
         Target::Pid(_) => false,
     })
 }

@@ -508,7 +508,13 @@ impl Qemu {
     /// steady idle loop, so recordings taken at slightly different times
     /// see the same rates.
     pub fn start_idle(bin: &Path, name: &str, dir: &Path) -> Self {
+        Self::start_idle_with(bin, name, dir, &[])
+    }
+
+    /// [`Qemu::start_idle`] with more QEMU arguments (e.g. `-uuid`).
+    pub fn start_idle_with(bin: &Path, name: &str, dir: &Path, more: &[&str]) -> Self {
         let log = dir.join(format!("{name}.debugcon"));
+        let _ = std::fs::remove_file(&log);
         let chardev = format!("file,id=dbg,path={}", log.display());
         let debugcon = [
             "-chardev",
@@ -520,7 +526,7 @@ impl Qemu {
             bin,
             name,
             "tcg",
-            &[&["-nic", "none"][..], &debugcon].concat(),
+            &[&["-nic", "none"][..], &debugcon, more].concat(),
         );
         let end = Instant::now() + Duration::from_secs(120);
         while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("No bootable device")) {
@@ -771,5 +777,38 @@ impl Dataset {
         let pc = self.col("pid").unwrap();
         let pid = pid.to_string();
         self.rows.iter().filter(move |r| r[pc] == pid)
+    }
+}
+
+/// The body of `GET http://ADDR/PATH` (HTTP/1.0, no crate needed), or why not.
+pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP header")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(head.lines().next().unwrap_or("").to_string());
+    }
+    Ok(body.to_string())
+}
+
+/// A loopback address with a port nobody listens on now.
+pub fn free_loopback_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `secs`.
+pub fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < end, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

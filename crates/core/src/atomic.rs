@@ -9,10 +9,31 @@
 
 use std::fs::{File, FileType, Metadata, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+
+/// Creates `dir` (mode 0700) or checks that an existing one is a folder of
+/// ours that nobody else can write.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io(format!("cannot create {}", dir.display()), e)),
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(Error::Invalid(format!(
+            "{} is not a folder owned by uid {me} and writable only by it",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
 
 /// What an output path leads to, and so how vmwatch writes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

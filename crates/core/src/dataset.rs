@@ -144,6 +144,76 @@ impl DatasetWriter {
         Ok(w)
     }
 
+    /// Opens the plain CSV dataset `path` to add rows at its end, creating
+    /// it with the header when it does not exist. An existing file must have
+    /// exactly this header; a partial last row (a crash mid-write) is cut
+    /// off first, so the next row starts on a line of its own. Returns the
+    /// writer and the number of complete rows the file already holds.
+    pub fn append(path: &Path, features: &[String]) -> Result<(Self, u64)> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::OpenOptionsExt;
+
+        if path.extension().is_some_and(|e| e == "gz") {
+            return Err(Error::Invalid(format!(
+                "cannot append to {}: only plain CSV files grow in place",
+                path.display()
+            )));
+        }
+        if atomic::classify(path)? == Output::New {
+            return Ok((Self::create(path, features, false)?, 0));
+        }
+        let header = header_line(features);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|source| Error::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        // A training set of 300 windows is a few MiB; 1 GiB bounds a wrong path.
+        let text = crate::limits::read_file(path, 1 << 30, "a dataset to append to")?;
+        if !text.starts_with(header.as_bytes()) {
+            return Err(Error::Invalid(format!(
+                "{} has other columns than the features counted now",
+                path.display()
+            )));
+        }
+        // Everything up to the last newline is complete rows.
+        let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let rows = text[header.len()..keep]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        if keep < text.len() {
+            tracing::warn!(
+                "{}: cutting a partial last row ({} bytes) before appending",
+                path.display(),
+                text.len() - keep
+            );
+            file.set_len(keep as u64)
+                .map_err(|e| Error::write(path, e))?;
+        }
+        file.seek(SeekFrom::End(0))
+            .map_err(|e| Error::write(path, e))?;
+        let csv = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(Sink::Plain(BufWriter::new(file)));
+        Ok((
+            Self {
+                path: path.to_owned(),
+                csv: Some(csv),
+                width: features.len(),
+                record: Vec::with_capacity(LEADING.len() + features.len()),
+                rows: 0,
+                pending: None,
+                stream: false,
+            },
+            rows,
+        ))
+    }
+
     /// Appends one row; the caller flushes once the window's rows are written.
     pub fn write_row(&mut self, row: &Row<'_>) -> Result<()> {
         if row.counts.len() != self.width {
@@ -236,6 +306,21 @@ impl Drop for DatasetWriter {
             tracing::error!("{}", crate::error::chain(&e));
         }
     }
+}
+
+/// The header line the writer writes for `features`.
+fn header_line(features: &[String]) -> String {
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    // Writing to memory cannot fail.
+    let _ = w.write_record(
+        LEADING
+            .iter()
+            .copied()
+            .chain(features.iter().map(String::as_str)),
+    );
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
 }
 
 /// Renames the temporary file `tmp` (open as `file`) over `path`, its rows
@@ -1247,6 +1332,40 @@ mod tests {
             err.starts_with("cannot read g: Input/output error"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn append_grows_a_file_and_cuts_a_partial_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.csv");
+        let feats = vec!["qemu:a".to_string(), "qemu:b".to_string()];
+        let (mut w, had) = DatasetWriter::append(&path, &feats).unwrap();
+        assert_eq!(had, 0);
+        w.write_row(&row(&[1, 2])).unwrap();
+        w.finish().unwrap();
+        // A crash mid-row leaves a partial last line.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"\"web,1\",42,idle,4,10").unwrap();
+        drop(f);
+        let (mut w, had) = DatasetWriter::append(&path, &feats).unwrap();
+        assert_eq!(had, 1);
+        w.write_row(&row(&[3, 4])).unwrap();
+        w.finish().unwrap();
+        let t = Table::read(&path).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.x.row(1).to_vec(), [3.0, 4.0]);
+        // Other columns are refused, and so is gzip.
+        let other = vec!["qemu:c".to_string()];
+        let err = DatasetWriter::append(&path, &other)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("other columns"), "{err}");
+        let err = DatasetWriter::append(&dir.path().join("t.csv.gz"), &feats)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("only plain CSV"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,428 @@
+//! `vmwatch agent`: the host service. It watches every QEMU VM (trusted,
+//! matching the configured name patterns, including VMs started later),
+//! keeps per VM a lifecycle (learning → training → monitoring, again on
+//! `ctl relearn`) whose state lives in the state directory keyed by the
+//! VM's UUID, exports Prometheus metrics, writes JSON-lines events, and
+//! answers `vmwatch ctl` on a local socket.
+
+pub mod config;
+pub mod ctl;
+pub mod events;
+pub mod metrics;
+pub mod state;
+pub mod vm;
+
+use std::collections::HashMap;
+
+use vmwatch_core::dataset::Row;
+use vmwatch_core::features::Feature;
+use vmwatch_core::train::SvmParams;
+
+use crate::bpf::BpfObjects;
+use crate::discover::procs::Process;
+use crate::error::{Error, Result};
+use crate::session::targets::NameFilter;
+use crate::session::{Ended, Session, SessionConfig, Target, Window};
+use crate::signals::StopSignal;
+use config::AgentConfig;
+use ctl::{Request, Response, VmStatus};
+use events::{Event, Events};
+use metrics::{Metrics, VmWindow};
+use state::{Phase, StateDir, VmKey};
+use vm::{Learning, Vm};
+
+/// The running agent between windows.
+struct Agent {
+    state: StateDir,
+    how: Learning,
+    /// Columns of `qemu:` probes, for hits and their cost.
+    probe_columns: Vec<usize>,
+    hit_cost_ns: f64,
+    vms: HashMap<VmKey, Vm>,
+    /// Watched processes and the VM each is.
+    by_pid: HashMap<u32, VmKey>,
+    metrics: Metrics,
+    events: Events,
+    ctl: ctl::Server,
+    /// VMs only the state directory knows (not seen this run), read again
+    /// when that can have changed.
+    offline: Option<Vec<state::VmMeta>>,
+}
+
+/// Runs the agent until a stop signal.
+pub fn run(config: &AgentConfig, stop: &StopSignal) -> Result<Ended> {
+    let state = StateDir::open(&config.state_dir)?;
+    let ctl = ctl::Server::start(&state.socket())?;
+    let metrics = Metrics::new();
+    if let Some(addr) = config.metrics {
+        metrics.serve(addr)?;
+    }
+    let events = Events::open(config.events.as_deref())?;
+    let filter = NameFilter::new(&config.include, &config.exclude)?;
+    let mut objects = BpfObjects::default();
+    let mut session = Session::start(
+        &mut objects,
+        SessionConfig {
+            targets: vec![Target::Names(filter)],
+            sources: Vec::new(),
+            features: Some(config.features.clone()),
+            max_vms: config.max_vms,
+        },
+    )?;
+    let probe_columns = session
+        .columns()
+        .iter()
+        .filter(|(_, f)| matches!(f, Feature::Probe(_)))
+        .map(|(i, _)| i)
+        .collect();
+    tracing::info!(
+        "agent: {} features from {}, learning {} windows of {:?} per VM, state in {}",
+        session.features().len(),
+        config.features_from,
+        config.learn_windows,
+        config.interval,
+        state.root().display()
+    );
+    let mut agent = Agent {
+        state,
+        how: Learning {
+            features: session.features().to_vec(),
+            learn_windows: config.learn_windows,
+            smoothing: config.smoothing,
+            params: SvmParams::Search(config.grid),
+            folds: config.folds,
+        },
+        probe_columns,
+        hit_cost_ns: config.hit_cost_ns,
+        vms: HashMap::new(),
+        by_pid: HashMap::new(),
+        metrics,
+        events,
+        ctl,
+        offline: None,
+    };
+    let first: Vec<Process> = session.watched().into_iter().cloned().collect();
+    for p in &first {
+        agent.join(p);
+    }
+    agent
+        .metrics
+        .attached_sites
+        .set(session.attached_sites() as i64);
+    agent.publish();
+    let ended = session.run(config.interval, None, stop, |w| {
+        agent.window(w);
+        Ok(())
+    })?;
+    drop(session);
+    Ok(ended)
+}
+
+impl Agent {
+    /// A process to watch: the VM it is, resumed from the state directory.
+    fn join(&mut self, p: &Process) {
+        let key = VmKey::new(p.uuid.as_deref(), &p.vm);
+        if let Some(vm) = self.vms.get(&key) {
+            if let Some(other) = vm.pid.filter(|&o| o != p.pid) {
+                tracing::warn!(
+                    "VM {} (PID {}) has the identity of PID {other} ({key}); only the first is learned",
+                    p.vm,
+                    p.pid
+                );
+                return;
+            }
+        }
+        if !self.vms.contains_key(&key) {
+            match Vm::load(
+                self.state.vm(&key),
+                key.clone(),
+                &p.vm,
+                p.uuid.as_deref(),
+                &self.how,
+            ) {
+                Ok(vm) => {
+                    self.vms.insert(key.clone(), vm);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "VM {} (PID {}): {}",
+                        p.vm,
+                        p.pid,
+                        vmwatch_core::error::chain(&e)
+                    );
+                    self.metrics.error("state");
+                    return;
+                }
+            }
+        }
+        self.offline = None;
+        let vm = self.vms.get_mut(&key).expect("inserted above");
+        vm.pid = Some(p.pid);
+        tracing::info!(
+            "VM {} (PID {}, {key}): {}, {} windows learned",
+            p.vm,
+            p.pid,
+            vm.phase().name(),
+            vm.windows_learned
+        );
+        self.metrics.vm_seen(&p.vm, p.uuid.as_deref(), p.pid);
+        self.metrics.vm_phase(&p.vm, vm.phase());
+        self.by_pid.insert(p.pid, key);
+    }
+
+    fn window(&mut self, w: &Window) {
+        self.metrics
+            .drain_seconds
+            .observe(w.drain_time.as_secs_f64());
+        self.metrics.windows_late.inc_by(u64::from(w.missed));
+        self.metrics.attached_sites.set(w.attached_sites as i64);
+        for p in &w.drain.exited {
+            if let Some(key) = self.by_pid.remove(&p.pid) {
+                if let Some(vm) = self.vms.get_mut(&key) {
+                    vm.pid = None;
+                    tracing::info!("VM {} (PID {}) exited; its state is kept", p.vm, p.pid);
+                }
+            }
+            self.metrics.vm_gone(&p.vm, p.uuid.as_deref(), p.pid);
+        }
+        let secs = (w.duration_ms.max(1)) as f64 / 1000.0;
+        for s in &w.drain.samples {
+            let Some(key) = self.by_pid.get(&s.process.pid) else {
+                continue;
+            };
+            let vm = self.vms.get_mut(key).expect("watched VMs are known");
+            let before = (vm.phase(), vm.anomalous);
+            let row = Row {
+                vm: &s.process.vm,
+                pid: s.process.pid,
+                label: "",
+                window: w.index,
+                start_unix_ms: w.start_unix_ms,
+                duration_ms: w.duration_ms,
+                counts: &s.counts,
+            };
+            let (outcome, written) = vm.window(&row, &self.how);
+            if let Err(e) = written {
+                tracing::warn!(
+                    "VM {}: {} (its learning window is lost; monitoring goes on)",
+                    s.process.vm,
+                    vmwatch_core::error::chain(&e)
+                );
+                self.metrics.state_write_errors.inc();
+            }
+            let hits: u64 = self.probe_columns.iter().map(|&c| s.counts[c]).sum();
+            let cost = hits as f64 / secs * self.hit_cost_ns * 1e-9;
+            vm.probe_cost_ratio = Some(cost);
+            self.metrics.vm_window(&VmWindow {
+                vm: &s.process.vm,
+                verdict: outcome.verdict,
+                score: outcome.score,
+                anomalous: outcome.anomalous,
+                probe_hits: hits,
+                probe_cost_ratio: cost,
+            });
+            let uuid = vm.meta.uuid.clone();
+            let uuid = uuid.as_deref();
+            self.events.emit(&Event::Window {
+                start_unix_ms: w.start_unix_ms,
+                vm: &s.process.vm,
+                uuid,
+                pid: s.process.pid,
+                window: w.index,
+                state: vm.phase().name(),
+                score: outcome.score,
+                anomalous: outcome.anomalous,
+            });
+            if let (Some(a), Some(score)) = (outcome.anomalous, outcome.score) {
+                let was = before.1.unwrap_or(false);
+                if a != was {
+                    let name = |a: bool| if a { "anomalous" } else { "normal" };
+                    self.events.emit(&Event::Verdict {
+                        start_unix_ms: w.start_unix_ms,
+                        vm: &s.process.vm,
+                        uuid,
+                        from: name(was),
+                        to: name(a),
+                        score,
+                    });
+                    tracing::info!("VM {} is {}", s.process.vm, name(a));
+                }
+            }
+            let after = vm.phase();
+            if after != before.0 {
+                self.phase_changed(&s.process.vm, uuid.map(str::to_string), before.0, after, w);
+            }
+        }
+        for p in &w.joined {
+            self.join(p);
+        }
+        self.poll_training(w);
+        self.serve_ctl(w);
+        self.publish();
+        self.events.flush();
+    }
+
+    fn phase_changed(
+        &mut self,
+        vm: &str,
+        uuid: Option<String>,
+        from: Phase,
+        to: Phase,
+        w: &Window,
+    ) {
+        self.metrics.vm_phase(vm, to);
+        self.events.emit(&Event::Phase {
+            start_unix_ms: w.start_unix_ms,
+            vm,
+            uuid: uuid.as_deref(),
+            from: from.name(),
+            to: to.name(),
+        });
+    }
+
+    /// Models that finished training.
+    fn poll_training(&mut self, w: &Window) {
+        let mut changed = Vec::new();
+        for vm in self.vms.values_mut() {
+            let before = vm.phase();
+            if let Some(result) = vm.poll_training(&self.how) {
+                if let Err(e) = result {
+                    tracing::warn!("VM {}: {}", vm.meta.name, vmwatch_core::error::chain(&e));
+                    self.metrics.error("training");
+                }
+                if vm.pid.is_some() && vm.phase() != before {
+                    changed.push((
+                        vm.meta.name.clone(),
+                        vm.meta.uuid.clone(),
+                        before,
+                        vm.phase(),
+                    ));
+                }
+            }
+        }
+        for (name, uuid, from, to) in changed {
+            self.phase_changed(&name, uuid, from, to, w);
+        }
+    }
+
+    /// Carries out `ctl relearn` and `ctl forget`.
+    fn serve_ctl(&mut self, w: &Window) {
+        while let Ok((request, reply)) = self.ctl.pending.try_recv() {
+            let answer = match self.lifecycle_request(&request, w) {
+                Ok(message) => Response::Done { message },
+                Err(e) => Response::Error {
+                    message: vmwatch_core::error::chain(&e),
+                },
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    fn lifecycle_request(&mut self, request: &Request, w: &Window) -> Result<String> {
+        let name = match request {
+            Request::Relearn { vm } | Request::Forget { vm } => vm,
+            Request::Status => return Ok(String::new()),
+        };
+        let key = self.find(name)?;
+        let vm = self.vms.get_mut(&key).expect("found above");
+        let before = vm.phase();
+        let message = match request {
+            Request::Relearn { .. } => {
+                vm.relearn(&self.how)?;
+                format!(
+                    "VM {}: learning {} more windows on top of {}, then retraining",
+                    vm.meta.name, self.how.learn_windows, vm.windows_learned
+                )
+            }
+            _ => {
+                vm.forget(&self.how)?;
+                self.offline = None;
+                if vm.pid.is_none() {
+                    let vm = self.vms.remove(&key).expect("found above");
+                    let name = vm.meta.name.clone();
+                    vm.remove()?;
+                    return Ok(format!("VM {name}: forgotten"));
+                }
+                format!("VM {}: forgotten; learning from scratch", vm.meta.name)
+            }
+        };
+        if vm.pid.is_some() && vm.phase() != before {
+            let (n, u, after) = (vm.meta.name.clone(), vm.meta.uuid.clone(), vm.phase());
+            self.phase_changed(&n, u, before, after, w);
+        }
+        tracing::info!("{message}");
+        Ok(message)
+    }
+
+    /// The VM a `ctl` argument names: its name, UUID or state key; one the
+    /// agent has not seen this run is loaded from the state directory.
+    fn find(&mut self, name: &str) -> Result<VmKey> {
+        let hit = |m: &state::VmMeta| {
+            m.name == name || m.uuid.as_deref() == Some(name) || m.key.as_str() == name
+        };
+        if let Some(vm) = self.vms.values().find(|v| hit(&v.meta)) {
+            return Ok(vm.meta.key.clone());
+        }
+        let meta = self
+            .state
+            .known()
+            .into_iter()
+            .find(|m| hit(m))
+            .ok_or_else(|| Error::Invalid(format!("the agent knows no VM `{name}`")))?;
+        let vm = Vm::load(
+            self.state.vm(&meta.key),
+            meta.key.clone(),
+            &meta.name,
+            meta.uuid.as_deref(),
+            &self.how,
+        )?;
+        self.vms.insert(meta.key.clone(), vm);
+        self.offline = None;
+        Ok(meta.key)
+    }
+
+    /// What `ctl status` answers: every VM seen this run, and those only
+    /// the state directory knows.
+    fn publish(&mut self) {
+        let mut out: Vec<VmStatus> = self
+            .vms
+            .values()
+            .map(|vm| VmStatus {
+                vm: vm.meta.name.clone(),
+                uuid: vm.meta.uuid.clone(),
+                pid: vm.pid,
+                state: vm.phase().name().into(),
+                windows_learned: vm.windows_learned,
+                score: vm.score,
+                anomalous: vm.anomalous,
+                probe_cost_ratio: vm.probe_cost_ratio.filter(|_| vm.pid.is_some()),
+            })
+            .collect();
+        let vms = &self.vms;
+        let offline = self.offline.get_or_insert_with(|| {
+            let known = self.state.known();
+            known
+                .into_iter()
+                .filter(|m| !vms.contains_key(&m.key))
+                .collect()
+        });
+        for m in offline.iter().cloned() {
+            {
+                out.push(VmStatus {
+                    vm: m.name,
+                    uuid: m.uuid,
+                    pid: None,
+                    state: m.phase.name().into(),
+                    windows_learned: m.trained_on.unwrap_or(0),
+                    score: None,
+                    anomalous: None,
+                    probe_cost_ratio: None,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.vm.cmp(&b.vm));
+        if let Ok(mut s) = self.ctl.snapshot.lock() {
+            *s = out;
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! One VM's lifecycle in the agent: *learning* (its windows appended to its
+//! own training set), *training* (the grid search of `vmwatch train`, on a
+//! thread of its own so the other VMs go on), *monitoring* (a smoothed
+//! verdict per window), and learning again on `ctl relearn`.
+
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+
+use vmwatch_core::dataset::{DatasetWriter, Row, Table};
+use vmwatch_core::model::{Model, Smoothing};
+use vmwatch_core::train::{self, FeatureChoice, SvmParams, TrainConfig, TrainingSet};
+use vmwatch_core::verdict::Judge;
+
+use super::state::{Phase, VmDir, VmKey, VmMeta};
+use crate::error::Result;
+
+/// What a VM's windows are learned and judged with.
+#[derive(Debug, Clone)]
+pub struct Learning {
+    /// The columns of the rows the VM's windows come in.
+    pub features: Vec<String>,
+    pub learn_windows: u64,
+    pub smoothing: Smoothing,
+    pub params: SvmParams,
+    pub folds: usize,
+}
+
+/// A VM the agent knows, running or not.
+pub struct Vm {
+    pub meta: VmMeta,
+    dir: VmDir,
+    pub pid: Option<u32>,
+    /// Open while learning.
+    writer: Option<DatasetWriter>,
+    pub windows_learned: u64,
+    judge: Option<Judge<()>>,
+    training: Option<Receiver<Result<Model>>>,
+    pub score: Option<f64>,
+    pub anomalous: Option<bool>,
+    pub probe_cost_ratio: Option<f64>,
+}
+
+/// What one window did to a VM.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    /// `learning`, `normal` or `anomalous` (the verdict label of the
+    /// windows metric).
+    pub verdict: &'static str,
+    pub score: Option<f64>,
+    pub anomalous: Option<bool>,
+}
+
+impl Vm {
+    /// The VM of `key`, as the state directory left it, or a new one that
+    /// starts learning.
+    pub fn load(
+        dir: VmDir,
+        key: VmKey,
+        name: &str,
+        uuid: Option<&str>,
+        how: &Learning,
+    ) -> Result<Self> {
+        let meta = match dir.meta()? {
+            Some(mut m) => {
+                m.name = name.to_string();
+                m
+            }
+            None => VmMeta {
+                key,
+                name: name.to_string(),
+                uuid: uuid.map(str::to_string),
+                phase: Phase::Learning,
+                learn_until: how.learn_windows,
+                trained_on: None,
+            },
+        };
+        let mut vm = Self {
+            meta,
+            dir,
+            pid: None,
+            writer: None,
+            windows_learned: 0,
+            judge: None,
+            training: None,
+            score: None,
+            anomalous: None,
+            probe_cost_ratio: None,
+        };
+        vm.resume(how)?;
+        Ok(vm)
+    }
+
+    /// Picks up where the recorded phase left off.
+    fn resume(&mut self, how: &Learning) -> Result<()> {
+        self.windows_learned = learned_rows(&self.dir);
+        match self.meta.phase {
+            Phase::Monitoring => match Model::load(&self.dir.model()) {
+                Ok(model) => {
+                    self.judge = Some(Judge::new(
+                        model,
+                        &how.features,
+                        how.smoothing,
+                        &self.meta.name,
+                    )?);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "VM {}: {}; learning again",
+                        self.meta.name,
+                        vmwatch_core::error::chain(&e)
+                    );
+                    self.relearn(how)?;
+                }
+            },
+            // Killed while training: the windows are there, train again.
+            Phase::Training => self.start_training(how),
+            Phase::Learning => self.open_training_set(how)?,
+        }
+        self.save()
+    }
+
+    /// Opens the training set for appending; one of other columns (the
+    /// configured features changed) is set aside and learning starts over.
+    fn open_training_set(&mut self, how: &Learning) -> Result<()> {
+        let path = self.dir.training();
+        vmwatch_core::atomic::private_dir(self.dir.path())?;
+        match DatasetWriter::append(&path, &how.features) {
+            Ok((w, rows)) => {
+                self.writer = Some(w);
+                self.windows_learned = rows;
+            }
+            Err(e) if path.exists() => {
+                let aside = path.with_extension("csv.old");
+                tracing::warn!(
+                    "VM {}: {}; setting it aside as {} and learning again",
+                    self.meta.name,
+                    vmwatch_core::error::chain(&e),
+                    aside.display()
+                );
+                std::fs::rename(&path, &aside)
+                    .map_err(|e| crate::Error::io(format!("cannot move {}", path.display()), e))?;
+                let (w, _) = DatasetWriter::append(&path, &how.features)?;
+                self.writer = Some(w);
+                self.windows_learned = 0;
+                self.meta.learn_until = how.learn_windows;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.meta.phase
+    }
+
+    fn save(&self) -> Result<()> {
+        self.dir.save(&self.meta)
+    }
+
+    /// Takes one window of the VM (`row`: its counts in the learning
+    /// columns). Errors writing the state are returned after the window was
+    /// judged: monitoring goes on.
+    pub fn window(&mut self, row: &Row<'_>, how: &Learning) -> (Outcome, Result<()>) {
+        match self.meta.phase {
+            Phase::Learning => {
+                let written = self.learn(row, how);
+                (LEARNING, written)
+            }
+            Phase::Training => (LEARNING, Ok(())),
+            Phase::Monitoring => {
+                let judge = self.judge.as_mut().expect("a monitoring VM has a model");
+                let (score, anomalous) = judge.judge(std::iter::once(((), row.counts)))[0];
+                self.score = Some(score);
+                self.anomalous = Some(anomalous);
+                let verdict = if anomalous { "anomalous" } else { "normal" };
+                (
+                    Outcome {
+                        verdict,
+                        score: Some(score),
+                        anomalous: Some(anomalous),
+                    },
+                    Ok(()),
+                )
+            }
+        }
+    }
+
+    fn learn(&mut self, row: &Row<'_>, how: &Learning) -> Result<()> {
+        let writer = match &mut self.writer {
+            Some(w) => w,
+            None => {
+                // The last write failed (a full disk): try again.
+                self.open_training_set(how)?;
+                self.writer.as_mut().expect("opened above")
+            }
+        };
+        if let Err(e) = writer.write_row(row).and_then(|()| writer.flush()) {
+            self.writer = None;
+            return Err(e.into());
+        }
+        self.windows_learned += 1;
+        if self.windows_learned >= self.meta.learn_until {
+            self.start_training(how);
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Fits the model on a thread: the same grid search as `vmwatch train`.
+    fn start_training(&mut self, how: &Learning) {
+        if let Some(w) = self.writer.take() {
+            if let Err(e) = w.finish() {
+                tracing::warn!("VM {}: {}", self.meta.name, vmwatch_core::error::chain(&e));
+            }
+        }
+        self.meta.phase = Phase::Training;
+        self.judge = None;
+        let (tx, rx) = mpsc::channel();
+        let (path, model_path, name) = (
+            self.dir.training(),
+            self.dir.model(),
+            self.meta.name.clone(),
+        );
+        let how = how.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("train-{name}"))
+            .spawn(move || {
+                let t = std::time::Instant::now();
+                let result = fit(&path, &how).and_then(|model| {
+                    model.save(&model_path)?;
+                    Ok(model)
+                });
+                if result.is_ok() {
+                    tracing::info!("VM {name}: trained in {:.2?}", t.elapsed());
+                }
+                let _ = tx.send(result.map_err(Into::into));
+            });
+        match spawned {
+            Ok(_) => self.training = Some(rx),
+            Err(e) => tracing::error!("VM {}: cannot start training: {e}", self.meta.name),
+        }
+        tracing::info!(
+            "VM {}: learned {} windows, training",
+            self.meta.name,
+            self.windows_learned
+        );
+    }
+
+    /// Whether a training that was running has finished; on success the VM
+    /// monitors, on failure it learns more windows first.
+    pub fn poll_training(&mut self, how: &Learning) -> Option<Result<()>> {
+        let rx = self.training.as_ref()?;
+        let result = match rx.try_recv() {
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => Err(crate::Error::Invalid(
+                "the training thread ended without a model".into(),
+            )),
+            Ok(r) => r,
+        };
+        self.training = None;
+        let outcome = match result {
+            Ok(model) => match Judge::new(model, &how.features, how.smoothing, &self.meta.name) {
+                Ok(judge) => {
+                    self.judge = Some(judge);
+                    self.meta.phase = Phase::Monitoring;
+                    self.meta.trained_on = Some(self.windows_learned);
+                    tracing::info!("VM {}: monitoring", self.meta.name);
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &outcome {
+            tracing::warn!(
+                "VM {}: training failed ({}); learning {} more windows",
+                self.meta.name,
+                vmwatch_core::error::chain(e),
+                how.learn_windows
+            );
+            self.meta.phase = Phase::Learning;
+            self.meta.learn_until = self.windows_learned + how.learn_windows;
+            if let Err(e) = self.open_training_set(how) {
+                return Some(Err(e));
+            }
+        }
+        Some(self.save().and(outcome))
+    }
+
+    /// `ctl relearn`: learn a new period on top of the windows kept, then
+    /// retrain on all of them (the paper's re-learning, section 5.2).
+    pub fn relearn(&mut self, how: &Learning) -> Result<()> {
+        self.judge = None;
+        self.training = None;
+        self.score = None;
+        self.anomalous = None;
+        self.meta.phase = Phase::Learning;
+        self.meta.learn_until = self.windows_learned + how.learn_windows;
+        self.open_training_set(how)?;
+        self.save()
+    }
+
+    /// `ctl forget`: everything learned goes; a running VM starts over.
+    pub fn forget(&mut self, how: &Learning) -> Result<()> {
+        self.writer = None;
+        self.dir.remove()?;
+        self.windows_learned = 0;
+        self.meta.trained_on = None;
+        self.relearn(how)
+    }
+
+    /// The VM's folder is gone for good (a forgotten VM that is not running).
+    pub fn remove(self) -> Result<()> {
+        drop(self.writer);
+        self.dir.remove()
+    }
+}
+
+const LEARNING: Outcome = Outcome {
+    verdict: "learning",
+    score: None,
+    anomalous: None,
+};
+
+/// Complete rows of the VM's training set (0 when it has none).
+fn learned_rows(dir: &VmDir) -> u64 {
+    if !dir.training().exists() {
+        return 0;
+    }
+    Table::read(&dir.training()).map_or(0, |t| t.len() as u64)
+}
+
+/// Trains on the training set at `path`.
+fn fit(path: &std::path::Path, how: &Learning) -> vmwatch_core::Result<Model> {
+    let table = Table::read(path)?;
+    let set = TrainingSet::new(&table, &FeatureChoice::List(how.features.clone()))?;
+    let config = TrainConfig {
+        params: how.params,
+        folds: how.folds,
+        smoothing: how.smoothing,
+        files: vec![path.display().to_string()],
+    };
+    Ok(train::train(set, &config, &|| {})?.model)
+}
