@@ -7,114 +7,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use common::agent::{Agent, LEARN};
 use common::{eventually, free_loopback_port, http_get, requires_root_and_qemu, run, signal, Qemu};
-
-/// Probes SeaBIOS's idle loop fires every window (timer interrupts).
-const FEATURES: &str = "qemu:exec_tb\nqemu:memory_region_ops_read\nqemu:x86_pic_interrupt\n\
-                        qemu:qemu_mutex_lock\nqemu:memory_notdirty_write_access\n";
-const LEARN: u64 = 10;
-
-struct Agent {
-    child: Child,
-    state: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &Path, metrics: &str) -> Self {
-        let config = dir.join("agent.toml");
-        let features = dir.join("features.txt");
-        std::fs::write(&features, FEATURES).unwrap();
-        std::fs::write(
-            &config,
-            format!(
-                "features = \"{}\"\ninterval = \"200ms\"\nlearn_windows = {LEARN}\n\
-                 metrics = \"{metrics}\"\nevents = \"{}\"\ninclude = [\"vmwatch-agent-*\"]\n",
-                features.display(),
-                dir.join("events.jsonl").display()
-            ),
-        )
-        .unwrap();
-        let state = dir.join("state");
-        let child = common::vmwatch()
-            .arg("agent")
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(&state)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let agent = Self { child, state };
-        eventually(30, "the agent answers ctl", || agent.try_status());
-        agent
-    }
-
-    fn try_status(&self) -> Option<HashMap<String, serde_json::Value>> {
-        let out = Command::new(env!("CARGO_BIN_EXE_vmwatch"))
-            .arg("ctl")
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(["status", "--json"])
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        let vms: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
-        Some(
-            vms.into_iter()
-                .map(|v| (v["vm"].as_str().unwrap().to_string(), v))
-                .collect(),
-        )
-    }
-
-    fn status(&self) -> HashMap<String, serde_json::Value> {
-        self.try_status().expect("ctl status answers")
-    }
-
-    /// Waits until `vm` runs and is in `state` (when monitoring: with a
-    /// verdict already).
-    fn wait_for(&self, vm: &str, state: &str) -> serde_json::Value {
-        eventually(90, &format!("{vm} {state}"), || {
-            self.status().remove(vm).filter(|v| {
-                v["state"] == state
-                    && !v["pid"].is_null()
-                    && (state != "monitoring" || v["score"].is_number())
-            })
-        })
-    }
-
-    fn ctl(&self, words: &str) -> String {
-        run("ctl")
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(words)
-            .succeeds()
-            .stdout
-    }
-
-    /// Stops it with SIGTERM; returns how long it took to exit.
-    fn stop(mut self) -> Duration {
-        let t = Instant::now();
-        signal(&self.child, libc::SIGTERM);
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "agent exited with {status}");
-        t.elapsed()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn uuid(i: u32) -> String {
     format!("{i:08x}-1111-4222-8333-{:012x}", std::process::id())
@@ -139,21 +37,22 @@ fn agent_learns_each_vm_by_itself_and_resumes_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let tag = std::process::id();
-    let name = |n: &str| format!("vmwatch-agent-{tag}-{n}");
+    let prefix = format!("vmwatch-agent-{tag}-life-");
+    let name = |n: &str| format!("{prefix}{n}");
     let (a, b, c) = (name("a"), name("b"), name("c"));
     let qa = vm(&bin, d, &a, 1);
     let qb = vm(&bin, d, &b, 2);
     // Not matched by the include pattern: never watched.
     let _other = Qemu::start_idle(&bin, &format!("other-{tag}"), d);
     let metrics = free_loopback_port();
-    let agent = Agent::start(d, &metrics);
+    let agent = Agent::start(d, &metrics, &prefix);
 
     // Two VMs learn by themselves and monitor.
     for n in [&a, &b] {
         let v = agent.wait_for(n, "monitoring");
         assert_eq!(v["windows_learned"], LEARN, "{v}");
         assert_eq!(v["uuid"], if *n == a { uuid(1) } else { uuid(2) });
-        assert!(v["score"].is_number() && v["anomalous"] == false, "{v}");
+        assert!(v["score"].is_number() && v["anomalous"].is_boolean(), "{v}");
     }
     assert_eq!(
         agent.status().len(),
@@ -172,7 +71,7 @@ fn agent_learns_each_vm_by_itself_and_resumes_after_a_restart() {
     let text = http_get(&metrics, "/metrics").expect("metrics served");
     for line in [
         format!(r#"vmwatch_vm_state{{state="monitoring",vm="{a}"}} 1"#),
-        format!(r#"vmwatch_vm_anomalous{{vm="{b}"}} 0"#),
+        format!(r#"vmwatch_vm_state{{state="learning",vm="{b}"}} 0"#),
         format!(
             r#"vmwatch_vm_info{{pid="{}",uuid="{}",vm="{a}"}} 1"#,
             qa.pid(),
@@ -214,7 +113,7 @@ fn agent_learns_each_vm_by_itself_and_resumes_after_a_restart() {
     // SIGTERM detaches within 2 s; a new agent resumes without re-learning.
     let took = agent.stop();
     assert!(took < Duration::from_secs(2), "stopping took {took:?}");
-    let agent = Agent::start(d, &metrics);
+    let agent = Agent::start(d, &metrics, &prefix);
     let first = agent.status();
     for n in [&a, &b, &c] {
         assert_eq!(
@@ -278,7 +177,7 @@ fn agent_learns_each_vm_by_itself_and_resumes_after_a_restart() {
     signal(&killed.child, libc::SIGKILL);
     let _ = killed.child.wait();
     drop(killed);
-    let agent = Agent::start(d, &metrics);
+    let agent = Agent::start(d, &metrics, &prefix);
     assert!(
         log(d).contains("lowered"),
         "no semaphore repair: {}",
@@ -319,4 +218,111 @@ fn check_exposition(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A real Prometheus (Debian's package) scrapes the agent: its query API
+/// returns the per-VM series.
+#[test]
+fn a_real_prometheus_scrapes_the_agent() {
+    let test = "a_real_prometheus_scrapes_the_agent";
+    let Some(bin) = requires_root_and_qemu(test) else {
+        return;
+    };
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: prometheus is missing in CI"
+        );
+        eprintln!("SKIPPED {test}: prometheus is not installed (apt-get install prometheus)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let name = format!("vmwatch-agent-{}-prom", std::process::id());
+    let _q = vm(&bin, d, &name, 9);
+    let metrics = free_loopback_port();
+    let agent = Agent::start(d, &metrics, &name);
+    agent.wait_for(&name, "monitoring");
+
+    let web = free_loopback_port();
+    std::fs::write(
+        d.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: vmwatch\n    \
+             static_configs:\n      - targets: ['{metrics}']\n"
+        ),
+    )
+    .unwrap();
+    let _prometheus = common::KillOnDrop(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                d.join("prometheus.yml").display()
+            ))
+            .arg(format!("--storage.tsdb.path={}", d.join("tsdb").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let query = "/api/v1/query?query=vmwatch_vm_state%7Bstate%3D%22monitoring%22%7D";
+    let body = eventually(60, "prometheus has the agent's series", || {
+        http_get(&web, query)
+            .ok()
+            .filter(|b| b.contains(&format!(r#""vm":"{name}""#)))
+    });
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let series = v["data"]["result"].as_array().unwrap();
+    let ours = series
+        .iter()
+        .find(|s| s["metric"]["vm"] == name.as_str())
+        .expect("the VM's series");
+    assert_eq!(ours["metric"]["job"], "vmwatch");
+    assert_eq!(ours["value"][1], "1", "{ours}");
+    // The scrape itself is healthy.
+    let up = http_get(&web, "/api/v1/query?query=up%7Bjob%3D%22vmwatch%22%7D").unwrap();
+    assert!(
+        up.contains(r#""value":["#) && up.contains(r#","1"]"#),
+        "{up}"
+    );
+    agent.stop();
+}
+
+/// `ctl export` on one host and `ctl import` on another: the VM keeps its
+/// profile (what a live migration needs), even when it already runs there.
+#[test]
+fn a_vm_moved_with_export_and_import_keeps_its_profile() {
+    let test = "a_vm_moved_with_export_and_import_keeps_its_profile";
+    let Some(bin) = requires_root_and_qemu(test) else {
+        return;
+    };
+    let (here, there) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let name = format!("vmwatch-agent-{}-move", std::process::id());
+    let _q = vm(&bin, here.path(), &name, 7);
+    let source = Agent::start(here.path(), "none", &name);
+    source.wait_for(&name, "monitoring");
+    let bundle = here.path().join("bundle.json");
+    std::fs::write(&bundle, source.ctl(&format!("export {name}"))).unwrap();
+    source.stop();
+
+    // The "destination": a fresh state directory; the VM is new there.
+    let dest = Agent::start(there.path(), "none", &name);
+    dest.wait_for(&name, "learning");
+    let said = dest.ctl(&format!("import {}", bundle.display()));
+    assert!(said.contains("imported (monitoring"), "{said}");
+    let v = dest.wait_for(&name, "monitoring");
+    assert_eq!(v["windows_learned"], LEARN, "{v}");
+    assert_eq!(v["uuid"], uuid(7));
+    run("ctl")
+        .arg("--state-dir")
+        .arg(&dest.state)
+        .arg("import")
+        .arg(here.path().join("agent.toml"))
+        .fails_with("is not the output of `vmwatch ctl export`");
+    dest.stop();
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// What `ctl` asks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Status,
@@ -32,7 +32,30 @@ pub enum Request {
     Forget {
         vm: String,
     },
+    /// Everything the agent learned of the VM, to move it to another host.
+    Export {
+        vm: String,
+    },
+    /// State exported on another host (a live-migrated VM keeps its profile).
+    Import {
+        bundle: Box<Bundle>,
+    },
 }
+
+/// A VM's state as `ctl export` writes it and `ctl import` reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bundle {
+    pub format: String,
+    pub version: u32,
+    pub meta: crate::agent::state::VmMeta,
+    /// The training set (CSV text).
+    pub training: Option<String>,
+    /// The model file (JSON text).
+    pub model: Option<String>,
+}
+
+/// Identifies a [`Bundle`].
+pub const BUNDLE_FORMAT: &str = "vmwatch-vm-state";
 
 /// One VM in `ctl status` (DESIGN.md: `ctl status --json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +78,7 @@ pub struct VmStatus {
 #[serde(tag = "result", rename_all = "lowercase")]
 pub enum Response {
     Status { vms: Vec<VmStatus> },
+    Bundle { bundle: Box<Bundle> },
     Done { message: String },
     Error { message: String },
 }
@@ -66,8 +90,9 @@ pub type Pending = (Request, Sender<Response>);
 /// The listening side, run by the agent.
 pub struct Server {
     path: PathBuf,
-    /// What `status` answers; the window loop replaces it every window.
-    pub snapshot: Arc<Mutex<Vec<VmStatus>>>,
+    /// What `status` answers; the window loop replaces it every window
+    /// (`None` until the agent has attached to the VMs there are).
+    pub snapshot: Arc<Mutex<Option<Vec<VmStatus>>>>,
     /// Requests for the window loop.
     pub pending: Receiver<Pending>,
 }
@@ -94,7 +119,7 @@ impl Server {
             .map_err(|e| Error::io(format!("cannot listen on {}", path.display()), e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| Error::io(format!("cannot restrict {}", path.display()), e))?;
-        let snapshot = Arc::new(Mutex::new(Vec::new()));
+        let snapshot = Arc::new(Mutex::new(None));
         let (tx, pending) = mpsc::channel();
         let shared = snapshot.clone();
         std::thread::Builder::new()
@@ -130,7 +155,7 @@ impl Drop for Server {
 
 fn serve(
     stream: UnixStream,
-    snapshot: &Mutex<Vec<VmStatus>>,
+    snapshot: &Mutex<Option<Vec<VmStatus>>>,
     pending: &Sender<Pending>,
 ) -> std::io::Result<()> {
     let answer = match peer_uid(&stream) {
@@ -139,8 +164,11 @@ fn serve(
             let mut line = String::new();
             BufReader::new(stream.try_clone()?).read_line(&mut line)?;
             match serde_json::from_str::<Request>(&line) {
-                Ok(Request::Status) => Response::Status {
-                    vms: snapshot.lock().map(|s| s.clone()).unwrap_or_default(),
+                Ok(Request::Status) => match snapshot.lock().ok().and_then(|s| s.clone()) {
+                    Some(vms) => Response::Status { vms },
+                    None => Response::Error {
+                        message: "the agent is still starting; ask again in a moment".into(),
+                    },
                 },
                 Ok(req) => {
                     let (tx, rx) = mpsc::channel();

@@ -309,7 +309,7 @@ impl Agent {
     fn serve_ctl(&mut self, w: &Window) {
         while let Ok((request, reply)) = self.ctl.pending.try_recv() {
             let answer = match self.lifecycle_request(&request, w) {
-                Ok(message) => Response::Done { message },
+                Ok(answer) => answer,
                 Err(e) => Response::Error {
                     message: vmwatch_core::error::chain(&e),
                 },
@@ -318,12 +318,26 @@ impl Agent {
         }
     }
 
-    fn lifecycle_request(&mut self, request: &Request, w: &Window) -> Result<String> {
+    fn lifecycle_request(&mut self, request: &Request, w: &Window) -> Result<Response> {
         let name = match request {
-            Request::Relearn { vm } | Request::Forget { vm } => vm,
-            Request::Status => return Ok(String::new()),
+            Request::Relearn { vm } | Request::Forget { vm } | Request::Export { vm } => vm,
+            Request::Import { bundle } => {
+                return self
+                    .import(bundle)
+                    .map(|message| Response::Done { message })
+            }
+            Request::Status => {
+                return Ok(Response::Done {
+                    message: String::new(),
+                })
+            }
         };
         let key = self.find(name)?;
+        if let Request::Export { .. } = request {
+            return Ok(Response::Bundle {
+                bundle: Box::new(self.vms[&key].export()?),
+            });
+        }
         let vm = self.vms.get_mut(&key).expect("found above");
         let before = vm.phase();
         let message = match request {
@@ -341,7 +355,9 @@ impl Agent {
                     let vm = self.vms.remove(&key).expect("found above");
                     let name = vm.meta.name.clone();
                     vm.remove()?;
-                    return Ok(format!("VM {name}: forgotten"));
+                    return Ok(Response::Done {
+                        message: format!("VM {name}: forgotten"),
+                    });
                 }
                 format!("VM {}: forgotten; learning from scratch", vm.meta.name)
             }
@@ -349,6 +365,45 @@ impl Agent {
         if vm.pid.is_some() && vm.phase() != before {
             let (n, u, after) = (vm.meta.name.clone(), vm.meta.uuid.clone(), vm.phase());
             self.phase_changed(&n, u, before, after, w);
+        }
+        tracing::info!("{message}");
+        Ok(Response::Done { message })
+    }
+
+    /// `ctl import`: the state another host exported; a VM of that identity
+    /// running here already (the destination of a live migration) takes it
+    /// at once.
+    fn import(&mut self, bundle: &ctl::Bundle) -> Result<String> {
+        if bundle.format != ctl::BUNDLE_FORMAT || bundle.version != 1 {
+            return Err(Error::Invalid(format!(
+                "not a vmwatch VM state of version 1 (format `{}`, version {})",
+                bundle.format, bundle.version
+            )));
+        }
+        let key = bundle.meta.key.clone();
+        let dir = self.state.vm(&key);
+        dir.import(bundle)?;
+        self.offline = None;
+        let pid = self.vms.get(&key).and_then(|v| v.pid);
+        let mut vm = Vm::load(
+            dir,
+            key.clone(),
+            &bundle.meta.name,
+            bundle.meta.uuid.as_deref(),
+            &self.how,
+        )?;
+        vm.pid = pid;
+        let message = format!(
+            "VM {}: imported ({}, {} windows learned)",
+            bundle.meta.name,
+            vm.phase().name(),
+            vm.windows_learned
+        );
+        if pid.is_some() {
+            self.metrics.vm_phase(&bundle.meta.name, vm.phase());
+            self.vms.insert(key, vm);
+        } else {
+            self.vms.remove(&key);
         }
         tracing::info!("{message}");
         Ok(message)
@@ -422,7 +477,7 @@ impl Agent {
         }
         out.sort_by(|a, b| a.vm.cmp(&b.vm));
         if let Ok(mut s) = self.ctl.snapshot.lock() {
-            *s = out;
+            *s = Some(out);
         }
     }
 }

@@ -42,8 +42,9 @@ impl std::fmt::Display for VmKey {
     }
 }
 
-/// A VM name as a folder name: letters, digits, `.`, `_` and `-` stay,
-/// anything else becomes `%XX`, so no name can climb out of the folder.
+/// A VM name as part of a folder name: letters, digits, `.`, `_` and `-`
+/// stay, anything else becomes `%XX`, so no name can contain a `/`; the
+/// `name-` prefix keeps `.` and `..` from being one.
 fn escape(name: &str) -> String {
     let mut out = String::new();
     for b in name.bytes() {
@@ -52,9 +53,6 @@ fn escape(name: &str) -> String {
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
-    }
-    if out.starts_with('.') {
-        out.replace_range(..1, "%2E");
     }
     out
 }
@@ -190,6 +188,27 @@ impl VmDir {
         atomic::private_dir(&self.path)?;
         let json = serde_json::to_vec_pretty(meta).expect("a VM state serializes");
         Ok(atomic::write(&self.meta_path(), &json)?)
+    }
+
+    /// Replaces the VM's state with an exported one (every file atomically;
+    /// a file the bundle lacks is removed).
+    pub fn import(&self, bundle: &super::ctl::Bundle) -> Result<()> {
+        atomic::private_dir(&self.path)?;
+        for (path, text) in [
+            (self.training(), &bundle.training),
+            (self.model(), &bundle.model),
+        ] {
+            match text {
+                Some(t) => atomic::write(&path, t.as_bytes())?,
+                None => match fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::io(format!("cannot remove {}", path.display()), e))
+                    }
+                    _ => {}
+                },
+            }
+        }
+        self.save(&bundle.meta)
     }
 
     /// Drops everything the VM learned.

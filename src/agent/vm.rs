@@ -299,6 +299,17 @@ impl Vm {
         self.save()
     }
 
+    /// Everything learned, for `ctl export`.
+    pub fn export(&self) -> Result<super::ctl::Bundle> {
+        Ok(super::ctl::Bundle {
+            format: super::ctl::BUNDLE_FORMAT.into(),
+            version: 1,
+            meta: self.meta.clone(),
+            training: read_text(&self.dir.training())?,
+            model: read_text(&self.dir.model())?,
+        })
+    }
+
     /// `ctl forget`: everything learned goes; a running VM starts over.
     pub fn forget(&mut self, how: &Learning) -> Result<()> {
         self.writer = None;
@@ -320,6 +331,15 @@ const LEARNING: Outcome = Outcome {
     score: None,
     anomalous: None,
 };
+
+/// A file's text, `None` when it does not exist.
+fn read_text(path: &std::path::Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(crate::Error::read(path, e)),
+    }
+}
 
 /// Complete rows of the VM's training set (0 when it has none).
 fn learned_rows(dir: &VmDir) -> u64 {

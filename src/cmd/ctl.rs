@@ -37,6 +37,17 @@ enum Command {
         /// VM name, UUID or state key.
         vm: String,
     },
+    /// Print everything the agent learned of the VM (JSON), to move it to
+    /// another host with `ctl import` (a live migration).
+    Export {
+        /// VM name, UUID or state key.
+        vm: String,
+    },
+    /// Take a VM's state exported on another host (from FILE, or stdin).
+    Import {
+        /// The output of `ctl export` (default: stdin).
+        file: Option<PathBuf>,
+    },
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -45,6 +56,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::Status { json } => (Request::Status, *json),
         Command::Relearn { vm } => (Request::Relearn { vm: vm.clone() }, false),
         Command::Forget { vm } => (Request::Forget { vm: vm.clone() }, false),
+        Command::Export { vm } => (Request::Export { vm: vm.clone() }, true),
+        Command::Import { file } => (
+            Request::Import {
+                bundle: read_bundle(file.as_deref())?,
+            },
+            false,
+        ),
     };
     let mut out = std::io::stdout().lock();
     match ctl::request(&socket, &request)? {
@@ -77,8 +95,27 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 )?;
             }
         }
+        Response::Bundle { bundle } => {
+            serde_json::to_writer(&mut out, &bundle)?;
+            writeln!(out)?;
+        }
         Response::Done { message } => writeln!(out, "{message}")?,
         Response::Error { message } => bail!("the agent says: {message}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A bundle from `path`, or stdin.
+fn read_bundle(path: Option<&std::path::Path>) -> Result<Box<ctl::Bundle>> {
+    let text = match path {
+        Some(p) => vmwatch_core::limits::read_file(p, 1 << 30, "a VM state")?,
+        None => {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut v)?;
+            v
+        }
+    };
+    let what = path.map_or_else(|| "stdin".into(), |p| p.display().to_string());
+    serde_json::from_slice(&text)
+        .map_err(|e| anyhow::anyhow!("{what} is not the output of `vmwatch ctl export`: {e}"))
 }

@@ -4,8 +4,14 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use vmwatch::discover::QemuEntry;
 
-/// List the QEMU processes on this host: PID, VM name, binary, USDT probes.
+/// List the QEMU processes on this host: PID, VM name and UUID, binary,
+/// USDT probes.
+///
+/// The VM name is QEMU's `-name` (libvirt passes the domain's), else
+/// libvirt's for the process (its PID file or machine cgroup), else
+/// `qemu-PID`; the UUID is `-uuid`, `-` when there is none.
 ///
 /// Every process named like QEMU is listed; the ones `--vm` and `--all`
 /// do not take for VMs (not run by root or a system account, or from an
@@ -34,7 +40,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let vw = entries.iter().map(|e| e.vm.len()).max().unwrap_or(2).max(2);
-    writeln!(out, "{:>8}  {:<vw$}  {:>6}  BINARY", "PID", "VM", "PROBES")?;
+    let uw = entries
+        .iter()
+        .map(|e| uuid(e).len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    writeln!(
+        out,
+        "{:>8}  {:<vw$}  {:<uw$}  {:>6}  BINARY",
+        "PID", "VM", "UUID", "PROBES"
+    )?;
     for e in &entries {
         let mut hint = String::new();
         if let Some(why) = &e.untrusted_reason {
@@ -45,9 +61,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         writeln!(
             out,
-            "{:>8}  {:<vw$}  {:>6}  {}{hint}",
-            e.pid, e.vm, e.probes, e.binary
+            "{:>8}  {:<vw$}  {:<uw$}  {:>6}  {}{hint}",
+            e.pid,
+            e.vm,
+            uuid(e),
+            e.probes,
+            e.binary
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The UUID column: `-` without one.
+fn uuid(e: &QemuEntry) -> &str {
+    e.uuid.as_deref().unwrap_or("-")
 }

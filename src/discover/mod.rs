@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 pub struct QemuEntry {
     pub pid: u32,
     pub vm: String,
+    /// `-uuid` in lower-case canonical form; `null` without one.
+    pub uuid: Option<String>,
     pub binary: String,
     /// Distinct `qemu` probe names of its binary (0: no USDT probes).
     pub probes: usize,
@@ -49,6 +51,7 @@ pub fn list_qemus() -> Result<Vec<QemuEntry>> {
             QemuEntry {
                 pid: p.pid,
                 vm: p.vm,
+                uuid: p.uuid,
                 binary: p.binary.display().to_string(),
                 probes,
                 trusted: untrusted.is_none(),

@@ -1,10 +1,10 @@
-//! Host processes: finding QEMU processes, their VM names and binaries,
-//! whether a QEMU-named process may be taken for a VM, and telling whether
-//! a watched PID is still the same process.
+//! Host processes: finding QEMU processes, their VM names, UUIDs and
+//! binaries, whether a QEMU-named process may be taken for a VM, and
+//! telling whether a watched PID is still the same process.
 
 use std::fmt;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -17,8 +17,13 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Process {
     pub pid: u32,
-    /// VM name from `-name`, else `qemu-PID` for QEMU, else the command name.
+    /// VM name: `-name`; for QEMU without one, libvirt's domain name (its
+    /// PID file, else its machine cgroup; see [`libvirt_name`]), else
+    /// `qemu-PID`; for other processes, the command name.
     pub vm: String,
+    /// `-uuid` (libvirt always passes the domain's), lower-case canonical
+    /// form; `None` without one.
+    pub uuid: Option<String>,
     /// Path of the executable as the kernel reports it.
     pub binary: PathBuf,
     /// Start time in clock ticks since boot (tells a reused PID apart).
@@ -29,8 +34,6 @@ pub struct Process {
     #[serde(skip)]
     pub binary_id: (u64, u64),
     pub is_qemu: bool,
-    /// The VM's UUID from QEMU's `-uuid` (libvirt always passes one).
-    pub uuid: Option<String>,
     /// Real and effective uid.
     #[serde(skip)]
     pub uids: (u32, u32),
@@ -79,16 +82,23 @@ impl Process {
         let args = read_cmdline(pid);
         let is_qemu = is_qemu_binary(&binary);
         let vm = vm_name(&args)
+            .or_else(|| is_qemu.then(|| libvirt_name(pid)).flatten())
             .or_else(|| is_qemu.then(|| format!("qemu-{pid}")))
             .unwrap_or_else(|| comm(pid).unwrap_or_else(|| format!("pid-{pid}")));
+        let uuid = vm_uuid(&args).unwrap_or_else(|bad| {
+            tracing::debug!(
+                "PID {pid}: ignoring -uuid {bad:?}, which is not a UUID (8-4-4-4-12 hex digits)"
+            );
+            None
+        });
         Ok(Self {
             pid,
             vm,
+            uuid,
             binary,
             start_time,
             binary_id: (meta.dev(), meta.ino()),
             is_qemu,
-            uuid: vm_uuid(&args),
             uids,
             exe_owner: meta.uid(),
             exe_mode: meta.mode() & 0o7777,
@@ -326,25 +336,20 @@ pub fn is_qemu_binary(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with("qemu-system-") || n == "qemu-kvm")
 }
 
-/// The UUID from QEMU's `-uuid UUID`, in canonical lower-case form; none
-/// when absent or not a UUID.
-pub fn vm_uuid(args: &[String]) -> Option<String> {
-    let pos = args.iter().position(|a| a == "-uuid" || a == "--uuid")?;
-    let value = args.get(pos + 1)?.to_ascii_lowercase();
-    let groups: Vec<&str> = value.split('-').collect();
-    let shape = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]);
-    let hex = groups
-        .iter()
-        .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
-    (shape && hex).then_some(value)
+/// The VM name from QEMU's `-name guest=NAME,...` or `-name NAME,...`
+/// (`--name` too). QEMU merges repeated `-name` options, a later `guest`
+/// replacing an earlier one, so the last `guest` wins.
+pub fn vm_name(args: &[String]) -> Option<String> {
+    option_values(args, "name")
+        .filter_map(name_guest)
+        .last()
+        .filter(|name| !name.is_empty())
 }
 
-/// The VM name from QEMU's `-name guest=NAME,...` or `-name NAME,...`.
-pub fn vm_name(args: &[String]) -> Option<String> {
-    let pos = args.iter().position(|a| a == "-name" || a == "--name")?;
-    let value = args.get(pos + 1)?;
-    // QEMU option syntax: comma separated, `,,` escapes a comma; the first
-    // element without a key is the `guest` value.
+/// The `guest` of one `-name` value (the last, if repeated, as in QEMU).
+/// QEMU option syntax: comma separated, `,,` escapes a comma; the first
+/// element without a key is the `guest`.
+fn name_guest(value: &str) -> Option<String> {
     let mut parts = Vec::new();
     let mut cur = String::new();
     let mut chars = value.chars().peekable();
@@ -361,15 +366,180 @@ pub fn vm_name(args: &[String]) -> Option<String> {
         }
     }
     parts.push(cur);
-    let name = parts
+    parts
         .iter()
         .enumerate()
-        .find_map(|(i, p)| match p.split_once('=') {
+        .filter_map(|(i, p)| match p.split_once('=') {
             Some(("guest", v)) => Some(v.to_string()),
             None if i == 0 => Some(p.clone()),
             _ => None,
-        })?;
-    (!name.is_empty()).then_some(name)
+        })
+        .next_back()
+}
+
+/// The values of every `-OPT VALUE` or `--OPT VALUE` in `args`. QEMU takes
+/// an option's value from the next argument only: `-uuid=X` is an unknown
+/// option to it, so it is none here either.
+fn option_values<'a>(args: &'a [String], opt: &'a str) -> impl Iterator<Item = &'a str> {
+    args.windows(2).filter_map(move |w| {
+        let name = w[0].strip_prefix("--").or_else(|| w[0].strip_prefix('-'))?;
+        (name == opt).then_some(w[1].as_str())
+    })
+}
+
+/// The VM's UUID from QEMU's `-uuid UUID` (or `--uuid`), lower-cased; the
+/// last one counts, as in QEMU. `Err` holds a value QEMU would refuse.
+pub fn vm_uuid(args: &[String]) -> Result<Option<String>, &str> {
+    match option_values(args, "uuid").last() {
+        None => Ok(None),
+        Some(value) => parse_uuid(value).map(Some).ok_or(value),
+    }
+}
+
+/// A UUID as QEMU's `qemu_uuid_parse` takes it: 36 characters, dashes at
+/// 8, 13, 18 and 23, hex digits of either case elsewhere (no braces, no
+/// `urn:uuid:`); returned in lower case.
+pub fn parse_uuid(s: &str) -> Option<String> {
+    let valid = s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+    valid.then(|| s.to_ascii_lowercase())
+}
+
+/// Where the system libvirt daemon keeps one `NAME.pid` per running QEMU
+/// domain (`virtqemud` and `libvirtd` alike).
+pub const LIBVIRT_QEMU_RUN_DIR: &str = "/run/libvirt/qemu";
+
+/// libvirt's name for the domain QEMU process `pid` runs, for a QEMU
+/// started without `-name` (libvirt always passes one, so this is for
+/// wrappers that rewrite the command line): its PID file in
+/// [`LIBVIRT_QEMU_RUN_DIR`], which holds the exact name, else its machine
+/// cgroup, which holds libvirt's abridged form of it (see
+/// [`libvirt_name_from_cgroup`]).
+pub fn libvirt_name(pid: u32) -> Option<String> {
+    libvirt_name_from_pid_files(Path::new(LIBVIRT_QEMU_RUN_DIR), pid).or_else(|| {
+        let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        libvirt_name_from_cgroup(&cgroup)
+    })
+}
+
+/// The `NAME` of the `dir/NAME.pid` whose content is `pid`. `dir` counts
+/// only if root owns it and nobody else may write to it, as libvirt makes
+/// it: a name there is as good as the daemon's word.
+pub fn libvirt_name_from_pid_files(dir: &Path, pid: u32) -> Option<String> {
+    name_from_pid_files(dir, pid, 0)
+}
+
+/// The longest PID file read (a PID and a newline fit many times over).
+const PID_FILE_MAX: u64 = 32;
+
+/// [`libvirt_name_from_pid_files`] with `dir` owned by `owner`.
+fn name_from_pid_files(dir: &Path, pid: u32, owner: u32) -> Option<String> {
+    let meta = fs::symlink_metadata(dir).ok()?;
+    if !meta.is_dir() || meta.uid() != owner || meta.mode() & 0o022 != 0 {
+        tracing::debug!(
+            "ignoring {}: not a directory only root may write to",
+            dir.display()
+        );
+        return None;
+    }
+    fs::read_dir(dir).ok()?.find_map(|entry| {
+        let entry = entry.ok()?;
+        let file = entry.file_name().into_string().ok()?;
+        let name = file.strip_suffix(".pid").filter(|n| !n.is_empty())?;
+        // Not through a symbolic link, and no more than a PID's worth.
+        if !entry.file_type().ok()?.is_file() {
+            return None;
+        }
+        let mut text = String::new();
+        fs::File::open(entry.path())
+            .ok()?
+            .take(PID_FILE_MAX + 1)
+            .read_to_string(&mut text)
+            .ok()?;
+        let is_pid = text.len() as u64 <= PID_FILE_MAX && text.trim().parse() == Ok(pid);
+        is_pid.then(|| name.to_string())
+    })
+}
+
+/// libvirt's domain name from the text of /proc/PID/cgroup (cgroup v1 or
+/// v2 lines, `ID:CONTROLLERS:PATH`), from the first path that has a
+/// libvirt machine cgroup:
+/// - under systemd, machined's scope `machine-qemu\x2dID\x2dNAME.scope`
+///   (systemd's escaping: `\xHH` is the byte HH, so `\x2d` is `-`), in
+///   `machine.slice` or a partition's slice, with `libvirt/emulator` or
+///   `emulator` below it;
+/// - without systemd, `machine/qemu-ID-NAME.libvirt-qemu/emulator` (or a
+///   partition's `NAME.partition` instead of `machine`).
+///
+/// The machine name is `qemu-ID-NAME`, or `qemu-embed-HASH-ID-NAME` for
+/// the embedded driver (`virt-qemu-run`). libvirt builds it from the
+/// domain name (the rule of libvirt 9.0, Debian 12's; since 4.0 much the
+/// same) by keeping only ASCII letters, digits, `-` and `.`, collapsing a
+/// run of `-` and `.` to its first, dropping them at both ends, and
+/// cutting the whole machine name at 64 characters. So what comes back is
+/// that abridged name, the domain name itself only when it was in that
+/// form already and short enough (up to 57 characters for domain ID 1).
+/// Session daemons' machine names (`qemu-USER-ID-NAME`) and older
+/// libvirt's (`qemu-NAME`) are not recognised.
+pub fn libvirt_name_from_cgroup(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        path.split('/').find_map(libvirt_machine_cgroup)
+    })
+}
+
+/// The domain name of one cgroup path component that is a libvirt
+/// machine's cgroup.
+fn libvirt_machine_cgroup(component: &str) -> Option<String> {
+    let machine = match component
+        .strip_prefix("machine-")
+        .and_then(|c| c.strip_suffix(".scope"))
+    {
+        Some(escaped) => systemd_unescape(escaped)?,
+        None => component.strip_suffix(".libvirt-qemu")?.to_string(),
+    };
+    domain_of_machine(&machine)
+}
+
+/// `NAME` of the machine name `qemu-ID-NAME` or `qemu-embed-HASH-ID-NAME`.
+fn domain_of_machine(machine: &str) -> Option<String> {
+    let mut rest = machine.strip_prefix("qemu-")?;
+    if let Some(embed) = rest.strip_prefix("embed-") {
+        let (hash, after) = embed.split_once('-')?;
+        if hash.len() != 8 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        rest = after;
+    }
+    let (id, name) = rest.split_once('-')?;
+    let id_ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
+    (id_ok && !name.is_empty()).then(|| name.to_string())
+}
+
+/// Undoes systemd's unit name escaping (`\xHH` for a byte); `None` for a
+/// malformed escape or a result that is not UTF-8.
+fn systemd_unescape(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            let hex = bytes.get(i + 2..i + 4)?;
+            if bytes.get(i + 1) != Some(&b'x') || !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn read_cmdline(pid: u32) -> Vec<String> {
@@ -421,31 +591,168 @@ mod tests {
     }
 
     #[test]
-    fn vm_uuids() {
-        let a = |s: &[&str]| vm_uuid(&args(s));
-        let u = "7d2c9f0e-1b3a-4c5d-8e9f-0a1b2c3d4e5f";
-        assert_eq!(a(&["qemu", "-uuid", u]).as_deref(), Some(u));
-        assert_eq!(
-            a(&["qemu", "--uuid", &u.to_ascii_uppercase()]).as_deref(),
-            Some(u)
-        );
-        assert_eq!(a(&["qemu", "-uuid", "not-a-uuid"]), None);
-        assert_eq!(a(&["qemu", "-uuid"]), None);
-        assert_eq!(a(&["qemu", "-name", "x"]), None);
-    }
-
-    #[test]
     fn vm_name_forms() {
         for (cmdline, want) in [
             (&["qemu", "-name", "web1"][..], Some("web1")),
+            (&["qemu", "--name", "web1"], Some("web1")),
             (&["qemu", "-name", "guest=db,debug-threads=on"], Some("db")),
             (&["qemu", "-name", "process=x,guest=a,,b"], Some("a,b")),
             (&["qemu", "-name", "lab,process=q"], Some("lab")),
+            (&["qemu", "-name", "lab,guest=web"], Some("web")),
+            // QEMU merges repeated -name: the last guest wins.
+            (&["qemu", "-name", "a", "-name", "guest=b"], Some("b")),
+            (
+                &["qemu", "-name", "guest=a", "-name", "process=p"],
+                Some("a"),
+            ),
+            (&["qemu", "-name=web1"], None),
+            (&["qemu", "-name", "guest="], None),
             (&["qemu", "-m", "512"], None),
             (&["qemu", "-name"], None),
         ] {
             assert_eq!(vm_name(&args(cmdline)).as_deref(), want, "{cmdline:?}");
         }
+    }
+
+    const UUID: &str = "4d9c8e2a-1b3f-4c5d-8e6f-0123456789ab";
+
+    #[test]
+    fn uuid_forms() {
+        let upper = UUID.to_ascii_uppercase();
+        for (cmdline, want) in [
+            (&["qemu", "-uuid", UUID][..], Ok(Some(UUID))),
+            (&["qemu", "--uuid", &upper], Ok(Some(UUID))),
+            // Last one wins, as in QEMU.
+            (
+                &[
+                    "qemu",
+                    "-uuid",
+                    "00000000-0000-0000-0000-000000000001",
+                    "-uuid",
+                    UUID,
+                ],
+                Ok(Some(UUID)),
+            ),
+            // Not an option QEMU knows ("invalid option"), so no UUID.
+            (&["qemu", &format!("-uuid={UUID}")], Ok(None)),
+            (&["qemu", "-m", "64"], Ok(None)),
+            (&["qemu", "-uuid"], Ok(None)),
+            (&["qemu", "-uuid", "web1"], Err("web1")),
+            (&["qemu", "-uuid", UUID, "-uuid", "x"], Err("x")),
+        ] {
+            let argv = args(cmdline);
+            let got = vm_uuid(&argv);
+            let got = got.as_ref().map(Option::as_deref).map_err(|e| *e);
+            assert_eq!(got, want, "{cmdline:?}");
+        }
+    }
+
+    #[test]
+    fn uuid_syntax_is_qemus() {
+        assert_eq!(parse_uuid(UUID).as_deref(), Some(UUID));
+        assert_eq!(
+            parse_uuid("4D9C8E2A-1B3F-4C5D-8E6F-0123456789Ab").as_deref(),
+            Some(UUID)
+        );
+        for bad in [
+            "",
+            "4d9c8e2a1b3f4c5d8e6f0123456789ab",
+            "{4d9c8e2a-1b3f-4c5d-8e6f-0123456789ab}",
+            "urn:uuid:4d9c8e2a-1b3f-4c5d-8e6f-0123456789ab",
+            "4d9c8e2a-1b3f-4c5d-8e6f-0123456789a",
+            "4d9c8e2a-1b3f-4c5d-8e6f-0123456789abc",
+            "4d9c8e2a-1b3f-4c5d-8e6f+0123456789ab",
+            "4d9c8e2a-1b3f-4c5d-8e6f-0123456789ag",
+            "4d9c8e2a-1b3f-4c5d-8e6f-0123456789 b",
+            "4d9c8e2a-1b3f-4c5d-8e6f-0123456789\u{e9}",
+        ] {
+            assert_eq!(parse_uuid(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn libvirt_cgroup_forms() {
+        for (text, want) in [
+            // systemd, cgroup v2: machined's scope, libvirt's own subtree.
+            ("0::/machine.slice/machine-qemu\\x2d1\\x2dweb1.scope/libvirt/emulator\n", Some("web1")),
+            // systemd, cgroup v1 (and its name=systemd hierarchy).
+            (
+                "12:pids:/machine.slice/machine-qemu\\x2d3\\x2ddb\\x2dprimary.scope\n\
+                 4:cpu,cpuacct:/machine.slice/machine-qemu\\x2d3\\x2ddb\\x2dprimary.scope/emulator\n\
+                 1:name=systemd:/machine.slice/machine-qemu\\x2d3\\x2ddb\\x2dprimary.scope\n",
+                Some("db-primary"),
+            ),
+            // A partition's slice (<resource><partition>/machine/prod</partition>).
+            ("0::/machine.slice/machine-prod.slice/machine-qemu\\x2d7\\x2dapi.scope/libvirt/vcpu0", Some("api")),
+            // Without systemd (as libvirt 9.0 makes them on this project's
+            // hosts: v1 controllers first, then the v2 line).
+            (
+                "9:name=systemd:/\n8:pids:/\n7:blkio:/machine/qemu-1-vmwatch-lv-test.libvirt-qemu\n\
+                 3:cpuset:/machine/qemu-1-vmwatch-lv-test.libvirt-qemu/emulator\n\
+                 0::/machine/qemu-1-vmwatch-lv-test.libvirt-qemu/emulator\n",
+                Some("vmwatch-lv-test"),
+            ),
+            ("0::/machine/prod.partition/qemu-12-api.libvirt-qemu/emulator", Some("api")),
+            // The embedded driver (virt-qemu-run).
+            ("0::/machine/qemu-embed-0123abcd-1-web1.libvirt-qemu", Some("web1")),
+            ("0::/machine.slice/machine-qemu\\x2dembed\\x2d0123abcd\\x2d1\\x2dweb1.scope", Some("web1")),
+            // Other escapes decode too; a ':' in a path is the path's.
+            ("0::/x:y/machine-qemu\\x2d1\\x2dweb\\x2e1.scope", Some("web.1")),
+            // libvirt's abridged names come back as they are.
+            ("0::/machine/qemu-2-web.example.com.libvirt-qemu", Some("web.example.com")),
+            // A cgroup namespace shows paths from its own root.
+            ("0::/../../machine.slice/machine-qemu\\x2d1\\x2dweb1.scope/libvirt", Some("web1")),
+            // Not libvirt's: a user session, an nspawn container, older
+            // libvirt's and session daemons' names, a bad ID, no name.
+            ("0::/user.slice/user-1000.slice/session-2.scope\n", None),
+            ("0::/machine.slice/machine-debian.scope", None),
+            ("0::/machine.slice/machine-qemu\\x2dweb1.scope", None),
+            ("0::/machine.slice/machine-qemu\\x2dalice\\x2d1\\x2dweb1.scope", None),
+            ("0::/machine/qemu-x-web1.libvirt-qemu", None),
+            ("0::/machine/qemu-1-.libvirt-qemu", None),
+            ("0::/machine/qemu-embed-0123-1-web1.libvirt-qemu", None),
+            // Malformed escapes.
+            ("0::/machine.slice/machine-qemu\\x2d1\\x2dweb\\x2.scope", None),
+            ("0::/machine.slice/machine-qemu\\x2d1\\x2dweb\\q1.scope", None),
+            ("0::/machine.slice/machine-qemu\\x2d1\\x2dweb\\x+1.scope", None),
+            ("0::/machine.slice/machine-qemu\\x2d1\\x2dweb\\xff.scope", None),
+            ("0::/\n", None),
+            ("", None),
+            ("garbage", None),
+        ] {
+            assert_eq!(libvirt_name_from_cgroup(text).as_deref(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn libvirt_pid_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        fs::write(d.join("web1.pid"), "4242").unwrap();
+        fs::write(d.join("db primary.pid"), "4243\n").unwrap();
+        // libvirt's own lock file holds the daemon's PID.
+        fs::write(d.join("driver.pid"), "17").unwrap();
+        fs::write(d.join("web1.xml"), "4244").unwrap();
+        fs::write(d.join(".pid"), "4245").unwrap();
+        fs::write(d.join("big.pid"), format!("4246{}", " ".repeat(100))).unwrap();
+        fs::write(d.join("target"), "4247").unwrap();
+        std::os::unix::fs::symlink(d.join("target"), d.join("link.pid")).unwrap();
+        fs::create_dir(d.join("swtpm.pid")).unwrap();
+        let me = current_uid();
+        let name = |pid| name_from_pid_files(d, pid, me);
+        assert_eq!(name(4242).as_deref(), Some("web1"));
+        assert_eq!(name(4243).as_deref(), Some("db primary"));
+        assert_eq!(name(17).as_deref(), Some("driver"));
+        for pid in [4244, 4245, 4246, 4247, 1] {
+            assert_eq!(name(pid), None, "PID {pid}");
+        }
+        // Only a directory others cannot write counts, and only its owner's.
+        assert_eq!(name_from_pid_files(d, 4242, me + 1), None);
+        fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o775)).unwrap();
+        assert_eq!(name(4242), None);
+        assert_eq!(name_from_pid_files(&d.join("web1.pid"), 4242, me), None);
+        assert_eq!(name_from_pid_files(&d.join("missing"), 4242, me), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: running vmwatch and checking
-//! what it says, the USDT fixture process, QEMUs, recordings, datasets and
-//! skip rules.
+//! what it says, the USDT fixture process, QEMUs, a private libvirt
+//! ([`libvirt`]), recordings, datasets and skip rules.
 #![allow(dead_code, unused_macros)]
 
 use std::collections::HashMap;
@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+pub mod agent;
+pub mod libvirt;
 
 // ---------------------------------------------------------------------------
 // Running vmwatch
@@ -289,6 +292,16 @@ macro_rules! skip_without_bpf_and_qemu {
         match crate::common::requires_root_and_qemu(test_name!()) {
             Some(bin) => bin,
             None => return,
+        }
+    };
+}
+
+/// Returns from the test, saying why, unless libvirt is installed (see
+/// [`libvirt::available`]).
+macro_rules! skip_without_libvirt {
+    () => {
+        if !crate::common::libvirt::available(test_name!()) {
+            return;
         }
     };
 }

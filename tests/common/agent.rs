@@ -1,0 +1,114 @@
+//! `vmwatch agent` driven by tests: a config of its own, `ctl status` as
+//! JSON, waiting for a VM's phase.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{eventually, run, signal};
+
+/// Probes SeaBIOS's idle loop fires every window (timer interrupts).
+const FEATURES: &str = "qemu:exec_tb\nqemu:memory_region_ops_read\nqemu:x86_pic_interrupt\n\
+                        qemu:qemu_mutex_lock\nqemu:memory_notdirty_write_access\n";
+pub const LEARN: u64 = 10;
+
+pub struct Agent {
+    pub child: Child,
+    pub state: PathBuf,
+}
+
+impl Agent {
+    /// An agent watching the VMs whose names start with `prefix` (tests
+    /// run side by side: each watches its own).
+    pub fn start(dir: &Path, metrics: &str, prefix: &str) -> Self {
+        let config = dir.join("agent.toml");
+        let features = dir.join("features.txt");
+        std::fs::write(&features, FEATURES).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "features = \"{}\"\ninterval = \"200ms\"\nlearn_windows = {LEARN}\n\
+                 metrics = \"{metrics}\"\nevents = \"{}\"\ninclude = [\"{prefix}*\"]\n",
+                features.display(),
+                dir.join("events.jsonl").display()
+            ),
+        )
+        .unwrap();
+        let state = dir.join("state");
+        let child = super::vmwatch()
+            .arg("agent")
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let agent = Self { child, state };
+        eventually(30, "the agent answers ctl", || agent.try_status());
+        agent
+    }
+
+    pub fn try_status(&self) -> Option<HashMap<String, serde_json::Value>> {
+        let out = Command::new(env!("CARGO_BIN_EXE_vmwatch"))
+            .arg("ctl")
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(["status", "--json"])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let vms: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+        Some(
+            vms.into_iter()
+                .map(|v| (v["vm"].as_str().unwrap().to_string(), v))
+                .collect(),
+        )
+    }
+
+    pub fn status(&self) -> HashMap<String, serde_json::Value> {
+        self.try_status().expect("ctl status answers")
+    }
+
+    /// Waits until `vm` runs and is in `state` (when monitoring: with a
+    /// verdict already).
+    pub fn wait_for(&self, vm: &str, state: &str) -> serde_json::Value {
+        eventually(90, &format!("{vm} {state}"), || {
+            self.status().remove(vm).filter(|v| {
+                v["state"] == state
+                    && !v["pid"].is_null()
+                    && (state != "monitoring" || v["score"].is_number())
+            })
+        })
+    }
+
+    pub fn ctl(&self, words: &str) -> String {
+        run("ctl")
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(words)
+            .succeeds()
+            .stdout
+    }
+
+    /// Stops it with SIGTERM; returns how long it took to exit.
+    pub fn stop(mut self) -> Duration {
+        let t = Instant::now();
+        signal(&self.child, libc::SIGTERM);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "agent exited with {status}");
+        t.elapsed()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
