@@ -326,3 +326,92 @@ fn a_vm_moved_with_export_and_import_keeps_its_profile() {
         .fails_with("is not the output of `vmwatch ctl export`");
     dest.stop();
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs at {}", at.display());
+        Self(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A full state directory: a clear log line and a metric; a VM already
+/// monitoring goes on, and a new VM learns once there is room again.
+#[test]
+fn a_full_state_directory_is_reported_and_monitoring_goes_on() {
+    let test = "a_full_state_directory_is_reported_and_monitoring_goes_on";
+    let Some(bin) = requires_root_and_qemu(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let prefix = format!("vmwatch-agent-{}-full-", std::process::id());
+    let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
+    let _disk = Tmpfs::mount(&d.join("state"), "1m");
+    let _qa = vm(&bin, d, &a, 11);
+    let metrics = free_loopback_port();
+    let agent = Agent::start(d, &metrics, &prefix);
+    agent.wait_for(&a, "monitoring");
+
+    // Fill the disk, then a new VM comes.
+    let filler = d.join("state").join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 2 << 20]);
+    let _qb = vm(&bin, d, &b, 12);
+    agent.wait_for(&b, "learning");
+    let judged = |text: &str| {
+        ["normal", "anomalous"]
+            .iter()
+            .filter_map(|v| {
+                metric(
+                    text,
+                    &format!(r#"vmwatch_vm_windows_total{{verdict="{v}",vm="{a}"}} "#),
+                )
+            })
+            .sum::<f64>()
+    };
+    let before = judged(&http_get(&metrics, "/metrics").unwrap());
+    let text = eventually(30, "write errors counted", || {
+        let t = http_get(&metrics, "/metrics").ok()?;
+        (metric(&t, "vmwatch_state_write_errors_total ")? >= 3.0).then_some(t)
+    });
+    assert!(judged(&text) > before, "A stopped being judged:\n{text}");
+    assert_eq!(agent.status()[&b]["windows_learned"], 0);
+    assert!(
+        log(d).contains("No space left on device"),
+        "no clear log line: {}",
+        log(d)
+    );
+
+    // Room again: B learns and monitors.
+    std::fs::remove_file(&filler).unwrap();
+    let v = agent.wait_for(&b, "monitoring");
+    assert_eq!(v["windows_learned"], LEARN, "{v}");
+    agent.stop();
+}

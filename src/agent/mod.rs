@@ -201,15 +201,10 @@ impl Agent {
                 duration_ms: w.duration_ms,
                 counts: &s.counts,
             };
-            let (outcome, written) = vm.window(&row, &self.how);
-            if let Err(e) = written {
-                tracing::warn!(
-                    "VM {}: {} (its learning window is lost; monitoring goes on)",
-                    s.process.vm,
-                    vmwatch_core::error::chain(&e)
-                );
-                self.metrics.state_write_errors.inc();
-            }
+            let outcome = vm.window(&row, &self.how);
+            self.metrics
+                .state_write_errors
+                .inc_by(vm.take_write_errors());
             let hits: u64 = self.probe_columns.iter().map(|&c| s.counts[c]).sum();
             let cost = hits as f64 / secs * self.hit_cost_ns * 1e-9;
             vm.probe_cost_ratio = Some(cost);
@@ -257,6 +252,8 @@ impl Agent {
             self.join(p);
         }
         self.poll_training(w);
+        let lost: u64 = self.vms.values_mut().map(Vm::take_write_errors).sum();
+        self.metrics.state_write_errors.inc_by(lost);
         self.serve_ctl(w);
         self.publish();
         self.events.flush();

@@ -37,6 +37,8 @@ pub struct Vm {
     pub score: Option<f64>,
     pub anomalous: Option<bool>,
     pub probe_cost_ratio: Option<f64>,
+    /// Failed writes to the state directory not yet counted in the metrics.
+    write_errors: u64,
 }
 
 /// What one window did to a VM.
@@ -59,7 +61,14 @@ impl Vm {
         uuid: Option<&str>,
         how: &Learning,
     ) -> Result<Self> {
-        let meta = match dir.meta()? {
+        let recorded = dir.meta().unwrap_or_else(|e| {
+            tracing::warn!(
+                "VM {name}: {}; starting it over",
+                vmwatch_core::error::chain(&e)
+            );
+            None
+        });
+        let meta = match recorded {
             Some(mut m) => {
                 m.name = name.to_string();
                 m
@@ -84,6 +93,7 @@ impl Vm {
             score: None,
             anomalous: None,
             probe_cost_ratio: None,
+            write_errors: 0,
         };
         vm.resume(how)?;
         Ok(vm)
@@ -113,9 +123,37 @@ impl Vm {
             },
             // Killed while training: the windows are there, train again.
             Phase::Training => self.start_training(how),
-            Phase::Learning => self.open_training_set(how)?,
+            Phase::Learning => {
+                if let Err(e) = self.open_training_set(how) {
+                    self.write_failed(e);
+                }
+            }
         }
-        self.save()
+        self.save_or_note();
+        Ok(())
+    }
+
+    /// A write to the state directory failed (a full disk, a read-only
+    /// one): said once here, counted in the metrics; the VM goes on, in
+    /// memory (a learning window is lost).
+    fn write_failed(&mut self, e: crate::Error) {
+        tracing::warn!(
+            "VM {}: {} (the agent goes on; what could not be written is lost)",
+            self.meta.name,
+            vmwatch_core::error::chain(&e)
+        );
+        self.write_errors += 1;
+    }
+
+    fn save_or_note(&mut self) {
+        if let Err(e) = self.save() {
+            self.write_failed(e);
+        }
+    }
+
+    /// Failed writes since the last call.
+    pub fn take_write_errors(&mut self) -> u64 {
+        std::mem::take(&mut self.write_errors)
     }
 
     /// Opens the training set for appending; one of other columns (the
@@ -128,7 +166,7 @@ impl Vm {
                 self.writer = Some(w);
                 self.windows_learned = rows;
             }
-            Err(e) if path.exists() => {
+            Err(e @ vmwatch_core::Error::OtherColumns { .. }) => {
                 let aside = path.with_extension("csv.old");
                 tracing::warn!(
                     "VM {}: {}; setting it aside as {} and learning again",
@@ -157,29 +195,27 @@ impl Vm {
     }
 
     /// Takes one window of the VM (`row`: its counts in the learning
-    /// columns). Errors writing the state are returned after the window was
-    /// judged: monitoring goes on.
-    pub fn window(&mut self, row: &Row<'_>, how: &Learning) -> (Outcome, Result<()>) {
+    /// columns).
+    pub fn window(&mut self, row: &Row<'_>, how: &Learning) -> Outcome {
         match self.meta.phase {
             Phase::Learning => {
-                let written = self.learn(row, how);
-                (LEARNING, written)
+                if let Err(e) = self.learn(row, how) {
+                    self.write_failed(e);
+                }
+                LEARNING
             }
-            Phase::Training => (LEARNING, Ok(())),
+            Phase::Training => LEARNING,
             Phase::Monitoring => {
                 let judge = self.judge.as_mut().expect("a monitoring VM has a model");
                 let (score, anomalous) = judge.judge(std::iter::once(((), row.counts)))[0];
                 self.score = Some(score);
                 self.anomalous = Some(anomalous);
                 let verdict = if anomalous { "anomalous" } else { "normal" };
-                (
-                    Outcome {
-                        verdict,
-                        score: Some(score),
-                        anomalous: Some(anomalous),
-                    },
-                    Ok(()),
-                )
+                Outcome {
+                    verdict,
+                    score: Some(score),
+                    anomalous: Some(anomalous),
+                }
             }
         }
     }
@@ -200,7 +236,7 @@ impl Vm {
         self.windows_learned += 1;
         if self.windows_learned >= self.meta.learn_until {
             self.start_training(how);
-            self.save()?;
+            self.save_or_note();
         }
         Ok(())
     }
@@ -280,10 +316,11 @@ impl Vm {
             self.meta.phase = Phase::Learning;
             self.meta.learn_until = self.windows_learned + how.learn_windows;
             if let Err(e) = self.open_training_set(how) {
-                return Some(Err(e));
+                self.write_failed(e);
             }
         }
-        Some(self.save().and(outcome))
+        self.save_or_note();
+        Some(outcome)
     }
 
     /// `ctl relearn`: learn a new period on top of the windows kept, then

@@ -175,10 +175,9 @@ impl DatasetWriter {
         // A training set of 300 windows is a few MiB; 1 GiB bounds a wrong path.
         let text = crate::limits::read_file(path, 1 << 30, "a dataset to append to")?;
         if !text.starts_with(header.as_bytes()) {
-            return Err(Error::Invalid(format!(
-                "{} has other columns than the features counted now",
-                path.display()
-            )));
+            return Err(Error::OtherColumns {
+                path: path.to_owned(),
+            });
         }
         // Everything up to the last newline is complete rows.
         let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);

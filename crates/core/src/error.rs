@@ -38,6 +38,9 @@ pub enum Error {
         line: u64,
         reason: String,
     },
+    /// A dataset to append to has other columns than the rows to add.
+    #[error("{path} has other columns than the features counted now")]
+    OtherColumns { path: PathBuf },
     /// A model file cannot be used.
     #[error("{path} is not a usable model: {reason}")]
     Model { path: String, reason: String },
