@@ -140,7 +140,7 @@ impl AgentConfig {
         if let Some(v) = file.exclude {
             c.exclude = v;
         }
-        c.events = file.events;
+        c.events = file.events.filter(|p| !p.as_os_str().is_empty());
         if let Some(v) = file.max_vms {
             if !(1..=crate::bpf::MAX_VMS).contains(&v) {
                 return Err(bad(
@@ -171,7 +171,7 @@ impl AgentConfig {
 
 /// `metrics`: an address to listen on, or `none`.
 pub fn parse_metrics(s: &str) -> Result<Option<SocketAddr>, String> {
-    if s == "none" {
+    if s == "none" || s.is_empty() {
         return Ok(None);
     }
     s.parse()
@@ -225,6 +225,24 @@ mod tests {
         assert_eq!(c.include, ["web-*"]);
         assert_eq!(c.events.as_deref(), Some(Path::new("-")));
         assert_eq!((c.max_vms, c.folds), (8, 3));
+    }
+
+    #[test]
+    fn the_shipped_configuration_is_the_defaults() {
+        let shipped = include_str!("../../packaging/agent.toml");
+        let c = AgentConfig::parse("packaging/agent.toml", shipped).unwrap();
+        let d = AgentConfig::default();
+        assert_eq!(c.state_dir, d.state_dir);
+        assert_eq!(c.metrics, d.metrics);
+        assert_eq!(c.interval, d.interval);
+        assert_eq!(c.learn_windows, d.learn_windows);
+        assert_eq!(c.features, d.features);
+        assert_eq!(c.smoothing, d.smoothing);
+        assert_eq!((c.include, c.exclude), (d.include, d.exclude));
+        assert_eq!((c.max_vms, c.grid, c.folds), (d.max_vms, d.grid, d.folds));
+        assert_eq!(c.hit_cost_ns, d.hit_cost_ns);
+        // Only `events` differs: the service sends them to the journal.
+        assert_eq!(c.events.as_deref(), Some(Path::new("-")));
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod deps;
 mod eval;
 mod fuzz;
 mod lab;
+mod package;
 mod qemu;
 mod test;
 mod util;
@@ -53,9 +54,13 @@ enum Cmd {
 
     /// The full test run (what CI runs): deps, qemu, `cargo fmt --check`,
     /// `cargo clippy -D warnings`, `cargo test --workspace` with VMWATCH_QEMU set
-    /// to the built QEMU, the fuzz targets for 30 s each (`cargo xtask fuzz`;
-    /// skipped without a nightly toolchain, except in CI), and the lab smoke
-    /// test (`cargo xtask lab smoke`: one VM, 3 windows of `idle`; needs root).
+    /// to the built QEMU, the packaging checks (`systemd-analyze verify` of the
+    /// unit, `promtool` on the alert rules, their tests, the scrape config and
+    /// the dashboard's queries, and `cargo xtask package`; a missing tool is
+    /// skipped, except in CI), the fuzz targets for 30 s each (`cargo xtask
+    /// fuzz`; skipped without a nightly toolchain, except in CI), and the lab
+    /// smoke test (`cargo xtask lab smoke`: one VM, 3 windows of `idle`; needs
+    /// root).
     ///
     /// All checks run even if one fails; the command fails if any failed. A
     /// VMWATCH_QEMU already set in the environment is used instead of building.
@@ -64,6 +69,25 @@ enum Cmd {
         /// `cargo xtask test -- probes -- --nocapture`.
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
+    },
+
+    /// Build the Debian package (target/debian/vmwatch_VERSION_ARCH.deb, and
+    /// its debug symbols, vmwatch-dbgsym) with cargo-deb from
+    /// `[package.metadata.deb]`: the release binary, the systemd unit, the
+    /// default /etc/vmwatch/agent.toml, the alert rules, scrape example,
+    /// dashboard and docs. Then checks it with dpkg-deb (fields, maintainer
+    /// scripts, conffiles, every file and mode) and prints its path.
+    ///
+    /// Installs cargo-deb if missing (`cargo install cargo-deb --locked`).
+    /// See docs/AGENT.md.
+    Package {
+        /// Run the packaging step of `cargo xtask test` instead: the checks
+        /// of packaging/ (agent.toml, `systemd-analyze verify`, `promtool`
+        /// on the rules, their tests, the scrape example and the
+        /// dashboard), then the package. A missing tool is skipped with its
+        /// reason, except in CI.
+        #[arg(long)]
+        test: bool,
     },
 
     /// Coverage-guided fuzzing (cargo-fuzz, nightly toolchain) of the readers
@@ -162,6 +186,8 @@ fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Cmd::Package { test: false } => package::command(),
+        Cmd::Package { test: true } => package::test_step(),
         Cmd::Fuzz { seconds, targets } => fuzz::run(&fuzz::Options {
             seconds,
             targets,

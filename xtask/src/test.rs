@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::util::{self, note};
-use crate::{deps, fuzz, qemu};
+use crate::{deps, fuzz, package, qemu};
 
 pub fn run(cargo_test_args: &[String]) -> Result<()> {
     deps::ensure().context("setting up the system packages failed")?;
@@ -39,8 +39,8 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
         cmd
     };
 
-    // cargo test runs last of the cargo checks; fuzzing and the lab smoke
-    // test follow.
+    // cargo test runs last of the cargo checks; the packaging checks,
+    // fuzzing and the lab smoke test follow.
     let mut test = cargo_cmd(&["test", "--workspace"]);
     test.args(cargo_test_args).env("VMWATCH_QEMU", &qemu_path);
     let steps: Vec<(&str, Command)> = vec![
@@ -67,14 +67,20 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
         ("cargo test", test),
     ];
 
-    // The steps, the fuzz step and the lab smoke test.
-    let checks = steps.len() + 2;
+    // The steps, the packaging step, the fuzz step and the lab smoke test.
+    let checks = steps.len() + 3;
     let mut failed = Vec::new();
     for (name, mut cmd) in steps {
         if let Err(e) = util::run_inherit(&mut cmd) {
             eprintln!("xtask: {name} failed: {e:#}");
             failed.push(name);
         }
+    }
+    // systemd-analyze, promtool and the .deb (package.rs); a missing tool
+    // is skipped with its reason, except in CI.
+    if let Err(e) = package::test_step() {
+        eprintln!("xtask: packaging failed: {e:#}");
+        failed.push("packaging");
     }
     let fuzz = fuzz::Options {
         seconds: fuzz::TEST_SECONDS,
