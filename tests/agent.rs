@@ -415,3 +415,56 @@ fn a_full_state_directory_is_reported_and_monitoring_goes_on() {
     assert_eq!(v["windows_learned"], LEARN, "{v}");
     agent.stop();
 }
+
+/// A VM whose probe hits cost more than `budget` is logged and flagged
+/// (vmwatch_vm_over_budget), and the budget is exported; it is still judged.
+#[test]
+fn a_vm_over_its_probe_budget_is_logged_and_flagged() {
+    let test = "a_vm_over_its_probe_budget_is_logged_and_flagged";
+    let Some(bin) = requires_root_and_qemu(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let name = format!("vmwatch-agent-{}-budget", std::process::id());
+    let _q = vm(&bin, d, &name, 13);
+    let metrics = free_loopback_port();
+    // SeaBIOS's idle loop fires thousands of the test's probes a second:
+    // far above a millionth of a CPU.
+    let agent = Agent::start_with(d, &metrics, &name, "budget = 0.0001");
+    agent.wait_for(&name, "monitoring");
+    let text = http_get(&metrics, "/metrics").unwrap();
+    assert_eq!(
+        metric(&text, &format!(r#"vmwatch_vm_over_budget{{vm="{name}"}} "#)),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "vmwatch_probe_budget_ratio "),
+        Some(1e-6),
+        "{text}"
+    );
+    let cost = metric(
+        &text,
+        &format!(r#"vmwatch_vm_probe_cost_ratio{{vm="{name}"}} "#),
+    );
+    assert!(cost.is_some_and(|c| c > 1e-6), "{text}");
+    assert!(
+        log(d).contains(&format!("VM {name}: its probe hits cost"))
+            && log(d).contains("above the budget of 0.00010%"),
+        "no log line: {}",
+        log(d)
+    );
+    agent.stop();
+
+    // Without a budget there is neither.
+    let metrics = free_loopback_port();
+    let agent = Agent::start_with(d, &metrics, &name, "budget = \"none\"");
+    agent.wait_for(&name, "monitoring");
+    let text = http_get(&metrics, "/metrics").unwrap();
+    assert!(
+        !text.contains("vmwatch_vm_over_budget{") && !text.contains("vmwatch_probe_budget_ratio"),
+        "{text}"
+    );
+    agent.stop();
+}

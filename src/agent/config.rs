@@ -37,6 +37,15 @@ struct File {
     grid: Option<String>,
     folds: Option<usize>,
     hit_cost_ns: Option<f64>,
+    budget: Option<BudgetValue>,
+}
+
+/// `budget = 1` (percent) or `budget = "none"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum BudgetValue {
+    Percent(f64),
+    Word(String),
 }
 
 /// How the agent runs.
@@ -64,6 +73,9 @@ pub struct AgentConfig {
     pub folds: usize,
     /// CPU time one probe hit costs, for the probe cost metric.
     pub hit_cost_ns: f64,
+    /// Share of one CPU (0.01 = 1%) a VM's probe hits may cost; a VM above
+    /// it is logged and flagged in the metrics. `None`: no budget.
+    pub budget: Option<f64>,
 }
 
 impl Default for AgentConfig {
@@ -87,6 +99,7 @@ impl Default for AgentConfig {
             grid: Grid::Paper,
             folds: 5,
             hit_cost_ns: 1000.0,
+            budget: Some(DEFAULT_BUDGET_PERCENT / 100.0),
         }
     }
 }
@@ -165,7 +178,32 @@ impl AgentConfig {
             }
             c.hit_cost_ns = v;
         }
+        if let Some(v) = file.budget {
+            let text = match v {
+                BudgetValue::Percent(p) => p.to_string(),
+                BudgetValue::Word(w) => w,
+            };
+            c.budget = parse_budget(&text).map_err(|e| bad("budget", e))?;
+        }
         Ok(c)
+    }
+}
+
+/// The probe cost budget when none is configured, in percent of one CPU
+/// (DESIGN.md: `--budget`, default 1%).
+pub const DEFAULT_BUDGET_PERCENT: f64 = 1.0;
+
+/// `budget`: a percentage of one CPU (e.g. `1`, `0.5`), or `none`; the
+/// share as a fraction.
+pub fn parse_budget(s: &str) -> Result<Option<f64>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p.is_finite() && p > 0.0 && p <= 100.0 => Ok(Some(p / 100.0)),
+        _ => Err(format!(
+            "`{s}` is not a percentage of one CPU above 0 and at most 100, or `none`"
+        )),
     }
 }
 
@@ -216,6 +254,7 @@ mod tests {
             grid = "wide"
             folds = 3
             hit_cost_ns = 850
+            budget = 0.5
             "#,
         )
         .unwrap();
@@ -225,6 +264,10 @@ mod tests {
         assert_eq!(c.include, ["web-*"]);
         assert_eq!(c.events.as_deref(), Some(Path::new("-")));
         assert_eq!((c.max_vms, c.folds), (8, 3));
+        assert_eq!(c.budget, Some(0.005));
+        assert_eq!(d.budget, Some(0.01));
+        let none = AgentConfig::parse("t", "budget = \"none\"").unwrap();
+        assert_eq!(none.budget, None);
     }
 
     #[test]
@@ -240,7 +283,7 @@ mod tests {
         assert_eq!(c.smoothing, d.smoothing);
         assert_eq!((c.include, c.exclude), (d.include, d.exclude));
         assert_eq!((c.max_vms, c.grid, c.folds), (d.max_vms, d.grid, d.folds));
-        assert_eq!(c.hit_cost_ns, d.hit_cost_ns);
+        assert_eq!((c.hit_cost_ns, c.budget), (d.hit_cost_ns, d.budget));
         // Only `events` differs: the service sends them to the journal.
         assert_eq!(c.events.as_deref(), Some(Path::new("-")));
     }
@@ -260,6 +303,8 @@ mod tests {
             ("smoothing = \"4/3\"", "`smoothing`"),
             ("typo = 1", "unknown field `typo`"),
             ("folds = 1", "`folds`: 1 is not from 2 to 100"),
+            ("budget = 0", "`budget`: `0` is not a percentage"),
+            ("budget = \"lots\"", "`budget`: `lots` is not a percentage"),
         ] {
             let err = AgentConfig::parse("agent.toml", text)
                 .unwrap_err()

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use super::state::Phase;
@@ -27,6 +27,9 @@ pub struct Metrics {
     vm_windows: IntCounterVec,
     vm_probe_hits: IntCounterVec,
     vm_probe_cost: GaugeVec,
+    vm_over_budget: IntGaugeVec,
+    /// The configured budget (absent without one).
+    pub probe_budget: Gauge,
     pub drain_seconds: Histogram,
     pub attached_sites: IntGauge,
     pub windows_late: IntCounter,
@@ -43,6 +46,8 @@ pub struct VmWindow<'a> {
     pub anomalous: Option<bool>,
     pub probe_hits: u64,
     pub probe_cost_ratio: f64,
+    /// Whether that cost is above the budget (`None`: no budget).
+    pub over_budget: Option<bool>,
 }
 
 impl Metrics {
@@ -102,6 +107,16 @@ impl Metrics {
             "vmwatch_vm_probe_cost_ratio",
             "Estimated share of one CPU the VM's probe hits cost (last window).",
         );
+        let vm_over_budget = gauge_vec(
+            "vmwatch_vm_over_budget",
+            "1 when the VM's probe cost (last window) is above vmwatch_probe_budget_ratio.",
+            &["vm"],
+        );
+        let probe_budget = Gauge::new(
+            "vmwatch_probe_budget_ratio",
+            "Share of one CPU a VM's probe hits may cost (the agent's `budget`).",
+        )
+        .expect("valid metric");
         let drain_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "vmwatch_drain_seconds",
@@ -150,6 +165,8 @@ impl Metrics {
             vm_windows,
             vm_probe_hits,
             vm_probe_cost,
+            vm_over_budget,
+            probe_budget,
             drain_seconds,
             attached_sites,
             windows_late,
@@ -181,6 +198,11 @@ impl Metrics {
         self.vm_probe_cost
             .with_label_values(&[w.vm])
             .set(w.probe_cost_ratio);
+        if let Some(over) = w.over_budget {
+            self.vm_over_budget
+                .with_label_values(&[w.vm])
+                .set(i64::from(over));
+        }
         if let Some(score) = w.score {
             self.vm_score.with_label_values(&[w.vm]).set(score);
         }
@@ -202,9 +224,18 @@ impl Metrics {
         let _ = self.vm_score.remove_label_values(&[vm]);
         let _ = self.vm_anomalous.remove_label_values(&[vm]);
         let _ = self.vm_probe_cost.remove_label_values(&[vm]);
+        let _ = self.vm_over_budget.remove_label_values(&[vm]);
         let _ = self.vm_probe_hits.remove_label_values(&[vm]);
         for v in ["learning", "normal", "anomalous"] {
             let _ = self.vm_windows.remove_label_values(&[vm, v]);
+        }
+    }
+
+    /// Exports the budget (registered only when there is one).
+    pub fn set_budget(&self, budget: Option<f64>) {
+        if let Some(b) = budget {
+            self.probe_budget.set(b);
+            let _ = self.registry.register(Box::new(self.probe_budget.clone()));
         }
     }
 
@@ -273,7 +304,9 @@ mod tests {
             anomalous: Some(true),
             probe_hits: 1000,
             probe_cost_ratio: 0.0005,
+            over_budget: Some(false),
         });
+        m.set_budget(Some(0.01));
         m.drain_seconds.observe(0.0002);
         let text = String::from_utf8(m.render()).unwrap();
         for line in [
@@ -285,6 +318,8 @@ mod tests {
             r#"vmwatch_vm_windows_total{verdict="anomalous",vm="web"} 1"#,
             r#"vmwatch_vm_probe_hits_total{vm="web"} 1000"#,
             r#"vmwatch_vm_probe_cost_ratio{vm="web"} 0.0005"#,
+            r#"vmwatch_vm_over_budget{vm="web"} 0"#,
+            "vmwatch_probe_budget_ratio 0.01",
             "vmwatch_drain_seconds_count 1",
             "vmwatch_attached_sites 0",
         ] {

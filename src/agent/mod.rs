@@ -31,6 +31,18 @@ use metrics::{Metrics, VmWindow};
 use state::{Phase, StateDir, VmKey};
 use vm::{Learning, Vm};
 
+/// A share of a CPU as a percentage with two significant digits or more
+/// (`0.27%`, `0.0001%`).
+fn percent(share: f64) -> String {
+    let p = share * 100.0;
+    let decimals = if p > 0.0 && p < 1.0 {
+        (1.0 - p.log10().floor()) as usize
+    } else {
+        2
+    };
+    format!("{p:.decimals$}%")
+}
+
 /// The running agent between windows.
 struct Agent {
     state: StateDir,
@@ -38,6 +50,8 @@ struct Agent {
     /// Columns of `qemu:` probes, for hits and their cost.
     probe_columns: Vec<usize>,
     hit_cost_ns: f64,
+    /// Share of a CPU a VM's probes may cost (`None`: no budget).
+    budget: Option<f64>,
     vms: HashMap<VmKey, Vm>,
     /// Watched processes and the VM each is.
     by_pid: HashMap<u32, VmKey>,
@@ -54,6 +68,7 @@ pub fn run(config: &AgentConfig, stop: &StopSignal) -> Result<Ended> {
     let state = StateDir::open(&config.state_dir)?;
     let ctl = ctl::Server::start(&state.socket())?;
     let metrics = Metrics::new();
+    metrics.set_budget(config.budget);
     if let Some(addr) = config.metrics {
         metrics.serve(addr)?;
     }
@@ -94,6 +109,7 @@ pub fn run(config: &AgentConfig, stop: &StopSignal) -> Result<Ended> {
         },
         probe_columns,
         hit_cost_ns: config.hit_cost_ns,
+        budget: config.budget,
         vms: HashMap::new(),
         by_pid: HashMap::new(),
         metrics,
@@ -208,6 +224,27 @@ impl Agent {
             let hits: u64 = self.probe_columns.iter().map(|&c| s.counts[c]).sum();
             let cost = hits as f64 / secs * self.hit_cost_ns * 1e-9;
             vm.probe_cost_ratio = Some(cost);
+            if let Some(budget) = self.budget {
+                let over = cost > budget;
+                if over != vm.over_budget {
+                    if over {
+                        tracing::warn!(
+                            "VM {}: its probe hits cost {} of a CPU ({hits} in {secs:.1} s), \
+                             above the budget of {}; choose cheaper features",
+                            s.process.vm,
+                            percent(cost),
+                            percent(budget)
+                        );
+                    } else {
+                        tracing::info!(
+                            "VM {}: its probe hits cost {} of a CPU, within the budget again",
+                            s.process.vm,
+                            percent(cost)
+                        );
+                    }
+                }
+                vm.over_budget = over;
+            }
             self.metrics.vm_window(&VmWindow {
                 vm: &s.process.vm,
                 verdict: outcome.verdict,
@@ -215,6 +252,7 @@ impl Agent {
                 anomalous: outcome.anomalous,
                 probe_hits: hits,
                 probe_cost_ratio: cost,
+                over_budget: self.budget.map(|_| vm.over_budget),
             });
             let uuid = vm.meta.uuid.clone();
             let uuid = uuid.as_deref();
@@ -476,5 +514,17 @@ impl Agent {
         if let Ok(mut s) = self.ctl.snapshot.lock() {
             *s = Some(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percentages_keep_two_significant_digits() {
+        assert_eq!(super::percent(0.0027), "0.27%");
+        assert_eq!(super::percent(0.00048), "0.048%");
+        assert_eq!(super::percent(1e-6), "0.00010%");
+        assert_eq!(super::percent(0.01), "1.00%");
+        assert_eq!(super::percent(0.0), "0.00%");
     }
 }

@@ -37,6 +37,8 @@ pub struct Vm {
     pub score: Option<f64>,
     pub anomalous: Option<bool>,
     pub probe_cost_ratio: Option<f64>,
+    /// Its probe cost was above the budget at the last window.
+    pub over_budget: bool,
     /// Failed writes to the state directory not yet counted in the metrics.
     write_errors: u64,
 }
@@ -93,6 +95,7 @@ impl Vm {
             score: None,
             anomalous: None,
             probe_cost_ratio: None,
+            over_budget: false,
             write_errors: 0,
         };
         vm.resume(how)?;

@@ -35,6 +35,11 @@ pub struct Args {
     /// minutes of 2-s windows).
     #[arg(long, value_name = "N", value_parser = learn_windows)]
     learn_windows: Option<u64>,
+    /// Share of one CPU, in percent, a VM's probe hits may cost before it is
+    /// logged and flagged (vmwatch_vm_over_budget); `none`: no budget
+    /// (default 1).
+    #[arg(long, value_name = "PERCENT", value_parser = config::parse_budget)]
+    budget: Option<Option<f64>>,
     /// JSON-lines events to this file (`-`: stdout).
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
@@ -58,6 +63,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     if let Some(n) = args.learn_windows {
         config.learn_windows = n;
+    }
+    if let Some(b) = args.budget {
+        config.budget = b;
     }
     if args.events.is_some() {
         config.events = args.events;

@@ -23,6 +23,11 @@ impl Agent {
     /// An agent watching the VMs whose names start with `prefix` (tests
     /// run side by side: each watches its own).
     pub fn start(dir: &Path, metrics: &str, prefix: &str) -> Self {
+        Self::start_with(dir, metrics, prefix, "")
+    }
+
+    /// As [`Agent::start`], with more lines of configuration.
+    pub fn start_with(dir: &Path, metrics: &str, prefix: &str, extra: &str) -> Self {
         let config = dir.join("agent.toml");
         let features = dir.join("features.txt");
         std::fs::write(&features, FEATURES).unwrap();
@@ -30,7 +35,7 @@ impl Agent {
             &config,
             format!(
                 "features = \"{}\"\ninterval = \"200ms\"\nlearn_windows = {LEARN}\n\
-                 metrics = \"{metrics}\"\nevents = \"{}\"\ninclude = [\"{prefix}*\"]\n",
+                 metrics = \"{metrics}\"\nevents = \"{}\"\ninclude = [\"{prefix}*\"]\n{extra}\n",
                 features.display(),
                 dir.join("events.jsonl").display()
             ),

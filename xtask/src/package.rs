@@ -92,6 +92,8 @@ pub const METRICS: &[&str] = &[
     "vmwatch_vm_windows_total",
     "vmwatch_vm_probe_cost_ratio",
     "vmwatch_vm_probe_hits_total",
+    "vmwatch_vm_over_budget",
+    "vmwatch_probe_budget_ratio",
     "vmwatch_drain_seconds_bucket",
     "vmwatch_drain_seconds_sum",
     "vmwatch_drain_seconds_count",
