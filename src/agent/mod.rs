@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod events;
 pub mod metrics;
 pub mod state;
+pub mod trainer;
 pub mod vm;
 
 use std::collections::HashMap;
@@ -106,6 +107,8 @@ pub fn run(config: &AgentConfig, stop: &StopSignal) -> Result<Ended> {
             smoothing: config.smoothing,
             params: SvmParams::Search(config.grid),
             folds: config.folds,
+            trainer: trainer::Trainer::start(trainer::Trainer::workers())
+                .map_err(|e| Error::io("starting the training threads", e))?,
         },
         probe_columns,
         hit_cost_ns: config.hit_cost_ns,

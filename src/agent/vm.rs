@@ -1,6 +1,6 @@
 //! One VM's lifecycle in the agent: *learning* (its windows appended to its
-//! own training set), *training* (the grid search of `vmwatch train`, on a
-//! thread of its own so the other VMs go on), *monitoring* (a smoothed
+//! own training set), *training* (the grid search of `vmwatch train`, queued
+//! to the agent's [`Trainer`] so the other VMs go on), *monitoring* (a smoothed
 //! verdict per window), and learning again on `ctl relearn`.
 
 use std::sync::mpsc::{self, Receiver, TryRecvError};
@@ -11,6 +11,7 @@ use vmwatch_core::train::{self, FeatureChoice, SvmParams, TrainConfig, TrainingS
 use vmwatch_core::verdict::Judge;
 
 use super::state::{Phase, VmDir, VmKey, VmMeta};
+use super::trainer::Trainer;
 use crate::error::Result;
 
 /// What a VM's windows are learned and judged with.
@@ -22,6 +23,8 @@ pub struct Learning {
     pub smoothing: Smoothing,
     pub params: SvmParams,
     pub folds: usize,
+    /// Where models are fitted.
+    pub trainer: Trainer,
 }
 
 /// A VM the agent knows, running or not.
@@ -260,22 +263,25 @@ impl Vm {
             self.meta.name.clone(),
         );
         let how = how.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("train-{name}"))
-            .spawn(move || {
-                let t = std::time::Instant::now();
-                let result = fit(&path, &how).and_then(|model| {
-                    model.save(&model_path)?;
-                    Ok(model)
-                });
-                if result.is_ok() {
-                    tracing::info!("VM {name}: trained in {:.2?}", t.elapsed());
-                }
-                let _ = tx.send(result.map_err(Into::into));
+        let trainer = how.trainer.clone();
+        let queued = trainer.submit(move || {
+            let t = std::time::Instant::now();
+            let result = fit(&path, &how).and_then(|model| {
+                model.save(&model_path)?;
+                Ok(model)
             });
-        match spawned {
-            Ok(_) => self.training = Some(rx),
-            Err(e) => tracing::error!("VM {}: cannot start training: {e}", self.meta.name),
+            if result.is_ok() {
+                tracing::info!("VM {name}: trained in {:.2?}", t.elapsed());
+            }
+            let _ = tx.send(result.map_err(Into::into));
+        });
+        if queued {
+            self.training = Some(rx);
+        } else {
+            tracing::error!(
+                "VM {}: cannot train: the training pool is gone",
+                self.meta.name
+            );
         }
         tracing::info!(
             "VM {}: learned {} windows, training",
