@@ -879,6 +879,7 @@ fn write_training_set(table: &Table, features: &[String], path: &Path) {
             window: i as u64,
             start_unix_ms: key.start_unix_ms,
             duration_ms: key.duration_ms,
+            qemu: None,
             counts: &counts,
         })
         .unwrap();

@@ -468,3 +468,92 @@ fn a_vm_over_its_probe_budget_is_logged_and_flagged() {
     );
     agent.stop();
 }
+
+/// The files named `name` anywhere under `dir`.
+fn find_files(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(find_files(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A VM learned on one QEMU that comes back (same UUID) on a QEMU without
+/// probes its model relies on is not judged with a degraded model: the
+/// agent says so and learns it anew on that QEMU, keeping the old training
+/// set aside. Both QEMUs are found as distributions and libvirt start
+/// them: a process renamed with `-name process=`, and a binary called
+/// `qemu-kvm` (RHEL's name).
+#[test]
+fn a_vm_back_on_a_qemu_without_its_models_features_learns_anew() {
+    let test = "a_vm_back_on_a_qemu_without_its_models_features_learns_anew";
+    let Some(bin) = requires_root_and_qemu(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let name = format!("vmwatch-agent-{}-moved", std::process::id());
+    let id = uuid(15);
+    // The fixture (a few QEMU probe names, not SeaBIOS's) as a trusted
+    // `qemu-kvm`: it has memory_region_ops_write, none of the others.
+    let bin_dir = tempfile::tempdir().unwrap();
+    common::chmod(bin_dir.path(), 0o755);
+    let kvm = common::install(&common::fixture_path(), bin_dir.path(), "qemu-kvm");
+    let features = format!("{}qemu:memory_region_ops_write\n", common::agent::FEATURES);
+    let agent = Agent::start_with_features(d, "none", &name, &features, "");
+
+    let q = Qemu::start_idle_with(
+        &bin,
+        &name,
+        d,
+        &["-uuid", &id, "-name", "process=renamed-vm"],
+    );
+    let v = agent.wait_for(&name, "monitoring");
+    assert_eq!(v["pid"], q.pid(), "{v}");
+    drop(q);
+    eventually(30, "the exit noticed", || {
+        agent.status()[&name]["pid"].is_null().then_some(())
+    });
+
+    let fx = common::Fixture::start_with(Command::new(&kvm).args([
+        "-name",
+        &format!("guest={name},debug-threads=on"),
+        "-uuid",
+        &id,
+    ]));
+    let v = eventually(60, "learning anew on the other QEMU", || {
+        agent
+            .status()
+            .remove(&name)
+            .filter(|v| v["pid"] == fx.pid && v["state"] == "learning")
+    });
+    assert!(v["windows_learned"].as_u64().unwrap() < LEARN, "{v}");
+    assert!(v["score"].is_null(), "judged after all: {v}");
+    let said = log(d);
+    let line = said
+        .lines()
+        .find(|l| l.contains(&format!("VM {name} (PID {}): its QEMU lacks", fx.pid)))
+        .unwrap_or_else(|| panic!("no log line: {said}"));
+    for part in [
+        "lacks 5 of the model's 6 features",
+        "qemu:exec_tb",
+        "; the model relies on ",
+        "learning it anew on this QEMU",
+        "training.csv.old",
+    ] {
+        assert!(line.contains(part), "{part:?} missing: {line}");
+    }
+    assert_eq!(find_files(&agent.state, "training.csv.old").len(), 1);
+    let events = std::fs::read_to_string(d.join("events.jsonl")).unwrap();
+    assert!(
+        events.lines().any(|l| l.contains(r#""event":"phase""#)
+            && l.contains(r#""from":"monitoring","to":"learning""#)),
+        "{events}"
+    );
+    agent.stop();
+}

@@ -5,7 +5,13 @@
 #[macro_use]
 mod common;
 
+use std::sync::Mutex;
+
 use common::{finish, qemu_binary, recorder, recording, run, Dataset, Qemu};
+
+/// Tests that raise semaphores in QEMUs they do not own (`--all`) and tests
+/// that check no one else raised them run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 #[test]
 fn probes_lists_qemus_trace_events() {
@@ -78,6 +84,7 @@ fn list_and_record_real_qemu_per_pid() {
 #[test]
 fn every_site_attaches_and_only_listed_semaphores_rise() {
     let bin = skip_without_bpf_and_qemu!();
+    let _serial = common::hold(&SERIAL);
     use vmwatch::discover::stapsdt::UsdtBinary;
     let usdt = UsdtBinary::read(&bin).unwrap();
     let qemu_sites = usdt.provider_sites("qemu").count();
@@ -124,4 +131,116 @@ fn every_site_attaches_and_only_listed_semaphores_rise() {
         0,
         "not restored"
     );
+}
+
+/// The kernel's name for a process (`comm`, at most 15 characters).
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
+
+/// QEMUs as distributions and libvirt start them are found and named by
+/// `-name guest=`: RHEL's binary name (`/usr/libexec/qemu-kvm`), a process
+/// renamed with `-name process=` (its `comm` no longer says QEMU, its
+/// executable still does), libvirt's `debug-threads=on` and `-uuid`. `list`
+/// shows them with their QEMU build; `record --vm` and `--all` count their
+/// probes, and their rows carry that build.
+#[test]
+fn rhel_named_and_renamed_qemus_are_found_and_recorded() {
+    let bin = skip_without_bpf_and_qemu!();
+    let _serial = common::hold(&SERIAL);
+    let tag = std::process::id();
+    let (rhel, renamed) = (
+        format!("vmwatch-rhel-{tag}"),
+        format!("vmwatch-renamed-{tag}"),
+    );
+    // A root-owned copy named as RHEL names it, with a libvirt-like command line.
+    let dir = tempfile::tempdir().unwrap();
+    common::chmod(dir.path(), 0o755);
+    let kvm_bin = common::install(&bin, dir.path(), "qemu-kvm");
+    let uuid = format!("{tag:08x}-2222-4333-8444-555566667777");
+    // Its firmware stays where the original finds it (a build's
+    // `share/qemu` beside `bin/`; a system QEMU's compiled-in path).
+    let share = bin.parent().unwrap().join("../share/qemu");
+    let mut more = vec!["-uuid", &uuid];
+    let share_arg = share.display().to_string();
+    if share.is_dir() {
+        more.extend(["-L", &share_arg]);
+    }
+    let mut a = Qemu::start_named(&kvm_bin, &format!("guest={rhel},debug-threads=on"), &more);
+    assert_eq!(a.exited(), None, "the qemu-kvm copy did not start");
+    let b = Qemu::start_named(
+        &bin,
+        &format!("guest={renamed},process=renamed-proc,debug-threads=on"),
+        &[],
+    );
+    // What makes them hard to find: neither comm says qemu-system-*.
+    assert_eq!(comm(a.pid()), "qemu-kvm");
+    assert_eq!(comm(b.pid()), "renamed-proc");
+    let build = vmwatch::discover::stapsdt::build_of_file(&bin);
+    let build_id = build
+        .build_id
+        .clone()
+        .expect("the QEMU binary has a build id");
+    assert!(
+        build_id.len() == 40 && build_id.bytes().all(|c| c.is_ascii_hexdigit()),
+        "{build_id}"
+    );
+    let version = build
+        .version
+        .clone()
+        .expect("the QEMU binary has a version banner");
+    assert!(
+        version.starts_with(|c: char| c.is_ascii_digit()),
+        "{version}"
+    );
+
+    let list = common::list_json();
+    for (q, name, path) in [(&a, &rhel, &kvm_bin), (&b, &renamed, &bin)] {
+        let e = list
+            .iter()
+            .find(|e| e["pid"] == q.pid())
+            .unwrap_or_else(|| panic!("PID {} ({name}) not listed: {list:?}", q.pid()));
+        assert_eq!(e["vm"], name.as_str(), "{e}");
+        assert_eq!(e["trusted"], true, "{e}");
+        assert_eq!(e["binary"], path.display().to_string(), "{e}");
+        assert!(e["probes"].as_u64().unwrap() >= 2900, "{e}");
+        assert_eq!(e["qemu_build_id"], build_id.as_str(), "{e}");
+        assert_eq!(e["qemu_version"], version.as_str(), "{e}");
+    }
+    let e = list.iter().find(|e| e["pid"] == a.pid()).unwrap();
+    assert_eq!(e["uuid"], uuid.as_str(), "{e}");
+
+    // By name, and with --all; probes SeaBIOS's idle loop fires (not those
+    // the other tests check for being left alone).
+    let out = tempfile::tempdir().unwrap();
+    let probes = common::feature_list(
+        out.path(),
+        "qemu:memory_region_ops_read\nqemu:x86_pic_interrupt\nqemu:qemu_mutex_lock\n",
+    );
+    for targets in [format!("--vm {rhel} --vm {renamed}"), "--all".to_string()] {
+        let csv = out.path().join("named.csv");
+        let _ = std::fs::remove_file(&csv);
+        let options = format!(
+            "{targets} --windows 2 --interval 500ms --probes {}",
+            probes.display()
+        );
+        let ran = run("record").args(&options).out(&csv).succeeds();
+        let ds = Dataset::read(&csv);
+        let vc = ds.col("vm").unwrap();
+        for (q, name) in [(&a, &rhel), (&b, &renamed)] {
+            let rows: Vec<_> = ds.rows_of(q.pid()).collect();
+            assert_eq!(rows.len(), 2, "{targets}: rows of {name}: {}", ran.stderr);
+            assert!(rows.iter().all(|r| r[vc] == *name), "{targets}: {rows:?}");
+            assert!(ds.hits(q.pid()) > 0, "{targets}: no probe hits for {name}");
+            assert_eq!(
+                ds.qemu_of(q.pid()),
+                [(build_id.clone(), version.clone())],
+                "{targets}: provenance of {name}"
+            );
+        }
+    }
+    drop((a, b));
 }

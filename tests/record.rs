@@ -200,3 +200,46 @@ fn a_sigkilled_gzip_recording_is_readable() {
     assert!(stderr.contains("no trailer"), "{stderr}");
     assert!(model.exists());
 }
+
+/// Each row says which binary counted it: the build id of the watched
+/// process's executable (read from the file: the fixture has no QEMU
+/// version banner, so the version is empty), with any source; `train`
+/// carries it into the model.
+#[test]
+fn rows_carry_the_build_of_the_watched_binary() {
+    skip_without_bpf!();
+    let mut fx = Fixture::start();
+    let build = vmwatch::discover::stapsdt::build_of_file(&common::fixture_path());
+    let id = build.build_id.expect("the fixture has a build id");
+    assert_eq!(build.version, None);
+    for source in ["qemu", "syscalls"] {
+        let options = format!("--interval 100ms --windows 12 --source {source}");
+        let rec = Recording::start(&[fx.pid], &options, "built.csv");
+        let (ds, _) = rec.finish();
+        assert_eq!(
+            &ds.header[common::KEYS..common::KEYS + 2],
+            common::PROVENANCE,
+            "{source}"
+        );
+        assert_eq!(
+            ds.qemu_of(fx.pid),
+            [(id.clone(), String::new())],
+            "{source}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.csv");
+    let rec = common::recording(&[fx.pid], "--interval 100ms --windows 12", &data);
+    for i in 0..14 {
+        fx.fire("tap_send", 10 + 7 * i);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    finish(rec);
+    let model = dir.path().join("m.json");
+    common::train(&data, "--nu 0.5 --gamma 0.5 --source qemu", &model).succeeds();
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+    assert_eq!(
+        m["training"]["qemu_builds"],
+        serde_json::json!([{"build_id": id, "version": null}])
+    );
+}

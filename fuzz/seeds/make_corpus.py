@@ -94,6 +94,14 @@ def datasets():
         '"say ""hi""",43,web,1,3000,2000,18446744073709551615,7\r\n'
     )
     write("dataset", "quoted-crlf.csv", quoted)
+    # The provenance columns vmwatch writes after the leading ones: a build
+    # id, a quoted version, and a row of unknown provenance.
+    provenance = (
+        ",".join(LEADING + ["qemu_build_id", "qemu_version", "qemu:tap_send"]) + "\n"
+        'web,42,idle,0,1000,2000,31e9b22e9344e1a2e6279b0294103e5f4642d1b7,"7.2.22 (Debian, vmwatch)",5\n'
+        "web,42,idle,1,3000,2000,,,7\n"
+    )
+    write("dataset", "provenance.csv", provenance)
     return web
 
 
@@ -111,6 +119,13 @@ def models(web):
     write("model", "model.json", pretty)
     compact = json.dumps(json.loads(pretty), separators=(",", ":"))
     write("model", "model-compact.json", compact)
+    # The QEMU builds a model was trained on (none in web.csv).
+    builds = json.loads(pretty)
+    builds["training"]["qemu_builds"] = [
+        {"build_id": "31e9b22e9344e1a2e6279b0294103e5f4642d1b7", "version": "7.2.22 (Debian)"},
+        {"build_id": "00ff", "version": None},
+    ]
+    write("model", "model-qemu-builds.json", json.dumps(builds, indent=2))
 
 
 def feature_lists():
@@ -146,6 +161,11 @@ def elf_files():
             out = pathlib.Path(tmp) / name
             subprocess.run(["gcc", *flags, *extra, "-o", out, *src], check=True)
             write("stapsdt", name, out.read_bytes())
+            if name == "usdt-tiny":
+                # QEMU's -version banner after the image (vmwatch reads the
+                # version from the file).
+                banner = b"QEMU emulator version 7.2.22 (seed, Debian)\nCopyright"
+                write("stapsdt", "usdt-tiny-banner", out.read_bytes() + banner)
 
 
 def main():

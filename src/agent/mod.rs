@@ -218,9 +218,10 @@ impl Agent {
                 window: w.index,
                 start_unix_ms: w.start_unix_ms,
                 duration_ms: w.duration_ms,
+                qemu: Some(&s.binary.qemu).filter(|q| !q.is_unknown()),
                 counts: &s.counts,
             };
-            let outcome = vm.window(&row, &self.how);
+            let outcome = vm.window(&row, &s.binary, &self.how);
             self.metrics
                 .state_write_errors
                 .inc_by(vm.take_write_errors());

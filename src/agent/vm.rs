@@ -1,7 +1,9 @@
 //! One VM's lifecycle in the agent: *learning* (its windows appended to its
 //! own training set), *training* (the grid search of `vmwatch train`, queued
 //! to the agent's [`Trainer`] so the other VMs go on), *monitoring* (a smoothed
-//! verdict per window), and learning again on `ctl relearn`.
+//! verdict per window), and learning again on `ctl relearn`. A VM whose
+//! QEMU lacks features its model relies on is not judged with the rest:
+//! it learns anew on that QEMU.
 
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 
@@ -12,6 +14,7 @@ use vmwatch_core::verdict::Judge;
 
 use super::state::{Phase, VmDir, VmKey, VmMeta};
 use super::trainer::Trainer;
+use crate::counter::BinaryFacts;
 use crate::error::Result;
 
 /// What a VM's windows are learned and judged with.
@@ -36,6 +39,9 @@ pub struct Vm {
     writer: Option<DatasetWriter>,
     pub windows_learned: u64,
     judge: Option<Judge<()>>,
+    /// The process the judge was last checked against (its QEMU has the
+    /// model's features): checked again for another process or model.
+    checked: Option<u32>,
     training: Option<Receiver<Result<Model>>>,
     pub score: Option<f64>,
     pub anomalous: Option<bool>,
@@ -94,6 +100,7 @@ impl Vm {
             writer: None,
             windows_learned: 0,
             judge: None,
+            checked: None,
             training: None,
             score: None,
             anomalous: None,
@@ -201,8 +208,12 @@ impl Vm {
     }
 
     /// Takes one window of the VM (`row`: its counts in the learning
-    /// columns).
-    pub fn window(&mut self, row: &Row<'_>, how: &Learning) -> Outcome {
+    /// columns; `binary`: what its QEMU can count).
+    pub fn window(&mut self, row: &Row<'_>, binary: &BinaryFacts, how: &Learning) -> Outcome {
+        if self.meta.phase == Phase::Monitoring && self.checked != Some(row.pid) {
+            self.checked = Some(row.pid);
+            self.check_qemu(row.pid, binary, how);
+        }
         match self.meta.phase {
             Phase::Learning => {
                 if let Err(e) = self.learn(row, how) {
@@ -224,6 +235,70 @@ impl Vm {
                 }
             }
         }
+    }
+
+    /// Whether the VM's QEMU (process `pid`) can give the model what it
+    /// was trained on. Missing features the model relies on would be read
+    /// as zero, which is not the model's judgement: the VM then learns
+    /// anew on this QEMU (its training set set aside), and is judged once
+    /// it is trained on it. Missing features that were zero in every
+    /// training window, and another QEMU build, are only logged.
+    fn check_qemu(&mut self, pid: u32, binary: &BinaryFacts, how: &Learning) {
+        let Some(judge) = &self.judge else { return };
+        let name = &self.meta.name;
+        if judge.model().trained_on(&binary.qemu) == Some(false) {
+            tracing::warn!(
+                "VM {name} (PID {pid}): its QEMU is {}, not one its model was trained on ({}); \
+                 its verdicts may differ (`vmwatch ctl relearn {name}` learns it on this QEMU)",
+                binary.qemu,
+                builds(&judge.model().training.qemu_builds)
+            );
+        }
+        let coverage = judge.coverage(&binary.lacking);
+        let Some(what) = coverage.describe() else {
+            return;
+        };
+        if coverage.is_usable() {
+            tracing::warn!("VM {name} (PID {pid}): {what}");
+            return;
+        }
+        let aside = self.dir.training().with_extension("csv.old");
+        tracing::warn!(
+            "VM {name} (PID {pid}): {what}; it is not judged with a model that lacks them: \
+             learning it anew on this QEMU (its training set is kept as {})",
+            aside.display()
+        );
+        if let Err(e) = self.start_over(how, &aside) {
+            self.write_failed(e);
+        }
+    }
+
+    /// Learning from scratch, the training set moved to `aside`.
+    fn start_over(&mut self, how: &Learning, aside: &std::path::Path) -> Result<()> {
+        self.judge = None;
+        self.checked = None;
+        self.training = None;
+        self.score = None;
+        self.anomalous = None;
+        self.writer = None;
+        self.windows_learned = 0;
+        self.meta.trained_on = None;
+        self.meta.phase = Phase::Learning;
+        self.meta.learn_until = how.learn_windows;
+        let path = self.dir.training();
+        match std::fs::rename(&path, aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(crate::Error::io(
+                    format!("cannot move {}", path.display()),
+                    e,
+                ))
+            }
+        }
+        let opened = self.open_training_set(how);
+        self.save()?;
+        opened
     }
 
     fn learn(&mut self, row: &Row<'_>, how: &Learning) -> Result<()> {
@@ -256,6 +331,7 @@ impl Vm {
         }
         self.meta.phase = Phase::Training;
         self.judge = None;
+        self.checked = None;
         let (tx, rx) = mpsc::channel();
         let (path, model_path, name) = (
             self.dir.training(),
@@ -306,6 +382,7 @@ impl Vm {
             Ok(model) => match Judge::new(model, &how.features, how.smoothing, &self.meta.name) {
                 Ok(judge) => {
                     self.judge = Some(judge);
+                    self.checked = None;
                     self.meta.phase = Phase::Monitoring;
                     self.meta.trained_on = Some(self.windows_learned);
                     tracing::info!("VM {}: monitoring", self.meta.name);
@@ -336,6 +413,7 @@ impl Vm {
     /// retrain on all of them (the paper's re-learning, section 5.2).
     pub fn relearn(&mut self, how: &Learning) -> Result<()> {
         self.judge = None;
+        self.checked = None;
         self.training = None;
         self.score = None;
         self.anomalous = None;
@@ -377,6 +455,12 @@ const LEARNING: Outcome = Outcome {
     score: None,
     anomalous: None,
 };
+
+/// The builds a model lists, for messages.
+fn builds(list: &[vmwatch_core::qemu::QemuBuild]) -> String {
+    let shown: Vec<String> = list.iter().map(|b| b.to_string()).collect();
+    shown.join("; ")
+}
 
 /// A file's text, `None` when it does not exist.
 fn read_text(path: &std::path::Path) -> Result<Option<String>> {

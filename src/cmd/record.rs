@@ -74,8 +74,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         session.watched().len(),
         t.elapsed()
     );
-    for p in session.watched() {
-        tracing::info!("watching VM {} (PID {})", p.vm, p.pid);
+    let first: Vec<_> = session.watched().into_iter().cloned().collect();
+    for p in &first {
+        let facts = session.facts(p);
+        tracing::info!("watching VM {} (PID {}), QEMU {}", p.vm, p.pid, facts.qemu);
     }
 
     let mut writer = DatasetWriter::create(&args.output, session.features(), args.force)?;

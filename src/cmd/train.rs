@@ -42,6 +42,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         set.features.len(),
         args.files.len()
     );
+    if !set.qemu_builds.is_empty() {
+        let builds: Vec<String> = set.qemu_builds.iter().map(|b| b.to_string()).collect();
+        eprintln!("the windows were counted on QEMU {}", builds.join("; "));
+    }
     let config = TrainConfig {
         params: args.svm.params(),
         folds: args.svm.folds,

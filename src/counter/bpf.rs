@@ -168,6 +168,7 @@ impl<'obj> Collector<'obj> {
                 out.samples.push(Sample {
                     process: process.clone(),
                     counts,
+                    binary: Default::default(),
                 });
             } else {
                 out.exited.push(process.clone());
@@ -191,6 +192,10 @@ impl Counter for Collector<'_> {
 
     fn watched(&self) -> Vec<&Process> {
         self.processes().collect()
+    }
+
+    fn unwatch(&mut self, pid: u32) {
+        Collector::unwatch(self, pid);
     }
 
     fn drain(&mut self) -> Result<Drain> {

@@ -6,7 +6,10 @@
 pub mod bpf;
 pub mod strace;
 
+use std::sync::Arc;
+
 use vmwatch_core::features::Columns;
+use vmwatch_core::qemu::QemuBuild;
 
 use crate::discover::procs::Process;
 use crate::discover::stapsdt::UsdtBinary;
@@ -18,6 +21,18 @@ pub struct Sample {
     pub process: Process,
     /// One count per column.
     pub counts: Vec<u64>,
+    /// What its executable is (filled in by the session).
+    pub binary: Arc<BinaryFacts>,
+}
+
+/// What a watched process's executable means for its rows: which QEMU it
+/// is, and which columns it cannot count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BinaryFacts {
+    /// Its build id and version (unknown when not read).
+    pub qemu: QemuBuild,
+    /// Columns it has no probe for, sorted: they stay zero for it.
+    pub lacking: Vec<usize>,
 }
 
 /// Result of a drain: samples of live processes, and processes that exited
@@ -39,6 +54,9 @@ pub trait Counter {
 
     /// Processes being counted.
     fn watched(&self) -> Vec<&Process>;
+
+    /// Stops counting `pid` (nothing when it is not watched).
+    fn unwatch(&mut self, pid: u32);
 
     /// Every watched process's counts since the previous drain; processes
     /// that exited are unwatched and reported.

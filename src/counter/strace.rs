@@ -114,6 +114,7 @@ impl StraceCounter {
             out.samples.push(Sample {
                 process: t.process.clone(),
                 counts,
+                binary: Default::default(),
             });
             keep.push(t);
         }
@@ -135,6 +136,16 @@ impl Counter for StraceCounter {
 
     fn watched(&self) -> Vec<&Process> {
         self.tracers.iter().map(|t| &t.process).collect()
+    }
+
+    fn unwatch(&mut self, pid: u32) {
+        if let Some(i) = self.tracers.iter().position(|t| t.process.pid == pid) {
+            let mut t = self.tracers.remove(i);
+            // SIGINT makes strace detach cleanly from the traced process.
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(t.child.id() as i32, libc::SIGINT) };
+            let _ = t.child.wait();
+        }
     }
 
     fn drain(&mut self) -> Result<Drain> {

@@ -23,6 +23,12 @@ pub struct QemuEntry {
     pub binary: String,
     /// Distinct `qemu` probe names of its binary (0: no USDT probes).
     pub probes: usize,
+    /// Its binary's ELF build id (`.note.gnu.build-id`, hex); `null` when
+    /// it has none.
+    pub qemu_build_id: Option<String>,
+    /// The QEMU version its binary declares (its `-version` banner, read
+    /// from the file, not by running it); `null` when not found.
+    pub qemu_version: Option<String>,
     /// Whether `--vm` and `--all` take it for a VM.
     pub trusted: bool,
     pub untrusted_reason: Option<String>,
@@ -39,21 +45,27 @@ pub fn list_qemus() -> Result<Vec<QemuEntry>> {
             uid: procs::current_uid(),
         });
     }
-    let mut probe_counts = HashMap::new();
+    let mut binaries = HashMap::new();
     Ok(scan
         .qemus
         .into_iter()
         .map(|p| {
             let untrusted = p.trust().err();
-            let probes = *probe_counts
+            let (probes, build) = binaries
                 .entry(p.binary_id)
-                .or_insert_with(|| stapsdt::count_probe_names(&p.exe_path(), "qemu"));
+                .or_insert_with(|| match stapsdt::UsdtBinary::read(&p.exe_path()) {
+                    Ok(b) => (stapsdt::probe_names(&b, "qemu"), b.qemu),
+                    Err(_) => (0, stapsdt::build_of_file(&p.exe_path())),
+                })
+                .clone();
             QemuEntry {
                 pid: p.pid,
                 vm: p.vm,
                 uuid: p.uuid,
                 binary: p.binary.display().to_string(),
                 probes,
+                qemu_build_id: build.build_id,
+                qemu_version: build.version,
                 trusted: untrusted.is_none(),
                 untrusted_reason: untrusted.map(|u| u.to_string()),
             }

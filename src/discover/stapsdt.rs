@@ -14,6 +14,7 @@ use crate::discover::procs::Process;
 use crate::error::{Error, Result};
 use vmwatch_core::error::shown;
 use vmwatch_core::limits::MAX_BINARY_BYTES;
+use vmwatch_core::qemu::{self, QemuBuild};
 
 /// Note type of SDT probe descriptors (`NT_STAPSDT` in <sys/sdt.h>).
 const NT_STAPSDT: u32 = 3;
@@ -60,6 +61,8 @@ pub struct UsdtProbe {
 pub struct UsdtBinary {
     pub path: PathBuf,
     pub sites: Vec<UsdtSite>,
+    /// Its build id and QEMU version (see [`build_of`]).
+    pub qemu: QemuBuild,
 }
 
 impl UsdtBinary {
@@ -85,6 +88,7 @@ impl UsdtBinary {
         Ok(Self {
             path: path.to_owned(),
             sites,
+            qemu: build_of(data),
         })
     }
 
@@ -156,12 +160,39 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
     )?)
 }
 
-/// Counts the distinct probe names of `provider` in `path`; 0 when the
-/// binary has no SDT notes or cannot be read.
-pub fn count_probe_names(path: &Path, provider: &str) -> usize {
-    UsdtBinary::read(path)
-        .map(|b| b.probes().iter().filter(|p| p.provider == provider).count())
-        .unwrap_or(0)
+/// What an ELF image says about the QEMU it is, read without running it:
+/// the build id of its `.note.gnu.build-id` (`NT_GNU_BUILD_ID`), and the
+/// version after `QEMU emulator version ` (the `-version` banner) in its
+/// `.rodata` section, or anywhere in the file when `.rodata` does not have
+/// it. Either is `None` when the image does not have it.
+pub fn build_of(data: &[u8]) -> QemuBuild {
+    let Ok(file) = ElfFile64::<Endianness>::parse(data) else {
+        return QemuBuild::default();
+    };
+    let build_id = file.build_id().ok().flatten();
+    let rodata = file
+        .section_by_name(".rodata")
+        .and_then(|s| s.data().ok())
+        .filter(|d| !d.is_empty());
+    let version = rodata
+        .and_then(qemu::version_in)
+        .or_else(|| qemu::version_in(data));
+    QemuBuild::new(build_id, version)
+}
+
+/// The build of the executable at `path` (see [`build_of`]); unknown when
+/// it cannot be read.
+pub fn build_of_file(path: &Path) -> QemuBuild {
+    read_bounded(path).map_or_else(|_| QemuBuild::default(), |d| build_of(&d))
+}
+
+/// The distinct probe names of `provider` in `binary`.
+pub fn probe_names(binary: &UsdtBinary, provider: &str) -> usize {
+    binary
+        .probes()
+        .iter()
+        .filter(|p| p.provider == provider)
+        .count()
 }
 
 fn parse_sites(data: &[u8]) -> Result<Vec<UsdtSite>, String> {
@@ -329,6 +360,37 @@ mod tests {
         let b = UsdtBinary::parse(Path::new("t"), TINY).unwrap();
         let names: Vec<String> = b.probes().iter().map(|p| p.name.clone()).collect();
         assert_eq!(names, ["unguarded", "tap_send", "virtqueue_fill"]);
+        assert_eq!(b.qemu.version, None);
+    }
+
+    #[test]
+    fn the_build_of_an_executable_is_read_not_run() {
+        // This test binary: the build id readelf shows (Debian's toolchain
+        // writes one).
+        let exe = std::env::current_exe().unwrap();
+        let me = std::fs::read(&exe).unwrap();
+        let b = build_of(&me);
+        assert!(
+            b.build_id.is_some(),
+            "no build id read from this test binary"
+        );
+        let readelf = std::process::Command::new("readelf")
+            .arg("-n")
+            .arg(&exe)
+            .output();
+        if let Some(out) = readelf.ok().filter(|o| o.status.success()) {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let want = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Build ID: "))
+                .map(str::to_string);
+            assert_eq!(b.build_id, want);
+        }
+        // A banner in the data, as QEMU has it.
+        assert_eq!(build_of(TINY).version, None);
+        let fake = [TINY, qemu::VERSION_PREFIX, b"10.1.2 (test)\nCopyright"].concat();
+        assert_eq!(build_of(&fake).version.as_deref(), Some("10.1.2 (test)"));
+        assert_eq!(build_of(b"not ELF"), QemuBuild::default());
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod targets;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use vmwatch_core::features::{Columns, Source};
+use vmwatch_core::features::{Columns, Feature, Source};
 
 pub use catalogue::{Backend, CountSource};
 pub use run::{Ended, Window};
@@ -19,9 +19,9 @@ pub use targets::{resolve, Origin, Resolved, Target};
 use crate::bpf::BpfObjects;
 use crate::counter::bpf::{Collector, CollectorConfig};
 use crate::counter::strace::StraceCounter;
-use crate::counter::{Counter, Drain};
+use crate::counter::{BinaryFacts, Counter, Drain};
 use crate::discover::procs::{self, Process, Skipped};
-use crate::discover::stapsdt::UsdtBinary;
+use crate::discover::stapsdt::{self, UsdtBinary};
 use crate::error::{Error, Result};
 use targets::{key, skip};
 
@@ -51,6 +51,8 @@ pub struct Session<'obj> {
     counter: Box<dyn Counter + 'obj>,
     targets: Vec<Target>,
     binaries: HashMap<(u64, u64), Arc<UsdtBinary>>,
+    /// What each executable means for rows, by device and inode.
+    facts: HashMap<(u64, u64), Arc<BinaryFacts>>,
     /// Whether any QEMU probe is counted (else no binary is attached).
     counts_qemu: bool,
     /// Joined during the current window: their first sample is partial.
@@ -117,6 +119,7 @@ impl<'obj> Session<'obj> {
             counter,
             targets: config.targets,
             binaries,
+            facts: HashMap::new(),
             counts_qemu,
             pending_joined: Vec::new(),
             rejected,
@@ -182,7 +185,55 @@ impl<'obj> Session<'obj> {
 
     /// Drains one window.
     pub fn drain(&mut self) -> Result<Drain> {
-        self.counter.drain()
+        let mut drain = self.counter.drain()?;
+        for s in &mut drain.samples {
+            s.binary = self.facts(&s.process);
+        }
+        Ok(drain)
+    }
+
+    /// What `p`'s executable is (its QEMU build) and which columns it
+    /// cannot count (probes its binary lacks: they stay zero for it). The
+    /// binary is read without being run, once per file.
+    pub fn facts(&mut self, p: &Process) -> Arc<BinaryFacts> {
+        if let Some(f) = self.facts.get(&p.binary_id) {
+            return f.clone();
+        }
+        let facts = match self.binaries.get(&p.binary_id) {
+            Some(b) => {
+                let probes: HashSet<&str> =
+                    b.provider_sites("qemu").map(|s| s.name.as_str()).collect();
+                let lacking = self
+                    .counter
+                    .columns()
+                    .iter()
+                    .filter(|(_, f)| matches!(f, Feature::Probe(n) if !probes.contains(n.as_str())))
+                    .map(|(i, _)| i)
+                    .collect();
+                BinaryFacts {
+                    qemu: b.qemu.clone(),
+                    lacking,
+                }
+            }
+            // No QEMU probe is counted: nothing to lack, the build still
+            // tells which QEMU the rows are of.
+            None => BinaryFacts {
+                qemu: stapsdt::build_of_file(&p.exe_path()),
+                lacking: Vec::new(),
+            },
+        };
+        let facts = Arc::new(facts);
+        self.facts.insert(p.binary_id, facts.clone());
+        facts
+    }
+
+    /// Stops watching `pid` for good: it does not join again while it runs.
+    pub fn unwatch(&mut self, pid: u32) {
+        let Some(p) = self.watched().into_iter().find(|p| p.pid == pid).cloned() else {
+            return;
+        };
+        self.rejected.insert(key(&p));
+        self.counter.unwatch(pid);
     }
 
     /// Watches processes that newly match a `--vm` or `--all` target.

@@ -2,6 +2,7 @@
 //! windows do not drift however long a drain takes), drops the partial
 //! first window of a process that joined, and hands each closed window over.
 
+use std::cell::RefCell;
 use std::time::{Instant, SystemTime};
 
 use vmwatch_core::dataset::Row;
@@ -31,6 +32,8 @@ pub struct Window {
     pub drain_time: std::time::Duration,
     /// Probe sites attached after the window (processes come and go).
     pub attached_sites: usize,
+    /// Processes to stop watching once the window is handled.
+    unwatch: RefCell<Vec<u32>>,
 }
 
 impl Window {
@@ -43,8 +46,15 @@ impl Window {
             window: self.index,
             start_unix_ms: self.start_unix_ms,
             duration_ms: self.duration_ms,
+            qemu: Some(&s.binary.qemu).filter(|q| !q.is_unknown()),
             counts: &s.counts,
         })
+    }
+
+    /// Asks the session to stop watching `pid` once this window is handled,
+    /// for good (it does not join again while it runs).
+    pub fn unwatch(&self, pid: u32) {
+        self.unwatch.borrow_mut().push(pid);
     }
 }
 
@@ -97,9 +107,13 @@ impl Session<'_> {
                 missed,
                 drain_time,
                 attached_sites: self.attached_sites(),
+                unwatch: RefCell::default(),
             };
             self.pending_joined = joined;
             on_window(&window)?;
+            for pid in window.unwatch.take() {
+                self.unwatch(pid);
+            }
             index += 1;
             start_wall = wall;
             start_mono = now;

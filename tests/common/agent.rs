@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::{eventually, run, signal};
 
 /// Probes SeaBIOS's idle loop fires every window (timer interrupts).
-const FEATURES: &str = "qemu:exec_tb\nqemu:memory_region_ops_read\nqemu:x86_pic_interrupt\n\
+pub const FEATURES: &str = "qemu:exec_tb\nqemu:memory_region_ops_read\nqemu:x86_pic_interrupt\n\
                         qemu:qemu_mutex_lock\nqemu:memory_notdirty_write_access\n";
 pub const LEARN: u64 = 10;
 
@@ -28,9 +28,20 @@ impl Agent {
 
     /// As [`Agent::start`], with more lines of configuration.
     pub fn start_with(dir: &Path, metrics: &str, prefix: &str, extra: &str) -> Self {
+        Self::start_with_features(dir, metrics, prefix, FEATURES, extra)
+    }
+
+    /// As [`Agent::start_with`], learning `features` (a feature list's text).
+    pub fn start_with_features(
+        dir: &Path,
+        metrics: &str,
+        prefix: &str,
+        feature_list: &str,
+        extra: &str,
+    ) -> Self {
         let config = dir.join("agent.toml");
         let features = dir.join("features.txt");
-        std::fs::write(&features, FEATURES).unwrap();
+        std::fs::write(&features, feature_list).unwrap();
         std::fs::write(
             &config,
             format!(

@@ -511,9 +511,23 @@ impl Qemu {
     /// Under `accel` (`tcg`, `kvm`), given half a second to start or to
     /// give up (see [`Qemu::exited`]).
     pub fn start_accel(bin: &Path, name: &str, accel: &str) -> Self {
-        let q = Self::spawn(bin, name, accel, &[]);
+        let q = Self::spawn(bin, &Self::guest(name), accel, &[]);
         std::thread::sleep(Duration::from_millis(500));
         q
+    }
+
+    /// Under TCG with `-name NAME_OPTION` as given (e.g.
+    /// `guest=web,process=renamed`) and more arguments, given half a second
+    /// to start.
+    pub fn start_named(bin: &Path, name_option: &str, more: &[&str]) -> Self {
+        let q = Self::spawn(bin, name_option, "tcg", more);
+        std::thread::sleep(Duration::from_millis(500));
+        q
+    }
+
+    /// What libvirt passes: `guest=NAME,debug-threads=on`.
+    fn guest(name: &str) -> String {
+        format!("guest={name},debug-threads=on")
     }
 
     /// A QEMU without a NIC, returned once SeaBIOS has found no boot device
@@ -537,7 +551,7 @@ impl Qemu {
         ];
         let q = Self::spawn(
             bin,
-            name,
+            &Self::guest(name),
             "tcg",
             &[&["-nic", "none"][..], &debugcon, more].concat(),
         );
@@ -552,10 +566,10 @@ impl Qemu {
         q
     }
 
-    fn spawn(bin: &Path, name: &str, accel: &str, extra: &[&str]) -> Self {
+    fn spawn(bin: &Path, name_option: &str, accel: &str, extra: &[&str]) -> Self {
         let child = Command::new(bin)
             .args(["-M", "pc", "-accel", accel, "-m", "64", "-name"])
-            .arg(format!("guest={name},debug-threads=on"))
+            .arg(name_option)
             .args(["-display", "none", "-serial", "null", "-monitor", "none"])
             .args(["-parallel", "none", "-no-reboot"])
             .args(extra)
@@ -660,8 +674,12 @@ pub fn finish(child: Child) -> String {
 /// The key columns every dataset starts with; the features follow.
 pub const HEAD: &str = "vm,pid,label,window,start_unix_ms,duration_ms";
 
-/// How many key columns come before the features.
+/// How many key columns come before the features (and the provenance
+/// columns, in what vmwatch writes).
 pub const KEYS: usize = 6;
+
+/// The provenance columns vmwatch writes after the key columns.
+pub const PROVENANCE: [&str; 2] = ["qemu_build_id", "qemu_version"];
 
 /// A feature of a generated dataset: its name and its count in window i.
 pub type Feature<'a> = (&'a str, &'a dyn Fn(usize) -> u64);
@@ -721,17 +739,29 @@ pub fn feature_list(dir: &Path, text: &str) -> PathBuf {
 pub struct Dataset {
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
+    /// The first feature column: after the key columns and, where the file
+    /// has them, the provenance columns.
+    pub first_feature: usize,
 }
 
 impl Dataset {
     pub fn read(path: &Path) -> Self {
         let mut r = csv::Reader::from_path(path).expect("open dataset");
-        let header = r.headers().unwrap().iter().map(str::to_string).collect();
+        let header: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
         let rows = r
             .records()
             .map(|rec| rec.unwrap().iter().map(str::to_string).collect())
             .collect();
-        Self { header, rows }
+        let first_feature = KEYS
+            + header[KEYS..]
+                .iter()
+                .take_while(|h| PROVENANCE.contains(&h.as_str()))
+                .count();
+        Self {
+            header,
+            rows,
+            first_feature,
+        }
     }
 
     pub fn col(&self, name: &str) -> Option<usize> {
@@ -740,7 +770,30 @@ impl Dataset {
 
     /// The feature columns' names.
     pub fn features(&self) -> &[String] {
-        &self.header[KEYS..]
+        &self.header[self.first_feature..]
+    }
+
+    /// The position of `feature` among the features (its column in the
+    /// counters' rows).
+    pub fn feature_index(&self, feature: &str) -> Option<usize> {
+        self.features().iter().position(|h| h == feature)
+    }
+
+    /// The (build id, version) fields of `pid`'s rows, each distinct pair
+    /// once; empty strings where unknown.
+    pub fn qemu_of(&self, pid: u32) -> Vec<(String, String)> {
+        let (b, v) = (
+            self.col(PROVENANCE[0]).expect("a qemu_build_id column"),
+            self.col(PROVENANCE[1]).expect("a qemu_version column"),
+        );
+        let mut out: Vec<(String, String)> = Vec::new();
+        for r in self.rows_of(pid) {
+            let pair = (r[b].clone(), r[v].clone());
+            if !out.contains(&pair) {
+                out.push(pair);
+            }
+        }
+        out
     }
 
     /// Sum of a feature over the rows of `pid` (0 if the column is absent).
@@ -760,7 +813,7 @@ impl Dataset {
     pub fn sums<'a>(&self, rows: impl Iterator<Item = &'a Vec<String>>) -> HashMap<String, u64> {
         let mut out = HashMap::new();
         for row in rows {
-            for (name, v) in self.features().iter().zip(&row[KEYS..]) {
+            for (name, v) in self.features().iter().zip(&row[self.first_feature..]) {
                 *out.entry(name.clone()).or_default() += v.parse::<u64>().unwrap();
             }
         }

@@ -586,6 +586,7 @@ impl WindowEvent {
             window: self.window,
             score: self.score?,
             anomalous: self.anomalous?,
+            missing_features: None,
         })
     }
 }
@@ -1713,6 +1714,7 @@ mod tests {
                 window: 0,
                 score,
                 anomalous,
+                missing_features: None,
             },
             since_attack: since,
         }
@@ -1787,6 +1789,7 @@ mod tests {
                 window: 4,
                 score: -0.5123,
                 anomalous: true,
+                missing_features: None,
             })
         );
         assert!(matches!(&events[3], AgentEvent::Verdict(c) if c.to == "anomalous"));
@@ -1983,6 +1986,7 @@ vmwatch_odd{vm="a \"b\", c\\d"} 1
                 cv_false_positive_rate: Some(0.0125),
                 folds: 5,
                 grid: "paper".into(),
+                qemu_builds: Vec::new(),
             },
             smoothing: Smoothing { k: 2, n: 3 },
         };

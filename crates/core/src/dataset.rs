@@ -1,9 +1,12 @@
 //! Dataset files (DESIGN.md): CSV, optionally gzip-compressed, one row per
 //! (VM, window) with the leading columns below and one column per feature.
+//! Files this vmwatch writes also carry the QEMU each row was counted on
+//! ([`PROVENANCE`]); files without those columns read as before.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use csv::{ByteRecord, StringRecord};
 use flate2::bufread::MultiGzDecoder;
@@ -14,6 +17,7 @@ use ndarray::Array2;
 use crate::atomic::{self, Output};
 use crate::error::{shown, Error, Result};
 use crate::limits::{MAX_FEATURE_COLUMNS, MAX_LINE_BYTES};
+use crate::qemu::QemuBuild;
 
 /// The leading columns, in order.
 pub const LEADING: [&str; 6] = [
@@ -25,6 +29,13 @@ pub const LEADING: [&str; 6] = [
     "duration_ms",
 ];
 
+/// The provenance columns: the build id and version of the QEMU binary
+/// the row's VM ran (empty when unknown). The writer puts them right after
+/// [`LEADING`]; readers find them by name, so files without them (older
+/// vmwatch) read as before, every row of unknown provenance. They are not
+/// features.
+pub const PROVENANCE: [&str; 2] = ["qemu_build_id", "qemu_version"];
+
 /// One (VM, window) row.
 #[derive(Debug, Clone)]
 pub struct Row<'a> {
@@ -34,6 +45,8 @@ pub struct Row<'a> {
     pub window: u64,
     pub start_unix_ms: u64,
     pub duration_ms: u64,
+    /// The QEMU the VM ran, when known.
+    pub qemu: Option<&'a QemuBuild>,
     /// One count per feature, in the writer's column order.
     pub counts: &'a [u64],
 }
@@ -67,6 +80,9 @@ pub struct DatasetWriter {
     path: PathBuf,
     csv: Option<csv::Writer<Sink>>,
     width: usize,
+    /// Whether the file has the [`PROVENANCE`] columns (one of an older
+    /// vmwatch, appended to, does not).
+    provenance: bool,
     record: Vec<String>,
     rows: u64,
     /// Replacing an existing file: the temporary file that takes its name
@@ -87,7 +103,8 @@ impl DatasetWriter {
         }
     }
 
-    /// Creates `path` (gzip when it ends in `.gz`) and writes the header.
+    /// Creates `path` (gzip when it ends in `.gz`) and writes the header
+    /// (the [`LEADING`] and [`PROVENANCE`] columns, then `features`).
     /// An existing file is replaced only when `overwrite` is set, and only
     /// once the first rows are flushed. A character device or FIFO is
     /// written through; other file types and symbolic links are refused
@@ -126,16 +143,14 @@ impl DatasetWriter {
         let mut csv = csv::WriterBuilder::new()
             .has_headers(false)
             .from_writer(sink);
-        let header = LEADING
-            .iter()
-            .copied()
-            .chain(features.iter().map(String::as_str));
-        csv.write_record(header).map_err(|e| csv_err(path, e))?;
+        csv.write_record(header(features, true))
+            .map_err(|e| csv_err(path, e))?;
         let mut w = Self {
             path: path.to_owned(),
             csv: Some(csv),
             width: features.len(),
-            record: Vec::with_capacity(LEADING.len() + features.len()),
+            provenance: true,
+            record: Vec::with_capacity(LEADING.len() + PROVENANCE.len() + features.len()),
             rows: 0,
             pending,
             stream,
@@ -146,9 +161,11 @@ impl DatasetWriter {
 
     /// Opens the plain CSV dataset `path` to add rows at its end, creating
     /// it with the header when it does not exist. An existing file must have
-    /// exactly this header; a partial last row (a crash mid-write) is cut
-    /// off first, so the next row starts on a line of its own. Returns the
-    /// writer and the number of complete rows the file already holds.
+    /// exactly this header, with or without the [`PROVENANCE`] columns (one
+    /// an older vmwatch began grows in its own layout); a partial last row
+    /// (a crash mid-write) is cut off first, so the next row starts on a
+    /// line of its own. Returns the writer and the number of complete rows
+    /// the file already holds.
     pub fn append(path: &Path, features: &[String]) -> Result<(Self, u64)> {
         use std::io::{Seek, SeekFrom};
         use std::os::unix::fs::OpenOptionsExt;
@@ -162,7 +179,6 @@ impl DatasetWriter {
         if atomic::classify(path)? == Output::New {
             return Ok((Self::create(path, features, false)?, 0));
         }
-        let header = header_line(features);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -174,11 +190,13 @@ impl DatasetWriter {
             })?;
         // A training set of 300 windows is a few MiB; 1 GiB bounds a wrong path.
         let text = crate::limits::read_file(path, 1 << 30, "a dataset to append to")?;
-        if !text.starts_with(header.as_bytes()) {
-            return Err(Error::OtherColumns {
+        let (provenance, header) = [true, false]
+            .into_iter()
+            .map(|p| (p, header_line(features, p)))
+            .find(|(_, h)| text.starts_with(h.as_bytes()))
+            .ok_or_else(|| Error::OtherColumns {
                 path: path.to_owned(),
-            });
-        }
+            })?;
         // Everything up to the last newline is complete rows.
         let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         let rows = text[header.len()..keep]
@@ -204,7 +222,8 @@ impl DatasetWriter {
                 path: path.to_owned(),
                 csv: Some(csv),
                 width: features.len(),
-                record: Vec::with_capacity(LEADING.len() + features.len()),
+                provenance,
+                record: Vec::with_capacity(LEADING.len() + PROVENANCE.len() + features.len()),
                 rows: 0,
                 pending: None,
                 stream: false,
@@ -232,6 +251,13 @@ impl DatasetWriter {
             row.start_unix_ms.to_string(),
             row.duration_ms.to_string(),
         ]);
+        if self.provenance {
+            let q = row.qemu;
+            self.record.extend([
+                q.and_then(|q| q.build_id.clone()).unwrap_or_default(),
+                q.and_then(|q| q.version.clone()).unwrap_or_default(),
+            ]);
+        }
         self.record.extend(row.counts.iter().map(u64::to_string));
         let csv = self.csv.as_mut().expect("writer is open until finish");
         csv.write_record(&self.record)
@@ -307,18 +333,24 @@ impl Drop for DatasetWriter {
     }
 }
 
+/// The header's fields for `features`, with or without the provenance
+/// columns.
+fn header(features: &[String], provenance: bool) -> impl Iterator<Item = &str> {
+    let extra: &[&str] = if provenance { &PROVENANCE } else { &[] };
+    LEADING
+        .iter()
+        .chain(extra)
+        .copied()
+        .chain(features.iter().map(String::as_str))
+}
+
 /// The header line the writer writes for `features`.
-fn header_line(features: &[String]) -> String {
+fn header_line(features: &[String], provenance: bool) -> String {
     let mut w = csv::WriterBuilder::new()
         .has_headers(false)
         .from_writer(Vec::new());
     // Writing to memory cannot fail.
-    let _ = w.write_record(
-        LEADING
-            .iter()
-            .copied()
-            .chain(features.iter().map(String::as_str)),
-    );
+    let _ = w.write_record(header(features, provenance));
     String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
 }
 
@@ -578,7 +610,7 @@ impl<R: Read> Read for Input<R> {
             if b == b',' {
                 self.line_commas += 1;
                 // Commas in quoted fields count too: a bound, not a count.
-                if self.line_commas >= LEADING.len() + MAX_FEATURE_COLUMNS {
+                if self.line_commas >= LEADING.len() + PROVENANCE.len() + MAX_FEATURE_COLUMNS {
                     let msg = format!(
                         "{} line {}: {}",
                         self.name,
@@ -624,6 +656,9 @@ pub struct RowKey {
     pub window: u64,
     pub start_unix_ms: u64,
     pub duration_ms: u64,
+    /// The QEMU the row was counted on (the [`PROVENANCE`] columns);
+    /// `None` when the file does not say.
+    pub qemu: Option<Arc<QemuBuild>>,
 }
 
 /// A dataset in memory: one row per (VM, window), one column per feature.
@@ -716,19 +751,38 @@ impl Table {
                 ));
             }
         }
-        let features: Vec<String> = header
+        // Provenance columns by name, anywhere after the leading ones.
+        let prov_col = |name: &str| {
+            header
+                .iter()
+                .skip(LEADING.len())
+                .position(|h| h == name)
+                .map(|i| i + LEADING.len())
+        };
+        let (build_col, version_col) = (prov_col(PROVENANCE[0]), prov_col(PROVENANCE[1]));
+        let feature_cols: Vec<usize> = (LEADING.len()..header.len())
+            .filter(|&c| Some(c) != build_col && Some(c) != version_col)
+            .collect();
+        let features: Vec<String> = feature_cols
             .iter()
-            .skip(LEADING.len())
-            .map(str::to_string)
+            .map(|&c| header[c].to_string())
             .collect();
         if features.len() > MAX_FEATURE_COLUMNS {
             return Err(bad(1, too_many_columns()));
         }
         let mut seen = std::collections::HashSet::new();
-        if let Some(dup) = features.iter().find(|f| !seen.insert(f.as_str())) {
-            return Err(bad(1, format!("feature `{}` appears twice", shown(dup))));
+        let names = header.iter().skip(LEADING.len());
+        if let Some(dup) = names.clone().find(|f| !seen.insert(*f)) {
+            let what = if PROVENANCE.contains(&dup) {
+                "column"
+            } else {
+                "feature"
+            };
+            return Err(bad(1, format!("{what} `{}` appears twice", shown(dup))));
         }
         let width = header.len();
+        // Rows of one build share its record.
+        let mut builds: Vec<Arc<QemuBuild>> = Vec::new();
         let mut keys = Vec::new();
         let mut values = Vec::new();
         let mut rec = ByteRecord::new();
@@ -774,6 +828,28 @@ impl Table {
                     )
                 })
             };
+            let field = |col: Option<usize>| -> Result<Option<String>> {
+                let Some(col) = col else { return Ok(None) };
+                let t = text(col)?;
+                Ok((!t.is_empty()).then(|| t.to_string()))
+            };
+            let build = QemuBuild {
+                build_id: field(build_col)?,
+                version: field(version_col)?,
+            };
+            let qemu = if build.is_unknown() {
+                None
+            } else {
+                build.validate().map_err(|reason| bad(line, reason))?;
+                Some(match builds.iter().find(|b| ***b == build) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = Arc::new(build);
+                        builds.push(b.clone());
+                        b
+                    }
+                })
+            };
             keys.push(RowKey {
                 vm: text(0)?.to_string(),
                 pid: u32::try_from(num(1)?).map_err(|_| bad(line, "pid out of range".into()))?,
@@ -781,8 +857,9 @@ impl Table {
                 window: num(3)?,
                 start_unix_ms: num(4)?,
                 duration_ms: num(5)?,
+                qemu,
             });
-            for col in LEADING.len()..width {
+            for &col in &feature_cols {
                 values.push(num(col)? as f64);
             }
         }
@@ -914,6 +991,12 @@ impl Table {
         name
     }
 
+    /// The QEMU builds the rows were counted on, each once, in order of
+    /// first appearance (rows of unknown provenance add none).
+    pub fn qemu_builds(&self) -> Vec<QemuBuild> {
+        crate::qemu::distinct(self.keys.iter().filter_map(|k| k.qemu.as_deref()))
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -1038,6 +1121,7 @@ mod tests {
             window: 3,
             start_unix_ms: 1000,
             duration_ms: 2000,
+            qemu: None,
             counts,
         }
     }
@@ -1065,7 +1149,8 @@ mod tests {
             }
             assert_eq!(
                 text,
-                "vm,pid,label,window,start_unix_ms,duration_ms,qemu:a,qemu:b\n\"web,1\",42,idle,3,1000,2000,5,0\n"
+                "vm,pid,label,window,start_unix_ms,duration_ms,qemu_build_id,qemu_version,qemu:a,\
+                 qemu:b\n\"web,1\",42,idle,3,1000,2000,,,5,0\n"
             );
         }
     }
@@ -1365,6 +1450,107 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("only plain CSV"), "{err}");
+    }
+
+    #[test]
+    fn rows_carry_their_qemu_and_old_files_read_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.csv");
+        let feats = vec!["qemu:a".to_string()];
+        let a = QemuBuild::new(Some(&[0xab, 0x01]), Some("7.2.22 (Debian, vmwatch)".into()));
+        let b = QemuBuild::new(Some(&[0xcd]), None);
+        let mut w = DatasetWriter::create(&path, &feats, false).unwrap();
+        for (q, n) in [(Some(&a), 1), (Some(&b), 2), (None, 3), (Some(&a), 4)] {
+            w.write_row(&Row {
+                qemu: q,
+                ..row(&[n])
+            })
+            .unwrap();
+        }
+        w.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(r#",ab01,"7.2.22 (Debian, vmwatch)",1"#),
+            "{text}"
+        );
+        let t = Table::read(&path).unwrap();
+        assert_eq!(t.features, feats, "provenance columns are no features");
+        assert_eq!(t.x.column(0).to_vec(), [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(t.keys[0].qemu.as_deref(), Some(&a));
+        assert_eq!(t.keys[2].qemu, None);
+        assert_eq!(t.qemu_builds(), [a.clone(), b.clone()]);
+        // Found by name, in any order; a file of an older vmwatch has none.
+        let moved = write(
+            dir.path(),
+            "moved.csv",
+            &format!("{HEAD},qemu:a,qemu_version,qemu_build_id\nv,1,x,0,10,2000,5,9.2.0,ff\n"),
+        );
+        let t = Table::read(&moved).unwrap();
+        assert_eq!(t.features, feats);
+        assert_eq!(t.x[[0, 0]], 5.0);
+        let q = t.keys[0].qemu.as_deref().unwrap();
+        assert_eq!(
+            (q.build_id.as_deref(), q.version.as_deref()),
+            (Some("ff"), Some("9.2.0"))
+        );
+        let old = write(
+            dir.path(),
+            "old.csv",
+            &format!("{HEAD},qemu:a\nv,1,x,0,10,2000,5\n"),
+        );
+        let t = Table::read(&old).unwrap();
+        assert_eq!((t.keys[0].qemu.clone(), t.qemu_builds()), (None, vec![]));
+        // What a file says about a build is checked.
+        let bad = write(
+            dir.path(),
+            "bad.csv",
+            &format!("{HEAD},qemu_build_id,qemu:a\nv,1,x,0,10,2000,xyz,5\n"),
+        );
+        let err = Table::read(&bad).error_message();
+        assert!(err.contains("line 2: QEMU build id `xyz` is not"), "{err}");
+        let dup = write(
+            dir.path(),
+            "dup.csv",
+            &format!("{HEAD},qemu_build_id,qemu_build_id\n"),
+        );
+        let err = Table::read(&dup).error_message();
+        assert!(
+            err.contains("column `qemu_build_id` appears twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn append_keeps_the_layout_of_an_older_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.csv");
+        let feats = vec!["qemu:a".to_string()];
+        std::fs::write(&path, format!("{HEAD},qemu:a\nv,1,x,0,10,2000,5\n")).unwrap();
+        let q = QemuBuild::new(Some(&[1]), None);
+        let (mut w, had) = DatasetWriter::append(&path, &feats).unwrap();
+        assert_eq!(had, 1);
+        w.write_row(&Row {
+            qemu: Some(&q),
+            ..row(&[6])
+        })
+        .unwrap();
+        w.finish().unwrap();
+        let t = Table::read(&path).unwrap();
+        assert_eq!(t.x.column(0).to_vec(), [5.0, 6.0]);
+        assert!(t.qemu_builds().is_empty());
+        // A new file has the provenance columns, and grows with them.
+        let new = dir.path().join("new.csv");
+        let (w, _) = DatasetWriter::append(&new, &feats).unwrap();
+        w.finish().unwrap();
+        let (mut w, had) = DatasetWriter::append(&new, &feats).unwrap();
+        assert_eq!(had, 0);
+        w.write_row(&Row {
+            qemu: Some(&q),
+            ..row(&[7])
+        })
+        .unwrap();
+        w.finish().unwrap();
+        assert_eq!(Table::read(&new).unwrap().qemu_builds(), [q]);
     }
 
     #[test]

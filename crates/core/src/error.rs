@@ -57,6 +57,18 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A VM's QEMU lacks features the model relies on (they would read
+    /// as zero): `monitor` refuses to judge it.
+    #[error(
+        "VM {} (PID {pid}): its QEMU lacks {} of the features the model relies on ({}); train \
+         a model on this QEMU, or pass --allow-missing-features to judge it with them read as zero",
+        shown(.vm), .features.len(), first_few(.features, 5)
+    )]
+    MissingFeatures {
+        vm: String,
+        pid: u32,
+        features: Vec<String>,
+    },
     /// Anything else that is wrong with the input, as one sentence.
     #[error("{0}")]
     Invalid(String),
@@ -92,6 +104,17 @@ pub fn shown(text: &str) -> String {
         } else {
             out.push(c);
         }
+    }
+    out
+}
+
+/// At most `n` names (escaped, see [`shown`]), comma separated, then how
+/// many more: for one-line messages that name a long list.
+pub fn first_few(names: &[String], n: usize) -> String {
+    let listed: Vec<String> = names.iter().take(n).map(|s| shown(s)).collect();
+    let mut out = listed.join(", ");
+    if names.len() > n {
+        out.push_str(&format!(" and {} more", names.len() - n));
     }
     out
 }
@@ -132,6 +155,14 @@ impl<T: std::fmt::Debug, E: std::error::Error + 'static> ErrorMessage
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_are_cut_short() {
+        let names: Vec<String> = (0..7).map(|i| format!("qemu:p{i}")).collect();
+        assert_eq!(first_few(&names[..2], 5), "qemu:p0, qemu:p1");
+        assert_eq!(first_few(&names, 3), "qemu:p0, qemu:p1, qemu:p2 and 4 more");
+        assert_eq!(first_few(&["a\nb".to_string()], 1), r"a\nb");
+    }
 
     #[test]
     fn shown_escapes_what_would_break_the_line() {

@@ -15,6 +15,7 @@ pub mod features;
 pub mod limits;
 pub mod model;
 pub mod plots;
+pub mod qemu;
 pub mod select;
 pub mod train;
 pub mod verdict;

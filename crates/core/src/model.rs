@@ -16,6 +16,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{shown, Error, Result};
+use crate::qemu::QemuBuild;
 
 /// Identifies a vmwatch model file.
 pub const FORMAT: &str = "vmwatch-model";
@@ -66,6 +67,11 @@ pub struct TrainingSummary {
     pub cv_false_positive_rate: Option<f64>,
     pub folds: usize,
     pub grid: String,
+    /// The QEMU builds the training windows were counted on, each once
+    /// (from the datasets' provenance columns); empty when the files do not
+    /// say (and in models of older vmwatch versions).
+    #[serde(default)]
+    pub qemu_builds: Vec<QemuBuild>,
 }
 
 /// Flag a VM only when `k` of its last `n` windows are anomalous.
@@ -232,6 +238,30 @@ impl Model {
         })
     }
 
+    /// Whether the model relies on feature `j`: it was nonzero in some
+    /// training window. (ln(1 + x) is 0 only for x = 0, so the scaler's mean
+    /// is positive exactly then.) A feature that was zero in every training
+    /// window is zero when it is missing, too: its absence changes no
+    /// decision.
+    pub fn relies_on(&self, j: usize) -> bool {
+        self.scaler.mean.get(j).is_some_and(|&m| m > 0.0)
+    }
+
+    /// Whether the model was trained on windows of `build`: `None` when
+    /// that cannot be told (the VM's build id is unknown, or the model
+    /// records none: an older model, or datasets without provenance).
+    pub fn trained_on(&self, build: &QemuBuild) -> Option<bool> {
+        let known = self
+            .training
+            .qemu_builds
+            .iter()
+            .filter(|b| b.build_id.is_some());
+        if build.build_id.is_none() || known.clone().next().is_none() {
+            return None;
+        }
+        Some(known.into_iter().any(|b| b.same_build(build)))
+    }
+
     /// Decision values of raw rows (columns in `self.features` order).
     pub fn decisions(&self, raw: ArrayView2<f64>) -> Vec<f64> {
         let scaled = self.scaler.transform(raw);
@@ -362,6 +392,9 @@ impl Model {
         {
             return Err("a support vector value is not finite".into());
         }
+        for b in &self.training.qemu_builds {
+            b.validate()?;
+        }
         let Smoothing { k, n } = self.smoothing;
         if k == 0 || k > n {
             return Err(format!(
@@ -469,6 +502,38 @@ mod tests {
         let bytes = serde_json::to_vec(&model).unwrap();
         let back = Model::from_json("m", &bytes).unwrap();
         assert_eq!(back.decisions(x.view()), model.decisions(x.view()));
+    }
+
+    #[test]
+    fn qemu_builds_round_trip_and_old_files_load_without_them() {
+        let mut model = fitted(&normal());
+        let build = QemuBuild::new(Some(&[0x31, 0xe9]), Some("7.2.22".into()));
+        model.training.qemu_builds = vec![build.clone(), QemuBuild::new(Some(&[2]), None)];
+        let bytes = serde_json::to_vec(&model).unwrap();
+        let back = Model::from_json("m", &bytes).unwrap();
+        assert_eq!(back.training.qemu_builds, model.training.qemu_builds);
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            v["training"]["qemu_builds"][0],
+            serde_json::json!({"build_id": "31e9", "version": "7.2.22"})
+        );
+        // A model file of an older vmwatch has no such field.
+        v["training"].as_object_mut().unwrap().remove("qemu_builds");
+        let old = Model::from_json("m", v.to_string().as_bytes()).unwrap();
+        assert!(old.training.qemu_builds.is_empty());
+        v["training"]["qemu_builds"] = serde_json::json!([{"build_id": "not hex"}]);
+        let err = Model::from_json("m", v.to_string().as_bytes()).error_message();
+        assert!(err.contains("QEMU build id `not hex` is not"), "{err}");
+    }
+
+    #[test]
+    fn a_model_relies_on_the_features_it_saw_nonzero() {
+        let mut x = normal();
+        x.column_mut(1).fill(0.0);
+        let model = fitted(&x);
+        assert!(model.relies_on(0));
+        assert!(!model.relies_on(1));
+        assert!(!model.relies_on(2));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::dataset::Table;
 use crate::error::{Error, Result};
 use crate::features::Source;
 use crate::model::{Model, Smoothing, TrainingSummary};
+use crate::qemu::QemuBuild;
 
 /// A grid of (nu, gamma) pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,6 +317,9 @@ pub struct TrainingSet {
     pub features: Vec<String>,
     /// Counts, windows × features.
     pub raw: Array2<f64>,
+    /// The QEMU builds the windows were counted on (see
+    /// [`Table::qemu_builds`]), recorded in the model.
+    pub qemu_builds: Vec<QemuBuild>,
 }
 
 impl TrainingSet {
@@ -330,7 +334,11 @@ impl TrainingSet {
         }
         let features = features.resolve(&[table])?;
         let raw = table.project(&features);
-        Ok(Self { features, raw })
+        Ok(Self {
+            features,
+            raw,
+            qemu_builds: table.qemu_builds(),
+        })
     }
 }
 
@@ -363,7 +371,11 @@ pub fn train(
     config: &TrainConfig,
     progress: &(dyn Fn() + Sync),
 ) -> Result<Trained> {
-    let TrainingSet { features, raw } = set;
+    let TrainingSet {
+        features,
+        raw,
+        qemu_builds,
+    } = set;
     let chosen = choose_params(raw.view(), config.folds, config.params, progress)?;
     let fp_rate = match chosen.fp_rate {
         Some(fp) => fp,
@@ -375,6 +387,7 @@ pub fn train(
         cv_false_positive_rate: Some(fp_rate),
         folds: config.folds,
         grid: chosen.grid.map_or("fixed", Grid::name).to_string(),
+        qemu_builds,
     };
     let mut model = Model::fit(features, raw.view(), chosen.nu, chosen.gamma, summary)?;
     model.smoothing = config.smoothing;

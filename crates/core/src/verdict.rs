@@ -68,12 +68,60 @@ pub struct Judge<K> {
     smoother: Smoother<K>,
 }
 
+/// Which of a model's features one VM's counts lack (they are read as
+/// zero), and which of those the model relies on ([`Model::relies_on`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Model features the VM's counts lack, in the model's order.
+    pub missing: Vec<String>,
+    /// Those of `missing` the model relies on: judged without them, the
+    /// VM's verdicts are not the model's.
+    pub relied: Vec<String>,
+    /// How many features the model has.
+    pub of: usize,
+}
+
+impl Coverage {
+    /// Whether the VM's counts have every feature the model relies on.
+    pub fn is_usable(&self) -> bool {
+        self.relied.is_empty()
+    }
+
+    /// What a warning says about it, e.g. `its QEMU lacks 3 of the model's
+    /// 10 features, read as zero (qemu:a, qemu:b, qemu:c); the model relies
+    /// on 1 of them (qemu:a)`; `None` when nothing is missing.
+    pub fn describe(&self) -> Option<String> {
+        if self.missing.is_empty() {
+            return None;
+        }
+        let mut out = format!(
+            "its QEMU lacks {} of the model's {} features, read as zero ({})",
+            self.missing.len(),
+            self.of,
+            crate::error::first_few(&self.missing, 5)
+        );
+        if self.relied.is_empty() {
+            out.push_str(
+                "; the model relies on none of them (they were zero in every training window)",
+            );
+        } else {
+            out.push_str(&format!(
+                "; the model relies on {} of them ({})",
+                self.relied.len(),
+                crate::error::first_few(&self.relied, 5)
+            ));
+        }
+        Some(out)
+    }
+}
+
 impl<K: Hash + Eq> Judge<K> {
     /// A judge for rows of `columns`. Model features the columns lack are
-    /// read as zero ([`Judge::missing`] says how many); none present at
-    /// all is an error that names the likely mistake.
+    /// read as zero ([`Judge::missing`] says how many, [`Judge::coverage`]
+    /// which, for one VM); none present at all is an error that names the
+    /// likely mistake.
     pub fn new(model: Model, columns: &[String], smoothing: Smoothing, what: &str) -> Result<Self> {
-        let projection = covering(&model, columns, what)?;
+        let projection = covering(&model, columns, what, false)?;
         Ok(Self {
             model,
             projection,
@@ -88,6 +136,27 @@ impl<K: Hash + Eq> Judge<K> {
     /// Model features the columns lack (read as zero).
     pub fn missing(&self) -> usize {
         self.projection.missing()
+    }
+
+    /// The model features one VM's rows lack: those the columns lack, and
+    /// those in `lacking`, the (sorted) columns the VM cannot count (its
+    /// QEMU has no such probe: they stay zero).
+    pub fn coverage(&self, lacking: &[usize]) -> Coverage {
+        let mut out = Coverage {
+            of: self.model.features.len(),
+            ..Coverage::default()
+        };
+        for (j, col) in self.projection.columns().iter().enumerate() {
+            let absent = col.is_none_or(|c| lacking.binary_search(&c).is_ok());
+            if absent {
+                let name = &self.model.features[j];
+                out.missing.push(name.clone());
+                if self.model.relies_on(j) {
+                    out.relied.push(name.clone());
+                }
+            }
+        }
+        out
     }
 
     /// Scores rows of counts, one per VM key, in time order per key;
@@ -118,8 +187,8 @@ impl<K: Hash + Eq> Judge<K> {
 }
 
 /// Where `model`'s features are among `columns` (of `what`, for messages):
-/// an error when none is, a warning when some are not.
-fn covering(model: &Model, columns: &[String], what: &str) -> Result<Projection> {
+/// an error when none is, with `warn` a warning when some are not.
+fn covering(model: &Model, columns: &[String], what: &str, warn: bool) -> Result<Projection> {
     let projection = Projection::new(columns, &model.features);
     let missing = projection.missing();
     if missing == model.features.len() {
@@ -130,8 +199,18 @@ fn covering(model: &Model, columns: &[String], what: &str) -> Result<Projection>
             model.features[0]
         )));
     }
-    if missing > 0 {
-        tracing::warn!("{what}: {missing} of the model's features are absent and read as zero");
+    if missing > 0 && warn {
+        let absent: Vec<String> = projection
+            .columns()
+            .iter()
+            .zip(&model.features)
+            .filter(|(c, _)| c.is_none())
+            .map(|(_, f)| f.clone())
+            .collect();
+        tracing::warn!(
+            "{what}: {missing} of the model's features are absent and read as zero ({})",
+            crate::error::first_few(&absent, 5)
+        );
     }
     Ok(projection)
 }
@@ -145,7 +224,7 @@ pub fn judge_table(
     smoothing: Smoothing,
     what: &str,
 ) -> Result<Vec<Verdict>> {
-    covering(model, &table.features, what)?;
+    covering(model, &table.features, what, true)?;
     let scores = model.decisions(table.project(&model.features).view());
     let mut order: Vec<usize> = (0..table.len()).collect();
     order.sort_by_key(|&i| (table.keys[i].pid, table.keys[i].window));
@@ -167,6 +246,7 @@ pub fn judge_table(
             window: key.window,
             score,
             anomalous,
+            missing_features: None,
         })
         .collect())
 }
@@ -204,6 +284,11 @@ pub struct Verdict {
     pub score: f64,
     /// After smoothing.
     pub anomalous: bool,
+    /// How many of the model's features the VM's QEMU lacks (read as zero;
+    /// live, when `monitor --allow-missing-features` judges it anyway);
+    /// absent when it has them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_features: Option<usize>,
 }
 
 #[cfg(test)]
@@ -235,6 +320,7 @@ mod tests {
             window: 3,
             score: -0.5,
             anomalous: true,
+            missing_features: None,
         };
         let live = serde_json::to_string(&v).unwrap();
         assert_eq!(
@@ -248,5 +334,72 @@ mod tests {
             "{offline}"
         );
         assert_eq!(serde_json::from_str::<Verdict>(&offline).unwrap(), v);
+        v.missing_features = Some(3);
+        let degraded = serde_json::to_string(&v).unwrap();
+        assert!(
+            degraded.ends_with(r#""anomalous":true,"missing_features":3}"#),
+            "{degraded}"
+        );
+    }
+
+    #[test]
+    fn coverage_names_what_a_vm_lacks_and_what_the_model_relies_on() {
+        use ndarray::Array2;
+        // Features a, b, c, d; d was zero in every training window.
+        let mut v = Vec::new();
+        for i in 0..40u32 {
+            v.extend([
+                10.0 + f64::from(i % 7),
+                50.0 + f64::from(i % 5),
+                3.0 + f64::from(i % 3),
+                0.0,
+            ]);
+        }
+        let x = Array2::from_shape_vec((40, 4), v).unwrap();
+        let names: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let model = Model::fit(names, x.view(), 0.1, 0.5, Default::default()).unwrap();
+        // The columns have no `c`; the VM cannot count column 0 (`b`) nor
+        // column 2 (`d`).
+        let columns: Vec<String> = ["b", "a", "d"].map(String::from).to_vec();
+        let judge: Judge<u32> = Judge::new(model, &columns, Smoothing::default(), "x").unwrap();
+        assert_eq!(judge.missing(), 1);
+        let all = judge.coverage(&[]);
+        assert_eq!(
+            (all.missing.clone(), all.relied.clone()),
+            (vec!["c".into()], vec!["c".into()])
+        );
+        let vm = judge.coverage(&[0, 2]);
+        assert_eq!(vm.missing, ["b", "c", "d"]);
+        assert_eq!(vm.relied, ["b", "c"]);
+        assert!(!vm.is_usable());
+        assert_eq!(
+            vm.describe().unwrap(),
+            "its QEMU lacks 3 of the model's 4 features, read as zero (b, c, d); the model \
+             relies on 2 of them (b, c)"
+        );
+        let judge: Judge<u32> = Judge::new(
+            judge.model().clone(),
+            &["a", "b", "c"].map(String::from),
+            Smoothing::default(),
+            "x",
+        )
+        .unwrap();
+        let fine = judge.coverage(&[]);
+        assert!(fine.is_usable());
+        assert!(fine.describe().unwrap().ends_with(
+            "the model relies on none of them (they were zero in every training window)"
+        ));
+        assert_eq!(
+            judge.coverage(&[5]).describe(),
+            judge.coverage(&[]).describe()
+        );
+        let complete = Judge::<u32>::new(
+            judge.model().clone(),
+            &["a", "b", "c", "d"].map(String::from),
+            Smoothing::default(),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(complete.coverage(&[]).describe(), None);
     }
 }

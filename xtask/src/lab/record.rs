@@ -792,6 +792,7 @@ mod tests {
             window: 0,
             start_unix_ms: 1,
             duration_ms: 2000,
+            qemu: None,
             counts: &[7],
         })
         .unwrap();
