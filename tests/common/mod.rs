@@ -248,6 +248,60 @@ pub fn qemu_binary(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// How the QEMU under test made its USDT sites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QemuFlavour {
+    /// The lab's recipe (`lab-7.2`, `lab-10.0`): every site a 5-byte nop.
+    Lab,
+    /// As Fedora and RHEL build it (`stock-10.0`): systemtap's 1-byte nops.
+    Stock,
+}
+
+/// The flavour of the QEMU `bin`: `VMWATCH_QEMU_FLAVOUR` (`lab` or `stock`;
+/// `cargo xtask test` sets it), else what the `BUILD-INFO.json` of its
+/// `cargo xtask qemu` build says. Panics when neither tells: the tests check
+/// the sites against what the build is meant to be, not against what they find.
+pub fn qemu_flavour(bin: &Path) -> QemuFlavour {
+    let parse = |s: &str| match s {
+        "lab" => Some(QemuFlavour::Lab),
+        "stock" => Some(QemuFlavour::Stock),
+        _ => None,
+    };
+    if let Ok(v) = std::env::var("VMWATCH_QEMU_FLAVOUR") {
+        return parse(&v)
+            .unwrap_or_else(|| panic!("VMWATCH_QEMU_FLAVOUR={v:?}: expected `lab` or `stock`"));
+    }
+    // <build>/install/bin/qemu-system-x86_64 → <build>/BUILD-INFO.json
+    let info = bin
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(|d| d.join("BUILD-INFO.json"));
+    let manifest: Option<serde_json::Value> = info
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let from_manifest = manifest.as_ref().and_then(|m| {
+        if let Some(f) = m["flavour"].as_str() {
+            return parse(f);
+        }
+        // Builds from before the 10.0 recipes: only lab builds existed, and their
+        // configure line names the 5-byte-nop sys/sdt.h wrapper.
+        let configure = m["configure"].as_array()?;
+        configure
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| a.contains("sdt-nop5")))
+            .then_some(QemuFlavour::Lab)
+    });
+    from_manifest.unwrap_or_else(|| {
+        panic!(
+            "cannot tell whether VMWATCH_QEMU={} is a lab or a stock build (no BUILD-INFO.json \
+             of `cargo xtask qemu` beside it); set VMWATCH_QEMU_FLAVOUR=lab or stock",
+            bin.display()
+        )
+    })
+}
+
 /// The QEMU of `cargo xtask qemu`, when BPF can also be used here; `None`
 /// (with the reason printed) when the test must be skipped.
 pub fn requires_root_and_qemu(test: &str) -> Option<PathBuf> {

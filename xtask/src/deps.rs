@@ -1,5 +1,6 @@
 //! `cargo xtask deps`: the Debian packages vmwatch needs, and a `deb-src` entry so
-//! that `apt-get source qemu` works.
+//! that `apt-get source qemu` works. Also the `deb-src` entries of QEMU 10.0's
+//! private apt index ([`qemu10_sources`], used by `qemu/apt_index.rs`).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -18,14 +19,20 @@ const APT_SOURCES_DIR: &str = "/etc/apt/sources.list.d";
 const DEBIAN_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
 /// The file `deps` writes when no `deb-src` entry exists yet.
 const VMWATCH_SRC: &str = "/etc/apt/sources.list.d/vmwatch-src.sources";
+/// The Debian release of the machine: its `deb` entries are the mirrors QEMU 10.0's
+/// sources are fetched from.
+const RELEASE: &str = "bookworm";
 
 /// The parsed package list.
 #[derive(Debug, Default)]
 pub struct Packages {
     /// Every package, in file order, without duplicates.
     pub all: Vec<String>,
-    /// The packages of section `qemu` (part of the QEMU recipe hash).
+    /// The packages of section `qemu` (part of every QEMU recipe hash).
     pub qemu: Vec<String>,
+    /// The packages of section `qemu10`: what QEMU 10.0 needs on top of `qemu`
+    /// (part of the 10.0 recipe hashes only).
+    pub qemu10: Vec<String>,
 }
 
 pub fn packages_path() -> PathBuf {
@@ -66,8 +73,10 @@ fn parse_packages(text: &str) -> Result<Packages> {
                 n + 1
             );
         }
-        if section == "qemu" {
-            pk.qemu.push(line.to_string());
+        match section.as_str() {
+            "qemu" => pk.qemu.push(line.to_string()),
+            "qemu10" => pk.qemu10.push(line.to_string()),
+            _ => {}
         }
         if seen.insert(line.to_string()) {
             pk.all.push(line.to_string());
@@ -360,6 +369,80 @@ fn add_deb_src() -> Result<()> {
         .with_context(|| format!("could not write {VMWATCH_SRC}"))
 }
 
+/// The deb822 `deb-src` stanzas of QEMU 10.0's private apt index: `suites` on the
+/// mirror of the system's `deb` entry of bookworm, `security_suites` on the mirror
+/// of its bookworm-security entry (skipped when there is none), with their
+/// Components and Signed-By.
+pub fn qemu10_sources(suites: &[&str], security_suites: &[&str]) -> Result<String> {
+    let (text, deb822, file) = if Path::new(DEBIAN_SOURCES).is_file() {
+        let text = fs::read_to_string(DEBIAN_SOURCES)
+            .with_context(|| format!("could not read {DEBIAN_SOURCES}"))?;
+        (text, true, DEBIAN_SOURCES)
+    } else if Path::new(APT_SOURCES_LIST).is_file() {
+        let text = fs::read_to_string(APT_SOURCES_LIST)
+            .with_context(|| format!("could not read {APT_SOURCES_LIST}"))?;
+        (text, false, APT_SOURCES_LIST)
+    } else {
+        bail!("cannot set up QEMU 10.0's sources: neither {DEBIAN_SOURCES} nor {APT_SOURCES_LIST} exists");
+    };
+    let mut out =
+        String::from("# Written by `cargo xtask qemu` (vmwatch): QEMU 10.0's source packages.\n");
+    let main = src_stanza_like(&text, deb822, RELEASE, &suites.join(" ")).with_context(|| {
+        format!("cannot set up QEMU 10.0's sources: {file} has no `deb` entry of {RELEASE} to take the mirror from")
+    })?;
+    out.push_str(&main);
+    if !security_suites.is_empty() {
+        let security = format!("{RELEASE}-security");
+        if let Some(s) = src_stanza_like(&text, deb822, &security, &security_suites.join(" ")) {
+            out.push_str(&s);
+        }
+    }
+    Ok(out)
+}
+
+/// A deb822 `deb-src` stanza of `suites` with the URI, Components and Signed-By of
+/// the first enabled `deb` entry of suite `like` in `text` (deb822 or one-line).
+fn src_stanza_like(text: &str, deb822: bool, like: &str, suites: &str) -> Option<String> {
+    let (uri, components, signed_by) = if deb822 {
+        let st = deb822_stanzas(text).into_iter().find(|s| {
+            s.enabled()
+                && s.types().iter().any(|t| t == "deb")
+                && s.get("Suites")
+                    .is_some_and(|v| v.split_whitespace().any(|x| x == like))
+        })?;
+        // A stanza may list several mirrors; the first one is enough.
+        let uri = st.get("URIs")?.split_whitespace().next()?.to_string();
+        (
+            uri,
+            st.get("Components").map(str::to_string),
+            st.get("Signed-By").map(str::to_string),
+        )
+    } else {
+        text.lines().find_map(|l| {
+            let s = one_line_to_deb822(l)?;
+            let field = |k: &str| {
+                s.lines()
+                    .find_map(|x| x.strip_prefix(k).map(|v| v.trim().to_string()))
+            };
+            (field("Suites:")? == like).then(|| {
+                (
+                    field("URIs:").unwrap_or_default(),
+                    field("Components:"),
+                    field("Signed-By:"),
+                )
+            })
+        })?
+    };
+    let mut s = format!("\nTypes: deb-src\nURIs: {uri}\nSuites: {suites}\n");
+    if let Some(c) = components {
+        s.push_str(&format!("Components: {c}\n"));
+    }
+    if let Some(k) = signed_by {
+        s.push_str(&format!("Signed-By: {k}\n"));
+    }
+    Some(s)
+}
+
 /// `deb [signed-by=K] URI SUITE COMP…` → a deb822 `deb-src` stanza.
 fn one_line_to_deb822(line: &str) -> Option<String> {
     let line = line.split('#').next()?.trim();
@@ -399,6 +482,11 @@ mod tests {
         .expect("valid list");
         assert_eq!(pk.all, ["clang", "meson", "strace"]);
         assert_eq!(pk.qemu, ["meson", "clang"]);
+        assert!(pk.qemu10.is_empty());
+        let pk = parse_packages("# section: qemu\nmeson\n# section: qemu10\npython3-venv\n")
+            .expect("valid list");
+        assert_eq!(pk.qemu, ["meson"]);
+        assert_eq!(pk.qemu10, ["python3-venv"]);
         assert!(parse_packages("two words\n").is_err());
         assert!(parse_packages("# nothing\n").is_err());
     }
@@ -425,5 +513,30 @@ mod tests {
         assert!(s.contains("Components: main contrib\n"));
         assert!(s.contains("Signed-By: /k.gpg\n"));
         assert!(one_line_to_deb822("deb-src http://x b main").is_none());
+    }
+
+    #[test]
+    fn qemu10_source_stanzas() {
+        let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\nTypes: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\nComponents: main\n";
+        assert_eq!(
+            src_stanza_like(deb822, true, "bookworm", "bookworm-backports").as_deref(),
+            Some("\nTypes: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+        );
+        let list = "deb http://sec/debian-security bookworm-security main\ndeb [signed-by=/k.gpg] http://x/debian bookworm main contrib\n";
+        assert_eq!(
+            src_stanza_like(list, false, "bookworm", "bookworm-backports").as_deref(),
+            Some("\nTypes: deb-src\nURIs: http://x/debian\nSuites: bookworm-backports\nComponents: main contrib\nSigned-By: /k.gpg\n")
+        );
+        assert!(src_stanza_like(
+            "deb http://x/debian trixie main\n",
+            false,
+            "bookworm",
+            "bookworm-backports"
+        )
+        .is_none());
+        assert_eq!(
+            src_stanza_like(deb822, true, "bookworm-security", "trixie-security").as_deref(),
+            Some("\nTypes: deb-src\nURIs: http://deb.debian.org/debian-security\nSuites: trixie-security\nComponents: main\n")
+        );
     }
 }

@@ -33,28 +33,41 @@ enum Cmd {
     /// when something is missing. Installing needs root.
     Deps,
 
-    /// Build qemu-system-x86_64 7.2 from Debian's source package with the dtrace,ust
-    /// trace backends (USDT probes), cached outside the repository.
+    /// Build qemu-system-x86_64 from Debian's source package with the dtrace trace
+    /// backend (USDT probes), cached outside the repository: QEMU 7.2 (the lab's,
+    /// the default) or 10.0, lab-style or stock.
     ///
     /// The cache is $VMWATCH_CACHE, else $XDG_CACHE_HOME/vmwatch, else
-    /// $HOME/.cache/vmwatch. A build is reused while its recipe (flags, source
-    /// version, build code) is unchanged. See docs/QEMU.md.
+    /// $HOME/.cache/vmwatch; each build has its own directory there. A build is
+    /// reused while its recipe (flags, source version, build code) is unchanged.
+    /// See docs/QEMU.md.
     Qemu {
+        /// Which QEMU to build.
+        #[arg(long, value_enum, default_value_t = qemu::Variant::default())]
+        build: qemu::Variant,
         /// Print only the path of qemu-system-x86_64 (building it first if needed);
         /// progress goes to stderr.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "diff")]
         print_path: bool,
-        /// Rebuild even if a complete build of the current recipe exists.
+        /// Rebuild --build even if a complete build of its current recipe exists.
         #[arg(long)]
         force: bool,
         /// Parallel compile jobs (default: ninja's choice).
         #[arg(long, short = 'j')]
         jobs: Option<usize>,
+        /// Compare the qemu probe names of --build (the old one) with those of
+        /// this build (the new one), building both if needed: added, removed,
+        /// likely renamed, and which features of packaging/features.txt and of
+        /// the demo's built-in list each has.
+        #[arg(long, value_name = "BUILD", value_enum)]
+        diff: Option<qemu::Variant>,
     },
 
-    /// The full test run (what CI runs): deps, qemu, `cargo fmt --check`,
-    /// `cargo clippy -D warnings`, `cargo test --workspace` with VMWATCH_QEMU set
-    /// to the built QEMU, the packaging checks (`systemd-analyze verify` of the
+    /// The full test run (what CI runs): deps, the three QEMU builds of `cargo
+    /// xtask qemu` (cached), `cargo fmt --check`, `cargo clippy -D warnings`,
+    /// `cargo test --workspace` with VMWATCH_QEMU set to the default build
+    /// (lab-7.2), `cargo test --test qemu` against each other build (lab-10.0,
+    /// stock-10.0; VMWATCH_QEMU_FLAVOUR says lab or stock), the packaging checks (`systemd-analyze verify` of the
     /// unit, `promtool` on the alert rules, their tests, the scrape config and
     /// the dashboard's queries, and `cargo xtask package`; a missing tool is
     /// skipped, except in CI), the fuzz targets for 30 s each (`cargo xtask
@@ -62,8 +75,10 @@ enum Cmd {
     /// smoke test (`cargo xtask lab smoke`: one VM, 3 windows of `idle`; needs
     /// root).
     ///
-    /// All checks run even if one fails; the command fails if any failed. A
-    /// VMWATCH_QEMU already set in the environment is used instead of building.
+    /// All checks run even if one fails (a 10.0 build that fails is a failed
+    /// check); the command fails if any failed, and it ends with what ran against
+    /// which QEMU. A VMWATCH_QEMU already set in the environment is used instead
+    /// of building, and then only that binary is tested.
     Test {
         /// Arguments passed on to `cargo test` (after `--`), e.g.
         /// `cargo xtask test -- probes -- --nocapture`.
@@ -164,23 +179,39 @@ fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Deps => deps::ensure().map(|_| ()),
         Cmd::Qemu {
+            build,
             print_path,
             force,
             jobs,
+            diff,
         } => {
-            let build = qemu::ensure(&qemu::Options { jobs, force })?;
-            if print_path {
-                println!("{}", build.binary.display());
+            let opts = |variant, force| qemu::Options {
+                variant,
+                jobs,
+                force,
+            };
+            let built = qemu::ensure(&opts(build, force))?;
+            if let Some(other) = diff {
+                // --force rebuilds --build only.
+                let new = qemu::ensure(&opts(other, false))?;
+                print!("{}", qemu::diff_report(&built, &new)?);
+            } else if print_path {
+                println!("{}", built.binary.display());
             } else {
-                let probes = qemu::count_probes(&build.binary)?;
-                println!("qemu-system-x86_64: {}", build.binary.display());
+                let probes = qemu::count_probes(&built.binary)?;
+                println!("build:              {}", built.variant);
+                println!("qemu-system-x86_64: {}", built.binary.display());
                 println!(
                     "build info:         {}",
-                    build.dir.join("BUILD-INFO.json").display()
+                    built.dir.join("BUILD-INFO.json").display()
                 );
                 println!(
                     "USDT probes:        {} distinct qemu probe names, {} qemu sites ({} stapsdt notes in all)",
                     probes.qemu_names, probes.qemu_sites, probes.sites
+                );
+                println!(
+                    "probe sites:        {} 5-byte nops, {} 1-byte nops",
+                    probes.nop5_sites, probes.nop1_sites
                 );
             }
             Ok(())

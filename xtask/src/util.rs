@@ -384,15 +384,20 @@ impl CacheBuild {
 
 /// Points `<root>/current` at `<hash>` (atomically: new symlink, then rename).
 pub fn set_current(root: &Path, hash: &str) -> Result<()> {
-    let current = root.join("current");
-    if fs::read_link(&current).ok().as_deref() == Some(Path::new(hash)) {
+    set_link(root, "current", hash)
+}
+
+/// Points `<root>/<name>` at `<hash>` (atomically: new symlink, then rename).
+pub fn set_link(root: &Path, name: &str, hash: &str) -> Result<()> {
+    let link = root.join(name);
+    if fs::read_link(&link).ok().as_deref() == Some(Path::new(hash)) {
         return Ok(());
     }
-    let tmp = root.join(format!(".current.tmp-{}", std::process::id()));
+    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(hash, &tmp)
         .with_context(|| format!("could not create the symlink {}", tmp.display()))?;
-    fs::rename(&tmp, &current).with_context(|| format!("could not update {}", current.display()))
+    fs::rename(&tmp, &link).with_context(|| format!("could not update {}", link.display()))
 }
 
 /// Removes `dir` and what it holds; nothing there is not an error.
