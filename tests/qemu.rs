@@ -85,6 +85,53 @@ fn probes_lists_qemus_trace_events() {
     }
 }
 
+/// The agent's default features (packaging/features.txt: seven probes of
+/// QEMU 7.2, plus the 10.0 names of the two that were renamed) are all
+/// counted on this QEMU: exactly seven of them exist, one of each renamed
+/// pair.
+#[test]
+fn the_default_features_exist_in_this_qemu() {
+    let Some(qemu) = qemu_binary(test_name!()) else {
+        return;
+    };
+    let probes = run("probes --json").arg(&qemu).succeeds().json();
+    let names: std::collections::HashSet<String> = probes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["provider"] == "qemu")
+        .map(|p| format!("qemu:{}", p["name"].as_str().unwrap()))
+        .collect();
+    let list = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/features.txt"),
+    )
+    .unwrap();
+    let features: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let (present, absent): (Vec<&str>, Vec<&str>) =
+        features.iter().partition(|f| names.contains(**f));
+    assert_eq!(
+        present.len(),
+        7,
+        "{}: present {present:?}, absent {absent:?}",
+        qemu.display()
+    );
+    for pair in [
+        ["qemu:apic_mem_writel", "qemu:apic_register_write"],
+        ["qemu:thread_pool_complete", "qemu:thread_pool_complete_aio"],
+    ] {
+        assert_eq!(
+            pair.iter().filter(|f| present.contains(f)).count(),
+            1,
+            "{pair:?} in {}",
+            qemu.display()
+        );
+    }
+}
+
 #[test]
 fn list_and_record_real_qemu_per_pid() {
     let bin = skip_without_bpf_and_qemu!();
