@@ -12,6 +12,7 @@ mod monitor;
 mod plot;
 mod report;
 mod scaling;
+mod sites;
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,12 @@ pub enum BenchCmd {
     /// needed; starts (and stops) its own lttng-sessiond. About 40 minutes
     /// on 2 cores; see docs/PERFORMANCE.md.
     Overhead(Opts),
+    /// ns per counted probe hit on each QEMU build's own probe sites
+    /// (lab-7.2 and lab-10.0: 5-byte nops; stock-10.0: 1-byte nops, as
+    /// Fedora and RHEL ship QEMU), with `qemu-img bench` on null-co:// as
+    /// the workload. Needs root; builds missing QEMUs first. About 5
+    /// minutes once they are built.
+    Sites(sites::Opts),
 }
 
 /// Parts of the overhead benchmark.
@@ -92,6 +99,7 @@ pub struct Run {
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Overhead(o) => overhead(o),
+        BenchCmd::Sites(o) => sites::run(&o),
     }
 }
 
