@@ -189,15 +189,24 @@ fn measure(vmwatch: &Path, img: &Path, o: &Opts) -> Result<Sample> {
 
     // Far more requests than the windows take: killed once they are read.
     let bench = Killed(
-        bench_cmd(img, u64::MAX / 2)
+        bench_cmd(img, 2_000_000_000)
             .spawn()
             .with_context(|| format!("could not run {}", img.display()))?,
     );
+    // vmwatch reads the process's executable: wait for the exec.
+    let exe = format!("/proc/{}/exe", bench.0.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(&exe).ok().as_deref() != Some(img) {
+        if Instant::now() > deadline {
+            bail!("{} did not start", img.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let dir = TempDir::create(
         std::env::temp_dir().join(format!("vmwatch-bench-sites-{}", std::process::id())),
     )?;
     let out = dir.0.join("counted.csv");
-    let status = Command::new(vmwatch)
+    let ran = Command::new(vmwatch)
         .args(["record", "--interval", "1s", "--windows"])
         // The first window starts while probes are being attached.
         .arg((o.windows + 1).to_string())
@@ -206,14 +215,16 @@ fn measure(vmwatch: &Path, img: &Path, o: &Opts) -> Result<Sample> {
         .arg("-o")
         .arg(&out)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
+        .output()
         .context("could not run vmwatch record")?;
     drop(bench);
-    if !status.success() {
+    if !ran.status.success() {
+        let err = String::from_utf8_lossy(&ran.stderr);
         bail!(
-            "vmwatch record --pid on {} exited with {status}",
-            img.display()
+            "vmwatch record --pid on {} exited with {}: {}",
+            img.display(),
+            ran.status,
+            err.lines().last().unwrap_or("")
         );
     }
     let table = Table::read(&out)?;
