@@ -285,6 +285,8 @@ impl Libvirtd {
         dom
     }
 
+    // `<acpi/>`: without it bookworm's libvirt 9.0 passes `-no-acpi`, which
+    // QEMU 10 no longer accepts (the machine property `acpi=off` replaced it).
     fn domain_xml(&self, name: &str, uuid: &str) -> String {
         format!(
             "<domain type='qemu'>
@@ -293,6 +295,7 @@ impl Libvirtd {
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
