@@ -50,6 +50,7 @@ use crate::deps;
 use crate::lab::record::{self, Session, SessionOpts};
 use crate::lab::scenario::{self, Group};
 use crate::lab::vm::{self, Accel};
+use crate::qemu;
 use crate::util::{self, note};
 
 /// The window length (the agent's `interval`).
@@ -115,6 +116,9 @@ pub struct Args {
     /// Accelerator (/dev/kvm on this project's machines cannot boot a guest).
     #[arg(long, value_enum, default_value_t = Accel::Tcg)]
     accel: Accel,
+    /// The QEMU the VM runs (`cargo xtask qemu --build`).
+    #[arg(long, value_enum, default_value_t = qemu::Variant::default())]
+    qemu: qemu::Variant,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512)]
     memory: u32,
@@ -190,6 +194,7 @@ pub fn run(a: &Args) -> Result<()> {
         scenario: web,
         vms: 1,
         seed: a.seed,
+        qemu: a.qemu,
         accel: a.accel,
         memory_mib: a.memory,
         boot_timeout: Duration::from_secs(180),
@@ -468,6 +473,16 @@ impl AgentProc {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The agent's warnings so far (e.g. features this QEMU lacks), without
+    /// the level.
+    fn warnings(&self) -> Vec<String> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.trim_start().strip_prefix("WARN "))
+            .map(str::to_string)
+            .collect()
     }
 
     /// SIGTERM and wait; returns how it exited and how long that took.
@@ -828,6 +843,11 @@ impl Watch<'_> {
                             bail!("the agent monitors `{}` without training it", self.vm);
                         };
                         note(format!("the agent has a model and monitors `{}`", self.vm));
+                        // Say it here, not only in its log: with features
+                        // selected on data/ of another QEMU, some may not exist.
+                        for w in agent.warnings() {
+                            note(format!("the agent warns: {w}"));
+                        }
                         let windows = self.status()?.map_or(0, |v| v.windows_learned);
                         // The rest of what was read stays pending for `monitor`.
                         return Ok(Learned {
