@@ -34,8 +34,8 @@ enum Cmd {
     Deps,
 
     /// Build qemu-system-x86_64 from Debian's source package with the dtrace trace
-    /// backend (USDT probes), cached outside the repository: QEMU 7.2 (the lab's,
-    /// the default) or 10.0, lab-style or stock.
+    /// backend (USDT probes), cached outside the repository: QEMU 10.0 (the
+    /// lab's, the default) or 7.2 lab-style, or 10.0 as Fedora/RHEL build it.
     ///
     /// The cache is $VMWATCH_CACHE, else $XDG_CACHE_HOME/vmwatch, else
     /// $HOME/.cache/vmwatch; each build has its own directory there. A build is
@@ -66,8 +66,9 @@ enum Cmd {
     /// The full test run (what CI runs): deps, the three QEMU builds of `cargo
     /// xtask qemu` (cached), `cargo fmt --check`, `cargo clippy -D warnings`,
     /// `cargo test --workspace` with VMWATCH_QEMU set to the default build
-    /// (lab-7.2), `cargo test --test qemu` against each other build (lab-10.0,
-    /// stock-10.0; VMWATCH_QEMU_FLAVOUR says lab or stock), the packaging checks (`systemd-analyze verify` of the
+    /// (lab-10.0), `cargo test --test qemu` against each other build (lab-7.2,
+    /// stock-10.0; VMWATCH_QEMU_FLAVOUR says lab or stock), the packaging
+    /// checks (`systemd-analyze verify` of the
     /// unit, `promtool` on the alert rules, their tests, the scrape config and
     /// the dashboard's queries, and `cargo xtask package`; a missing tool is
     /// skipped, except in CI), the fuzz targets for 30 s each (`cargo xtask

@@ -16,6 +16,7 @@ use super::monitor::{Config, Running, Setup};
 use super::{Run as Opts, BENCH};
 use crate::lab::record::{Session, SessionOpts};
 use crate::lab::vm::{self, Accel};
+use crate::qemu;
 use crate::util::note;
 
 /// One job run.
@@ -134,6 +135,7 @@ pub fn run(o: &Opts, setup: &Setup, out_csv: &Path) -> Result<Vec<Row>> {
         scenario: &BENCH,
         vms: 1,
         seed: 1,
+        qemu: qemu::Variant::default(),
         accel: Accel::Tcg,
         memory_mib: 512,
         boot_timeout: Duration::from_secs(180),

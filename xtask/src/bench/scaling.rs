@@ -20,6 +20,7 @@ use super::monitor::{Config, Running, Setup};
 use super::{Run as Opts, STEADY};
 use crate::lab::record::{Session, SessionOpts};
 use crate::lab::vm::{self, Accel};
+use crate::qemu;
 use crate::util::{self, note};
 
 /// Configurations of the VM runs (the paper's Fig. 5: vmwatch in place of
@@ -129,6 +130,7 @@ pub fn run_vms(o: &Opts, setup: &Setup, csv: &Path, rows: &mut Vec<Row>) -> Resu
             scenario: &STEADY,
             vms: n,
             seed: 1,
+            qemu: qemu::Variant::default(),
             accel: Accel::Tcg,
             memory_mib: 256,
             boot_timeout: Duration::from_secs(120 + 40 * n as u64),

@@ -43,6 +43,7 @@ use clap::Subcommand;
 use sha2::{Digest, Sha256};
 
 use crate::deps;
+use crate::qemu;
 use crate::util::{self, note};
 
 /// Bumped when the cache layout changes incompatibly.
@@ -83,6 +84,9 @@ pub enum LabCmd {
         /// (cached), else TCG.
         #[arg(long, value_enum, default_value_t = accel::AccelChoice::Auto)]
         accel: accel::AccelChoice,
+        /// The QEMU the VM runs (`cargo xtask qemu --build`).
+        #[arg(long, value_enum, default_value_t = qemu::Variant::default())]
+        qemu: qemu::Variant,
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 512)]
         memory: u32,
@@ -163,6 +167,10 @@ pub struct RunArgs {
     /// VMs to boot (all run the scenario; each gets its own rows).
     #[arg(long, default_value_t = 1)]
     vms: usize,
+    /// The QEMU the VMs run (`cargo xtask qemu --build`; the committed data/
+    /// was recorded on lab-7.2).
+    #[arg(long, value_enum, default_value_t = qemu::Variant::default())]
+    qemu: qemu::Variant,
     /// Accelerator: `auto` uses KVM if a trial boot shows it works here
     /// (cached), else TCG.
     #[arg(long, value_enum, default_value_t = accel::AccelChoice::Auto)]
@@ -182,6 +190,7 @@ impl RunArgs {
             windows: self.windows,
             interval: self.interval,
             vms: self.vms,
+            qemu: self.qemu,
             accel: accel::resolve(self.accel)?,
             memory_mib: self.memory,
             vmwatch: self.vmwatch,
@@ -201,6 +210,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             seconds,
             timeout,
             accel,
+            qemu,
             memory,
             seed,
             no_net,
@@ -211,6 +221,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             seconds,
             timeout,
             accel: accel::resolve(accel)?,
+            qemu,
             memory,
             seed,
             network: !no_net,
@@ -434,6 +445,7 @@ struct BootArgs {
     seconds: u64,
     timeout: u64,
     accel: vm::Accel,
+    qemu: qemu::Variant,
     memory: u32,
     seed: u64,
     network: bool,
@@ -447,6 +459,7 @@ fn boot(a: &BootArgs) -> Result<()> {
         scenario,
         vms: 1,
         seed: a.seed,
+        qemu: a.qemu,
         accel: a.accel,
         memory_mib: a.memory,
         boot_timeout: Duration::from_secs(a.timeout),

@@ -32,6 +32,8 @@ pub struct SessionOpts {
     pub scenario: &'static Scenario,
     pub vms: usize,
     pub seed: u64,
+    /// Which `cargo xtask qemu` build the VMs run.
+    pub qemu: qemu::Variant,
     pub accel: Accel,
     pub memory_mib: u32,
     pub boot_timeout: Duration,
@@ -71,7 +73,11 @@ impl Session {
         {
             bail!("scenario {} needs the lab network", s.name);
         }
-        let qemu = qemu::ensure(&qemu::Options::default()).context("building QEMU failed")?;
+        let qemu = qemu::ensure(&qemu::Options {
+            variant: o.qemu,
+            ..qemu::Options::default()
+        })
+        .with_context(|| format!("building QEMU {} failed", o.qemu))?;
         vm::check_interrupted()?;
         let guest = super::ensure(false).context("building the lab guest failed")?;
         vm::check_interrupted()?;
@@ -293,6 +299,8 @@ pub struct RunOpts {
     /// vmwatch's `--interval`, as given.
     pub interval: String,
     pub vms: usize,
+    /// Which `cargo xtask qemu` build the VMs run.
+    pub qemu: qemu::Variant,
     pub accel: Accel,
     pub memory_mib: u32,
     /// The vmwatch binary; `None`: build it (`cargo build --release -p vmwatch`).
@@ -410,6 +418,7 @@ pub fn record(o: &RecordOpts) -> Result<Recorded> {
         scenario: o.scenario,
         vms: run.vms,
         seed: o.seed,
+        qemu: run.qemu,
         accel: run.accel,
         memory_mib: run.memory_mib,
         boot_timeout: Duration::from_secs(180),
@@ -633,7 +642,10 @@ fn manifest_json(
     results: &[(&'static Scenario, u64, PathBuf, Result<Recorded>)],
 ) -> Result<String> {
     use util::json_str as j;
-    let qemu = qemu::ensure(&qemu::Options::default())?;
+    let qemu = qemu::ensure(&qemu::Options {
+        variant: o.run.qemu,
+        ..qemu::Options::default()
+    })?;
     let guest = super::ensure(false)?;
     let read = |p: PathBuf| -> Result<String> {
         Ok(fs::read_to_string(&p)
@@ -724,6 +736,7 @@ pub fn smoke(vmwatch: Option<&Path>) -> Result<()> {
             windows: 3,
             interval: "2s".into(),
             vms: 1,
+            qemu: qemu::Variant::default(),
             accel: Accel::Tcg,
             memory_mib: 512,
             vmwatch: vmwatch.map(Path::to_path_buf),

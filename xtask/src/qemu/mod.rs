@@ -1,7 +1,8 @@
 //! `cargo xtask qemu`: QEMU from Debian's source packages, built with the `dtrace`
 //! trace backend (USDT probes), cached outside the repository. Three builds
-//! ([`Variant`]): `lab-7.2` (bookworm's QEMU 7.2, `dtrace,ust`, 5-byte-nop sites;
-//! the default), `lab-10.0` (QEMU 10.0, the same trace set-up) and `stock-10.0`
+//! ([`Variant`]): `lab-10.0` (QEMU 10.0, `dtrace,ust`, 5-byte-nop sites; the
+//! default, the lab's QEMU), `lab-7.2` (bookworm's QEMU 7.2, the same trace
+//! set-up; what data/ was recorded on before the lab moved) and `stock-10.0`
 //! (QEMU 10.0 with the `dtrace` backend and systemtap's 1-byte-nop sites, as
 //! Fedora and RHEL build it).
 //!
@@ -74,15 +75,15 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Which QEMU `cargo xtask qemu` builds. Each has its own cache directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Variant {
-    /// QEMU 7.2 (Debian bookworm), `dtrace,ust` trace backends, 5-byte-nop probe
-    /// sites: the lab's QEMU (the default).
+    /// QEMU 10.0 (Debian trixie / bookworm-backports), `dtrace,ust` trace
+    /// backends, 5-byte-nop probe sites: the lab's QEMU (the default).
     #[default]
-    #[value(name = "lab-7.2")]
-    Lab72,
-    /// QEMU 10.0 (Debian trixie / bookworm-backports) built like lab-7.2:
-    /// `dtrace,ust`, 5-byte-nop probe sites.
     #[value(name = "lab-10.0")]
     Lab100,
+    /// QEMU 7.2 (Debian bookworm) built like lab-10.0: `dtrace,ust`, 5-byte-nop
+    /// probe sites (the lab's QEMU until data/ is re-recorded on 10.0).
+    #[value(name = "lab-7.2")]
+    Lab72,
     /// QEMU 10.0 as Fedora and RHEL build it: the `dtrace` backend alone and
     /// systemtap's sys/sdt.h (1-byte-nop probe sites, always an int3 trap).
     #[value(name = "stock-10.0")]
@@ -91,7 +92,7 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, the default first.
-    pub const ALL: [Variant; 3] = [Variant::Lab72, Variant::Lab100, Variant::Stock100];
+    pub const ALL: [Variant; 3] = [Variant::Lab100, Variant::Lab72, Variant::Stock100];
 
     /// The name on the command line and in the cache (`lab-7.2`, …).
     pub fn name(self) -> &'static str {
@@ -791,7 +792,7 @@ mod tests {
 
     #[test]
     fn variants() {
-        assert_eq!(Variant::default(), Variant::Lab72);
+        assert_eq!(Variant::default(), Variant::Lab100);
         assert_eq!(Variant::ALL[0], Variant::default());
         for v in Variant::ALL {
             let parsed = <Variant as clap::ValueEnum>::from_str(v.name(), false);
