@@ -36,6 +36,18 @@ pub const LEADING: [&str; 6] = [
 /// features.
 pub const PROVENANCE: [&str; 2] = ["qemu_build_id", "qemu_version"];
 
+/// The column that marks estimated counts (the cost governor's
+/// duty-cycled probes): `feature=fraction` pairs separated by `;`, e.g.
+/// `qemu:exec_tb=0.0625;qemu:translate_block=0.5`, where the fraction is
+/// the share of the window during which the probe was counted and the
+/// feature's value is its count divided by that fraction. Empty: every
+/// count of the row is exact. Written right after [`PROVENANCE`]; files
+/// without it (older vmwatch) have exact counts only. Not a feature.
+pub const SAMPLED: &str = "sampled";
+
+/// Fractions in the [`SAMPLED`] column keep this many significant digits.
+const FRACTION_DIGITS: i32 = 4;
+
 /// One (VM, window) row.
 #[derive(Debug, Clone)]
 pub struct Row<'a> {
@@ -49,6 +61,9 @@ pub struct Row<'a> {
     pub qemu: Option<&'a QemuBuild>,
     /// One count per feature, in the writer's column order.
     pub counts: &'a [u64],
+    /// Estimated counts: (column, fraction of the window counted), see
+    /// [`SAMPLED`]; empty when every count is exact.
+    pub sampled: &'a [(usize, f64)],
 }
 
 enum Sink {
@@ -80,9 +95,11 @@ pub struct DatasetWriter {
     path: PathBuf,
     csv: Option<csv::Writer<Sink>>,
     width: usize,
-    /// Whether the file has the [`PROVENANCE`] columns (one of an older
-    /// vmwatch, appended to, does not).
-    provenance: bool,
+    /// Which extra columns the file has (one of an older vmwatch, appended
+    /// to, may lack them).
+    extra: Extra,
+    /// The feature names, for the [`SAMPLED`] column.
+    features: Vec<String>,
     record: Vec<String>,
     rows: u64,
     /// Replacing an existing file: the temporary file that takes its name
@@ -143,14 +160,15 @@ impl DatasetWriter {
         let mut csv = csv::WriterBuilder::new()
             .has_headers(false)
             .from_writer(sink);
-        csv.write_record(header(features, true))
+        csv.write_record(header(features, Extra::Sampled))
             .map_err(|e| csv_err(path, e))?;
         let mut w = Self {
             path: path.to_owned(),
             csv: Some(csv),
             width: features.len(),
-            provenance: true,
-            record: Vec::with_capacity(LEADING.len() + PROVENANCE.len() + features.len()),
+            extra: Extra::Sampled,
+            features: features.to_vec(),
+            record: Vec::with_capacity(LEADING.len() + PROVENANCE.len() + 1 + features.len()),
             rows: 0,
             pending,
             stream,
@@ -161,12 +179,35 @@ impl DatasetWriter {
 
     /// Opens the plain CSV dataset `path` to add rows at its end, creating
     /// it with the header when it does not exist. An existing file must have
-    /// exactly this header, with or without the [`PROVENANCE`] columns (one
-    /// an older vmwatch began grows in its own layout); a partial last row
+    /// exactly this header, with or without the [`PROVENANCE`] and
+    /// [`SAMPLED`] columns (one an older vmwatch began grows in its own
+    /// layout: see [`DatasetWriter::marks_estimates`]); a partial last row
     /// (a crash mid-write) is cut off first, so the next row starts on a
-    /// line of its own. Returns the writer and the number of complete rows
-    /// the file already holds.
+    /// line of its own. A file of an older layout is first rewritten
+    /// (atomically) with this vmwatch's columns added, empty: its rows are
+    /// kept, and new rows can mark estimated counts. Returns the writer and
+    /// the number of complete rows the file already holds.
     pub fn append(path: &Path, features: &[String]) -> Result<(Self, u64)> {
+        let (w, rows) = Self::append_as_is(path, features)?;
+        if w.extra == Extra::Sampled {
+            return Ok((w, rows));
+        }
+        let old = w.extra;
+        drop(w);
+        upgrade(path, features, old)?;
+        tracing::info!(
+            "{}: added the columns of this vmwatch ({}), its {rows} rows kept",
+            path.display(),
+            if old == Extra::None {
+                "provenance and estimates"
+            } else {
+                "estimates"
+            }
+        );
+        Self::append_as_is(path, features)
+    }
+
+    fn append_as_is(path: &Path, features: &[String]) -> Result<(Self, u64)> {
         use std::io::{Seek, SeekFrom};
         use std::os::unix::fs::OpenOptionsExt;
 
@@ -190,9 +231,9 @@ impl DatasetWriter {
             })?;
         // A training set of 300 windows is a few MiB; 1 GiB bounds a wrong path.
         let text = crate::limits::read_file(path, 1 << 30, "a dataset to append to")?;
-        let (provenance, header) = [true, false]
+        let (extra, header) = [Extra::Sampled, Extra::Provenance, Extra::None]
             .into_iter()
-            .map(|p| (p, header_line(features, p)))
+            .map(|e| (e, header_line(features, e)))
             .find(|(_, h)| text.starts_with(h.as_bytes()))
             .ok_or_else(|| Error::OtherColumns {
                 path: path.to_owned(),
@@ -222,8 +263,9 @@ impl DatasetWriter {
                 path: path.to_owned(),
                 csv: Some(csv),
                 width: features.len(),
-                provenance,
-                record: Vec::with_capacity(LEADING.len() + PROVENANCE.len() + features.len()),
+                extra,
+                features: features.to_vec(),
+                record: Vec::with_capacity(LEADING.len() + PROVENANCE.len() + 1 + features.len()),
                 rows: 0,
                 pending: None,
                 stream: false,
@@ -251,12 +293,43 @@ impl DatasetWriter {
             row.start_unix_ms.to_string(),
             row.duration_ms.to_string(),
         ]);
-        if self.provenance {
+        if !row.sampled.is_empty() && self.extra != Extra::Sampled {
+            return Err(Error::Invalid(format!(
+                "{} has no `{SAMPLED}` column (an older vmwatch began it), so a row with \
+                 estimated counts cannot be marked as such",
+                self.path.display()
+            )));
+        }
+        if self.extra != Extra::None {
             let q = row.qemu;
             self.record.extend([
                 q.and_then(|q| q.build_id.clone()).unwrap_or_default(),
                 q.and_then(|q| q.version.clone()).unwrap_or_default(),
             ]);
+        }
+        if self.extra == Extra::Sampled {
+            let mut cell = String::new();
+            for &(col, fraction) in row.sampled {
+                let name = self.features.get(col).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "an estimated count in column {col}, but {} has {} feature columns",
+                        self.path.display(),
+                        self.width
+                    ))
+                })?;
+                if !(fraction > 0.0 && fraction < 1.0) {
+                    return Err(Error::Invalid(format!(
+                        "{name}: a sampling fraction must lie between 0 and 1, not {fraction}"
+                    )));
+                }
+                if !cell.is_empty() {
+                    cell.push(';');
+                }
+                cell.push_str(name);
+                cell.push('=');
+                cell.push_str(&round_significant(fraction, FRACTION_DIGITS).to_string());
+            }
+            self.record.push(cell);
         }
         self.record.extend(row.counts.iter().map(u64::to_string));
         let csv = self.csv.as_mut().expect("writer is open until finish");
@@ -281,6 +354,12 @@ impl DatasetWriter {
             }
         }
         Ok(())
+    }
+
+    /// Whether rows can mark estimated counts: false for a file an older
+    /// vmwatch began, which has no [`SAMPLED`] column.
+    pub fn marks_estimates(&self) -> bool {
+        self.extra == Extra::Sampled
     }
 
     /// Whether the file at the path is still the old one (replacing, and no
@@ -333,10 +412,22 @@ impl Drop for DatasetWriter {
     }
 }
 
-/// The header's fields for `features`, with or without the provenance
-/// columns.
-fn header(features: &[String], provenance: bool) -> impl Iterator<Item = &str> {
-    let extra: &[&str] = if provenance { &PROVENANCE } else { &[] };
+/// The columns between the leading ones and the features, by vmwatch
+/// version: none, [`PROVENANCE`], or [`PROVENANCE`] and [`SAMPLED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    None,
+    Provenance,
+    Sampled,
+}
+
+/// The header's fields for `features` with the `extra` columns.
+fn header(features: &[String], extra: Extra) -> impl Iterator<Item = &str> {
+    let extra: &[&str] = match extra {
+        Extra::None => &[],
+        Extra::Provenance => &PROVENANCE,
+        Extra::Sampled => &[PROVENANCE[0], PROVENANCE[1], SAMPLED],
+    };
     LEADING
         .iter()
         .chain(extra)
@@ -344,13 +435,93 @@ fn header(features: &[String], provenance: bool) -> impl Iterator<Item = &str> {
         .chain(features.iter().map(String::as_str))
 }
 
+/// The [`SAMPLED`] cell of a row: `feature=fraction` pairs, `;`-separated.
+fn parse_sampled(
+    cell: &str,
+    features: &std::collections::HashMap<&str, usize>,
+) -> std::result::Result<Vec<(usize, f32)>, String> {
+    let mut out: Vec<(usize, f32)> = Vec::new();
+    for pair in cell.split(';').filter(|p| !p.is_empty()) {
+        let (name, fraction) = pair
+            .rsplit_once('=')
+            .ok_or_else(|| format!("`{}` is not feature=fraction", shown(pair)))?;
+        let &i = features
+            .get(name)
+            .ok_or_else(|| format!("`{}` is not a feature of the file", shown(name)))?;
+        let f: f32 = fraction
+            .parse()
+            .ok()
+            .filter(|f: &f32| *f > 0.0 && *f < 1.0)
+            .ok_or_else(|| {
+                format!(
+                    "`{}` for {} is not a fraction between 0 and 1",
+                    shown(fraction),
+                    shown(name)
+                )
+            })?;
+        if out.iter().any(|s| s.0 == i) {
+            return Err(format!("{} appears twice", shown(name)));
+        }
+        out.push((i, f));
+    }
+    Ok(out)
+}
+
+/// Rewrites the plain dataset `path` of layout `old` (header and complete
+/// rows as [`DatasetWriter::append_as_is`] accepted them) with the columns
+/// of [`Extra::Sampled`], empty in the old rows.
+fn upgrade(path: &Path, features: &[String], old: Extra) -> Result<()> {
+    let text = crate::limits::read_file(path, 1 << 30, "a dataset to append to")?;
+    let missing = match old {
+        Extra::None => 3,
+        Extra::Provenance => 1,
+        Extra::Sampled => return Ok(()),
+    };
+    let at = LEADING.len() + 3 - missing;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(&text[..]);
+    let mut writer = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::with_capacity(text.len() + text.len() / 8));
+    writer
+        .write_record(header(features, Extra::Sampled))
+        .map_err(|e| csv_err(path, e))?;
+    let mut fields: Vec<Vec<u8>> = Vec::new();
+    for (i, rec) in reader.byte_records().enumerate() {
+        let rec = rec.map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        if i == 0 {
+            continue;
+        }
+        fields.clear();
+        fields.extend(rec.iter().take(at).map(<[u8]>::to_vec));
+        fields.extend((0..missing).map(|_| Vec::new()));
+        fields.extend(rec.iter().skip(at).map(<[u8]>::to_vec));
+        writer.write_record(&fields).map_err(|e| csv_err(path, e))?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| Error::write(path, e.into_error()))?;
+    atomic::write(path, &bytes)
+}
+
+/// `x` rounded to `digits` significant digits (a short, exact-enough text).
+fn round_significant(x: f64, digits: i32) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let scale = 10f64.powi(digits - 1 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
+}
+
 /// The header line the writer writes for `features`.
-fn header_line(features: &[String], provenance: bool) -> String {
+fn header_line(features: &[String], extra: Extra) -> String {
     let mut w = csv::WriterBuilder::new()
         .has_headers(false)
         .from_writer(Vec::new());
     // Writing to memory cannot fail.
-    let _ = w.write_record(header(features, provenance));
+    let _ = w.write_record(header(features, extra));
     String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
 }
 
@@ -648,7 +819,7 @@ fn next_record<R: Read>(
 }
 
 /// Identity of one row (the leading columns).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RowKey {
     pub vm: String,
     pub pid: u32,
@@ -659,6 +830,9 @@ pub struct RowKey {
     /// The QEMU the row was counted on (the [`PROVENANCE`] columns);
     /// `None` when the file does not say.
     pub qemu: Option<Arc<QemuBuild>>,
+    /// The row's estimated counts (the [`SAMPLED`] column): (feature index
+    /// in the table, fraction of the window counted). Empty: all exact.
+    pub sampled: Vec<(usize, f32)>,
 }
 
 /// A dataset in memory: one row per (VM, window), one column per feature.
@@ -760,8 +934,9 @@ impl Table {
                 .map(|i| i + LEADING.len())
         };
         let (build_col, version_col) = (prov_col(PROVENANCE[0]), prov_col(PROVENANCE[1]));
+        let sampled_col = prov_col(SAMPLED);
         let feature_cols: Vec<usize> = (LEADING.len()..header.len())
-            .filter(|&c| Some(c) != build_col && Some(c) != version_col)
+            .filter(|&c| ![build_col, version_col, sampled_col].contains(&Some(c)))
             .collect();
         let features: Vec<String> = feature_cols
             .iter()
@@ -773,7 +948,7 @@ impl Table {
         let mut seen = std::collections::HashSet::new();
         let names = header.iter().skip(LEADING.len());
         if let Some(dup) = names.clone().find(|f| !seen.insert(*f)) {
-            let what = if PROVENANCE.contains(&dup) {
+            let what = if PROVENANCE.contains(&dup) || dup == SAMPLED {
                 "column"
             } else {
                 "feature"
@@ -781,6 +956,11 @@ impl Table {
             return Err(bad(1, format!("{what} `{}` appears twice", shown(dup))));
         }
         let width = header.len();
+        let feature_index: std::collections::HashMap<&str, usize> = features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.as_str(), i))
+            .collect();
         // Rows of one build share its record.
         let mut builds: Vec<Arc<QemuBuild>> = Vec::new();
         let mut keys = Vec::new();
@@ -850,6 +1030,11 @@ impl Table {
                     }
                 })
             };
+            let sampled = match sampled_col {
+                Some(col) => parse_sampled(text(col)?, &feature_index)
+                    .map_err(|reason| bad(line, format!("column `{SAMPLED}`: {reason}")))?,
+                None => Vec::new(),
+            };
             keys.push(RowKey {
                 vm: text(0)?.to_string(),
                 pid: u32::try_from(num(1)?).map_err(|_| bad(line, "pid out of range".into()))?,
@@ -858,6 +1043,7 @@ impl Table {
                 start_unix_ms: num(4)?,
                 duration_ms: num(5)?,
                 qemu,
+                sampled,
             });
             for &col in &feature_cols {
                 values.push(num(col)? as f64);
@@ -907,9 +1093,12 @@ impl Table {
         let mut r = 0;
         for t in tables {
             let cols: Vec<usize> = t.features.iter().map(|f| index[f]).collect();
-            for (i, key) in t.keys.into_iter().enumerate() {
+            for (i, mut key) in t.keys.into_iter().enumerate() {
                 for (j, &c) in cols.iter().enumerate() {
                     x[[r, c]] = t.x[[i, j]];
+                }
+                for s in &mut key.sampled {
+                    s.0 = cols[s.0];
                 }
                 keys.push(key);
                 r += 1;
@@ -995,6 +1184,30 @@ impl Table {
     /// first appearance (rows of unknown provenance add none).
     pub fn qemu_builds(&self) -> Vec<QemuBuild> {
         crate::qemu::distinct(self.keys.iter().filter_map(|k| k.qemu.as_deref()))
+    }
+
+    /// Which of `features` were estimated in some rows (the [`SAMPLED`]
+    /// column): the share of rows and the mean fraction, in `features`'
+    /// order.
+    pub fn estimated(&self, features: &[String]) -> Vec<crate::model::Estimated> {
+        let rows = self.len().max(1) as f64;
+        features
+            .iter()
+            .filter_map(|f| {
+                let i = self.features.iter().position(|g| g == f)?;
+                let fractions: Vec<f64> = self
+                    .keys
+                    .iter()
+                    .filter_map(|k| k.sampled.iter().find(|s| s.0 == i))
+                    .map(|s| f64::from(s.1))
+                    .collect();
+                (!fractions.is_empty()).then(|| crate::model::Estimated {
+                    feature: f.clone(),
+                    windows: fractions.len() as f64 / rows,
+                    mean_fraction: fractions.iter().sum::<f64>() / fractions.len() as f64,
+                })
+            })
+            .collect()
     }
 
     /// Number of rows.
@@ -1123,6 +1336,7 @@ mod tests {
             duration_ms: 2000,
             qemu: None,
             counts,
+            sampled: &[],
         }
     }
 
@@ -1149,8 +1363,8 @@ mod tests {
             }
             assert_eq!(
                 text,
-                "vm,pid,label,window,start_unix_ms,duration_ms,qemu_build_id,qemu_version,qemu:a,\
-                 qemu:b\n\"web,1\",42,idle,3,1000,2000,,,5,0\n"
+                "vm,pid,label,window,start_unix_ms,duration_ms,qemu_build_id,qemu_version,sampled,\
+                 qemu:a,qemu:b\n\"web,1\",42,idle,3,1000,2000,,,,5,0\n"
             );
         }
     }
@@ -1470,7 +1684,7 @@ mod tests {
         w.finish().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
-            text.contains(r#",ab01,"7.2.22 (Debian, vmwatch)",1"#),
+            text.contains(r#",ab01,"7.2.22 (Debian, vmwatch)",,1"#),
             "{text}"
         );
         let t = Table::read(&path).unwrap();
@@ -1521,23 +1735,54 @@ mod tests {
     }
 
     #[test]
-    fn append_keeps_the_layout_of_an_older_file() {
+    fn append_upgrades_the_layout_of_an_older_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("train.csv");
-        let feats = vec!["qemu:a".to_string()];
-        std::fs::write(&path, format!("{HEAD},qemu:a\nv,1,x,0,10,2000,5\n")).unwrap();
+        let feats = vec!["qemu:a".to_string(), "qemu:b".to_string()];
         let q = QemuBuild::new(Some(&[1]), None);
-        let (mut w, had) = DatasetWriter::append(&path, &feats).unwrap();
-        assert_eq!(had, 1);
-        w.write_row(&Row {
-            qemu: Some(&q),
-            ..row(&[6])
-        })
-        .unwrap();
-        w.finish().unwrap();
-        let t = Table::read(&path).unwrap();
-        assert_eq!(t.x.column(0).to_vec(), [5.0, 6.0]);
-        assert!(t.qemu_builds().is_empty());
+        // Files of the two older layouts: no extra columns, provenance only.
+        for (name, old) in [
+            (
+                "none.csv",
+                format!("{HEAD},qemu:a,qemu:b\n\"v,1\",1,x,0,10,2000,5,1\n"),
+            ),
+            (
+                "prov.csv",
+                format!(
+                    "{HEAD},qemu_build_id,qemu_version,qemu:a,qemu:b\n\"v,1\",1,x,0,10,2000,01,\
+                     \"7.2 (a, b)\",5,1\n"
+                ),
+            ),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, old).unwrap();
+            let (mut w, had) = DatasetWriter::append(&path, &feats).unwrap();
+            assert_eq!(had, 1);
+            assert!(w.marks_estimates());
+            w.write_row(&Row {
+                qemu: Some(&q),
+                sampled: &[(1, 0.25)],
+                ..row(&[6, 8])
+            })
+            .unwrap();
+            w.finish().unwrap();
+            let t = Table::read(&path).unwrap();
+            assert_eq!(t.features, feats);
+            assert_eq!(t.x.column(0).to_vec(), [5.0, 6.0], "{name}");
+            assert_eq!(t.x.column(1).to_vec(), [1.0, 8.0], "{name}");
+            assert_eq!(t.keys[0].vm, "v,1");
+            assert!(t.keys[0].sampled.is_empty());
+            assert_eq!(t.keys[1].sampled, [(1, 0.25)]);
+            assert_eq!(t.keys[1].qemu.as_deref(), Some(&q));
+            let kept = if name == "prov.csv" {
+                Some("7.2 (a, b)")
+            } else {
+                None
+            };
+            assert_eq!(
+                t.keys[0].qemu.as_ref().and_then(|b| b.version.as_deref()),
+                kept
+            );
+        }
         // A new file has the provenance columns, and grows with them.
         let new = dir.path().join("new.csv");
         let (w, _) = DatasetWriter::append(&new, &feats).unwrap();
@@ -1546,11 +1791,77 @@ mod tests {
         assert_eq!(had, 0);
         w.write_row(&Row {
             qemu: Some(&q),
-            ..row(&[7])
+            ..row(&[7, 0])
         })
         .unwrap();
         w.finish().unwrap();
         assert_eq!(Table::read(&new).unwrap().qemu_builds(), [q]);
+    }
+
+    #[test]
+    fn estimated_counts_are_marked_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.csv");
+        let feats = vec!["qemu:a".to_string(), "qemu:b".to_string()];
+        let mut w = DatasetWriter::create(&path, &feats, false).unwrap();
+        w.write_row(&row(&[1, 2])).unwrap();
+        w.write_row(&Row {
+            sampled: &[(0, 0.0625), (1, 0.333_333_3)],
+            ..row(&[160, 9])
+        })
+        .unwrap();
+        // A fraction of 0 or 1 is no estimate; a column beyond the row is none.
+        for bad in [&[(0, 1.0)][..], &[(0, 0.0)], &[(2, 0.5)], &[(0, f64::NAN)]] {
+            let e = w
+                .write_row(&Row {
+                    sampled: bad,
+                    ..row(&[1, 2])
+                })
+                .unwrap_err();
+            assert!(!e.to_string().is_empty());
+        }
+        w.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(",,,qemu:a=0.0625;qemu:b=0.3333,160,9\n"),
+            "{text}"
+        );
+        let t = Table::read(&path).unwrap();
+        assert_eq!(t.features, feats, "`sampled` is no feature");
+        assert!(t.keys[0].sampled.is_empty());
+        assert_eq!(t.keys[1].sampled, [(0, 0.0625), (1, 0.3333)]);
+        let est = t.estimated(&["qemu:b".into(), "qemu:a".into(), "qemu:c".into()]);
+        assert_eq!(est.len(), 2);
+        assert_eq!((est[0].feature.as_str(), est[0].windows), ("qemu:b", 0.5));
+        assert!((est[1].mean_fraction - 0.0625).abs() < 1e-6);
+        // Several files: the marks follow their features' columns.
+        let other = write(
+            dir.path(),
+            "other.csv",
+            &format!("{HEAD},sampled,qemu:b\nv,1,x,0,10,2000,qemu:b=0.5,4\n"),
+        );
+        let all = Table::read_all(&[other, path]).unwrap();
+        assert_eq!(all.features, ["qemu:b", "qemu:a"]);
+        assert_eq!(all.keys[0].sampled, [(0, 0.5)]);
+        assert_eq!(all.keys[2].sampled, [(1, 0.0625), (0, 0.3333)]);
+        // Malformed marks name the line and what is wrong.
+        for (cell, says) in [
+            ("qemu:c=0.5", "not a feature of the file"),
+            ("qemu:b", "not feature=fraction"),
+            ("qemu:b=1.5", "not a fraction"),
+            ("qemu:b=0.5;qemu:b=0.25", "appears twice"),
+        ] {
+            let f = write(
+                dir.path(),
+                "bad.csv",
+                &format!("{HEAD},sampled,qemu:b\nv,1,x,0,10,2000,{cell},4\n"),
+            );
+            let err = Table::read(&f).error_message();
+            assert!(
+                err.contains("line 2") && err.contains(says),
+                "{cell}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod dataset;
 pub mod error;
 pub mod eval;
 pub mod features;
+pub mod govern;
 pub mod limits;
 pub mod model;
 pub mod plots;

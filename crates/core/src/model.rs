@@ -72,6 +72,22 @@ pub struct TrainingSummary {
     /// say (and in models of older vmwatch versions).
     #[serde(default)]
     pub qemu_builds: Vec<QemuBuild>,
+    /// Features whose count was estimated (the cost governor duty-cycled
+    /// the probe) in some training windows, with the share of windows; the
+    /// model learned those windows' estimates as the counts they stand
+    /// for. Empty when every count was exact (and in older models).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub estimated: Vec<Estimated>,
+}
+
+/// A feature estimated in some training windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Estimated {
+    pub feature: String,
+    /// Share of the training windows in which it was.
+    pub windows: f64,
+    /// Its mean sampling fraction in those windows.
+    pub mean_fraction: f64,
 }
 
 /// Flag a VM only when `k` of its last `n` windows are anomalous.

@@ -320,6 +320,8 @@ pub struct TrainingSet {
     /// The QEMU builds the windows were counted on (see
     /// [`Table::qemu_builds`]), recorded in the model.
     pub qemu_builds: Vec<QemuBuild>,
+    /// Which features were estimated in some windows, recorded in the model.
+    pub estimated: Vec<crate::model::Estimated>,
 }
 
 impl TrainingSet {
@@ -335,6 +337,7 @@ impl TrainingSet {
         let features = features.resolve(&[table])?;
         let raw = table.project(&features);
         Ok(Self {
+            estimated: table.estimated(&features),
             features,
             raw,
             qemu_builds: table.qemu_builds(),
@@ -375,6 +378,7 @@ pub fn train(
         features,
         raw,
         qemu_builds,
+        estimated,
     } = set;
     let chosen = choose_params(raw.view(), config.folds, config.params, progress)?;
     let fp_rate = match chosen.fp_rate {
@@ -388,6 +392,7 @@ pub fn train(
         folds: config.folds,
         grid: chosen.grid.map_or("fixed", Grid::name).to_string(),
         qemu_builds,
+        estimated,
     };
     let mut model = Model::fit(features, raw.view(), chosen.nu, chosen.gamma, summary)?;
     model.smoothing = config.smoothing;

@@ -159,6 +159,17 @@ impl<K: Hash + Eq> Judge<K> {
         out
     }
 
+    /// How many of the model's features are among the `sampled` columns
+    /// of a row (estimated counts: see [`crate::dataset::SAMPLED`]).
+    pub fn estimated(&self, sampled: &[(usize, f64)]) -> usize {
+        self.projection
+            .columns()
+            .iter()
+            .flatten()
+            .filter(|c| sampled.iter().any(|(s, _)| s == *c))
+            .count()
+    }
+
     /// Scores rows of counts, one per VM key, in time order per key;
     /// returns each row's (decision value, smoothed verdict).
     pub fn judge<'a>(
@@ -247,6 +258,8 @@ pub fn judge_table(
             score,
             anomalous,
             missing_features: None,
+            estimated_features: None,
+            probe_cost: None,
         })
         .collect())
 }
@@ -289,6 +302,13 @@ pub struct Verdict {
     /// absent when it has them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_features: Option<usize>,
+    /// How many of the window's counts were estimated (the cost governor
+    /// duty-cycled their probes); absent when all are exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_features: Option<usize>,
+    /// The share of one CPU the VM's probe hits cost in the window (live).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_cost: Option<f64>,
 }
 
 #[cfg(test)]
@@ -321,6 +341,8 @@ mod tests {
             score: -0.5,
             anomalous: true,
             missing_features: None,
+            estimated_features: None,
+            probe_cost: None,
         };
         let live = serde_json::to_string(&v).unwrap();
         assert_eq!(
