@@ -881,6 +881,7 @@ fn write_training_set(table: &Table, features: &[String], path: &Path) {
             duration_ms: key.duration_ms,
             qemu: None,
             counts: &counts,
+            sampled: &[],
         })
         .unwrap();
     }

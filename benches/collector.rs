@@ -101,6 +101,9 @@ fn collector(obj: &mut BpfObjects, features: Vec<String>, max: u32) -> Collector
             columns: Columns::new(features.iter().map(|f| f.parse().expect("a feature name"))),
             max_vms: max,
             kvm: None,
+            // The drain and attach costs of exact counting are measured.
+            budget: None,
+            hit_cost: Some(vmwatch_core::govern::HitCost::flat(1000.0)),
         },
     )
     .expect("load BPF (run as root)")

@@ -16,6 +16,7 @@ pub mod counter;
 pub mod discover;
 pub mod drain;
 pub mod error;
+pub mod govern;
 pub mod session;
 pub mod signals;
 

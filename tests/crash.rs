@@ -170,3 +170,40 @@ fn after_sigkill_the_next_run_restores_every_semaphore_of_a_real_qemu() {
     finish(holder);
     assert!(qemu_semaphores(&bin, vm.pid()).iter().all(|v| *v == 0));
 }
+
+#[test]
+fn a_sigkilled_governor_leaves_no_semaphore_raised_after_cleanup() {
+    let _serial = exclusive_bpf_test!(&SERIAL);
+    let dir = tempfile::tempdir().unwrap();
+    let mut fx = Fixture::start();
+    let out = dir.path().join("governed.csv");
+    // A hot probe under the default budget: its semaphore is down most of
+    // the time, up during each phase's on-time.
+    let rec = recording(&[fx.pid], "--interval 200ms --hit-cost 700", &out);
+    let load = std::thread::spawn(move || {
+        fx.pace("virtqueue_fill", 100_000, 1500);
+        fx
+    });
+    std::thread::sleep(Duration::from_millis(900));
+    signal(&rec, libc::SIGKILL);
+    let killed = rec.id();
+    let mut rec = rec;
+    let _ = rec.wait();
+    let mut fx = load.join().unwrap();
+    let ran = run("cleanup").succeeds();
+    let said = format!("{}{}", ran.stdout, ran.stderr);
+    assert!(said.contains(&format!("PID {}", fx.pid)), "{said}");
+    assert_eq!(raised(&mut fx), 0, "cleanup restored every semaphore");
+    assert_eq!(records_of(killed), 0, "cleanup removed the record");
+    // And a next vmwatch can raise and count it again.
+    let next = dir.path().join("next.csv");
+    let mut rec = recording(
+        &[fx.pid],
+        "--interval 200ms --windows 3 --budget none",
+        &next,
+    );
+    assert_eq!(raised(&mut fx), 2103);
+    fx.fire("virtqueue_fill", 50);
+    let _ = rec.wait();
+    assert_eq!(raised(&mut fx), 0);
+}

@@ -39,7 +39,8 @@ fn column(ds: &Dataset, feature: &str) -> usize {
 fn three_fixtures_are_exact_beyond_the_first_chunk() {
     skip_without_bpf!();
     let (mut a, mut b, mut c) = (Fixture::start(), Fixture::start(), Fixture::start());
-    let options = "--source qemu,syscalls --interval 200ms --windows 10";
+    // Exact counting is what is tested: no cost governor.
+    let options = "--source qemu,syscalls --interval 200ms --windows 10 --budget none";
     let rec = Recording::start(&[a.pid, b.pid, c.pid], options, "wide.csv");
     a.fire("tap_send", 1000);
     a.fire("pad_0001", 300);
@@ -132,7 +133,7 @@ fn slots_after_an_exit_and_a_reused_slot_stay_exact() {
     let mut c = start_vm(&bin, &names[2]);
     let out = dir.path().join("slots.csv");
     let vms: Vec<String> = names.iter().map(|n| format!("--vm {n}")).collect();
-    let mut rec = common::run("record --source qemu,syscalls --interval 200ms")
+    let mut rec = common::run("record --source qemu,syscalls --interval 200ms --budget none")
         .args(&vms.join(" "))
         .out(&out)
         .spawn();
@@ -251,7 +252,9 @@ fn two_and_three_real_qemus_with_every_probe_syscalls_and_kvm() {
     let vms: Vec<Qemu> = (0..3)
         .map(|i| Qemu::start_idle(&bin, &format!("vmwatch-wide-{tag}-{i}"), dir.path()))
         .collect();
-    let args = "--source qemu,syscalls,kvm --interval 500ms --windows 10";
+    // Rates compared exactly: no cost governor (which would also see the
+    // other recorders' increments and count exactly anyway).
+    let args = "--source qemu,syscalls,kvm --interval 500ms --windows 10 --budget none";
     let pids: Vec<u32> = vms.iter().map(Qemu::pid).collect();
     let path = |name: &str| dir.path().join(format!("{name}.csv"));
     let mut runs: Vec<(String, Child)> = Vec::new();

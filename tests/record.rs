@@ -15,7 +15,9 @@ fn exact_totals_across_many_window_boundaries() {
     skip_without_bpf!();
     let mut fx = Fixture::start();
     // 100 ms windows; the fixture fires nonstop through ~15 boundaries.
-    let rec = Recording::start(&[fx.pid], "--interval 100ms --windows 25", "burn.csv");
+    // Exact counting (the cost governor would thin virtqueue_fill).
+    let options = "--interval 100ms --windows 25 --budget none";
+    let rec = Recording::start(&[fx.pid], options, "burn.csv");
     let fired = fx.burn("tap_send", 1500);
     let fired2 = fx.burn("virtqueue_fill", 300);
     let (ds, _) = rec.finish();

@@ -71,10 +71,13 @@ pub struct AgentConfig {
     pub max_vms: u32,
     pub grid: Grid,
     pub folds: usize,
-    /// CPU time one probe hit costs, for the probe cost metric.
-    pub hit_cost_ns: f64,
-    /// Share of one CPU (0.01 = 1%) a VM's probe hits may cost; a VM above
-    /// it is logged and flagged in the metrics. `None`: no budget.
+    /// CPU time one probe hit costs, in ns, for the budget and the probe
+    /// cost metric; `None`: measured at start-up.
+    pub hit_cost_ns: Option<f64>,
+    /// Share of one CPU (0.01 = 1%) a VM's probe hits may cost: the cost
+    /// governor duty-cycles hot probes to stay within it, and a VM above it
+    /// anyway is logged and flagged in the metrics. `None`: every probe
+    /// exact.
     pub budget: Option<f64>,
 }
 
@@ -98,7 +101,7 @@ impl Default for AgentConfig {
             max_vms: crate::bpf::DEFAULT_MAX_VMS,
             grid: Grid::Paper,
             folds: 5,
-            hit_cost_ns: 1000.0,
+            hit_cost_ns: None,
             budget: Some(DEFAULT_BUDGET_PERCENT / 100.0),
         }
     }
@@ -176,7 +179,7 @@ impl AgentConfig {
             if !(v.is_finite() && v > 0.0) {
                 return Err(bad("hit_cost_ns", format!("{v} is not a positive number")));
             }
-            c.hit_cost_ns = v;
+            c.hit_cost_ns = Some(v);
         }
         if let Some(v) = file.budget {
             let text = match v {
@@ -189,23 +192,7 @@ impl AgentConfig {
     }
 }
 
-/// The probe cost budget when none is configured, in percent of one CPU
-/// (DESIGN.md: `--budget`, default 1%).
-pub const DEFAULT_BUDGET_PERCENT: f64 = 1.0;
-
-/// `budget`: a percentage of one CPU (e.g. `1`, `0.5`), or `none`; the
-/// share as a fraction.
-pub fn parse_budget(s: &str) -> Result<Option<f64>, String> {
-    if s == "none" {
-        return Ok(None);
-    }
-    match s.trim_end_matches('%').parse::<f64>() {
-        Ok(p) if p.is_finite() && p > 0.0 && p <= 100.0 => Ok(Some(p / 100.0)),
-        _ => Err(format!(
-            "`{s}` is not a percentage of one CPU above 0 and at most 100, or `none`"
-        )),
-    }
-}
+pub use vmwatch_core::govern::{parse_budget, DEFAULT_BUDGET_PERCENT};
 
 /// `metrics`: an address to listen on, or `none`.
 pub fn parse_metrics(s: &str) -> Result<Option<SocketAddr>, String> {

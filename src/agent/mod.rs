@@ -16,7 +16,6 @@ pub mod vm;
 use std::collections::HashMap;
 
 use vmwatch_core::dataset::Row;
-use vmwatch_core::features::Feature;
 use vmwatch_core::train::SvmParams;
 
 use crate::bpf::BpfObjects;
@@ -48,9 +47,6 @@ fn percent(share: f64) -> String {
 struct Agent {
     state: StateDir,
     how: Learning,
-    /// Columns of `qemu:` probes, for hits and their cost.
-    probe_columns: Vec<usize>,
-    hit_cost_ns: f64,
     /// Share of a CPU a VM's probes may cost (`None`: no budget).
     budget: Option<f64>,
     vms: HashMap<VmKey, Vm>,
@@ -83,14 +79,10 @@ pub fn run(config: &AgentConfig, stop: &StopSignal) -> Result<Ended> {
             sources: Vec::new(),
             features: Some(config.features.clone()),
             max_vms: config.max_vms,
+            budget: config.budget,
+            hit_cost: config.hit_cost_ns.map(vmwatch_core::govern::HitCost::flat),
         },
     )?;
-    let probe_columns = session
-        .columns()
-        .iter()
-        .filter(|(_, f)| matches!(f, Feature::Probe(_)))
-        .map(|(i, _)| i)
-        .collect();
     tracing::info!(
         "agent: {} features from {}, learning {} windows of {:?} per VM, state in {}",
         session.features().len(),
@@ -110,8 +102,6 @@ pub fn run(config: &AgentConfig, stop: &StopSignal) -> Result<Ended> {
             trainer: trainer::Trainer::start(trainer::Trainer::workers())
                 .map_err(|e| Error::io("starting the training threads", e))?,
         },
-        probe_columns,
-        hit_cost_ns: config.hit_cost_ns,
         budget: config.budget,
         vms: HashMap::new(),
         by_pid: HashMap::new(),
@@ -220,13 +210,15 @@ impl Agent {
                 duration_ms: w.duration_ms,
                 qemu: Some(&s.binary.qemu).filter(|q| !q.is_unknown()),
                 counts: &s.counts,
+                sampled: &s.sampled,
             };
             let outcome = vm.window(&row, &s.binary, &self.how);
             self.metrics
                 .state_write_errors
                 .inc_by(vm.take_write_errors());
-            let hits: u64 = self.probe_columns.iter().map(|&c| s.counts[c]).sum();
-            let cost = hits as f64 / secs * self.hit_cost_ns * 1e-9;
+            // What was trapped, not the estimates of duty-cycled probes.
+            let hits = s.probe_hits;
+            let cost = s.probe_cpu_ns * 1e-9 / secs;
             vm.probe_cost_ratio = Some(cost);
             if let Some(budget) = self.budget {
                 let over = cost > budget;
@@ -234,7 +226,9 @@ impl Agent {
                     if over {
                         tracing::warn!(
                             "VM {}: its probe hits cost {} of a CPU ({hits} in {secs:.1} s), \
-                             above the budget of {}; choose cheaper features",
+                             above the budget of {} even with its hot probes duty-cycled \
+                             (another tracer holds their semaphores, or they fire too fast \
+                             for the smallest duty cycle)",
                             s.process.vm,
                             percent(cost),
                             percent(budget)

@@ -39,17 +39,20 @@ pub struct Raised {
     /// it refers to nothing, so a reused PID is never written to.
     mem: Option<File>,
     addrs: Vec<u64>,
+    /// Which of `addrs` the cost governor has turned off for now (this
+    /// instance's increment taken back); [`Raised::lower`] skips them.
+    off: Vec<bool>,
     /// This instance's record of `addrs`, removed once they are lowered.
     record: Option<PathBuf>,
 }
 
 /// A file mapping of a process: [start, end) at file offset `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Mapping {
-    start: u64,
-    end: u64,
-    offset: u64,
-    writable: bool,
+pub(crate) struct Mapping {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) offset: u64,
+    pub(crate) writable: bool,
 }
 
 /// What a record file holds: the semaphores one vmwatch raised in one
@@ -88,6 +91,7 @@ pub fn raise(pid: u32, binary_id: (u64, u64), file_offsets: &[u64]) -> Result<Ra
         pid,
         mem: Some(mem),
         addrs: Vec::with_capacity(addrs.len()),
+        off: Vec::new(),
         record,
     };
     for addr in addrs {
@@ -101,6 +105,7 @@ pub fn raise(pid: u32, binary_id: (u64, u64), file_offsets: &[u64]) -> Result<Ra
         }
         raised.addrs.push(addr);
     }
+    raised.off = vec![false; raised.addrs.len()];
     Ok(raised)
 }
 
@@ -117,7 +122,11 @@ impl Raised {
 
     fn lower_locked(&mut self) {
         let Some(mem) = self.mem.take() else { return };
-        for addr in std::mem::take(&mut self.addrs) {
+        let off = std::mem::take(&mut self.off);
+        for (i, addr) in std::mem::take(&mut self.addrs).into_iter().enumerate() {
+            if off.get(i).copied().unwrap_or(false) {
+                continue;
+            }
             if let Err(e) = add(&mem, addr, -1) {
                 if !exited(&e) {
                     tracing::warn!("lowering a USDT semaphore in PID {}: {e}", self.pid);
@@ -128,6 +137,50 @@ impl Raised {
         if let Some(record) = self.record.take() {
             remove_record(&record);
         }
+    }
+
+    /// Turns the semaphores at `indices` (positions in the order they were
+    /// raised) off or on: this instance's increment is taken back or put
+    /// back, under the lock every vmwatch takes. Those already in that state
+    /// are left alone. Returns, for each index changed, the value the
+    /// semaphore held before: more than this instance's share (1 when on,
+    /// 0 when off) means another tracer holds it too.
+    ///
+    /// Off, a semaphore is still in the record: if vmwatch is killed, the
+    /// repair lowers it once more, which saturates at 0 (and would take
+    /// another tracer's increment only if one raised it during that off
+    /// phase, which the next turn-on sees and ends).
+    pub fn set(&mut self, indices: &[usize], on: bool) -> Result<Vec<(usize, u16)>> {
+        let Some(mem) = self.mem.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(indices.len());
+        let _lock = Lock::take();
+        for &i in indices {
+            let (Some(&addr), Some(off)) = (self.addrs.get(i), self.off.get_mut(i)) else {
+                continue;
+            };
+            if *off != on {
+                continue;
+            }
+            match add_returning(mem, addr, if on { 1 } else { -1 }) {
+                Ok(before) => {
+                    *off = !on;
+                    out.push((i, before));
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        format!(
+                            "turning a USDT semaphore {} in PID {}",
+                            if on { "on" } else { "off" },
+                            self.pid
+                        ),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Number of semaphores raised.
@@ -370,15 +423,21 @@ fn open_mem(pid: u32) -> Result<File> {
 }
 
 fn add(mem: &File, addr: u64, delta: i32) -> std::io::Result<()> {
+    add_returning(mem, addr, delta).map(|_| ())
+}
+
+/// [`add`], returning the value before.
+fn add_returning(mem: &File, addr: u64, delta: i32) -> std::io::Result<u16> {
     let mut buf = [0u8; 2];
     mem.read_exact_at(&mut buf, addr)?;
-    let v = u16::from_ne_bytes(buf);
+    let before = u16::from_ne_bytes(buf);
     let v = if delta > 0 {
-        v.saturating_add(delta as u16)
+        before.saturating_add(delta as u16)
     } else {
-        v.saturating_sub(delta.unsigned_abs() as u16)
+        before.saturating_sub(delta.unsigned_abs() as u16)
     };
-    mem.write_all_at(&v.to_ne_bytes(), addr)
+    mem.write_all_at(&v.to_ne_bytes(), addr)?;
+    Ok(before)
 }
 
 fn address_of(maps: &[Mapping], file_offset: u64) -> Option<u64> {
@@ -389,7 +448,7 @@ fn address_of(maps: &[Mapping], file_offset: u64) -> Option<u64> {
 }
 
 /// Mappings of the executable `binary_id` in `pid`, from /proc/PID/maps.
-fn mappings(pid: u32, binary_id: (u64, u64)) -> Result<Vec<Mapping>> {
+pub(crate) fn mappings(pid: u32, binary_id: (u64, u64)) -> Result<Vec<Mapping>> {
     let text =
         fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|_| Error::NoSuchProcess(pid))?;
     let maps: Vec<Mapping> = text

@@ -18,10 +18,24 @@ pub struct BinaryAttachment {
     _link: Link,
     /// File offsets of the attached probes' semaphores (deduplicated).
     pub semaphores: Vec<u64>,
+    /// Each attached probe (by column) with its semaphores, for the cost
+    /// governor.
+    pub probes_of: Vec<AttachedProbe>,
     pub path: String,
     pub sites: usize,
     pub probes: usize,
     pub attach_time: Duration,
+}
+
+/// An attached probe as the cost governor sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttachedProbe {
+    pub column: u32,
+    /// Its semaphores: indices into [`BinaryAttachment::semaphores`]. Empty
+    /// when some site has none (it cannot be turned off).
+    pub semaphores: Vec<usize>,
+    /// Whether every site is a 5-byte nop (the cheaper, optimized uprobe).
+    pub nop5: bool,
 }
 
 /// Attaches `prog` to the sites of `binary` (run by `process`) whose probe
@@ -37,6 +51,8 @@ pub fn attach(
     let mut probes = HashSet::new();
     let mut semaphores = BTreeSet::new();
     let mut ref_ctrs = Vec::new();
+    // Column -> (semaphore offsets, every site a 5-byte nop, every site guarded).
+    let mut per_probe: HashMap<u32, (BTreeSet<u64>, bool, bool)> = HashMap::new();
     for site in binary.provider_sites("qemu") {
         let Some(&feature) = columns.get(&site.name) else {
             continue;
@@ -46,6 +62,12 @@ pub fn attach(
             continue;
         }
         probes.insert(feature);
+        let p = per_probe
+            .entry(feature)
+            .or_insert_with(|| (BTreeSet::new(), true, true));
+        p.0.extend(site.semaphore_offset);
+        p.1 &= site.nop5;
+        p.2 &= site.semaphore_offset.is_some();
         opts.offsets.push(site.file_offset as usize);
         opts.cookies.push(u64::from(feature));
         ref_ctrs.push(site.semaphore_offset.unwrap_or(0) as usize);
@@ -88,9 +110,26 @@ pub fn attach(
         probes.len(),
         process.binary.display()
     );
+    let semaphores: Vec<u64> = semaphores.into_iter().collect();
+    let mut probes_of: Vec<AttachedProbe> = per_probe
+        .into_iter()
+        .map(|(column, (sems, nop5, guarded))| AttachedProbe {
+            column,
+            semaphores: if guarded {
+                sems.iter()
+                    .filter_map(|s| semaphores.binary_search(s).ok())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            nop5,
+        })
+        .collect();
+    probes_of.sort_by_key(|p| p.column);
     Ok(BinaryAttachment {
         _link: link,
-        semaphores: semaphores.into_iter().collect(),
+        semaphores,
+        probes_of,
         path: process.binary.display().to_string(),
         sites,
         probes: probes.len(),

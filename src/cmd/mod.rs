@@ -80,6 +80,44 @@ pub struct CountArgs {
     #[arg(long, default_value_t = vmwatch::bpf::DEFAULT_MAX_VMS, value_name = "N",
           value_parser = max_vms)]
     pub max_vms: u32,
+    #[command(flatten)]
+    pub govern: GovernArgs,
+}
+
+/// The cost governor's options (`record`, `monitor`).
+#[derive(Debug, Clone, Args)]
+pub struct GovernArgs {
+    /// Share of one CPU each VM's QEMU probe hits may cost, in percent
+    /// (the cost governor): cheap probes stay exact, hot ones are counted
+    /// during part of each window and their counts estimated (marked in
+    /// the rows' `sampled` column). `none` counts every probe exactly.
+    #[arg(long, default_value = "1", value_name = "PERCENT|none",
+          value_parser = vmwatch_core::govern::parse_budget)]
+    pub budget: Budget,
+    /// CPU time one probe hit costs the VM, in ns, for the budget and the
+    /// cost reports. Default: measured at start-up on this host, for 5-byte-
+    /// nop and int3 sites apart.
+    #[arg(long, value_name = "NS", value_parser = hit_cost)]
+    pub hit_cost: Option<f64>,
+}
+
+/// `--budget`'s value: the share of one CPU, `None` for `none`.
+pub type Budget = Option<f64>;
+
+impl GovernArgs {
+    /// What a hit costs, when given (else measured).
+    pub fn hit_cost(&self) -> Option<vmwatch_core::govern::HitCost> {
+        self.hit_cost.map(vmwatch_core::govern::HitCost::flat)
+    }
+}
+
+fn hit_cost(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1e6 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a cost in ns above 0 and at most 1000000"
+        )),
+    }
 }
 
 /// Which features to learn from (`train`, `eval`).

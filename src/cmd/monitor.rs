@@ -59,6 +59,8 @@ pub struct Args {
     #[arg(long, default_value_t = vmwatch::bpf::DEFAULT_MAX_VMS, value_name = "N",
           value_parser = super::max_vms)]
     max_vms: u32,
+    #[command(flatten)]
+    govern: super::GovernArgs,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -80,6 +82,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             sources: Vec::new(),
             features: Some(model.features.clone()),
             max_vms: args.max_vms,
+            budget: args.govern.budget,
+            hit_cost: args.govern.hit_cost(),
         },
     )?;
     // The session drops model features no target has; they stay zero, and
@@ -158,6 +162,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 score,
                 anomalous,
                 missing_features: vetted.get(&s.process.pid).copied().flatten(),
+                estimated_features: Some(judge.estimated(&s.sampled)).filter(|&n| n > 0),
+                probe_cost: Some(s.probe_cpu_ns / (w.duration_ms.max(1) as f64 * 1e6)),
             };
             print_verdict(&mut out, &v, args.json, table).map_err(|source| {
                 vmwatch_core::Error::Io {

@@ -64,6 +64,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             sources: args.count.sources.clone(),
             features,
             max_vms: args.count.max_vms,
+            budget: args.count.govern.budget,
+            hit_cost: args.count.govern.hit_cost(),
         },
     )?;
     let sites = session.attached_sites();
@@ -83,6 +85,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut writer = DatasetWriter::create(&args.output, session.features(), args.force)?;
     let progress = progress_bar(args.windows);
     let mut rows = 0u64;
+    let mut costs = CostSummary::default();
     let ended = session.run(args.count.interval, args.windows, &stop, |w| {
         for p in &w.drain.exited {
             progress
@@ -98,6 +101,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         for row in w.rows(&args.label) {
             writer.write_row(&row)?;
             rows += 1;
+        }
+        for s in &w.drain.samples {
+            costs.add(&s.process, s.probe_cpu_ns, w.duration_ms, s.sampled.len());
         }
         writer.flush()?;
         progress.set_position(w.index + 1);
@@ -115,6 +121,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Ended::NoneLeft => tracing::info!("every watched process exited"),
         Ended::Count => {}
     }
+    costs.report(args.count.govern.budget);
     if kept {
         tracing::info!(
             "no row was recorded; {} was left as it was",
@@ -124,6 +131,71 @@ pub fn run(args: Args) -> Result<ExitCode> {
         tracing::info!("wrote {rows} rows to {}", args.output.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What each VM's probes cost over the recording (DESIGN.md: the cost per
+/// VM is a first-class number).
+#[derive(Default)]
+struct CostSummary {
+    vms: Vec<VmCost>,
+}
+
+struct VmCost {
+    pid: u32,
+    vm: String,
+    windows: u64,
+    /// Sum and maximum of the windows' cost (share of one CPU).
+    sum: f64,
+    max: f64,
+    /// Windows with estimated counts, and the most probes estimated in one.
+    estimated: u64,
+    most: usize,
+}
+
+impl CostSummary {
+    fn add(&mut self, p: &vmwatch::discover::procs::Process, cpu_ns: f64, ms: u64, sampled: usize) {
+        let share = cpu_ns / (ms.max(1) as f64 * 1e6);
+        let i = match self.vms.iter().position(|v| v.pid == p.pid) {
+            Some(i) => i,
+            None => {
+                self.vms.push(VmCost {
+                    pid: p.pid,
+                    vm: p.vm.clone(),
+                    windows: 0,
+                    sum: 0.0,
+                    max: 0.0,
+                    estimated: 0,
+                    most: 0,
+                });
+                self.vms.len() - 1
+            }
+        };
+        let v = &mut self.vms[i];
+        v.windows += 1;
+        v.sum += share;
+        v.max = v.max.max(share);
+        v.estimated += u64::from(sampled > 0);
+        v.most = v.most.max(sampled);
+    }
+
+    fn report(&self, budget: Option<f64>) {
+        let pct = |x: f64| format!("{:.3}%", x * 100.0);
+        let budget = budget.map_or("no budget".to_string(), |b| format!("budget {}", pct(b)));
+        for v in self.vms.iter().filter(|v| v.windows > 0) {
+            tracing::info!(
+                "VM {} (PID {}): its probe hits cost {} of a CPU per window on average, {} at \
+                 most ({budget}); {} of {} windows have estimated counts (at most {} probes \
+                 duty-cycled)",
+                v.vm,
+                v.pid,
+                pct(v.sum / v.windows as f64),
+                pct(v.max),
+                v.estimated,
+                v.windows,
+                v.most
+            );
+        }
+    }
 }
 
 fn progress_bar(windows: Option<u64>) -> ProgressBar {

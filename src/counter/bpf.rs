@@ -4,7 +4,7 @@
 //! drains one row per watched process per window ([`crate::drain`]).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vmwatch_core::features::Columns;
 
@@ -18,6 +18,8 @@ use crate::discover::procs::Process;
 use crate::discover::stapsdt::UsdtBinary;
 use crate::drain::Drainer;
 use crate::error::{Error, Result};
+use crate::govern::{self, Due, GovernConfig, Governed, Schedule, VmProbes};
+use vmwatch_core::govern::HitCost;
 
 /// How a collector is set up.
 #[derive(Debug, Clone)]
@@ -29,13 +31,19 @@ pub struct CollectorConfig {
     pub max_vms: u32,
     /// The kernel's KVM tracepoints, when `kvm:` features are counted.
     pub kvm: Option<KvmEvents>,
+    /// Share of one CPU each VM's probe hits may cost; `None`: exact.
+    pub budget: Option<f64>,
+    /// What a hit costs; `None`: measured now ([`govern::calibrate`]).
+    pub hit_cost: Option<HitCost>,
 }
 
 /// A watched process in its slot.
 struct Watched {
     process: Process,
     /// Semaphores raised in this process; lowered when the slot is freed.
-    _raised: Raised,
+    raised: Raised,
+    /// Its counted QEMU probes, for the governor (none: no probe counted).
+    probes: Option<VmProbes>,
 }
 
 /// Loaded BPF counters plus the attachments and watched processes.
@@ -45,6 +53,8 @@ pub struct Collector<'obj> {
     attachments: HashMap<(u64, u64), BinaryAttachment>,
     slots: Vec<Option<Watched>>,
     drainer: Drainer,
+    govern: GovernConfig,
+    schedule: Schedule,
 }
 
 impl<'obj> Collector<'obj> {
@@ -54,12 +64,26 @@ impl<'obj> Collector<'obj> {
         let layout = Layout::new(config.columns.len(), config.max_vms)?;
         let kernel = attach::load(objects, &layout, &config.columns, config.kvm.as_ref())?;
         let drainer = Drainer::new(kernel.counts_fd(), layout)?;
+        let counts_probes = config
+            .columns
+            .iter()
+            .any(|(_, f)| matches!(f, vmwatch_core::features::Feature::Probe(_)));
+        let cost = match config.hit_cost {
+            Some(c) => c,
+            None if counts_probes => govern::hit_cost(&kernel.skel.progs.count_usdt),
+            None => HitCost::flat(govern::DEFAULT_TRAP_NS),
+        };
         Ok(Self {
             kernel,
             columns: config.columns,
             attachments: HashMap::new(),
             slots: (0..layout.slots).map(|_| None).collect(),
             drainer,
+            govern: GovernConfig {
+                budget: config.budget,
+                cost,
+            },
+            schedule: Schedule::new(Duration::from_secs(2), Instant::now()),
         })
     }
 
@@ -95,6 +119,13 @@ impl<'obj> Collector<'obj> {
             Some(binary) => self.attach_and_raise(process, binary)?,
             None => Raised::default(),
         };
+        let probes = binary.map(|_| {
+            VmProbes::new(
+                &self.attachments[&process.binary_id].probes_of,
+                &self.govern.cost,
+                Instant::now(),
+            )
+        });
         self.drainer.open(slot)?;
         if let Err(e) = self.kernel.watch(process.pid, slot) {
             self.drainer.close(slot);
@@ -102,7 +133,8 @@ impl<'obj> Collector<'obj> {
         }
         self.slots[slot] = Some(Watched {
             process: process.clone(),
-            _raised: raised,
+            raised,
+            probes,
         });
         Ok(())
     }
@@ -159,25 +191,97 @@ impl<'obj> Collector<'obj> {
     /// Processes that exited are unwatched and reported in `exited`.
     pub fn drain(&mut self) -> Result<Drain> {
         let mut out = Drain::default();
-        for (slot, counts) in self.drainer.drain()? {
-            let process = &self.slots[slot]
-                .as_ref()
-                .expect("open slots are watched")
-                .process;
-            if process.is_alive() {
+        let drained = self.drainer.drain()?;
+        let now = Instant::now();
+        for (slot, mut counts) in drained {
+            let watched = self.slots[slot].as_mut().expect("open slots are watched");
+            if watched.process.is_alive() {
+                let cost = watched
+                    .probes
+                    .as_mut()
+                    .map(|p| p.close_window(now, &mut counts))
+                    .unwrap_or_default();
                 out.samples.push(Sample {
-                    process: process.clone(),
+                    process: watched.process.clone(),
                     counts,
+                    sampled: cost.sampled,
+                    probe_hits: cost.hits,
+                    probe_cpu_ns: cost.cpu_ns,
                     binary: Default::default(),
                 });
             } else {
-                out.exited.push(process.clone());
+                out.exited.push(watched.process.clone());
             }
         }
         for p in &out.exited {
             self.unwatch(p.pid);
         }
+        // The window's end is a phase's start.
+        if self.govern.budget.is_some() {
+            self.run_due(Due::Phase, now)?;
+        }
         Ok(out)
+    }
+
+    /// The next instant the governor has something to do.
+    pub fn wake_at(&self) -> Option<Instant> {
+        self.govern.budget.map(|_| self.schedule.next())
+    }
+
+    /// Does what the governor has due by `now`.
+    pub fn wake(&mut self, now: Instant) -> Result<()> {
+        if self.govern.budget.is_none() {
+            return Ok(());
+        }
+        while let Some(due) = self.schedule.pop_due(now) {
+            self.run_due(due, now)?;
+        }
+        Ok(())
+    }
+
+    fn run_due(&mut self, due: Due, now: Instant) -> Result<()> {
+        let rows = if due == Due::Phase {
+            self.drainer.peek()?
+        } else {
+            Vec::new()
+        };
+        let mut vms: Vec<Governed<'_>> = Vec::new();
+        for (slot, w) in self.slots.iter_mut().enumerate() {
+            let Some(w) = w else { continue };
+            let Some(probes) = w.probes.as_mut() else {
+                continue;
+            };
+            let cum = rows
+                .iter()
+                .find(|(s, _)| *s == slot)
+                .map(|(_, r)| r.as_slice());
+            vms.push(Governed {
+                pid: w.process.pid,
+                probes,
+                raised: &mut w.raised,
+                cum,
+            });
+        }
+        let shared = govern::run_due(due, now, &mut self.schedule, self.govern.budget, &mut vms);
+        for (pid, cols) in shared {
+            let names: Vec<&str> = cols
+                .iter()
+                .take(5)
+                .filter_map(|&c| self.columns.names().get(c).map(String::as_str))
+                .collect();
+            tracing::info!(
+                "PID {pid}: another tracer holds the semaphore of {} probe(s) ({}{}); \
+                 they are counted exactly, not duty-cycled",
+                cols.len(),
+                names.join(", "),
+                if cols.len() > names.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(())
     }
 }
 
@@ -200,6 +304,18 @@ impl Counter for Collector<'_> {
 
     fn drain(&mut self) -> Result<Drain> {
         Collector::drain(self)
+    }
+
+    fn set_interval(&mut self, interval: Duration) {
+        self.schedule.set_interval(interval);
+    }
+
+    fn wake_at(&self) -> Option<Instant> {
+        Collector::wake_at(self)
+    }
+
+    fn wake(&mut self, now: Instant) -> Result<()> {
+        Collector::wake(self, now)
     }
 
     fn attached_sites(&self) -> usize {

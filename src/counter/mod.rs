@@ -19,8 +19,15 @@ use crate::error::Result;
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub process: Process,
-    /// One count per column.
+    /// One count per column: exact, or estimated where `sampled` says.
     pub counts: Vec<u64>,
+    /// Columns whose count is an estimate (the cost governor counted the
+    /// probe during part of the window only): (column, fraction counted).
+    pub sampled: Vec<(usize, f64)>,
+    /// QEMU probe hits the VM's threads trapped into during the window.
+    pub probe_hits: u64,
+    /// CPU time those hits cost the VM, in ns (hits × cost per hit).
+    pub probe_cpu_ns: f64,
     /// What its executable is (filled in by the session).
     pub binary: Arc<BinaryFacts>,
 }
@@ -65,5 +72,18 @@ pub trait Counter {
     /// Probe sites attached in the kernel.
     fn attached_sites(&self) -> usize {
         0
+    }
+
+    /// The window length, which the cost governor cuts into phases.
+    fn set_interval(&mut self, _interval: std::time::Duration) {}
+
+    /// When the counter has work between drains (the cost governor).
+    fn wake_at(&self) -> Option<std::time::Instant> {
+        None
+    }
+
+    /// Does that work.
+    fn wake(&mut self, _now: std::time::Instant) -> Result<()> {
+        Ok(())
     }
 }

@@ -114,6 +114,9 @@ impl StraceCounter {
             out.samples.push(Sample {
                 process: t.process.clone(),
                 counts,
+                sampled: Vec::new(),
+                probe_hits: 0,
+                probe_cpu_ns: 0.0,
                 binary: Default::default(),
             });
             keep.push(t);

@@ -75,6 +75,25 @@ impl Drainer {
         Ok(out)
     }
 
+    /// Every open slot's cumulative counts as they are now (the cost
+    /// governor measures its phases by them); the next drain is unchanged.
+    pub fn peek(&mut self) -> Result<Vec<(usize, Vec<u64>)>> {
+        let used = self
+            .prev
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i + 1);
+        if used == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = self.read_rows(0, used)?;
+        let width = self.layout.width();
+        Ok((0..used)
+            .filter(|&slot| self.prev[slot].is_some())
+            .map(|slot| (slot, rows[slot * width..(slot + 1) * width].to_vec()))
+            .collect())
+    }
+
     /// Cumulative counts (summed over CPUs) of `n` slots from `first`:
     /// one batched map read of their chunks.
     fn read_rows(&mut self, first: usize, n: usize) -> Result<Vec<u64>> {

@@ -35,6 +35,11 @@ pub struct SessionConfig {
     /// sources (every `qemu` probe of the targets' binaries, every syscall).
     pub features: Option<Vec<String>>,
     pub max_vms: u32,
+    /// Share of one CPU each VM's QEMU probe hits may cost (the cost
+    /// governor; 0.01 = 1%); `None`: every probe counted exactly.
+    pub budget: Option<f64>,
+    /// What a probe hit costs; `None`: measured at start-up.
+    pub hit_cost: Option<vmwatch_core::govern::HitCost>,
 }
 
 impl SessionConfig {
@@ -112,6 +117,8 @@ impl<'obj> Session<'obj> {
                     columns,
                     max_vms: config.max_vms,
                     kvm,
+                    budget: config.budget,
+                    hit_cost: config.hit_cost,
                 },
             )?),
         };

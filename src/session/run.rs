@@ -14,6 +14,9 @@ use crate::discover::procs::Process;
 use crate::error::Result;
 use crate::signals::{StopSignal, Wake};
 
+/// How close to a window's end the governor's turns are left to the drain.
+const GOVERNOR_SLACK: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// One closed window as the window loop hands it over.
 #[derive(Debug)]
 pub struct Window {
@@ -48,6 +51,7 @@ impl Window {
             duration_ms: self.duration_ms,
             qemu: Some(&s.binary.qemu).filter(|q| !q.is_unknown()),
             counts: &s.counts,
+            sampled: &s.sampled,
         })
     }
 
@@ -83,9 +87,24 @@ impl Session<'_> {
         let (mut start_mono, mut start_wall) = self.since;
         let mut clock = WindowClock::starting_at(start_mono, interval);
         let mut index = 0u64;
+        self.counter.set_interval(interval);
         loop {
-            if let Wake::Stop(sig) = stop.wait_until(clock.deadline()) {
-                return Ok(Ended::Signal(sig));
+            // Between drains, the cost governor's turns; one due just before
+            // the window ends is left to the drain, which starts a phase.
+            let deadline = clock.deadline();
+            loop {
+                let next = self
+                    .counter
+                    .wake_at()
+                    .filter(|&t| t + GOVERNOR_SLACK < deadline);
+                if let Wake::Stop(sig) = stop.wait_until(next.unwrap_or(deadline)) {
+                    return Ok(Ended::Signal(sig));
+                }
+                let now = Instant::now();
+                if next.is_none() || now >= deadline {
+                    break;
+                }
+                self.counter.wake(now)?;
             }
             let now = Instant::now();
             let wall = SystemTime::now();

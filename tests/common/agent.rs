@@ -17,6 +17,8 @@ pub const LEARN: u64 = 10;
 pub struct Agent {
     pub child: Child,
     pub state: PathBuf,
+    /// Its stderr.
+    pub log: PathBuf,
 }
 
 impl Agent {
@@ -63,7 +65,11 @@ impl Agent {
             .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
             .spawn()
             .unwrap();
-        let agent = Self { child, state };
+        let agent = Self {
+            child,
+            state,
+            log: dir.join("agent.log"),
+        };
         eventually(30, "the agent answers ctl", || agent.try_status());
         agent
     }
@@ -94,13 +100,27 @@ impl Agent {
     /// Waits until `vm` runs and is in `state` (when monitoring: with a
     /// verdict already).
     pub fn wait_for(&self, vm: &str, state: &str) -> serde_json::Value {
-        eventually(90, &format!("{vm} {state}"), || {
-            self.status().remove(vm).filter(|v| {
+        let end = Instant::now() + Duration::from_secs(90);
+        loop {
+            let status = self.status();
+            if let Some(v) = status.get(vm).filter(|v| {
                 v["state"] == state
                     && !v["pid"].is_null()
                     && (state != "monitoring" || v["score"].is_number())
-            })
-        })
+            }) {
+                return v.clone();
+            }
+            if Instant::now() > end {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "{vm} {state}: not within 90 s; status {status:?}; the end of the agent's \
+                     log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn ctl(&self, words: &str) -> String {

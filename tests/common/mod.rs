@@ -520,6 +520,16 @@ impl Fixture {
         assert_eq!(reply, format!("ok {name} {n}"));
     }
 
+    /// Fires `name` `rate` times a second for `ms` (whatever a hit costs);
+    /// returns the calls and the hits (calls while it was enabled).
+    pub fn pace(&mut self, name: &str, rate: u64, ms: u64) -> (u64, u64) {
+        let reply = self.ask(&format!("pace {name} {rate} {ms}"));
+        let mut w = reply.rsplit(' ');
+        let hits = w.next().unwrap().parse().unwrap();
+        let calls = w.next().unwrap().parse().unwrap();
+        (calls, hits)
+    }
+
     /// Fires `name` nonstop for `ms`; returns the exact count.
     pub fn burn(&mut self, name: &str, ms: u64) -> u64 {
         let reply = self.ask(&format!("burn {name} {ms}"));
@@ -735,6 +745,9 @@ pub const KEYS: usize = 6;
 /// The provenance columns vmwatch writes after the key columns.
 pub const PROVENANCE: [&str; 2] = ["qemu_build_id", "qemu_version"];
 
+/// The column after them that marks estimated counts (the cost governor).
+pub const SAMPLED: &str = "sampled";
+
 /// A feature of a generated dataset: its name and its count in window i.
 pub type Feature<'a> = (&'a str, &'a dyn Fn(usize) -> u64);
 
@@ -809,7 +822,7 @@ impl Dataset {
         let first_feature = KEYS
             + header[KEYS..]
                 .iter()
-                .take_while(|h| PROVENANCE.contains(&h.as_str()))
+                .take_while(|h| PROVENANCE.contains(&h.as_str()) || h.as_str() == SAMPLED)
                 .count();
         Self {
             header,
@@ -854,7 +867,17 @@ impl Dataset {
     pub fn total(&self, pid: u32, feature: &str) -> u64 {
         let Some(c) = self.col(feature) else { return 0 };
         self.rows_of(pid)
-            .map(|r| r[c].parse::<u64>().unwrap())
+            .map(|r| {
+                let estimated = self
+                    .sampled(r)
+                    .split(';')
+                    .any(|s| s.split_once('=').is_some_and(|(f, _)| f == feature));
+                assert!(
+                    !estimated,
+                    "{feature} is estimated where exact counts are summed"
+                );
+                r[c].parse::<u64>().unwrap()
+            })
             .sum()
     }
 
@@ -863,10 +886,21 @@ impl Dataset {
         self.sums(self.rows_of(pid))
     }
 
-    /// Every feature's total over `rows`.
+    /// The `sampled` cell of `row` (empty: every count exact).
+    pub fn sampled<'a>(&self, row: &'a [String]) -> &'a str {
+        self.col(SAMPLED).map_or("", |c| row[c].as_str())
+    }
+
+    /// Every feature's total over `rows`, which must be exact counts (a
+    /// test of exact counting runs with `--budget none`).
     pub fn sums<'a>(&self, rows: impl Iterator<Item = &'a Vec<String>>) -> HashMap<String, u64> {
         let mut out = HashMap::new();
         for row in rows {
+            assert_eq!(
+                self.sampled(row),
+                "",
+                "estimated counts where exact ones are summed"
+            );
             for (name, v) in self.features().iter().zip(&row[self.first_feature..]) {
                 *out.entry(name.clone()).or_default() += v.parse::<u64>().unwrap();
             }
@@ -874,9 +908,13 @@ impl Dataset {
         out
     }
 
-    /// All of `pid`'s counts, every feature and window.
+    /// All of `pid`'s counts, every feature and window (estimates of the
+    /// cost governor included).
     pub fn hits(&self, pid: u32) -> u64 {
-        self.totals(pid).values().sum()
+        self.rows_of(pid)
+            .flat_map(|r| r[self.first_feature..].iter())
+            .map(|v| v.parse::<u64>().unwrap())
+            .sum()
     }
 
     /// How many windows counted some of `feature`.

@@ -602,6 +602,8 @@ impl WindowEvent {
             score: self.score?,
             anomalous: self.anomalous?,
             missing_features: None,
+            estimated_features: None,
+            probe_cost: None,
         })
     }
 }
@@ -1735,6 +1737,8 @@ mod tests {
                 score,
                 anomalous,
                 missing_features: None,
+                estimated_features: None,
+                probe_cost: None,
             },
             since_attack: since,
         }
@@ -1810,6 +1814,8 @@ mod tests {
                 score: -0.5123,
                 anomalous: true,
                 missing_features: None,
+                estimated_features: None,
+                probe_cost: None,
             })
         );
         assert!(matches!(&events[3], AgentEvent::Verdict(c) if c.to == "anomalous"));
@@ -2007,6 +2013,7 @@ vmwatch_odd{vm="a \"b\", c\\d"} 1
                 folds: 5,
                 grid: "paper".into(),
                 qemu_builds: Vec::new(),
+                estimated: Vec::new(),
             },
             smoothing: Smoothing { k: 2, n: 3 },
         };

@@ -212,6 +212,9 @@ impl<'a> Running<'a> {
             _ => "qemu",
         };
         args.extend(["--source".into(), source.into()]);
+        // Exact counting: what each configuration costs without the
+        // governor.
+        args.extend(["--budget".into(), "none".into()]);
         match config {
             Config::VmwatchNoTcg => {
                 let f = setup.probe_file("probes-no-tcg.txt", &setup.no_tcg())?;

@@ -171,6 +171,12 @@ pub struct RunArgs {
     /// was recorded on lab-7.2).
     #[arg(long, value_enum, default_value_t = qemu::Variant::default())]
     qemu: qemu::Variant,
+    /// vmwatch's cost budget (`--budget`): `none` (the default here: the
+    /// lab's recordings are the exact reference the governor is measured
+    /// against), or a percentage of one CPU, as the agent counts.
+    #[arg(long, default_value = "none", value_name = "PERCENT|none",
+          value_parser = |s: &str| vmwatch_core::govern::parse_budget(s).map(|_| s.to_string()))]
+    budget: String,
     /// Accelerator: `auto` uses KVM if a trial boot shows it works here
     /// (cached), else TCG.
     #[arg(long, value_enum, default_value_t = accel::AccelChoice::Auto)]
@@ -191,6 +197,7 @@ impl RunArgs {
             interval: self.interval,
             vms: self.vms,
             qemu: self.qemu,
+            budget: self.budget,
             accel: accel::resolve(self.accel)?,
             memory_mib: self.memory,
             vmwatch: self.vmwatch,

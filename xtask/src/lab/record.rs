@@ -301,6 +301,8 @@ pub struct RunOpts {
     pub vms: usize,
     /// Which `cargo xtask qemu` build the VMs run.
     pub qemu: qemu::Variant,
+    /// vmwatch's `--budget`, as given.
+    pub budget: String,
     pub accel: Accel,
     pub memory_mib: u32,
     /// The vmwatch binary; `None`: build it (`cargo build --release -p vmwatch`).
@@ -437,6 +439,7 @@ pub fn record(o: &RecordOpts) -> Result<Recorded> {
         cmd.args(["--pid", &pid.to_string()]);
     }
     cmd.args(["--source", SOURCES, "--label", o.scenario.name])
+        .args(["--budget", &run.budget])
         .args(["--interval", &run.interval])
         .args(["--windows", &run.windows.to_string()])
         .arg("-o")
@@ -696,7 +699,7 @@ fn manifest_json(
         })
         .collect();
     Ok(format!(
-        "{{\n  \"date\": {},\n  \"command\": {},\n  \"git\": {},\n  \"vmwatch_version\": {},\n  \"sources\": {},\n  \"sources_note\": {},\n  \"interval\": {},\n  \"windows_per_scenario\": {},\n  \"vms\": {},\n  \"accelerator\": {},\n  \"guest_memory_mib\": {},\n  \"base_seed\": {},\n  \"load\": {{\"web_rate\": [{}, {}], \"web_segment_seconds\": {}, \"peak_rate\": {}}},\n  \"network\": {{\"subnet\": {}, \"host\": {}, \"first_vm\": {}}},\n  \"seconds\": {},\n  \"scenarios\": [\n{}\n  ],\n  \"qemu\": {},\n  \"guest\": {}\n}}\n",
+        "{{\n  \"date\": {},\n  \"command\": {},\n  \"git\": {},\n  \"vmwatch_version\": {},\n  \"sources\": {},\n  \"sources_note\": {},\n  \"interval\": {},\n  \"budget\": {},\n  \"windows_per_scenario\": {},\n  \"vms\": {},\n  \"accelerator\": {},\n  \"guest_memory_mib\": {},\n  \"base_seed\": {},\n  \"load\": {{\"web_rate\": [{}, {}], \"web_segment_seconds\": {}, \"peak_rate\": {}}},\n  \"network\": {{\"subnet\": {}, \"host\": {}, \"first_vm\": {}}},\n  \"seconds\": {},\n  \"scenarios\": [\n{}\n  ],\n  \"qemu\": {},\n  \"guest\": {}\n}}\n",
         j(date),
         j(&command.join(" ")),
         j(&git),
@@ -704,6 +707,7 @@ fn manifest_json(
         j(SOURCES),
         j(sources_note(o.run.accel)),
         j(&o.run.interval),
+        j(&o.run.budget),
         o.run.windows,
         o.run.vms,
         j(o.run.accel.as_str()),
@@ -737,6 +741,7 @@ pub fn smoke(vmwatch: Option<&Path>) -> Result<()> {
             interval: "2s".into(),
             vms: 1,
             qemu: qemu::Variant::default(),
+            budget: "none".into(),
             accel: Accel::Tcg,
             memory_mib: 512,
             vmwatch: vmwatch.map(Path::to_path_buf),
@@ -807,6 +812,7 @@ mod tests {
             duration_ms: 2000,
             qemu: None,
             counts: &[7],
+            sampled: &[],
         })
         .unwrap();
         w.finish().unwrap();

@@ -1,0 +1,615 @@
+//! The cost governor at run time (DESIGN.md, "Cost governor"): keeps each
+//! VM's probe hits within a share of one CPU by turning hot probes on and
+//! off through their semaphores, which vmwatch raised itself
+//! ([`crate::attach::semaphores`]). A probe whose semaphore is down is not
+//! trapped at all (QEMU checks it before the site), and turning it back on
+//! takes effect at once, with no link churn.
+//!
+//! Each window is cut into [`PHASES`] phases. At a phase start the
+//! governor reads every VM's cumulative counts (one batched map read),
+//! turns what each probe did in the last phase into a demand (hits per
+//! second it was on, times its cost per hit), and plans the phase with
+//! [`vmwatch_core::govern::plan`]: cheap probes stay on (exact), hot ones
+//! are on for a fraction of it, starting at one random instant per phase
+//! (so periodic guest activity does not alias with the schedule) and
+//! turned off, by fraction, together. At the window's end each probe's
+//! measured on-time over the window's length is its sampling fraction;
+//! its count is divided by it and marked as an estimate.
+//!
+//! Another tracer on the same semaphore (its value above vmwatch's own
+//! increment) keeps the probe firing while vmwatch thinks it is off, which
+//! would inflate the estimate: such a probe is put back on and counted
+//! exactly for good.
+
+pub mod calibrate;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use vmwatch_core::govern::{estimate, fraction, plan, HitCost, Level};
+
+use crate::attach::semaphores::Raised;
+use crate::attach::uprobes::AttachedProbe;
+use crate::error::Result;
+
+/// Phases per window.
+pub const PHASES: u32 = 4;
+
+/// What a hit costs when it cannot be measured here (DESIGN.md's figures
+/// for Linux 6.18: 5-byte-nop sites, int3 sites), in ns.
+pub const DEFAULT_NOP5_NS: f64 = 850.0;
+pub const DEFAULT_TRAP_NS: f64 = 1070.0;
+
+/// What a hit costs on this host, measured with `prog` (the counting
+/// program) on sites of vmwatch's own; DESIGN.md's figures if that fails.
+pub fn hit_cost(prog: &libbpf_rs::ProgramMut<'_>) -> HitCost {
+    match calibrate::measure(prog) {
+        Ok(m) => {
+            tracing::info!(
+                "a counted probe hit costs {:.0} ns on 5-byte-nop sites, {:.0} ns on int3 \
+                 sites here (measured in {:.0?}; --hit-cost sets it)",
+                m.nop5_ns,
+                m.trap_ns,
+                m.took
+            );
+            HitCost {
+                nop5_ns: m.nop5_ns,
+                trap_ns: m.trap_ns,
+            }
+        }
+        Err(e) => {
+            tracing::warn!(
+                "could not measure what a probe hit costs here ({}); assuming {DEFAULT_NOP5_NS} \
+                 ns on 5-byte-nop sites and {DEFAULT_TRAP_NS} ns on int3 sites (--hit-cost sets it)",
+                vmwatch_core::error::chain(&e)
+            );
+            HitCost {
+                nop5_ns: DEFAULT_NOP5_NS,
+                trap_ns: DEFAULT_TRAP_NS,
+            }
+        }
+    }
+}
+
+/// While a window pays back what it or the last one overspent, it is
+/// planned with at least this share of the budget.
+const MIN_SHARE: f64 = 0.25;
+
+/// Probes with a sampling fraction above this over a window are exact
+/// (on-times are measured to the microsecond, the window to the ms).
+const EXACT: f64 = 0.999;
+
+/// How the governor runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GovernConfig {
+    /// Share of one CPU each VM's probe hits may cost (0.01 = 1%);
+    /// `None`: every probe exact.
+    pub budget: Option<f64>,
+    /// What a hit costs, by kind of site.
+    pub cost: HitCost,
+}
+
+/// One governed probe of one VM.
+#[derive(Debug)]
+struct Probe {
+    column: usize,
+    /// Indices into the VM's [`Raised`]; empty: it cannot be turned off.
+    sems: Vec<usize>,
+    cost_ns: f64,
+    /// This phase's plan (0: exact).
+    level: Level,
+    on: bool,
+    on_since: Instant,
+    /// Time on in this window and in this phase, up to `on_since`.
+    window_on: Duration,
+    phase_on: Duration,
+    /// Another tracer holds its semaphore (or it has none): exact.
+    fixed: bool,
+    /// Cumulative count at the phase start (`None` before the first).
+    last: Option<u64>,
+    /// What it costs counted exactly, as last measured (ns of CPU per s).
+    demand: f64,
+}
+
+impl Probe {
+    /// Adds the time on up to `now` to the window's and phase's totals.
+    fn account(&mut self, now: Instant) {
+        if self.on {
+            let d = now.saturating_duration_since(self.on_since);
+            self.window_on += d;
+            self.phase_on += d;
+            self.on_since = now;
+        }
+    }
+}
+
+/// The governor's view of one watched process: its counted probes, their
+/// state and their cost.
+#[derive(Debug)]
+pub struct VmProbes {
+    probes: Vec<Probe>,
+    window_start: Instant,
+    phase_start: Instant,
+    /// CPU time (ns) the window's hits cost up to the last phase start.
+    spent_ns: f64,
+    /// What the last window spent beyond its budget, paid back in this one.
+    debt_ns: f64,
+    /// The budget share the last window was planned with, for its debt.
+    share: Option<f64>,
+}
+
+/// What a closed window's probes did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WindowCost {
+    /// Hits trapped (counted), before any estimate.
+    pub hits: u64,
+    /// CPU time they cost the VM, in ns.
+    pub cpu_ns: f64,
+    /// Estimated columns and their sampling fractions.
+    pub sampled: Vec<(usize, f64)>,
+}
+
+impl VmProbes {
+    /// All probes on (as [`crate::attach::semaphores::raise`] left them).
+    pub fn new(attached: &[AttachedProbe], cost: &HitCost, now: Instant) -> Self {
+        let probes = attached
+            .iter()
+            .map(|p| Probe {
+                column: p.column as usize,
+                sems: p.semaphores.clone(),
+                cost_ns: cost.of(p.nop5),
+                level: 0,
+                on: true,
+                on_since: now,
+                window_on: Duration::ZERO,
+                phase_on: Duration::ZERO,
+                fixed: p.semaphores.is_empty(),
+                last: None,
+                demand: 0.0,
+            })
+            .collect();
+        Self {
+            probes,
+            window_start: now,
+            phase_start: now,
+            spent_ns: 0.0,
+            debt_ns: 0.0,
+            share: None,
+        }
+    }
+
+    /// Levels in use this phase (above 0).
+    fn levels(&self) -> impl Iterator<Item = Level> + '_ {
+        self.probes.iter().map(|p| p.level).filter(|&k| k > 0)
+    }
+
+    /// Ends the window at `now`: what its hits cost (from the counted,
+    /// `counts`), then every duty-cycled probe's count replaced by its
+    /// estimate.
+    pub fn close_window(&mut self, now: Instant, counts: &mut [u64]) -> WindowCost {
+        let len = now.saturating_duration_since(self.window_start);
+        let mut out = WindowCost::default();
+        for p in &mut self.probes {
+            p.account(now);
+            let Some(c) = counts.get_mut(p.column) else {
+                continue;
+            };
+            out.hits += *c;
+            out.cpu_ns += *c as f64 * p.cost_ns;
+            let f = if len.is_zero() {
+                1.0
+            } else {
+                p.window_on.as_secs_f64() / len.as_secs_f64()
+            };
+            p.window_on = Duration::ZERO;
+            if f < EXACT {
+                *c = estimate(*c, f.max(f64::MIN_POSITIVE));
+                out.sampled.push((p.column, f.max(1e-9)));
+            }
+        }
+        // A window whose first phase was counted exactly before the load
+        // was known overspends: the next one pays it back (at most its
+        // whole budget), so the budget holds over time.
+        self.debt_ns = match self.share {
+            Some(share) => {
+                let allowed = share * 1e9 * len.as_secs_f64();
+                (out.cpu_ns + self.debt_ns - allowed).clamp(0.0, allowed)
+            }
+            None => 0.0,
+        };
+        self.spent_ns = 0.0;
+        self.window_start = now;
+        out
+    }
+
+    /// Starts a phase at `now`: measures the last one from the cumulative
+    /// counts `cum` (a row of the counter map), plans this one within
+    /// `share` (`None`: all exact) of windows of `window` (what the window
+    /// spent so far and the last one's debt taken off), and returns the
+    /// probes that can be turned off.
+    fn start_phase(
+        &mut self,
+        now: Instant,
+        cum: &[u64],
+        share: Option<f64>,
+        window: Duration,
+    ) -> Vec<usize> {
+        // The phase before a window's first belongs to the last window,
+        // whose exact total [`VmProbes::close_window`] charged.
+        let this_window = self.phase_start >= self.window_start;
+        for p in &mut self.probes {
+            p.account(now);
+            let total = cum.get(p.column).copied().unwrap_or(0);
+            if let Some(last) = p.last {
+                let n = total.wrapping_sub(last) as f64;
+                if this_window {
+                    self.spent_ns += n * p.cost_ns;
+                }
+                let on = p.phase_on.as_secs_f64();
+                // A probe off all phase long keeps its last demand.
+                if on > 0.0 {
+                    p.demand = n / on * p.cost_ns;
+                }
+            }
+            p.last = Some(total);
+            p.phase_on = Duration::ZERO;
+        }
+        self.phase_start = now;
+        self.share = share;
+        let Some(share) = share else {
+            return Vec::new();
+        };
+        // What the rest of the window may spend, per second of it.
+        let left = (self.window_start + window)
+            .saturating_duration_since(now)
+            .max(window / (2 * PHASES));
+        let allowed = share * 1e9 * window.as_secs_f64() - self.spent_ns - self.debt_ns;
+        // Paying back never starves the cheap probes: a floor of the budget.
+        let share = (allowed / left.as_secs_f64() / 1e9).max(share * MIN_SHARE);
+        let fixed: f64 = self
+            .probes
+            .iter()
+            .filter(|p| p.fixed)
+            .map(|p| p.demand)
+            .sum();
+        let idx: Vec<usize> = (0..self.probes.len())
+            .filter(|&i| !self.probes[i].fixed)
+            .collect();
+        let demand: Vec<f64> = idx.iter().map(|&i| self.probes[i].demand).collect();
+        let planned = plan(&demand, fixed, share);
+        for (&i, &k) in idx.iter().zip(&planned.levels) {
+            self.probes[i].level = k;
+        }
+        // Exact now: on at once. Duty-cycled: off until the phase's turn.
+        (0..self.probes.len())
+            .filter(|&i| !self.probes[i].fixed)
+            .collect()
+    }
+
+    /// Turns on (`on`) or off the probes `which` that are not in that
+    /// state; returns the columns found to be shared with another tracer
+    /// (now exact for good).
+    fn turn(
+        &mut self,
+        which: &[usize],
+        on: bool,
+        raised: &mut Raised,
+        now: Instant,
+    ) -> Result<Vec<usize>> {
+        let which: Vec<usize> = which
+            .iter()
+            .copied()
+            .filter(|&i| self.probes[i].on != on && !self.probes[i].sems.is_empty())
+            .collect();
+        if which.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sems: Vec<usize> = which
+            .iter()
+            .flat_map(|&i| self.probes[i].sems.iter().copied())
+            .collect();
+        let before = raised.set(&sems, on)?;
+        for &i in &which {
+            let p = &mut self.probes[i];
+            p.account(now);
+            p.on = on;
+            p.on_since = now;
+        }
+        // More than vmwatch's own increment: someone else holds it.
+        let mine = if on { 0 } else { 1 };
+        let shared: BTreeSet<usize> = before
+            .iter()
+            .filter(|(_, v)| *v > mine)
+            .map(|(s, _)| *s)
+            .collect();
+        if shared.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut back_on = Vec::new();
+        for &i in &which {
+            let p = &mut self.probes[i];
+            if p.sems.iter().any(|s| shared.contains(s)) {
+                p.fixed = true;
+                p.level = 0;
+                out.push(p.column);
+                if !on {
+                    back_on.push(i);
+                }
+            }
+        }
+        if !back_on.is_empty() {
+            let sems: Vec<usize> = back_on
+                .iter()
+                .flat_map(|&i| self.probes[i].sems.iter().copied())
+                .collect();
+            raised.set(&sems, true)?;
+            for &i in &back_on {
+                let p = &mut self.probes[i];
+                p.on = true;
+                p.on_since = now;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The phase schedule every watched VM follows.
+#[derive(Debug)]
+pub struct Schedule {
+    phase_len: Duration,
+    phase_start: Instant,
+    /// When the duty-cycled probes turn on, if not yet.
+    on_at: Option<Instant>,
+    /// When each level's probes turn off, earliest first.
+    off_at: Vec<(Instant, Level)>,
+    rng: u64,
+}
+
+/// What is due at a wake-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    Phase,
+    On,
+    Off(Level),
+}
+
+impl Schedule {
+    pub fn new(interval: Duration, now: Instant) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        Self {
+            phase_len: interval / PHASES,
+            phase_start: now,
+            on_at: None,
+            off_at: Vec::new(),
+            rng: seed ^ u64::from(std::process::id()).rotate_left(32),
+        }
+    }
+
+    /// The window length the phases divide.
+    pub fn window(&self) -> Duration {
+        self.phase_len * PHASES
+    }
+
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.phase_len = (interval / PHASES).max(Duration::from_millis(1));
+    }
+
+    /// The next instant something is due.
+    pub fn next(&self) -> Instant {
+        let mut t = self.phase_start + self.phase_len;
+        if let Some(on) = self.on_at {
+            t = t.min(on);
+        }
+        if let Some(&(off, _)) = self.off_at.first() {
+            t = t.min(off);
+        }
+        t
+    }
+
+    /// What is due at `now`, earliest first (a phase end last: it is
+    /// handled after the turns that precede it).
+    pub fn pop_due(&mut self, now: Instant) -> Option<Due> {
+        if let Some(on) = self.on_at.filter(|&t| t <= now) {
+            // Turns off never precede the turn on.
+            let _ = on;
+            self.on_at = None;
+            return Some(Due::On);
+        }
+        if self.off_at.first().is_some_and(|&(t, _)| t <= now) {
+            return Some(Due::Off(self.off_at.remove(0).1));
+        }
+        (self.phase_start + self.phase_len <= now).then_some(Due::Phase)
+    }
+
+    /// A new phase from `now`, for the levels in use.
+    fn plan(&mut self, now: Instant, levels: &BTreeSet<Level>) {
+        self.phase_start = now;
+        self.off_at.clear();
+        self.on_at = None;
+        let Some(&top) = levels.first() else { return };
+        // xorshift: enough to place the on-time at random.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let u = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        let len = self.phase_len.as_secs_f64();
+        let start = now + Duration::from_secs_f64(u * len * (1.0 - fraction(top)));
+        self.on_at = Some(start);
+        self.off_at = levels
+            .iter()
+            .map(|&k| (start + Duration::from_secs_f64(fraction(k) * len), k))
+            .collect();
+        self.off_at.sort_by_key(|&(t, _)| t);
+    }
+}
+
+/// A VM's probes and its semaphores, as the collector hands them over.
+pub struct Governed<'a> {
+    pub pid: u32,
+    pub probes: &'a mut VmProbes,
+    pub raised: &'a mut Raised,
+    /// Its cumulative counter row, when a phase starts.
+    pub cum: Option<&'a [u64]>,
+}
+
+/// Runs what is due at `now` for every VM; returns the columns newly found
+/// shared with another tracer, by PID.
+pub fn run_due(
+    due: Due,
+    now: Instant,
+    schedule: &mut Schedule,
+    budget: Option<f64>,
+    vms: &mut [Governed<'_>],
+) -> Vec<(u32, Vec<usize>)> {
+    let mut shared = Vec::new();
+    let mut note = |pid: u32, r: Result<Vec<usize>>| match r {
+        Ok(cols) if !cols.is_empty() => shared.push((pid, cols)),
+        Ok(_) => {}
+        // A process that exits is noticed at the drain.
+        Err(e) => tracing::debug!("PID {pid}: {}", vmwatch_core::error::chain(&e)),
+    };
+    match due {
+        Due::Phase => {
+            let mut levels = BTreeSet::new();
+            for vm in vms.iter_mut() {
+                let Some(cum) = vm.cum else { continue };
+                let all = vm.probes.start_phase(now, cum, budget, schedule.window());
+                let (exact, cycled): (Vec<usize>, Vec<usize>) = all
+                    .into_iter()
+                    .partition(|&i| vm.probes.probes[i].level == 0);
+                let r = vm.probes.turn(&exact, true, vm.raised, now);
+                note(vm.pid, r);
+                let r = vm.probes.turn(&cycled, false, vm.raised, now);
+                note(vm.pid, r);
+                levels.extend(vm.probes.levels());
+            }
+            schedule.plan(now, &levels);
+        }
+        Due::On => {
+            for vm in vms.iter_mut() {
+                let which: Vec<usize> = (0..vm.probes.probes.len())
+                    .filter(|&i| vm.probes.probes[i].level > 0)
+                    .collect();
+                let r = vm.probes.turn(&which, true, vm.raised, now);
+                note(vm.pid, r);
+            }
+        }
+        Due::Off(k) => {
+            for vm in vms.iter_mut() {
+                let which: Vec<usize> = (0..vm.probes.probes.len())
+                    .filter(|&i| vm.probes.probes[i].level == k)
+                    .collect();
+                let r = vm.probes.turn(&which, false, vm.raised, now);
+                note(vm.pid, r);
+            }
+        }
+    }
+    shared
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probes(n: usize, now: Instant) -> VmProbes {
+        let attached: Vec<AttachedProbe> = (0..n)
+            .map(|i| AttachedProbe {
+                column: i as u32,
+                semaphores: vec![i],
+                nop5: true,
+            })
+            .collect();
+        VmProbes::new(&attached, &HitCost::flat(1000.0), now)
+    }
+
+    #[test]
+    fn an_exact_window_is_not_marked() {
+        let t0 = Instant::now();
+        let mut vm = probes(2, t0);
+        let mut counts = vec![10, 20];
+        let cost = vm.close_window(t0 + Duration::from_secs(2), &mut counts);
+        assert_eq!(counts, vec![10, 20]);
+        assert!(cost.sampled.is_empty());
+        assert_eq!(cost.hits, 30);
+        assert!((cost.cpu_ns - 30_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_probe_on_half_the_window_is_doubled_and_marked() {
+        let t0 = Instant::now();
+        let mut vm = probes(2, t0);
+        vm.probes[1].account(t0 + Duration::from_secs(1));
+        vm.probes[1].on = false;
+        let mut counts = vec![10, 20];
+        let cost = vm.close_window(t0 + Duration::from_secs(2), &mut counts);
+        assert_eq!(counts, vec![10, 40]);
+        assert_eq!(cost.sampled.len(), 1);
+        assert_eq!(cost.sampled[0].0, 1);
+        assert!((cost.sampled[0].1 - 0.5).abs() < 1e-9);
+        // The cost is what was trapped, not the estimate.
+        assert_eq!(cost.hits, 30);
+    }
+
+    #[test]
+    fn a_phase_thins_the_hot_probe_only() {
+        let t0 = Instant::now();
+        let mut vm = probes(3, t0);
+        let t1 = t0 + Duration::from_millis(500);
+        let w = Duration::from_secs(2);
+        assert!(vm.start_phase(t0, &[0, 0, 0], Some(0.01), w).len() == 3);
+        // 1%: 10,000 hits/s at 1 us. Probe 2 ran at 200,000/s.
+        vm.start_phase(t1, &[5, 50, 100_000], Some(0.01), w);
+        assert_eq!(vm.probes[0].level, 0);
+        assert_eq!(vm.probes[1].level, 0);
+        assert!(vm.probes[2].level > 0);
+        // The first phase spent 100 ms of CPU, more than the window's 20:
+        // what is left of the window has the floor, a quarter of the budget.
+        assert!(200_000.0 * fraction(vm.probes[2].level) <= 0.25 * 9000.0);
+        assert!(200_000.0 * fraction(vm.probes[2].level) >= 0.25 * 9000.0 / 2.0);
+    }
+
+    #[test]
+    fn an_overspent_window_is_paid_back_by_the_next() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(1);
+        let mut vm = probes(1, t0);
+        vm.start_phase(t0, &[0], Some(0.01), w);
+        // 30,000 hits at 1 us: 30 ms, three windows' budget of 10 ms.
+        let t1 = t0 + w;
+        let cost = vm.close_window(t1, &mut [30_000]);
+        assert_eq!(cost.hits, 30_000);
+        assert!(
+            (vm.debt_ns - 10e6).abs() < 1.0,
+            "debt capped at one window: {}",
+            vm.debt_ns
+        );
+        // The next window starts paying it back: a quarter of its budget.
+        vm.start_phase(t1, &[30_000], Some(0.01), w);
+        vm.start_phase(t1 + w / 4, &[37_500], Some(0.01), w);
+        assert!(30_000.0 * fraction(vm.probes[0].level) <= 0.25 * 9000.0);
+    }
+
+    #[test]
+    fn the_schedule_turns_on_then_off_by_level() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(2), t0);
+        let levels: BTreeSet<Level> = [4, 8].into_iter().collect();
+        s.plan(t0, &levels);
+        let on = s.on_at.unwrap();
+        assert!(on >= t0 && on <= t0 + Duration::from_millis(250));
+        assert_eq!(s.pop_due(on), Some(Due::On));
+        let end = t0 + Duration::from_millis(500);
+        let mut offs = Vec::new();
+        while let Some(d) = s.pop_due(end) {
+            offs.push(d);
+            if d == Due::Phase {
+                break;
+            }
+        }
+        assert_eq!(offs, vec![Due::Off(8), Due::Off(4), Due::Phase]);
+    }
+}

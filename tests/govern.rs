@@ -1,0 +1,143 @@
+//! The cost governor on the USDT fixture: a hot probe is duty-cycled
+//! through its semaphore, its counts are estimated and marked, what it
+//! costs stays within the budget, and a probe another tracer also holds is
+//! counted exactly. Run as root.
+
+#[macro_use]
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Dataset, Fixture, Recording};
+
+/// The fixture's sites are 1-byte nops; the tests charge a fixed cost, so
+/// what the budget allows does not depend on this machine's calibration.
+const HIT_COST_NS: f64 = 700.0;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// `feature`'s sampling fraction in `row`, if it was estimated.
+fn fraction(ds: &Dataset, row: &[String], feature: &str) -> Option<f64> {
+    ds.sampled(row).split(';').find_map(|pair| {
+        let (f, v) = pair.split_once('=')?;
+        (f == feature).then(|| v.parse().unwrap())
+    })
+}
+
+/// Rows of `pid` whose window lies within [from, to] (unix ms), with margin.
+fn rows_within<'a>(
+    ds: &'a Dataset,
+    pid: u32,
+    from: u64,
+    to: u64,
+) -> impl Iterator<Item = &'a Vec<String>> + 'a {
+    ds.rows_of(pid).filter(move |r| {
+        let (start, d) = ds.window(r);
+        start >= from + 50 && start + d + 50 <= to
+    })
+}
+
+#[test]
+fn a_hot_probe_is_duty_cycled_within_the_budget_and_its_counts_estimated() {
+    skip_without_bpf!();
+    let mut fx = Fixture::start();
+    // The default budget (1%) at 700 ns per hit pays for 14,286 hits/s; the
+    // fixture fires 100,000/s for 6 s (7% of a CPU counted exactly).
+    let options = format!("--interval 1s --windows 9 --hit-cost {HIT_COST_NS}");
+    let rec = Recording::start(&[fx.pid], &options, "governed.csv");
+    fx.fire("bdrv_aio_flush", 40);
+    let from = now_ms();
+    let (calls, hits) = fx.pace("virtqueue_fill", 100_000, 6000);
+    let to = now_ms();
+    fx.fire("bdrv_aio_flush", 40);
+    let (ds, log) = rec.finish();
+    assert_eq!(calls, 600_000);
+    // What was trapped cost at most the budget (the plan keeps 10% free).
+    let share = hits as f64 * HIT_COST_NS * 1e-9 / ((to - from) as f64 / 1000.0);
+    assert!(
+        share <= 0.01,
+        "virtqueue_fill's hits cost {:.3}% of a CPU ({hits} of {calls} calls counted)",
+        share * 100.0
+    );
+    assert!(
+        hits < calls / 3,
+        "only {hits} of {calls} calls were not counted"
+    );
+    // Every window inside the load is estimated, within 5% of the true rate.
+    let mut inside = 0;
+    let c = ds.col("qemu:virtqueue_fill").unwrap();
+    let mut counted = 0.0;
+    for r in ds.rows_of(fx.pid) {
+        let n: f64 = r[c].parse().unwrap();
+        counted += fraction(&ds, r, "qemu:virtqueue_fill").map_or(n, |f| n * f);
+    }
+    for r in rows_within(&ds, fx.pid, from, to) {
+        inside += 1;
+        let f = fraction(&ds, r, "qemu:virtqueue_fill")
+            .unwrap_or_else(|| panic!("window {} is not estimated: {r:?}", r[3]));
+        assert!(f > 0.0 && f < 0.5, "window {}: fraction {f}", r[3]);
+        let (_, d) = ds.window(r);
+        let want = 100_000.0 * d as f64 / 1000.0;
+        let got: f64 = r[c].parse().unwrap();
+        assert!(
+            (got - want).abs() <= 0.05 * want,
+            "window {}: estimated {got}, {want} calls (fraction {f})",
+            r[3]
+        );
+    }
+    assert!(inside >= 3, "only {inside} windows within the load");
+    // The estimates are the counted hits over the fractions: back to them.
+    assert!(
+        (counted - hits as f64).abs() <= 0.002 * hits as f64 + 10.0,
+        "rows say {counted} hits were counted, the fixture {hits}"
+    );
+    // The cheap probe stays exact.
+    assert_eq!(ds.total(fx.pid, "qemu:bdrv_aio_flush"), 80);
+    assert!(
+        log.contains("windows have estimated counts") && log.contains("budget 1.000%"),
+        "{log}"
+    );
+    // Nothing is left raised.
+    let on = fx.enabled();
+    assert!(on.values().all(|v| !v), "semaphores left raised: {on:?}");
+}
+
+#[test]
+fn a_probe_another_tracer_holds_is_counted_exactly() {
+    skip_without_bpf!();
+    let mut fx = Fixture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let list = common::feature_list(dir.path(), "qemu:virtqueue_fill\n");
+    // The other tracer: a vmwatch that counts exactly, so its increment of
+    // the semaphore stays while the governed one takes its own back.
+    let holder = Recording::start(
+        &[fx.pid],
+        &format!(
+            "--interval 1s --windows 8 --budget none --probes {}",
+            list.display()
+        ),
+        "holder.csv",
+    );
+    let options = format!("--interval 1s --windows 6 --hit-cost {HIT_COST_NS}");
+    let governed = Recording::start(&[fx.pid], &options, "governed.csv");
+    std::thread::sleep(Duration::from_millis(300));
+    let (calls, hits) = fx.pace("virtqueue_fill", 100_000, 3000);
+    assert_eq!((calls, hits), (300_000, 300_000), "the holder keeps it on");
+    let (ds, log) = governed.finish();
+    let (held, _) = holder.finish();
+    assert!(
+        log.contains("another tracer holds the semaphore of 1 probe(s) (qemu:virtqueue_fill)"),
+        "{log}"
+    );
+    // Counted exactly: no estimate after the first phase noticed, and every
+    // call is in some window of both.
+    assert_eq!(ds.total(fx.pid, "qemu:virtqueue_fill"), calls);
+    assert_eq!(held.total(fx.pid, "qemu:virtqueue_fill"), calls);
+    let on = fx.enabled();
+    assert!(on.values().all(|v| !v), "semaphores left raised: {on:?}");
+}
