@@ -57,10 +57,12 @@ fn a_hot_probe_is_duty_cycled_within_the_budget_and_its_counts_estimated() {
     fx.fire("bdrv_aio_flush", 40);
     let (ds, log) = rec.finish();
     assert_eq!(calls, 600_000);
-    // What was trapped cost at most the budget (the plan keeps 10% free).
+    // Over the whole load what was trapped cost about the budget: the phase
+    // in which the load began was counted exactly (7% of a CPU for up to
+    // 250 ms), and the windows after it pay that back.
     let share = hits as f64 * HIT_COST_NS * 1e-9 / ((to - from) as f64 / 1000.0);
     assert!(
-        share <= 0.01,
+        share <= 0.015,
         "virtqueue_fill's hits cost {:.3}% of a CPU ({hits} of {calls} calls counted)",
         share * 100.0
     );
@@ -91,6 +93,19 @@ fn a_hot_probe_is_duty_cycled_within_the_budget_and_its_counts_estimated() {
         );
     }
     assert!(inside >= 3, "only {inside} windows within the load");
+    // Once the load is known, each window stays within the budget.
+    let (mut trapped, mut secs) = (0.0, 0.0);
+    for r in rows_within(&ds, fx.pid, from, to).skip(1) {
+        let n: f64 = r[c].parse().unwrap();
+        trapped += fraction(&ds, r, "qemu:virtqueue_fill").map_or(n, |f| n * f);
+        secs += ds.window(r).1 as f64 / 1000.0;
+    }
+    let steady = trapped * HIT_COST_NS * 1e-9 / secs;
+    assert!(
+        steady <= 0.0101,
+        "after the first window of the load, its hits cost {:.3}% of a CPU",
+        steady * 100.0
+    );
     // The estimates are the counted hits over the fractions: back to them.
     assert!(
         (counted - hits as f64).abs() <= 0.002 * hits as f64 + 10.0,

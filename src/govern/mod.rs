@@ -75,6 +75,10 @@ pub fn hit_cost(prog: &libbpf_rs::ProgramMut<'_>) -> HitCost {
 /// planned with at least this share of the budget.
 const MIN_SHARE: f64 = 0.25;
 
+/// The smallest sampling fraction a window's estimate divides by: a tenth
+/// of the smallest planned one.
+const MIN_WINDOW_FRACTION: f64 = vmwatch_core::govern::MIN_FRACTION / 10.0;
+
 /// Probes with a sampling fraction above this over a window are exact
 /// (on-times are measured to the microsecond, the window to the ms).
 const EXACT: f64 = 0.999;
@@ -203,8 +207,11 @@ impl VmProbes {
             };
             p.window_on = Duration::ZERO;
             if f < EXACT {
-                *c = estimate(*c, f.max(f64::MIN_POSITIVE));
-                out.sampled.push((p.column, f.max(1e-9)));
+                // On for less than planned (a wake-up lost to a loaded
+                // machine) still counts as the floor's share.
+                let f = f.max(MIN_WINDOW_FRACTION);
+                *c = estimate(*c, f);
+                out.sampled.push((p.column, f));
             }
         }
         // A window whose first phase was counted exactly before the load
@@ -289,13 +296,7 @@ impl VmProbes {
     /// Turns on (`on`) or off the probes `which` that are not in that
     /// state; returns the columns found to be shared with another tracer
     /// (now exact for good).
-    fn turn(
-        &mut self,
-        which: &[usize],
-        on: bool,
-        raised: &mut Raised,
-        now: Instant,
-    ) -> Result<Vec<usize>> {
+    fn turn(&mut self, which: &[usize], on: bool, raised: &mut Raised) -> Result<Vec<usize>> {
         let which: Vec<usize> = which
             .iter()
             .copied()
@@ -309,6 +310,8 @@ impl VmProbes {
             .flat_map(|&i| self.probes[i].sems.iter().copied())
             .collect();
         let before = raised.set(&sems, on)?;
+        // When the writes took effect: on-times are measured, not planned.
+        let now = Instant::now();
         for &i in &which {
             let p = &mut self.probes[i];
             p.account(now);
@@ -414,8 +417,12 @@ impl Schedule {
     /// handled after the turns that precede it).
     pub fn pop_due(&mut self, now: Instant) -> Option<Due> {
         if let Some(on) = self.on_at.filter(|&t| t <= now) {
-            // Turns off never precede the turn on.
-            let _ = on;
+            // Woken late, the probes still get their planned on-time: the
+            // turns off move by as much.
+            let late = now.saturating_duration_since(on);
+            for (t, _) in &mut self.off_at {
+                *t += late;
+            }
             self.on_at = None;
             return Some(Due::On);
         }
@@ -481,9 +488,9 @@ pub fn run_due(
                 let (exact, cycled): (Vec<usize>, Vec<usize>) = all
                     .into_iter()
                     .partition(|&i| vm.probes.probes[i].level == 0);
-                let r = vm.probes.turn(&exact, true, vm.raised, now);
+                let r = vm.probes.turn(&exact, true, vm.raised);
                 note(vm.pid, r);
-                let r = vm.probes.turn(&cycled, false, vm.raised, now);
+                let r = vm.probes.turn(&cycled, false, vm.raised);
                 note(vm.pid, r);
                 levels.extend(vm.probes.levels());
             }
@@ -494,7 +501,7 @@ pub fn run_due(
                 let which: Vec<usize> = (0..vm.probes.probes.len())
                     .filter(|&i| vm.probes.probes[i].level > 0)
                     .collect();
-                let r = vm.probes.turn(&which, true, vm.raised, now);
+                let r = vm.probes.turn(&which, true, vm.raised);
                 note(vm.pid, r);
             }
         }
@@ -503,7 +510,7 @@ pub fn run_due(
                 let which: Vec<usize> = (0..vm.probes.probes.len())
                     .filter(|&i| vm.probes.probes[i].level == k)
                     .collect();
-                let r = vm.probes.turn(&which, false, vm.raised, now);
+                let r = vm.probes.turn(&which, false, vm.raised);
                 note(vm.pid, r);
             }
         }
