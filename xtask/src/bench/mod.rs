@@ -6,6 +6,7 @@
 
 mod cpu;
 mod events;
+mod governor;
 mod impact;
 mod lttng;
 mod monitor;
@@ -57,6 +58,10 @@ pub enum Part {
     Scaling,
     /// ns per event: detached, vmwatch (1- and 5-byte nop sites), LTTng-UST.
     Events,
+    /// The cost governor: all probes exact vs under 1% and 0.5% budgets vs
+    /// selected, on web, stress-mem and synflood-target (not in the default
+    /// run: `--only governor`; about 20 minutes).
+    Governor,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -230,6 +235,10 @@ fn overhead(o: Opts) -> Result<()> {
             Part::Impact => {
                 note("part 2/3: impact on the monitored VM (Fig. 6)");
                 impact::run(&run, &setup, &out_dir.join("impact.csv"))?;
+            }
+            Part::Governor => {
+                note("the cost governor, side by side with exact counting");
+                governor::run(&run, &setup, &out_dir)?;
             }
             Part::Scaling => {
                 note("part 3/3: collector cost as VMs are added (Fig. 5)");

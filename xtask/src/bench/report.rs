@@ -48,6 +48,7 @@ fn part_name(p: Part) -> &'static str {
         Part::Impact => "impact",
         Part::Scaling => "scaling",
         Part::Events => "events",
+        Part::Governor => "governor",
     }
 }
 
