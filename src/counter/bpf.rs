@@ -240,7 +240,9 @@ impl<'obj> Collector<'obj> {
     }
 
     fn run_due(&mut self, due: Due, now: Instant) -> Result<()> {
-        let rows = if due == Due::Phase {
+        // Phases are measured by the counters; a turn-on reads them too, to
+        // see whether probes fired while their semaphore was down.
+        let rows = if matches!(due, Due::Phase | Due::On) {
             self.drainer.peek()?
         } else {
             Vec::new()
@@ -262,8 +264,27 @@ impl<'obj> Collector<'obj> {
                 cum,
             });
         }
-        let shared = govern::run_due(due, now, &mut self.schedule, self.govern.budget, &mut vms);
-        for (pid, cols) in shared {
+        let found = govern::run_due(due, now, &mut self.schedule, self.govern.budget, &mut vms);
+        for (pid, cols) in found.ungated {
+            let names: Vec<&str> = cols
+                .iter()
+                .take(5)
+                .filter_map(|&c| self.columns.names().get(c).map(String::as_str))
+                .collect();
+            tracing::info!(
+                "PID {pid}: {} probe(s) ({}{}) fired while their semaphore was down (this QEMU \
+                 does not check it before their sites): they are counted exactly, not \
+                 duty-cycled",
+                cols.len(),
+                names.join(", "),
+                if cols.len() > names.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
+        }
+        for (pid, cols) in found.shared {
             let names: Vec<&str> = cols
                 .iter()
                 .take(5)

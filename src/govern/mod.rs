@@ -75,6 +75,10 @@ pub fn hit_cost(prog: &libbpf_rs::ProgramMut<'_>) -> HitCost {
 /// planned with at least this share of the budget.
 const MIN_SHARE: f64 = 0.25;
 
+/// Hits a probe may count while off before it is taken for one its
+/// semaphore does not gate (a few race with the turn-off).
+const UNGATED_HITS: f64 = 20.0;
+
 /// The smallest sampling fraction a window's estimate divides by: a tenth
 /// of the smallest planned one.
 const MIN_WINDOW_FRACTION: f64 = vmwatch_core::govern::MIN_FRACTION / 10.0;
@@ -113,6 +117,10 @@ struct Probe {
     last: Option<u64>,
     /// What it costs counted exactly, as last measured (ns of CPU per s).
     demand: f64,
+    /// Hits counted while it was off, and for how long (s) it was: a
+    /// probe its semaphore gates counts none.
+    off_hits: f64,
+    off_secs: f64,
 }
 
 impl Probe {
@@ -170,6 +178,8 @@ impl VmProbes {
                 fixed: p.semaphores.is_empty(),
                 last: None,
                 demand: 0.0,
+                off_hits: 0.0,
+                off_secs: 0.0,
             })
             .collect();
         Self {
@@ -291,6 +301,55 @@ impl VmProbes {
         (0..self.probes.len())
             .filter(|&i| !self.probes[i].fixed)
             .collect()
+    }
+
+    /// Before the duty-cycled probes turn on at `now`: those that counted
+    /// hits since the phase began, while their semaphore was down, are not
+    /// gated by it. They become exact for good, and count as exact for the
+    /// whole window (they were never really off), once turned on with
+    /// [`VmProbes::keep_on`]. Returns their indices.
+    fn find_ungated(&mut self, now: Instant, cum: &[u64]) -> Vec<usize> {
+        let off_for = now
+            .saturating_duration_since(self.phase_start)
+            .as_secs_f64();
+        let mut out = Vec::new();
+        for (i, p) in self.probes.iter_mut().enumerate() {
+            let (Some(last), false, false) = (p.last, p.on, p.fixed) else {
+                continue;
+            };
+            let Some(&total) = cum.get(p.column) else {
+                continue;
+            };
+            p.off_hits += total.wrapping_sub(last) as f64;
+            p.off_secs += off_for;
+            // A gated probe counts nothing while off but what raced with its
+            // turn-off; an ungated one keeps its rate.
+            let rate = p.demand / p.cost_ns.max(1e-9);
+            if p.off_hits > UNGATED_HITS && p.off_hits > 0.1 * rate * p.off_secs {
+                p.fixed = true;
+                p.level = 0;
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// Turns the probes `which` on for good, as counted exactly since the
+    /// window began; returns their columns.
+    fn keep_on(&mut self, which: &[usize], raised: &mut Raised) -> Result<Vec<usize>> {
+        self.turn(which, true, raised)?;
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.window_start);
+        Ok(which
+            .iter()
+            .map(|&i| {
+                let p = &mut self.probes[i];
+                p.window_on = elapsed;
+                p.phase_on = now.saturating_duration_since(self.phase_start);
+                p.on_since = now;
+                p.column
+            })
+            .collect())
     }
 
     /// Turns on (`on`) or off the probes `which` that are not in that
@@ -463,16 +522,28 @@ pub struct Governed<'a> {
     pub cum: Option<&'a [u64]>,
 }
 
-/// Runs what is due at `now` for every VM; returns the columns newly found
-/// shared with another tracer, by PID.
+/// Probes newly found not to be duty-cycled, by PID.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Another tracer holds their semaphores.
+    pub shared: Vec<(u32, Vec<usize>)>,
+    /// They fire while their semaphore is down: the program does not check
+    /// it before the site (QEMU's dtrace and ust backends call most probes
+    /// unconditionally), so turning them off saves nothing.
+    pub ungated: Vec<(u32, Vec<usize>)>,
+}
+
+/// Runs what is due at `now` for every VM; returns the probes newly found
+/// not to be duty-cycled.
 pub fn run_due(
     due: Due,
     now: Instant,
     schedule: &mut Schedule,
     budget: Option<f64>,
     vms: &mut [Governed<'_>],
-) -> Vec<(u32, Vec<usize>)> {
-    let mut shared = Vec::new();
+) -> Found {
+    let mut found = Found::default();
+    let shared = &mut found.shared;
     let mut note = |pid: u32, r: Result<Vec<usize>>| match r {
         Ok(cols) if !cols.is_empty() => shared.push((pid, cols)),
         Ok(_) => {}
@@ -498,6 +569,21 @@ pub fn run_due(
         }
         Due::On => {
             for vm in vms.iter_mut() {
+                if let Some(cum) = vm.cum {
+                    let ungated = vm.probes.find_ungated(now, cum);
+                    if !ungated.is_empty() {
+                        match vm.probes.keep_on(&ungated, vm.raised) {
+                            Ok(cols) => found.ungated.push((vm.pid, cols)),
+                            Err(e) => {
+                                tracing::debug!(
+                                    "PID {}: {}",
+                                    vm.pid,
+                                    vmwatch_core::error::chain(&e)
+                                )
+                            }
+                        }
+                    }
+                }
                 let which: Vec<usize> = (0..vm.probes.probes.len())
                     .filter(|&i| vm.probes.probes[i].level > 0)
                     .collect();
@@ -515,7 +601,7 @@ pub fn run_due(
             }
         }
     }
-    shared
+    found
 }
 
 #[cfg(test)]

@@ -90,6 +90,8 @@ struct Measured {
     estimated_probes: f64,
     /// Per-probe hits per second (estimates included).
     rates: HashMap<String, f64>,
+    /// Probes vmwatch found its semaphores do not gate (counted exactly).
+    ungated: usize,
 }
 
 /// Runs the governor part; writes `out_dir/governor.csv` and
@@ -126,14 +128,15 @@ pub fn run(opts: &Opts, setup: &Setup, out_dir: &Path) -> Result<()> {
                 let m = measure(setup, &mut session, pid, name, cfg, rep, windows)?;
                 note(format!(
                     "  {name} {} #{}: {:.0} hits/s trapped, {:.3}% of a CPU, QEMU {:.1}% CPU, \
-                     {}/{} windows estimated",
+                     {}/{} windows estimated, {} probes ungated",
                     cfg.id,
                     rep + 1,
                     m.trapped_per_s,
                     m.cost * 100.0,
                     m.qemu_cpu * 100.0,
                     m.estimated_windows,
-                    m.windows
+                    m.windows,
+                    m.ungated
                 ));
                 all.push(m);
             }
@@ -250,7 +253,24 @@ fn measure(
         estimated_windows,
         estimated_probes: estimated as f64 / estimated_windows.max(1) as f64,
         rates,
+        ungated: ungated(&text),
     })
+}
+
+/// Probes the log says fired while their semaphore was down ("PID N: K
+/// probe(s) (...) fired while their semaphore was down").
+fn ungated(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("fired while their semaphore was down"))
+        .filter_map(|l| {
+            l.split(": ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
 }
 
 /// The 5-byte-nop hit cost vmwatch logged ("a counted probe hit costs N ns
@@ -266,12 +286,12 @@ fn calibrated(log: &str) -> Option<f64> {
 fn write_csv(path: &Path, rows: &[Measured]) -> Result<()> {
     let mut out = String::from(
         "scenario,config,rep,windows,secs,trapped_per_s,cost,hit_cost_ns,qemu_cpu,\
-         vmwatch_ms_per_window,estimated_windows,estimated_probes\n",
+         vmwatch_ms_per_window,estimated_windows,estimated_probes,ungated\n",
     );
     for m in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.1},{:.0},{:.6},{:.0},{:.4},{:.3},{},{:.1}",
+            "{},{},{},{},{:.1},{:.0},{:.6},{:.0},{:.4},{:.3},{},{:.1},{}",
             m.scenario,
             m.config,
             m.rep,
@@ -283,7 +303,8 @@ fn write_csv(path: &Path, rows: &[Measured]) -> Result<()> {
             m.qemu_cpu,
             m.vmwatch_ms_per_window,
             m.estimated_windows,
-            m.estimated_probes
+            m.estimated_probes,
+            m.ungated
         );
     }
     fs::write(path, out).with_context(|| format!("could not write {}", path.display()))
@@ -327,9 +348,9 @@ fn report(all: &[Measured], reps: usize, windows: u32) -> String {
     let _ = writeln!(
         md,
         "| scenario | configuration | hits trapped/s | probe cost (share of a CPU) | QEMU CPU | \
-         vmwatch CPU per window | windows with estimates | probes estimated per window |"
+         vmwatch CPU per window | windows with estimates | probes estimated per window | probes found ungated |"
     );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for s in SCENARIOS {
         for cfg in CONFIGS {
             let runs: Vec<&Measured> = all
@@ -342,7 +363,7 @@ fn report(all: &[Measured], reps: usize, windows: u32) -> String {
             let med = |f: &dyn Fn(&Measured) -> f64| median(runs.iter().map(|m| f(m)).collect());
             let _ = writeln!(
                 md,
-                "| {s} | {} | {:.0} | {:.3}% | {:.1}% | {:.2} ms | {:.0}% | {:.1} |",
+                "| {s} | {} | {:.0} | {:.3}% | {:.1}% | {:.2} ms | {:.0}% | {:.1} | {:.0} |",
                 cfg.label,
                 med(&|m| m.trapped_per_s),
                 med(&|m| m.cost * 100.0),
@@ -350,6 +371,7 @@ fn report(all: &[Measured], reps: usize, windows: u32) -> String {
                 med(&|m| m.vmwatch_ms_per_window),
                 med(&|m| m.estimated_windows as f64 / m.windows.max(1) as f64 * 100.0),
                 med(&|m| m.estimated_probes),
+                med(&|m| m.ungated as f64),
             );
         }
     }
