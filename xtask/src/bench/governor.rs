@@ -37,7 +37,13 @@ struct Cfg {
     selected: bool,
 }
 
-const CONFIGS: [Cfg; 4] = [
+const CONFIGS: [Cfg; 5] = [
+    Cfg {
+        id: "none",
+        label: "unmonitored",
+        args: &[],
+        selected: false,
+    },
     Cfg {
         id: "exact",
         label: "all probes, exact (`--budget none`)",
@@ -160,6 +166,28 @@ fn measure(
     rep: usize,
     windows: u32,
 ) -> Result<Measured> {
+    if cfg.id == "none" {
+        let qemu0 = cpu::process_ns(pid);
+        let t = Instant::now();
+        session.hold(Duration::from_secs(2 * u64::from(windows)))?;
+        let secs = t.elapsed().as_secs_f64();
+        return Ok(Measured {
+            scenario: scenario.to_string(),
+            config: cfg.id,
+            rep,
+            windows: windows as usize,
+            secs,
+            trapped_per_s: 0.0,
+            cost: 0.0,
+            hit_cost_ns: 0.0,
+            qemu_cpu: (cpu::process_ns(pid) - qemu0) as f64 / 1e9 / secs,
+            vmwatch_ms_per_window: 0.0,
+            estimated_windows: 0,
+            estimated_probes: 0.0,
+            rates: HashMap::new(),
+            ungated: 0,
+        });
+    }
     let out = setup
         .tmp
         .join(format!("governor-{scenario}-{}-{rep}.csv", cfg.id));

@@ -58,9 +58,9 @@ pub enum Part {
     Scaling,
     /// ns per event: detached, vmwatch (1- and 5-byte nop sites), LTTng-UST.
     Events,
-    /// The cost governor: all probes exact vs under 1% and 0.5% budgets vs
-    /// selected, on web, stress-mem and synflood-target (not in the default
-    /// run: `--only governor`; about 20 minutes).
+    /// The cost governor: unmonitored, all probes exact, under 1% and 0.5%
+    /// budgets, selected, on web, stress-mem and synflood-target (not in
+    /// the default run: `--only governor`; about 25 minutes).
     Governor,
 }
 
