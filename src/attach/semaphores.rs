@@ -1,11 +1,17 @@
-//! USDT semaphores (the `*_ENABLED()` flags QEMU checks before a probe)
-//! raised and lowered by vmwatch itself in each watched process.
+//! USDT semaphores (the `*_ENABLED()` flags) raised and lowered by vmwatch
+//! itself in each watched process.
 //!
-//! The kernel can do this through the uprobe `ref_ctr_offset`, but on the
-//! kernels measured here it misses processes that start while the probe is
-//! attached: their semaphores stay 0 and their probes never fire. Raising
-//! them per watched process also means QEMU processes vmwatch does not watch
-//! keep their probes off.
+//! What a semaphore gates depends on the program: the fixture's lazy probes
+//! and the QEMU probes QEMU guards with `trace_event_get_state_backends()`
+//! (e.g. `memory_region_ops_read`, whose arguments cost work) fire only
+//! while it is up; QEMU's dtrace and ust backends call most other probes
+//! unconditionally, so their sites trap whenever a uprobe is attached
+//! (measured: `tests/qemu.rs`, the governor's "fired while their semaphore
+//! was down"). The kernel could raise them through the uprobe
+//! `ref_ctr_offset`, but on the kernels measured here it misses processes
+//! that start while the probe is attached: their semaphores stay 0 and
+//! gated probes never fire. Raising them per watched process also keeps
+//! the gated probes of QEMU processes vmwatch does not watch off.
 //!
 //! A vmwatch killed with SIGKILL cannot lower what it raised, so every raise
 //! is first written to a record under [`RUN_DIR`] (one folder per vmwatch

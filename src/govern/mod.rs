@@ -79,6 +79,10 @@ const MIN_SHARE: f64 = 0.25;
 /// semaphore does not gate (a few race with the turn-off).
 const UNGATED_HITS: f64 = 20.0;
 
+/// Hits a probe would have counted over its off-times, at its rate when
+/// on, before silence then proves its semaphore gates it.
+const GATED_EXPECTED: f64 = 50.0;
+
 /// The smallest sampling fraction a window's estimate divides by: a tenth
 /// of the smallest planned one.
 const MIN_WINDOW_FRACTION: f64 = vmwatch_core::govern::MIN_FRACTION / 10.0;
@@ -121,6 +125,9 @@ struct Probe {
     /// probe its semaphore gates counts none.
     off_hits: f64,
     off_secs: f64,
+    /// Seen off long enough to tell, and silent then: its semaphore gates
+    /// it, so its counts can be estimated.
+    gated: bool,
 }
 
 impl Probe {
@@ -180,6 +187,7 @@ impl VmProbes {
                 demand: 0.0,
                 off_hits: 0.0,
                 off_secs: 0.0,
+                gated: false,
             })
             .collect();
         Self {
@@ -216,7 +224,12 @@ impl VmProbes {
                 p.window_on.as_secs_f64() / len.as_secs_f64()
             };
             p.window_on = Duration::ZERO;
-            if f < EXACT {
+            // Only a probe known to be gated is estimated: one not yet seen
+            // off long enough may be one that was never really off, whose
+            // count divided by its on-time would be far too high. Its count
+            // stays as counted (low, if it is gated after all: such a probe
+            // fires too rarely to have been told apart within the window).
+            if f < EXACT && p.gated {
                 // On for less than planned (a wake-up lost to a loaded
                 // machine) still counts as the floor's share.
                 let f = f.max(MIN_WINDOW_FRACTION);
@@ -325,10 +338,13 @@ impl VmProbes {
             // A gated probe counts nothing while off but what raced with its
             // turn-off; an ungated one keeps its rate.
             let rate = p.demand / p.cost_ns.max(1e-9);
-            if p.off_hits > UNGATED_HITS && p.off_hits > 0.1 * rate * p.off_secs {
+            let expected = rate * p.off_secs;
+            if p.off_hits > UNGATED_HITS && p.off_hits > 0.1 * expected {
                 p.fixed = true;
                 p.level = 0;
                 out.push(i);
+            } else if expected >= GATED_EXPECTED {
+                p.gated = true;
             }
         }
         out
@@ -635,6 +651,16 @@ mod tests {
     fn a_probe_on_half_the_window_is_doubled_and_marked() {
         let t0 = Instant::now();
         let mut vm = probes(2, t0);
+        vm.probes[1].account(t0 + Duration::from_secs(1));
+        vm.probes[1].on = false;
+        // Not yet known to be gated: counted as it is.
+        let mut counts = vec![10, 20];
+        vm.close_window(t0 + Duration::from_secs(2), &mut counts);
+        assert_eq!(counts, vec![10, 20]);
+        let t0 = t0 + Duration::from_secs(2);
+        vm.probes[1].gated = true;
+        vm.probes[1].on = true;
+        vm.probes[1].on_since = t0;
         vm.probes[1].account(t0 + Duration::from_secs(1));
         vm.probes[1].on = false;
         let mut counts = vec![10, 20];

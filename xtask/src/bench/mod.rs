@@ -222,7 +222,12 @@ fn overhead(o: Opts) -> Result<()> {
         interval: Duration::from_secs(2),
         sessiond: Some(sessiond),
     };
-    report::write_machine(&out_dir, &qemu.dir, &sel, site_kind, &run, &parts)?;
+    // The governor part writes its own report (GOVERNOR.md): the overhead
+    // report and its machine.txt describe the other parts' runs.
+    let overhead_parts = parts.iter().any(|p| *p != Part::Governor);
+    if overhead_parts {
+        report::write_machine(&out_dir, &qemu.dir, &sel, site_kind, &run, &parts)?;
+    }
     let mut took = Vec::new();
 
     for part in &parts {
@@ -256,8 +261,10 @@ fn overhead(o: Opts) -> Result<()> {
         took.push((*part, t.elapsed()));
     }
     drop(setup);
-    report::finish_machine(&out_dir, &took, started.elapsed())?;
-    write_report(&o, &root, &out_dir)?;
+    if overhead_parts {
+        report::finish_machine(&out_dir, &took, started.elapsed())?;
+        write_report(&o, &root, &out_dir)?;
+    }
     note(format!(
         "bench overhead done in {}; CSV and SVG in {}",
         util::human_duration(started.elapsed()),
