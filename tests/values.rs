@@ -40,6 +40,25 @@ fn out_of_range_values_are_refused_with_the_option_named() {
         "10ms to 1h",
     );
     refused(&rec(&["--windows", "0"]), "--windows", "1 or more");
+    for budget in ["0", "101", "lots", "NaN", "1e400"] {
+        refused(
+            &rec(&["--budget", budget]),
+            "--budget",
+            "not a percentage of one CPU",
+        );
+    }
+    for cost in ["0", "inf", "NaN", "1e9"] {
+        refused(
+            &rec(&["--hit-cost", cost]),
+            "--hit-cost",
+            "not a cost in ns",
+        );
+    }
+    refused(
+        &["monitor", "--model", "m.json", "--all", "--budget", "0"],
+        "--budget",
+        "not a percentage",
+    );
     refused(&rec(&["--max-vms", "0"]), "--max-vms", "from 1 to 1024");
     refused(
         &rec(&["--max-vms", "4294967295"]),
