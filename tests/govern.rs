@@ -78,6 +78,11 @@ fn a_hot_probe_is_duty_cycled_within_the_budget_and_its_counts_estimated() {
         let n: f64 = r[c].parse().unwrap();
         counted += fraction(&ds, r, "qemu:virtqueue_fill").map_or(n, |f| n * f);
     }
+    // The load fires in 1-ms bursts, and a window paying back its first
+    // phase counts as little as 3% of the time: single windows stray,
+    // the estimates as a whole must not.
+    let mut errors = Vec::new();
+    let mut sums = (0.0, 0.0);
     for r in rows_within(&ds, fx.pid, from, to) {
         inside += 1;
         let f = fraction(&ds, r, "qemu:virtqueue_fill")
@@ -86,13 +91,24 @@ fn a_hot_probe_is_duty_cycled_within_the_budget_and_its_counts_estimated() {
         let (_, d) = ds.window(r);
         let want = 100_000.0 * d as f64 / 1000.0;
         let got: f64 = r[c].parse().unwrap();
+        let e = (got - want).abs() / want;
+        sums.0 += got;
+        sums.1 += want;
         assert!(
-            (got - want).abs() <= 0.05 * want,
+            e <= 0.3,
             "window {}: estimated {got}, {want} calls (fraction {f})",
             r[3]
         );
+        errors.push(e);
     }
     assert!(inside >= 3, "only {inside} windows within the load");
+    let total = (sums.0 - sums.1).abs() / sums.1;
+    assert!(
+        total <= 0.05,
+        "the windows' estimates add up to {} for {} calls ({errors:?})",
+        sums.0,
+        sums.1
+    );
     // Once the load is known, each window stays within the budget.
     let (mut trapped, mut secs) = (0.0, 0.0);
     for r in rows_within(&ds, fx.pid, from, to).skip(1) {

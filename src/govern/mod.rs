@@ -322,9 +322,6 @@ impl VmProbes {
     /// whole window (they were never really off), once turned on with
     /// [`VmProbes::keep_on`]. Returns their indices.
     fn find_ungated(&mut self, now: Instant, cum: &[u64]) -> Vec<usize> {
-        let off_for = now
-            .saturating_duration_since(self.phase_start)
-            .as_secs_f64();
         let mut out = Vec::new();
         for (i, p) in self.probes.iter_mut().enumerate() {
             let (Some(last), false, false) = (p.last, p.on, p.fixed) else {
@@ -333,11 +330,16 @@ impl VmProbes {
             let Some(&total) = cum.get(p.column) else {
                 continue;
             };
-            p.off_hits += total.wrapping_sub(last) as f64;
-            p.off_secs += off_for;
             // A gated probe counts nothing while off but what raced with its
-            // turn-off; an ungated one keeps its rate.
+            // turn-off; an ungated one keeps its rate. Turned off at this
+            // phase's start, it counted on (gated or not) from the counters'
+            // read to the write, which a loaded machine can make long.
             let rate = p.demand / p.cost_ns.max(1e-9);
+            let raced = p.on_since.saturating_duration_since(self.phase_start);
+            let off_since = p.on_since.max(self.phase_start);
+            let n = total.wrapping_sub(last) as f64;
+            p.off_hits += (n - 1.5 * rate * raced.as_secs_f64()).max(0.0);
+            p.off_secs += now.saturating_duration_since(off_since).as_secs_f64();
             let expected = rate * p.off_secs;
             if p.off_hits > UNGATED_HITS && p.off_hits > 0.1 * expected {
                 p.fixed = true;
