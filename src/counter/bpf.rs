@@ -265,6 +265,16 @@ impl<'obj> Collector<'obj> {
             });
         }
         let found = govern::run_due(due, now, &mut self.schedule, self.govern.budget, &mut vms);
+        drop(vms);
+        if due == Due::Phase && self.schedule.cycles() {
+            // The base of the off probes' hits while off (see find_ungated).
+            let at = Instant::now();
+            for (slot, row) in self.drainer.peek()? {
+                if let Some(p) = self.slots[slot].as_mut().and_then(|w| w.probes.as_mut()) {
+                    p.set_off_base(&row, at);
+                }
+            }
+        }
         for (pid, cols) in found.ungated {
             let names: Vec<&str> = cols
                 .iter()

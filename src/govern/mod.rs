@@ -128,6 +128,9 @@ struct Probe {
     /// Seen off long enough to tell, and silent then: its semaphore gates
     /// it, so its counts can be estimated.
     gated: bool,
+    /// Its cumulative count read once it was off at a phase's start, and
+    /// when: what it counts from there until it is turned on came while off.
+    off_base: Option<(u64, Instant)>,
 }
 
 impl Probe {
@@ -188,6 +191,7 @@ impl VmProbes {
                 off_hits: 0.0,
                 off_secs: 0.0,
                 gated: false,
+                off_base: None,
             })
             .collect();
         Self {
@@ -324,22 +328,22 @@ impl VmProbes {
     fn find_ungated(&mut self, now: Instant, cum: &[u64]) -> Vec<usize> {
         let mut out = Vec::new();
         for (i, p) in self.probes.iter_mut().enumerate() {
-            let (Some(last), false, false) = (p.last, p.on, p.fixed) else {
+            let (Some(_), false, false) = (p.last, p.on, p.fixed) else {
                 continue;
             };
             let Some(&total) = cum.get(p.column) else {
                 continue;
             };
-            // A gated probe counts nothing while off but what raced with its
-            // turn-off; an ungated one keeps its rate. Turned off at this
-            // phase's start, it counted on (gated or not) from the counters'
-            // read to the write, which a loaded machine can make long.
+            // A gated probe counts nothing while off; an ungated one keeps
+            // its rate. Counted from a read taken once it was off, so hits
+            // before the turn-off (a loaded machine can delay it) are not
+            // taken for hits while off.
+            let Some((base, at)) = p.off_base.take() else {
+                continue;
+            };
             let rate = p.demand / p.cost_ns.max(1e-9);
-            let raced = p.on_since.saturating_duration_since(self.phase_start);
-            let off_since = p.on_since.max(self.phase_start);
-            let n = total.wrapping_sub(last) as f64;
-            p.off_hits += (n - 1.5 * rate * raced.as_secs_f64()).max(0.0);
-            p.off_secs += now.saturating_duration_since(off_since).as_secs_f64();
+            p.off_hits += total.wrapping_sub(base) as f64;
+            p.off_secs += now.saturating_duration_since(at).as_secs_f64();
             let expected = rate * p.off_secs;
             if p.off_hits > UNGATED_HITS && p.off_hits > 0.1 * expected {
                 p.fixed = true;
@@ -350,6 +354,17 @@ impl VmProbes {
             }
         }
         out
+    }
+
+    /// After a phase's turn-offs: the cumulative counts `cum`, read at
+    /// `at`, are the base of each off probe's hits while off.
+    pub fn set_off_base(&mut self, cum: &[u64], at: Instant) {
+        for p in &mut self.probes {
+            p.off_base = match cum.get(p.column) {
+                Some(&c) if !p.on && !p.fixed => Some((c, at)),
+                _ => None,
+            };
+        }
     }
 
     /// Turns the probes `which` on for good, as counted exactly since the
@@ -467,6 +482,11 @@ impl Schedule {
             off_at: Vec::new(),
             rng: seed ^ u64::from(std::process::id()).rotate_left(32),
         }
+    }
+
+    /// Whether this phase duty-cycles any probe.
+    pub fn cycles(&self) -> bool {
+        self.on_at.is_some()
     }
 
     /// The window length the phases divide.
