@@ -87,14 +87,42 @@ static __always_inline void count_feature(__u64 feature)
 }
 
 /*
+ * Switches of the uprobe links the cost governor turns on and off: a link's
+ * sites carry (switch + 1) in their cookie's upper half (0: always counted)
+ * and count only while their switch is nonzero. A switch flips with one map
+ * write, exactly when it is timed; attaching a link takes a grace period
+ * (~8 ms) before its sites trap and detaching one ~40 ms, so links are
+ * attached before their switch turns on and detached after it turned off.
+ */
+#define MAX_SWITCHES 4096
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SWITCHES);
+	__type(key, __u32);
+	__type(value, __u32);
+} switches SEC(".maps");
+
+/*
  * QEMU's USDT probes: one uprobe_multi link per QEMU binary covers every
- * selected probe site; each site carries its feature index as the BPF
- * cookie, so no USDT argument parsing is needed.
+ * selected probe site (and, under a cost governor, per-process links for
+ * the hot probes the binary's semaphores do not gate); each site carries its
+ * feature index as the low half of its BPF cookie, so no USDT argument
+ * parsing is needed.
  */
 SEC("uprobe.multi")
 int count_usdt(void *ctx)
 {
-	count_feature(bpf_get_attach_cookie(ctx));
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u32 sw = cookie >> 32;
+
+	if (sw) {
+		__u32 key = sw - 1, *on = bpf_map_lookup_elem(&switches, &key);
+
+		if (!on || !*on)
+			return 0;
+	}
+	count_feature((__u32)cookie);
 	return 0;
 }
 

@@ -180,3 +180,62 @@ fn a_probe_another_tracer_holds_is_counted_exactly() {
     let on = fx.enabled();
     assert!(on.values().all(|v| !v), "semaphores left raised: {on:?}");
 }
+
+#[test]
+fn a_hot_probe_without_a_semaphore_is_duty_cycled_on_links_of_its_own() {
+    skip_without_bpf!();
+    let mut fx = Fixture::start();
+    // tap_send has no semaphore (two sites): only detaching its uprobes
+    // stops it from trapping.
+    let options = format!("--interval 1s --windows 9 --hit-cost {HIT_COST_NS}");
+    let rec = Recording::start(&[fx.pid], &options, "linked.csv");
+    fx.fire("bdrv_aio_flush", 40);
+    let from = now_ms();
+    let (calls, _) = fx.pace("tap_send", 100_000, 6000);
+    let to = now_ms();
+    fx.fire("bdrv_aio_flush", 40);
+    let (ds, log) = rec.finish();
+    eprintln!("{log}");
+    assert_eq!(calls, 600_000);
+    assert!(
+        log.contains("moved 1 hot probe(s) (qemu:tap_send), which no semaphore gates"),
+        "{log}"
+    );
+    let c = ds.col("qemu:tap_send").unwrap();
+    let (mut est, mut want, mut inside) = (0.0, 0.0, 0);
+    let (mut trapped, mut secs) = (0.0, 0.0);
+    for r in rows_within(&ds, fx.pid, from, to).skip(1) {
+        inside += 1;
+        let f = fraction(&ds, r, "qemu:tap_send")
+            .unwrap_or_else(|| panic!("window {} is not estimated: {r:?}", r[3]));
+        assert!(f > 0.0 && f < 0.5, "window {}: fraction {f}", r[3]);
+        let (_, d) = ds.window(r);
+        let got: f64 = r[c].parse().unwrap();
+        let w = 100_000.0 * d as f64 / 1000.0;
+        assert!(
+            (got - w).abs() <= 0.3 * w,
+            "window {}: estimated {got}, {w} calls (fraction {f})",
+            r[3]
+        );
+        est += got;
+        want += w;
+        trapped += got * f;
+        secs += d as f64 / 1000.0;
+    }
+    assert!(inside >= 3, "only {inside} windows within the load");
+    let total = (est - want).abs() / want;
+    eprintln!(
+        "estimates {est} for {want} calls: {:.1}% off",
+        total * 100.0
+    );
+    assert!(total <= 0.15, "estimates {est} for {want} calls");
+    let steady = trapped * HIT_COST_NS * 1e-9 / secs;
+    eprintln!("counted hits cost {:.3}% of a CPU", steady * 100.0);
+    assert!(
+        steady <= 0.0115,
+        "after the first window of the load, its counted hits cost {:.3}% of a CPU",
+        steady * 100.0
+    );
+    // The cheap probe stays exact, on the binary's link.
+    assert_eq!(ds.total(fx.pid, "qemu:bdrv_aio_flush"), 80);
+}

@@ -339,7 +339,7 @@ fn rhel_named_and_renamed_qemus_are_found_and_recorded() {
 /// e.g. `memory_region_ops_read`); the governor finds such probes, counts
 /// them exactly and says so, so their estimates are never inflated.
 #[test]
-fn the_governor_counts_probes_their_semaphore_does_not_gate_exactly() {
+fn the_governor_moves_probes_their_semaphore_does_not_gate_onto_links_of_their_own() {
     let bin = skip_without_bpf_and_qemu!();
     let dir = tempfile::tempdir().unwrap();
     let q = Qemu::start_idle(
@@ -350,7 +350,7 @@ fn the_governor_counts_probes_their_semaphore_does_not_gate_exactly() {
     let list = common::feature_list(dir.path(), "qemu:exec_tb\nqemu:qemu_mutex_lock\n");
     let run_with = |budget: &str, name: &str| {
         let out = dir.path().join(name);
-        let ran = common::run("record --interval 1s --windows 5 --hit-cost 300")
+        let ran = common::run("record --interval 1s --windows 6 --hit-cost 300")
             .args(&format!("--budget {budget} --probes {}", list.display()))
             .pid(q.pid())
             .out(&out)
@@ -365,16 +365,21 @@ fn the_governor_counts_probes_their_semaphore_does_not_gate_exactly() {
         log.contains("fired while their semaphore was down"),
         "no probe found ungated: {log}"
     );
+    assert!(
+        log.contains("which no semaphore gates, onto links"),
+        "no probe moved onto links: {log}"
+    );
     for f in ["qemu:exec_tb", "qemu:qemu_mutex_lock"] {
         let c = governed.col(f).unwrap();
-        // After the phase that found them, rows are exact; rates agree.
+        // Once they are on links, they are duty-cycled and estimated, and
+        // the estimated rates agree with the exact ones.
         let late: Vec<&Vec<String>> = governed.rows_of(q.pid()).skip(2).collect();
         for r in &late {
             let marked = governed
                 .sampled(r)
                 .split(';')
                 .any(|s| s.starts_with(&format!("{f}=")));
-            assert!(!marked, "{f} still estimated in window {}: {r:?}", r[3]);
+            assert!(marked, "{f} not estimated in window {}: {r:?}", r[3]);
         }
         let rate = |ds: &Dataset, rows: &[&Vec<String>], c: usize| {
             let n: f64 = rows.iter().map(|r| r[c].parse::<f64>().unwrap()).sum();
@@ -386,8 +391,9 @@ fn the_governor_counts_probes_their_semaphore_does_not_gate_exactly() {
             rate(&governed, &late, c),
             rate(&exact, &e_rows, exact.col(f).unwrap()),
         );
+        eprintln!("{f}: {g:.0}/s estimated, {e:.0}/s exact");
         assert!(
-            (g - e).abs() <= 0.1 * e,
+            (g - e).abs() <= 0.25 * e,
             "{f}: {g:.0}/s governed, {e:.0}/s exact"
         );
     }

@@ -4,6 +4,7 @@
 //! watched process the USDT semaphores vmwatch raises ([`semaphores`]).
 
 pub mod semaphores;
+pub mod switches;
 pub mod uprobes;
 
 use std::collections::HashMap;

@@ -1,21 +1,44 @@
 //! QEMU's USDT probes: one `uprobe_multi` link per binary carries every
 //! selected probe site of the file, for all processes that run it (the BPF
 //! program filters by tgid), each site with its feature column as the BPF
-//! cookie, so no USDT argument parsing is needed.
+//! cookie, so no USDT argument parsing is needed. Under a cost governor,
+//! probes their semaphores do not gate move off that link onto links of
+//! each watched process ([`ProcessLinks`]), which the governor attaches and
+//! detaches ([`super::switches`]).
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts};
+use libbpf_rs::UprobeMultiOpts;
 
+use super::switches::{self, SwitchedLink, Switches};
+use super::Kernel;
 use crate::discover::procs::Process;
 use crate::discover::stapsdt::UsdtBinary;
 use crate::error::{Error, Result};
 
-/// One binary's link. Dropping it detaches every site; the semaphores are
-/// lowered per process, by the [`super::semaphores::Raised`] of each.
+/// A probe site as attached: file offset, column, semaphore file offset (0:
+/// none).
+#[derive(Debug, Clone, Copy)]
+struct Site {
+    offset: usize,
+    column: u32,
+    ref_ctr: usize,
+}
+
+/// One binary's link. Retired through [`Switches::retire`] (or dropped)
+/// it detaches every site; the semaphores are lowered per process, by the
+/// [`super::semaphores::Raised`] of each.
 pub struct BinaryAttachment {
-    _link: Link,
+    /// The link of every site not split off; `None` once all are.
+    main: Option<SwitchedLink>,
+    /// Every attached site, by column.
+    all_sites: Vec<Site>,
+    /// Columns moved to per-process links.
+    split: BTreeSet<u32>,
+    /// The kernel wanted the semaphores' offsets with the sites.
+    ref_ctr: Cell<bool>,
     /// File offsets of the attached probes' semaphores (deduplicated).
     pub semaphores: Vec<u64>,
     /// Each attached probe (by column) with its semaphores, for the cost
@@ -38,23 +61,23 @@ pub struct AttachedProbe {
     pub nop5: bool,
 }
 
-/// Attaches `prog` to the sites of `binary` (run by `process`) whose probe
-/// is a column: `columns` maps a probe name to its column.
+/// Attaches the counting program to the sites of `binary` (run by
+/// `process`) whose probe is a column ([`Kernel::probes`]), on one link
+/// with its switch on.
 pub fn attach(
-    prog: &ProgramMut<'_>,
+    kernel: &Kernel<'_>,
+    switches: &mut Switches,
     process: &Process,
     binary: &UsdtBinary,
-    columns: &HashMap<String, u32>,
 ) -> Result<BinaryAttachment> {
-    let mut opts = UprobeMultiOpts::default();
     let mut seen = HashSet::new();
     let mut probes = HashSet::new();
     let mut semaphores = BTreeSet::new();
-    let mut ref_ctrs = Vec::new();
+    let mut all_sites = Vec::new();
     // Column -> (semaphore offsets, every site a 5-byte nop, every site guarded).
     let mut per_probe: HashMap<u32, (BTreeSet<u64>, bool, bool)> = HashMap::new();
     for site in binary.provider_sites("qemu") {
-        let Some(&feature) = columns.get(&site.name) else {
+        let Some(&feature) = kernel.probes.get(&site.name) else {
             continue;
         };
         // Two notes at one address would count each hit twice.
@@ -68,56 +91,53 @@ pub fn attach(
         p.0.extend(site.semaphore_offset);
         p.1 &= site.nop5;
         p.2 &= site.semaphore_offset.is_some();
-        opts.offsets.push(site.file_offset as usize);
-        opts.cookies.push(u64::from(feature));
-        ref_ctrs.push(site.semaphore_offset.unwrap_or(0) as usize);
-        // Raised per watched process (see `semaphores`), not by the
-        // kernel's ref_ctr_offset.
+        all_sites.push(Site {
+            offset: site.file_offset as usize,
+            column: feature,
+            // Raised per watched process (see `semaphores`), not by the
+            // kernel's ref_ctr_offset, unless the kernel insists.
+            ref_ctr: site.semaphore_offset.unwrap_or(0) as usize,
+        });
         semaphores.extend(site.semaphore_offset);
     }
-    if opts.offsets.is_empty() {
+    if all_sites.is_empty() {
         return Err(Error::NoProviderProbes {
             path: process.binary.clone(),
             provider: "qemu (of the selected features)".into(),
         });
     }
-    let sites = opts.offsets.len();
-    // /proc/PID/exe resolves to the running file even if it was replaced.
-    let path = process.exe_path();
-    let what = || {
-        format!(
-            "attaching {sites} probe sites to {}",
-            process.binary.display()
-        )
+    all_sites.sort_by_key(|s| s.column);
+    let mut att = BinaryAttachment {
+        main: None,
+        sites: all_sites.len(),
+        all_sites,
+        split: BTreeSet::new(),
+        ref_ctr: Cell::new(false),
+        semaphores: semaphores.into_iter().collect(),
+        probes_of: Vec::new(),
+        path: process.binary.display().to_string(),
+        probes: probes.len(),
+        attach_time: Duration::ZERO,
     };
     let t = Instant::now();
-    let link = match prog.attach_uprobe_multi_with_opts(-1, &path, "", opts.clone()) {
-        Ok(link) => link,
-        // The kernel rejects a uprobe whose ref_ctr_offset differs from an
-        // existing one at the same site: another tracer (or a stale kernel
-        // uprobe) uses kernel-managed semaphores. Match it.
-        Err(e) if e.kind() == libbpf_rs::ErrorKind::InvalidInput => {
-            tracing::debug!("attach without ref_ctr_offset refused ({e}); retrying with it");
-            opts.ref_ctr_offsets = ref_ctrs;
-            prog.attach_uprobe_multi_with_opts(-1, &path, "", opts)
-                .map_err(|e| Error::bpf(what(), e))?
-        }
-        Err(e) => return Err(Error::bpf(what(), e)),
-    };
-    let attach_time = t.elapsed();
+    let mut main = att.link(kernel, switches, process, -1, |_| true)?;
+    att.attach_time = t.elapsed();
+    switches::flip(kernel, &mut main, true)?;
+    att.main = Some(main);
     tracing::info!(
-        "attached {sites} sites of {} probes in {} in {attach_time:?}",
-        probes.len(),
-        process.binary.display()
+        "attached {} sites of {} probes in {} in {:?}",
+        att.sites,
+        att.probes,
+        process.binary.display(),
+        att.attach_time
     );
-    let semaphores: Vec<u64> = semaphores.into_iter().collect();
     let mut probes_of: Vec<AttachedProbe> = per_probe
         .into_iter()
         .map(|(column, (sems, nop5, guarded))| AttachedProbe {
             column,
             semaphores: if guarded {
                 sems.iter()
-                    .filter_map(|s| semaphores.binary_search(s).ok())
+                    .filter_map(|s| att.semaphores.binary_search(s).ok())
                     .collect()
             } else {
                 Vec::new()
@@ -126,13 +146,151 @@ pub fn attach(
         })
         .collect();
     probes_of.sort_by_key(|p| p.column);
-    Ok(BinaryAttachment {
-        _link: link,
-        semaphores,
-        probes_of,
-        path: process.binary.display().to_string(),
-        sites,
-        probes: probes.len(),
-        attach_time,
-    })
+    att.probes_of = probes_of;
+    Ok(att)
+}
+
+impl BinaryAttachment {
+    /// Attaches the sites of the columns `which` accepts, for `pid` (-1:
+    /// every process of the file), on a new link with its switch off.
+    fn link(
+        &self,
+        kernel: &Kernel<'_>,
+        switches: &mut Switches,
+        process: &Process,
+        pid: i32,
+        which: impl Fn(u32) -> bool,
+    ) -> Result<SwitchedLink> {
+        let switch = switches.take(kernel)?;
+        let mut opts = UprobeMultiOpts::default();
+        let mut ref_ctrs = Vec::new();
+        let mut columns = BTreeSet::new();
+        for s in self.all_sites.iter().filter(|s| which(s.column)) {
+            opts.offsets.push(s.offset);
+            opts.cookies.push(SwitchedLink::cookie(switch, s.column));
+            ref_ctrs.push(s.ref_ctr);
+            columns.insert(s.column);
+        }
+        let sites = opts.offsets.len();
+        if self.ref_ctr.get() {
+            opts.ref_ctr_offsets = ref_ctrs.clone();
+        }
+        // /proc/PID/exe resolves to the running file even if it was replaced.
+        let path = process.exe_path();
+        let what = || {
+            format!(
+                "attaching {sites} probe sites to {}",
+                process.binary.display()
+            )
+        };
+        let prog = &kernel.skel.progs.count_usdt;
+        let attached = match prog.attach_uprobe_multi_with_opts(pid, &path, "", opts.clone()) {
+            Ok(link) => Ok(link),
+            // The kernel rejects a uprobe whose ref_ctr_offset differs from
+            // an existing one at the same site: another tracer (or a stale
+            // kernel uprobe) uses kernel-managed semaphores. Match it.
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::InvalidInput && !self.ref_ctr.get() => {
+                tracing::debug!("attach without ref_ctr_offset refused ({e}); retrying with it");
+                opts.ref_ctr_offsets = ref_ctrs;
+                self.ref_ctr.set(true);
+                prog.attach_uprobe_multi_with_opts(pid, &path, "", opts)
+                    .map_err(|e| Error::bpf(what(), e))
+            }
+            Err(e) => Err(Error::bpf(what(), e)),
+        };
+        match attached {
+            Ok(link) => Ok(SwitchedLink::new(
+                link,
+                switch,
+                columns.into_iter().collect(),
+            )),
+            Err(e) => {
+                switches.put_back(switch);
+                Err(e)
+            }
+        }
+    }
+
+    /// Columns on per-process links.
+    pub fn split(&self) -> &BTreeSet<u32> {
+        &self.split
+    }
+
+    /// A link for the columns not in `split` (none left: `None`), switch
+    /// off, to replace the binary's link by [`BinaryAttachment::swap_main`].
+    pub fn main_without(
+        &self,
+        kernel: &Kernel<'_>,
+        switches: &mut Switches,
+        process: &Process,
+        split: &BTreeSet<u32>,
+    ) -> Result<Option<SwitchedLink>> {
+        if self.all_sites.iter().all(|s| split.contains(&s.column)) {
+            return Ok(None);
+        }
+        self.link(kernel, switches, process, -1, |c| !split.contains(&c))
+            .map(Some)
+    }
+
+    /// Makes `main` (on by now) the binary's link for the columns outside
+    /// `split`; returns the old one, to be retired.
+    pub fn swap_main(
+        &mut self,
+        main: Option<SwitchedLink>,
+        split: BTreeSet<u32>,
+    ) -> Option<SwitchedLink> {
+        self.split = split;
+        std::mem::replace(&mut self.main, main)
+    }
+
+    /// Takes the binary's link, to be retired.
+    pub fn take_main(&mut self) -> Option<SwitchedLink> {
+        self.main.take()
+    }
+}
+
+/// The per-process links of one watched process: the split-off probes it
+/// counts all the time (`exact`) and those it duty-cycles, one link per
+/// level, attached while their turn lasts.
+pub struct ProcessLinks {
+    pub exact: Option<SwitchedLink>,
+    pub cycled: Vec<(u32, SwitchedLink)>,
+}
+
+impl ProcessLinks {
+    pub fn new() -> Self {
+        Self {
+            exact: None,
+            cycled: Vec::new(),
+        }
+    }
+
+    /// Attaches the sites of `columns` (split-off columns of `binary`) for
+    /// `process` only, switch off.
+    pub fn attach(
+        kernel: &Kernel<'_>,
+        switches: &mut Switches,
+        binary: &BinaryAttachment,
+        process: &Process,
+        columns: &[u32],
+    ) -> Result<SwitchedLink> {
+        let pid = i32::try_from(process.pid)
+            .map_err(|_| Error::Invalid(format!("PID {} out of range", process.pid)))?;
+        binary.link(kernel, switches, process, pid, |c| {
+            columns.binary_search(&c).is_ok()
+        })
+    }
+
+    /// Every link, to be retired.
+    pub fn take_all(&mut self) -> Vec<SwitchedLink> {
+        let mut out: Vec<SwitchedLink> = self.exact.take().into_iter().collect();
+        out.extend(self.cycled.drain(..).map(|(_, l)| l));
+        out
+    }
+}
+
+impl Default for ProcessLinks {
+    fn default() -> Self {
+        Self::new()
+    }
 }

@@ -3,14 +3,15 @@
 //! process that runs it, raises the semaphores of each watched process, and
 //! drains one row per watched process per window ([`crate::drain`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use vmwatch_core::features::Columns;
 
 use super::{Counter, Drain, Sample};
 use crate::attach::semaphores::{self, Raised};
-use crate::attach::uprobes::{self, BinaryAttachment};
+use crate::attach::switches::{self, Switches};
+use crate::attach::uprobes::{self, BinaryAttachment, ProcessLinks};
 use crate::attach::{self, Kernel};
 use crate::bpf::{BpfObjects, Layout};
 use crate::discover::kvm::KvmEvents;
@@ -18,7 +19,7 @@ use crate::discover::procs::Process;
 use crate::discover::stapsdt::UsdtBinary;
 use crate::drain::Drainer;
 use crate::error::{Error, Result};
-use crate::govern::{self, Due, GovernConfig, Governed, Schedule, VmProbes};
+use crate::govern::{self, Due, GovernConfig, Governed, Linker, Schedule, VmProbes};
 use vmwatch_core::govern::HitCost;
 
 /// How a collector is set up.
@@ -44,6 +45,8 @@ struct Watched {
     raised: Raised,
     /// Its counted QEMU probes, for the governor (none: no probe counted).
     probes: Option<VmProbes>,
+    /// Its own links, for probes split off its binary's link.
+    links: ProcessLinks,
 }
 
 /// Loaded BPF counters plus the attachments and watched processes.
@@ -55,6 +58,7 @@ pub struct Collector<'obj> {
     drainer: Drainer,
     govern: GovernConfig,
     schedule: Schedule,
+    switches: Switches,
 }
 
 impl<'obj> Collector<'obj> {
@@ -64,6 +68,7 @@ impl<'obj> Collector<'obj> {
         let layout = Layout::new(config.columns.len(), config.max_vms)?;
         let kernel = attach::load(objects, &layout, &config.columns, config.kvm.as_ref())?;
         let drainer = Drainer::new(kernel.counts_fd(), layout)?;
+        let switches = Switches::new(libbpf_rs::MapCore::max_entries(&kernel.skel.maps.switches))?;
         let counts_probes = config
             .columns
             .iter()
@@ -84,6 +89,7 @@ impl<'obj> Collector<'obj> {
                 cost,
             },
             schedule: Schedule::new(Duration::from_secs(2), Instant::now()),
+            switches,
         })
     }
 
@@ -119,30 +125,58 @@ impl<'obj> Collector<'obj> {
             Some(binary) => self.attach_and_raise(process, binary)?,
             None => Raised::default(),
         };
-        let probes = binary.map(|_| {
-            VmProbes::new(
-                &self.attachments[&process.binary_id].probes_of,
-                &self.govern.cost,
-                Instant::now(),
-            )
-        });
-        self.drainer.open(slot)?;
-        if let Err(e) = self.kernel.watch(process.pid, slot) {
-            self.drainer.close(slot);
+        let mut links = ProcessLinks::new();
+        let probes = match binary {
+            Some(_) => Some(self.own_links(process, &mut links)?),
+            None => None,
+        };
+        let opened =
+            self.drainer
+                .open(slot)
+                .and_then(|()| match self.kernel.watch(process.pid, slot) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        self.drainer.close(slot);
+                        Err(e)
+                    }
+                });
+        if let Err(e) = opened {
+            for l in links.take_all() {
+                self.switches.retire(&self.kernel, l);
+            }
             return Err(e);
         }
         self.slots[slot] = Some(Watched {
             process: process.clone(),
             raised,
             probes,
+            links,
         });
         Ok(())
     }
 
+    /// The governor's view of a newly watched `process`, with a link of its
+    /// own, on, for the probes split off its binary's link.
+    fn own_links(&mut self, process: &Process, links: &mut ProcessLinks) -> Result<VmProbes> {
+        let att = &self.attachments[&process.binary_id];
+        let mut probes = VmProbes::new(&att.probes_of, &self.govern.cost, Instant::now());
+        let split: Vec<u32> = att.split().iter().copied().collect();
+        if !split.is_empty() {
+            let mut link =
+                ProcessLinks::attach(&self.kernel, &mut self.switches, att, process, &split)?;
+            if let Err(e) = switches::flip(&self.kernel, &mut link, true) {
+                self.switches.retire(&self.kernel, link);
+                return Err(e);
+            }
+            links.exact = Some(link);
+            probes.linked(&split);
+        }
+        Ok(probes)
+    }
+
     fn attach_and_raise(&mut self, process: &Process, binary: &UsdtBinary) -> Result<Raised> {
         if !self.attachments.contains_key(&process.binary_id) {
-            let prog = &self.kernel.skel.progs.count_usdt;
-            let att = uprobes::attach(prog, process, binary, &self.kernel.probes)?;
+            let att = uprobes::attach(&self.kernel, &mut self.switches, process, binary)?;
             self.attachments.insert(process.binary_id, att);
         }
         let raised = semaphores::raise(
@@ -166,9 +200,12 @@ impl<'obj> Collector<'obj> {
         else {
             return;
         };
-        let watched = self.slots[i].take().expect("slot found above");
+        let mut watched = self.slots[i].take().expect("slot found above");
         self.kernel.unwatch(pid);
         self.drainer.close(i);
+        for l in watched.links.take_all() {
+            self.switches.retire(&self.kernel, l);
+        }
         let binary_id = watched.process.binary_id;
         drop(watched);
         self.detach_unused(binary_id);
@@ -179,11 +216,11 @@ impl<'obj> Collector<'obj> {
         if self.processes().any(|p| p.binary_id == binary_id) {
             return;
         }
-        if let Some(att) = self.attachments.remove(&binary_id) {
-            let t = Instant::now();
-            let path = att.path.clone();
-            drop(att);
-            tracing::debug!("detached {path} in {:?}", t.elapsed());
+        if let Some(mut att) = self.attachments.remove(&binary_id) {
+            if let Some(main) = att.take_main() {
+                self.switches.retire(&self.kernel, main);
+            }
+            tracing::debug!("detaching {}", att.path);
         }
     }
 
@@ -247,25 +284,23 @@ impl<'obj> Collector<'obj> {
         } else {
             Vec::new()
         };
-        let mut vms: Vec<Governed<'_>> = Vec::new();
-        for (slot, w) in self.slots.iter_mut().enumerate() {
-            let Some(w) = w else { continue };
-            let Some(probes) = w.probes.as_mut() else {
-                continue;
-            };
-            let cum = rows
-                .iter()
-                .find(|(s, _)| *s == slot)
-                .map(|(_, r)| r.as_slice());
-            vms.push(Governed {
-                pid: w.process.pid,
-                probes,
-                raised: &mut w.raised,
-                cum,
-            });
-        }
-        let found = govern::run_due(due, now, &mut self.schedule, self.govern.budget, &mut vms);
+        let mut vms = governed(&mut self.slots, &self.attachments, &rows, |_| true);
+        let mut linker = Linker {
+            kernel: &self.kernel,
+            switches: &mut self.switches,
+        };
+        let found = govern::run_due(
+            due,
+            now,
+            &mut self.schedule,
+            self.govern.budget,
+            &mut vms,
+            &mut linker,
+        );
         drop(vms);
+        if !found.split.is_empty() {
+            self.split_off(&found.split);
+        }
         if due == Due::Phase && self.schedule.cycles() {
             // The base of the off probes' hits while off (see find_ungated).
             let at = Instant::now();
@@ -283,8 +318,8 @@ impl<'obj> Collector<'obj> {
                 .collect();
             tracing::info!(
                 "PID {pid}: {} probe(s) ({}{}) fired while their semaphore was down (this QEMU \
-                 does not check it before their sites): they are counted exactly, not \
-                 duty-cycled",
+                 does not check it before their sites): they are counted exactly, and moved onto \
+                 links of their own once they are worth thinning",
                 cols.len(),
                 names.join(", "),
                 if cols.len() > names.len() {
@@ -313,6 +348,185 @@ impl<'obj> Collector<'obj> {
             );
         }
         Ok(())
+    }
+}
+
+/// The governor's view of the watched processes `which` accepts (by
+/// binary), with their cumulative rows from `rows`.
+fn governed<'a>(
+    slots: &'a mut [Option<Watched>],
+    attachments: &'a HashMap<(u64, u64), BinaryAttachment>,
+    rows: &'a [(usize, Vec<u64>)],
+    which: impl Fn((u64, u64)) -> bool,
+) -> Vec<Governed<'a>> {
+    let mut vms = Vec::new();
+    for (slot, w) in slots.iter_mut().enumerate() {
+        let Some(w) = w else { continue };
+        let (Some(probes), Some(binary)) =
+            (w.probes.as_mut(), attachments.get(&w.process.binary_id))
+        else {
+            continue;
+        };
+        if !which(w.process.binary_id) {
+            continue;
+        }
+        let cum = rows
+            .iter()
+            .find(|(s, _)| *s == slot)
+            .map(|(_, r)| r.as_slice());
+        vms.push(Governed {
+            process: &w.process,
+            probes,
+            raised: &mut w.raised,
+            links: &mut w.links,
+            binary,
+            cum,
+        });
+    }
+    vms
+}
+
+impl Collector<'_> {
+    /// Moves the probes `wanted` (by PID) off their binaries' links onto
+    /// links of every watched process of those binaries, without a gap in
+    /// their counts: the new links are attached with their switches off,
+    /// then turned on before the old ones are turned off. Probes that
+    /// cannot be moved stay exact.
+    fn split_off(&mut self, wanted: &[(u32, Vec<usize>)]) {
+        let mut by_binary: HashMap<(u64, u64), BTreeSet<u32>> = HashMap::new();
+        for (pid, cols) in wanted {
+            if let Some(p) = self.processes().find(|p| p.pid == *pid) {
+                by_binary
+                    .entry(p.binary_id)
+                    .or_default()
+                    .extend(cols.iter().map(|&c| c as u32));
+            }
+        }
+        for (binary_id, cols) in by_binary {
+            let t = Instant::now();
+            let moved: Vec<u32> = cols.iter().copied().collect();
+            match self.split_binary(binary_id, cols) {
+                Ok(n) => {
+                    let names: Vec<&str> = moved
+                        .iter()
+                        .take(5)
+                        .filter_map(|&c| self.columns.names().get(c as usize).map(String::as_str))
+                        .collect();
+                    tracing::info!(
+                        "moved {} hot probe(s) ({}{}), which no semaphore gates, onto links of each \
+                         of {n} watched process(es) to duty-cycle them, in {:?}",
+                        moved.len(),
+                        names.join(", "),
+                        if moved.len() > names.len() { ", ..." } else { "" },
+                        t.elapsed()
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "{}; {} probe(s) stay counted exactly",
+                        vmwatch_core::error::chain(&e),
+                        moved.len()
+                    );
+                    for w in self.slots.iter_mut().flatten() {
+                        if w.process.binary_id == binary_id {
+                            if let Some(p) = w.probes.as_mut() {
+                                p.keep_exact(&moved);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Collector::split_off`] for one binary; returns how many processes
+    /// got links.
+    fn split_binary(&mut self, binary_id: (u64, u64), cols: BTreeSet<u32>) -> Result<usize> {
+        let att = self
+            .attachments
+            .get(&binary_id)
+            .ok_or_else(|| Error::Invalid("splitting probes of a detached binary".into()))?;
+        let moved: Vec<u32> = cols.difference(att.split()).copied().collect();
+        let mut split = att.split().clone();
+        split.extend(cols);
+        let procs: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                self.slots[i]
+                    .as_ref()
+                    .is_some_and(|w| w.process.binary_id == binary_id)
+            })
+            .collect();
+        let Some(&first) = procs.first() else {
+            return Ok(0);
+        };
+        // Everything new is attached (off) before anything is switched.
+        let mut new = Vec::new();
+        let attached = (|| -> Result<Option<switches::SwitchedLink>> {
+            let first = &self.slots[first].as_ref().expect("listed").process;
+            let main = att.main_without(&self.kernel, &mut self.switches, first, &split)?;
+            for &i in &procs {
+                let w = self.slots[i].as_ref().expect("listed");
+                // What it counts now: the moved probes and its exact ones.
+                let mut on: BTreeSet<u32> = moved.iter().copied().collect();
+                if let Some(l) = &w.links.exact {
+                    on.extend(l.columns.iter().copied());
+                }
+                let on: Vec<u32> = on.into_iter().collect();
+                new.push(ProcessLinks::attach(
+                    &self.kernel,
+                    &mut self.switches,
+                    att,
+                    &w.process,
+                    &on,
+                )?);
+            }
+            Ok(main)
+        })();
+        let mut main = match attached {
+            Ok(main) => main,
+            Err(e) => {
+                for l in new {
+                    self.switches.retire(&self.kernel, l);
+                }
+                return Err(e);
+            }
+        };
+        // On before off: a hit in between may count twice, none is lost.
+        if let Some(m) = main.as_mut() {
+            switches::flip(&self.kernel, m, true)?;
+        }
+        for l in &mut new {
+            switches::flip(&self.kernel, l, true)?;
+        }
+        let att = self.attachments.get_mut(&binary_id).expect("checked above");
+        if let Some(old) = att.swap_main(main, split) {
+            self.switches.retire(&self.kernel, old);
+        }
+        for (&i, link) in procs.iter().zip(new) {
+            let w = self.slots[i].as_mut().expect("listed");
+            if let Some(old) = w.links.exact.replace(link) {
+                self.switches.retire(&self.kernel, old);
+            }
+            for (_, old) in std::mem::take(&mut w.links.cycled) {
+                self.switches.retire(&self.kernel, old);
+            }
+            if let Some(p) = w.probes.as_mut() {
+                p.linked(&moved);
+            }
+        }
+        // Each process's exact link down to the probes it counts exactly.
+        let rows = Vec::new();
+        let mut vms = governed(&mut self.slots, &self.attachments, &rows, |b| {
+            b == binary_id
+        });
+        let mut linker = Linker {
+            kernel: &self.kernel,
+            switches: &mut self.switches,
+        };
+        for vm in &mut vms {
+            govern::sync_exact_links(vm, &mut linker);
+        }
+        Ok(procs.len())
     }
 }
 

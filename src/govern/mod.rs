@@ -1,9 +1,15 @@
 //! The cost governor at run time (DESIGN.md, "Cost governor"): keeps each
 //! VM's probe hits within a share of one CPU by turning hot probes on and
-//! off through their semaphores, which vmwatch raised itself
-//! ([`crate::attach::semaphores`]). A probe whose semaphore is down is not
-//! trapped at all (QEMU checks it before the site), and turning it back on
-//! takes effect at once, with no link churn.
+//! off, through their semaphores, which vmwatch raised itself
+//! ([`crate::attach::semaphores`]), where they gate the probe, and
+//! otherwise through links of the VM's own ([`crate::attach::switches`]).
+//! A probe whose semaphore is down is not trapped at all when QEMU checks
+//! it before the site, and turning it back on takes effect at once, with no
+//! link churn. But QEMU's dtrace backend calls most probes unconditionally
+//! (only those QEMU guards with `trace_event_get_state_backends()` are
+//! gated), and some probes have no semaphore: such a probe, found hot, is
+//! moved off the binary's link onto a link per watched process, attached
+//! before each of its turns and detached after.
 //!
 //! Each window is cut into [`PHASES`] phases. At a phase start the
 //! governor reads every VM's cumulative counts (one batched map read),
@@ -19,7 +25,8 @@
 //! Another tracer on the same semaphore (its value above vmwatch's own
 //! increment) keeps the probe firing while vmwatch thinks it is off, which
 //! would inflate the estimate: such a probe is put back on and counted
-//! exactly for good.
+//! exactly for good. So is a probe that keeps firing while its semaphore is
+//! down, until it is moved onto links.
 
 pub mod calibrate;
 
@@ -29,7 +36,10 @@ use std::time::{Duration, Instant};
 use vmwatch_core::govern::{estimate, fraction, plan, HitCost, Level};
 
 use crate::attach::semaphores::Raised;
-use crate::attach::uprobes::AttachedProbe;
+use crate::attach::switches::{self, Switches};
+use crate::attach::uprobes::{AttachedProbe, BinaryAttachment, ProcessLinks};
+use crate::attach::Kernel;
+use crate::discover::procs::Process;
 use crate::error::Result;
 
 /// Phases per window.
@@ -101,12 +111,28 @@ pub struct GovernConfig {
     pub cost: HitCost,
 }
 
+/// How a probe is turned on and off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Through its semaphores (until it fires while they are down).
+    Semaphores,
+    /// Not at all yet: its semaphores do not gate it, or it has none. Exact
+    /// until the plan wants it thinned and it is moved onto links.
+    Unswitched,
+    /// Through the switches of the VM's own links.
+    Links,
+    /// Exact for good: another tracer holds its semaphore, or its links
+    /// could not be attached.
+    Exact,
+}
+
 /// One governed probe of one VM.
 #[derive(Debug)]
 struct Probe {
     column: usize,
-    /// Indices into the VM's [`Raised`]; empty: it cannot be turned off.
+    /// Indices into the VM's [`Raised`].
     sems: Vec<usize>,
+    gate: Gate,
     cost_ns: f64,
     /// This phase's plan (0: exact).
     level: Level,
@@ -115,8 +141,6 @@ struct Probe {
     /// Time on in this window and in this phase, up to `on_since`.
     window_on: Duration,
     phase_on: Duration,
-    /// Another tracer holds its semaphore (or it has none): exact.
-    fixed: bool,
     /// Cumulative count at the phase start (`None` before the first).
     last: Option<u64>,
     /// What it costs counted exactly, as last measured (ns of CPU per s).
@@ -179,13 +203,17 @@ impl VmProbes {
             .map(|p| Probe {
                 column: p.column as usize,
                 sems: p.semaphores.clone(),
+                gate: if p.semaphores.is_empty() {
+                    Gate::Unswitched
+                } else {
+                    Gate::Semaphores
+                },
                 cost_ns: cost.of(p.nop5),
                 level: 0,
                 on: true,
                 on_since: now,
                 window_on: Duration::ZERO,
                 phase_on: Duration::ZERO,
-                fixed: p.semaphores.is_empty(),
                 last: None,
                 demand: 0.0,
                 off_hits: 0.0,
@@ -303,11 +331,11 @@ impl VmProbes {
         let fixed: f64 = self
             .probes
             .iter()
-            .filter(|p| p.fixed)
+            .filter(|p| p.gate == Gate::Exact)
             .map(|p| p.demand)
             .sum();
         let idx: Vec<usize> = (0..self.probes.len())
-            .filter(|&i| !self.probes[i].fixed)
+            .filter(|&i| self.probes[i].gate != Gate::Exact)
             .collect();
         let demand: Vec<f64> = idx.iter().map(|&i| self.probes[i].demand).collect();
         let planned = plan(&demand, fixed, share);
@@ -316,8 +344,59 @@ impl VmProbes {
         }
         // Exact now: on at once. Duty-cycled: off until the phase's turn.
         (0..self.probes.len())
-            .filter(|&i| !self.probes[i].fixed)
+            .filter(|&i| self.probes[i].gate == Gate::Semaphores)
             .collect()
+    }
+
+    /// Probes not yet switchable that this phase wants thinned: to be moved
+    /// onto links ([`VmProbes::linked`]).
+    fn to_split(&self) -> Vec<usize> {
+        self.probes
+            .iter()
+            .filter(|p| p.gate == Gate::Unswitched && p.level > 0)
+            .map(|p| p.column)
+            .collect()
+    }
+
+    /// The probes of `columns` are on the VM's links from now on (counted
+    /// all along: on, and known to be gated by their links).
+    pub fn linked(&mut self, columns: &[u32]) {
+        for p in &mut self.probes {
+            if columns.binary_search(&(p.column as u32)).is_ok() && p.gate != Gate::Links {
+                p.gate = Gate::Links;
+                p.gated = true;
+            }
+        }
+    }
+
+    /// The probes of `columns` could not be moved onto links: exact for good.
+    pub fn keep_exact(&mut self, columns: &[u32]) {
+        for p in &mut self.probes {
+            if columns.binary_search(&(p.column as u32)).is_ok() {
+                p.gate = Gate::Exact;
+                p.level = 0;
+            }
+        }
+    }
+
+    /// Columns (sorted) of the linked probes at `level`.
+    fn linked_at(&self, level: Level) -> Vec<u32> {
+        self.probes
+            .iter()
+            .filter(|p| p.gate == Gate::Links && p.level == level)
+            .map(|p| p.column as u32)
+            .collect()
+    }
+
+    /// Marks the linked probes of `columns` on or off at `at`.
+    fn set_linked(&mut self, columns: &[u32], on: bool, at: Instant) {
+        for p in &mut self.probes {
+            if p.gate == Gate::Links && columns.binary_search(&(p.column as u32)).is_ok() {
+                p.account(at);
+                p.on = on;
+                p.on_since = at;
+            }
+        }
     }
 
     /// Before the duty-cycled probes turn on at `now`: those that counted
@@ -328,7 +407,7 @@ impl VmProbes {
     fn find_ungated(&mut self, now: Instant, cum: &[u64]) -> Vec<usize> {
         let mut out = Vec::new();
         for (i, p) in self.probes.iter_mut().enumerate() {
-            let (Some(_), false, false) = (p.last, p.on, p.fixed) else {
+            let (Some(_), false, Gate::Semaphores) = (p.last, p.on, p.gate) else {
                 continue;
             };
             let Some(&total) = cum.get(p.column) else {
@@ -346,7 +425,7 @@ impl VmProbes {
             p.off_secs += now.saturating_duration_since(at).as_secs_f64();
             let expected = rate * p.off_secs;
             if p.off_hits > UNGATED_HITS && p.off_hits > 0.1 * expected {
-                p.fixed = true;
+                p.gate = Gate::Unswitched;
                 p.level = 0;
                 out.push(i);
             } else if expected >= GATED_EXPECTED {
@@ -361,7 +440,7 @@ impl VmProbes {
     pub fn set_off_base(&mut self, cum: &[u64], at: Instant) {
         for p in &mut self.probes {
             p.off_base = match cum.get(p.column) {
-                Some(&c) if !p.on && !p.fixed => Some((c, at)),
+                Some(&c) if !p.on && p.gate == Gate::Semaphores => Some((c, at)),
                 _ => None,
             };
         }
@@ -370,13 +449,19 @@ impl VmProbes {
     /// Turns the probes `which` on for good, as counted exactly since the
     /// window began; returns their columns.
     fn keep_on(&mut self, which: &[usize], raised: &mut Raised) -> Result<Vec<usize>> {
-        self.turn(which, true, raised)?;
+        // Raised as vmwatch promised, though they do not gate the probes.
+        let sems: Vec<usize> = which
+            .iter()
+            .flat_map(|&i| self.probes[i].sems.iter().copied())
+            .collect();
+        raised.set(&sems, true)?;
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.window_start);
         Ok(which
             .iter()
             .map(|&i| {
                 let p = &mut self.probes[i];
+                p.on = true;
                 p.window_on = elapsed;
                 p.phase_on = now.saturating_duration_since(self.phase_start);
                 p.on_since = now;
@@ -392,7 +477,7 @@ impl VmProbes {
         let which: Vec<usize> = which
             .iter()
             .copied()
-            .filter(|&i| self.probes[i].on != on && !self.probes[i].sems.is_empty())
+            .filter(|&i| self.probes[i].on != on && self.probes[i].gate == Gate::Semaphores)
             .collect();
         if which.is_empty() {
             return Ok(Vec::new());
@@ -425,7 +510,7 @@ impl VmProbes {
         for &i in &which {
             let p = &mut self.probes[i];
             if p.sems.iter().any(|s| shared.contains(s)) {
-                p.fixed = true;
+                p.gate = Gate::Exact;
                 p.level = 0;
                 out.push(p.column);
                 if !on {
@@ -529,6 +614,13 @@ impl Schedule {
         (self.phase_start + self.phase_len <= now).then_some(Due::Phase)
     }
 
+    /// Moves the pending turn-offs by `d` (the turn-on took that long).
+    pub fn delay_offs(&mut self, d: Duration) {
+        for (t, _) in &mut self.off_at {
+            *t += d;
+        }
+    }
+
     /// A new phase from `now`, for the levels in use.
     fn plan(&mut self, now: Instant, levels: &BTreeSet<Level>) {
         self.phase_start = now;
@@ -551,16 +643,27 @@ impl Schedule {
     }
 }
 
-/// A VM's probes and its semaphores, as the collector hands them over.
+/// A VM's probes, its semaphores and links, as the collector hands them
+/// over.
 pub struct Governed<'a> {
-    pub pid: u32,
+    pub process: &'a Process,
     pub probes: &'a mut VmProbes,
     pub raised: &'a mut Raised,
+    pub links: &'a mut ProcessLinks,
+    /// Its binary's link and sites.
+    pub binary: &'a BinaryAttachment,
     /// Its cumulative counter row, when a phase starts.
     pub cum: Option<&'a [u64]>,
 }
 
-/// Probes newly found not to be duty-cycled, by PID.
+/// What the governor attaches links with.
+pub struct Linker<'a, 'obj> {
+    pub kernel: &'a Kernel<'obj>,
+    pub switches: &'a mut Switches,
+}
+
+/// Probes newly found not to be duty-cycled through their semaphores, by
+/// PID.
 #[derive(Debug, Default)]
 pub struct Found {
     /// Another tracer holds their semaphores.
@@ -569,16 +672,20 @@ pub struct Found {
     /// it before the site (QEMU's dtrace and ust backends call most probes
     /// unconditionally), so turning them off saves nothing.
     pub ungated: Vec<(u32, Vec<usize>)>,
+    /// Not gated by semaphores and to be thinned: to be moved onto links
+    /// (by the collector, which owns the binaries' links).
+    pub split: Vec<(u32, Vec<usize>)>,
 }
 
 /// Runs what is due at `now` for every VM; returns the probes newly found
-/// not to be duty-cycled.
+/// not to be duty-cycled through their semaphores.
 pub fn run_due(
     due: Due,
     now: Instant,
     schedule: &mut Schedule,
     budget: Option<f64>,
     vms: &mut [Governed<'_>],
+    linker: &mut Linker<'_, '_>,
 ) -> Found {
     let mut found = Found::default();
     let shared = &mut found.shared;
@@ -598,24 +705,57 @@ pub fn run_due(
                     .into_iter()
                     .partition(|&i| vm.probes.probes[i].level == 0);
                 let r = vm.probes.turn(&exact, true, vm.raised);
-                note(vm.pid, r);
+                note(vm.process.pid, r);
                 let r = vm.probes.turn(&cycled, false, vm.raised);
-                note(vm.pid, r);
+                note(vm.process.pid, r);
+                sync_exact_links(vm, linker);
+                let split = vm.probes.to_split();
+                if !split.is_empty() {
+                    found.split.push((vm.process.pid, split));
+                }
                 levels.extend(vm.probes.levels());
             }
             schedule.plan(now, &levels);
         }
         Due::On => {
-            for vm in vms.iter_mut() {
+            // Links first (each takes a grace period to attach), then every
+            // turn-on at once; the turn-offs move by the time that took.
+            let mut pending = Vec::new();
+            for (v, vm) in vms.iter_mut().enumerate() {
+                for k in vm.probes.levels().collect::<BTreeSet<_>>() {
+                    let cols = vm.probes.linked_at(k);
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    match ProcessLinks::attach(
+                        linker.kernel,
+                        linker.switches,
+                        vm.binary,
+                        vm.process,
+                        &cols,
+                    ) {
+                        Ok(link) => pending.push((v, k, link)),
+                        Err(e) => {
+                            tracing::warn!(
+                                "PID {}: {}; {} probe(s) stay off this phase",
+                                vm.process.pid,
+                                vmwatch_core::error::chain(&e),
+                                cols.len()
+                            );
+                        }
+                    }
+                }
+            }
+            for (v, vm) in vms.iter_mut().enumerate() {
                 if let Some(cum) = vm.cum {
                     let ungated = vm.probes.find_ungated(now, cum);
                     if !ungated.is_empty() {
                         match vm.probes.keep_on(&ungated, vm.raised) {
-                            Ok(cols) => found.ungated.push((vm.pid, cols)),
+                            Ok(cols) => found.ungated.push((vm.process.pid, cols)),
                             Err(e) => {
                                 tracing::debug!(
                                     "PID {}: {}",
-                                    vm.pid,
+                                    vm.process.pid,
                                     vmwatch_core::error::chain(&e)
                                 )
                             }
@@ -626,8 +766,25 @@ pub fn run_due(
                     .filter(|&i| vm.probes.probes[i].level > 0)
                     .collect();
                 let r = vm.probes.turn(&which, true, vm.raised);
-                note(vm.pid, r);
+                note(vm.process.pid, r);
+                for (_, k, mut link) in take_where(&mut pending, |(w, _, _)| *w == v) {
+                    match switches::flip(linker.kernel, &mut link, true) {
+                        Ok(at) => {
+                            vm.probes.set_linked(&link.columns, true, at);
+                            vm.links.cycled.push((k, link));
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "PID {}: {}",
+                                vm.process.pid,
+                                vmwatch_core::error::chain(&e)
+                            );
+                            linker.switches.retire(linker.kernel, link);
+                        }
+                    }
+                }
             }
+            schedule.delay_offs(Instant::now().saturating_duration_since(now));
         }
         Due::Off(k) => {
             for vm in vms.iter_mut() {
@@ -635,11 +792,94 @@ pub fn run_due(
                     .filter(|&i| vm.probes.probes[i].level == k)
                     .collect();
                 let r = vm.probes.turn(&which, false, vm.raised);
-                note(vm.pid, r);
+                note(vm.process.pid, r);
+                retire_cycled(vm, linker, Some(k));
             }
         }
     }
     found
+}
+
+/// Removes and returns the elements of `v` that `f` accepts.
+fn take_where<T>(v: &mut Vec<T>, f: impl Fn(&T) -> bool) -> Vec<T> {
+    let (out, keep) = std::mem::take(v).into_iter().partition(|x| f(x));
+    *v = keep;
+    out
+}
+
+/// Turns off and retires `vm`'s cycled links of level `k` (`None`: all).
+fn retire_cycled(vm: &mut Governed<'_>, linker: &mut Linker<'_, '_>, k: Option<Level>) {
+    for (_, mut link) in take_where(&mut vm.links.cycled, |(level, _)| {
+        k.is_none_or(|k| *level == k)
+    }) {
+        match switches::flip(linker.kernel, &mut link, false) {
+            Ok(at) => vm.probes.set_linked(&link.columns, false, at),
+            Err(e) => tracing::warn!("PID {}: {}", vm.process.pid, vmwatch_core::error::chain(&e)),
+        }
+        linker.switches.retire(linker.kernel, link);
+    }
+}
+
+/// Makes `vm`'s exact link carry exactly its linked probes of level 0 (the
+/// others are off until their turn).
+pub fn sync_exact_links(vm: &mut Governed<'_>, linker: &mut Linker<'_, '_>) {
+    // A turn-off that never came (the phase ended first) comes now.
+    retire_cycled(vm, linker, None);
+    let want = vm.probes.linked_at(0);
+    let have = vm
+        .links
+        .exact
+        .as_ref()
+        .map(|l| l.columns.clone())
+        .unwrap_or_default();
+    if want == have {
+        return;
+    }
+    let new = if want.is_empty() {
+        None
+    } else {
+        match ProcessLinks::attach(linker.kernel, linker.switches, vm.binary, vm.process, &want) {
+            Ok(link) => Some(link),
+            Err(e) => {
+                // The old link stays: its probes are counted, if more of
+                // them than planned.
+                tracing::warn!(
+                    "PID {}: {}; its exactly counted probes stay as they were",
+                    vm.process.pid,
+                    vmwatch_core::error::chain(&e)
+                );
+                return;
+            }
+        }
+    };
+    // On before off: a hit in between may count twice, none is lost.
+    let mut at = Instant::now();
+    let mut new = new;
+    if let Some(link) = new.as_mut() {
+        match switches::flip(linker.kernel, link, true) {
+            Ok(t) => at = t,
+            Err(e) => {
+                tracing::warn!("PID {}: {}", vm.process.pid, vmwatch_core::error::chain(&e));
+                linker
+                    .switches
+                    .retire(linker.kernel, new.take().expect("just matched"));
+                return;
+            }
+        }
+    }
+    if let Some(mut old) = std::mem::replace(&mut vm.links.exact, new) {
+        if let Ok(t) = switches::flip(linker.kernel, &mut old, false) {
+            at = t;
+        }
+        linker.switches.retire(linker.kernel, old);
+    }
+    let off: Vec<u32> = have
+        .iter()
+        .copied()
+        .filter(|c| want.binary_search(c).is_err())
+        .collect();
+    vm.probes.set_linked(&want, true, at);
+    vm.probes.set_linked(&off, false, at);
 }
 
 #[cfg(test)]
