@@ -104,6 +104,30 @@ struct {
 } switches SEC(".maps");
 
 /*
+ * Hits on sites whose link's switch is off, per slot: what a duty-cycled
+ * probe still costs while its link is being attached or detached, which
+ * the cost governor charges though nothing is counted.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1); /* resized before load */
+	__type(key, __u32);
+	__type(value, __u64);
+} dark SEC(".maps");
+
+static __always_inline void count_dark(void)
+{
+	__u32 *slot = watched_slot();
+	__u64 *n;
+
+	if (!slot)
+		return;
+	n = bpf_map_lookup_elem(&dark, slot);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/*
  * QEMU's USDT probes: one uprobe_multi link per QEMU binary covers every
  * selected probe site (and, under a cost governor, per-process links for
  * the hot probes the binary's semaphores do not gate); each site carries its
@@ -119,8 +143,10 @@ int count_usdt(void *ctx)
 	if (sw) {
 		__u32 key = sw - 1, *on = bpf_map_lookup_elem(&switches, &key);
 
-		if (!on || !*on)
+		if (!on || !*on) {
+			count_dark();
 			return 0;
+		}
 	}
 	count_feature((__u32)cookie);
 	return 0;

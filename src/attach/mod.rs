@@ -130,6 +130,22 @@ impl Kernel<'_> {
         }
     }
 
+    /// Hits `slot`'s switched-off links trapped so far (cumulative).
+    pub fn dark_hits(&self, slot: usize) -> Result<u64> {
+        let values = self
+            .skel
+            .maps
+            .dark
+            .lookup_percpu(&(slot as u32).to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+            .map_err(|e| Error::bpf("reading the switched-off hits", e))?
+            .unwrap_or_default();
+        Ok(values
+            .iter()
+            .filter_map(|v| v.get(..8))
+            .map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+            .sum())
+    }
+
     /// The `counts` map, for the drain.
     pub fn counts_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsFd::as_fd(&self.skel.maps.counts).as_raw_fd()
@@ -183,6 +199,10 @@ fn configure(
         .counts
         .set_max_entries(layout.entries())
         .map_err(|e| Error::bpf("sizing the counter map", e))?;
+    open.maps
+        .dark
+        .set_max_entries(layout.slots)
+        .map_err(|e| Error::bpf("sizing the switched-off hits map", e))?;
     let progs = &mut open.progs;
     progs
         .count_syscall

@@ -103,7 +103,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             rows += 1;
         }
         for s in &w.drain.samples {
-            costs.add(&s.process, s.probe_cpu_ns, w.duration_ms, s.sampled.len());
+            costs.add(s, w.duration_ms);
         }
         writer.flush()?;
         progress.set_position(w.index + 1);
@@ -150,11 +150,17 @@ struct VmCost {
     /// Windows with estimated counts, and the most probes estimated in one.
     estimated: u64,
     most: usize,
+    /// Hits trapped, those of them not counted (links being switched), and
+    /// the windows' total length in ms.
+    hits: u64,
+    dark: u64,
+    ms: u64,
 }
 
 impl CostSummary {
-    fn add(&mut self, p: &vmwatch::discover::procs::Process, cpu_ns: f64, ms: u64, sampled: usize) {
-        let share = cpu_ns / (ms.max(1) as f64 * 1e6);
+    fn add(&mut self, s: &vmwatch::counter::Sample, ms: u64) {
+        let p = &s.process;
+        let share = s.probe_cpu_ns / (ms.max(1) as f64 * 1e6);
         let i = match self.vms.iter().position(|v| v.pid == p.pid) {
             Some(i) => i,
             None => {
@@ -166,6 +172,9 @@ impl CostSummary {
                     max: 0.0,
                     estimated: 0,
                     most: 0,
+                    hits: 0,
+                    dark: 0,
+                    ms: 0,
                 });
                 self.vms.len() - 1
             }
@@ -174,22 +183,29 @@ impl CostSummary {
         v.windows += 1;
         v.sum += share;
         v.max = v.max.max(share);
-        v.estimated += u64::from(sampled > 0);
-        v.most = v.most.max(sampled);
+        v.estimated += u64::from(!s.sampled.is_empty());
+        v.most = v.most.max(s.sampled.len());
+        v.hits += s.probe_hits;
+        v.dark += s.probe_dark_hits;
+        v.ms += ms;
     }
 
     fn report(&self, budget: Option<f64>) {
         let pct = |x: f64| format!("{:.3}%", x * 100.0);
         let budget = budget.map_or("no budget".to_string(), |b| format!("budget {}", pct(b)));
         for v in self.vms.iter().filter(|v| v.windows > 0) {
+            let per_s = |n: u64| n as f64 * 1000.0 / v.ms.max(1) as f64;
             tracing::info!(
                 "VM {} (PID {}): its probe hits cost {} of a CPU per window on average, {} at \
-                 most ({budget}); {} of {} windows have estimated counts (at most {} probes \
+                 most ({budget}); {:.0} hits/s trapped ({:.0}/s on links being switched, not \
+                 counted); {} of {} windows have estimated counts (at most {} probes \
                  duty-cycled)",
                 v.vm,
                 v.pid,
                 pct(v.sum / v.windows as f64),
                 pct(v.max),
+                per_s(v.hits),
+                per_s(v.dark),
                 v.estimated,
                 v.windows,
                 v.most

@@ -47,6 +47,8 @@ struct Watched {
     probes: Option<VmProbes>,
     /// Its own links, for probes split off its binary's link.
     links: ProcessLinks,
+    /// Its slot's switched-off hits as last read (cumulative).
+    dark: u64,
 }
 
 /// Loaded BPF counters plus the attachments and watched processes.
@@ -146,11 +148,14 @@ impl<'obj> Collector<'obj> {
             }
             return Err(e);
         }
+        // A slot's switched-off hits, like its counters, are never reset.
+        let dark = self.kernel.dark_hits(slot).unwrap_or(0);
         self.slots[slot] = Some(Watched {
             process: process.clone(),
             raised,
             probes,
             links,
+            dark,
         });
         Ok(())
     }
@@ -233,10 +238,21 @@ impl<'obj> Collector<'obj> {
         for (slot, mut counts) in drained {
             let watched = self.slots[slot].as_mut().expect("open slots are watched");
             if watched.process.is_alive() {
+                let dark = match self.kernel.dark_hits(slot) {
+                    Ok(d) => {
+                        let n = d.wrapping_sub(watched.dark);
+                        watched.dark = d;
+                        n
+                    }
+                    Err(e) => {
+                        tracing::debug!("{}", vmwatch_core::error::chain(&e));
+                        0
+                    }
+                };
                 let cost = watched
                     .probes
                     .as_mut()
-                    .map(|p| p.close_window(now, &mut counts))
+                    .map(|p| p.close_window(now, &mut counts, dark))
                     .unwrap_or_default();
                 out.samples.push(Sample {
                     process: watched.process.clone(),
@@ -244,6 +260,7 @@ impl<'obj> Collector<'obj> {
                     sampled: cost.sampled,
                     probe_hits: cost.hits,
                     probe_cpu_ns: cost.cpu_ns,
+                    probe_dark_hits: cost.dark,
                     binary: Default::default(),
                 });
             } else {

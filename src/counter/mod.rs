@@ -26,6 +26,9 @@ pub struct Sample {
     pub sampled: Vec<(usize, f64)>,
     /// QEMU probe hits the VM's threads trapped into during the window.
     pub probe_hits: u64,
+    /// Of these, hits on the cost governor's links while switched off
+    /// (being attached or detached): paid for, not counted.
+    pub probe_dark_hits: u64,
     /// CPU time those hits cost the VM, in ns (hits × cost per hit).
     pub probe_cpu_ns: f64,
     /// What its executable is (filled in by the session).

@@ -117,6 +117,7 @@ impl StraceCounter {
                 sampled: Vec::new(),
                 probe_hits: 0,
                 probe_cpu_ns: 0.0,
+                probe_dark_hits: 0,
                 binary: Default::default(),
             });
             keep.push(t);

@@ -187,8 +187,11 @@ pub struct VmProbes {
 /// What a closed window's probes did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct WindowCost {
-    /// Hits trapped (counted), before any estimate.
+    /// Hits trapped (counted, or on a link being attached or detached),
+    /// before any estimate.
     pub hits: u64,
+    /// Of these, the hits of switched-off links (not counted).
+    pub dark: u64,
     /// CPU time they cost the VM, in ns.
     pub cpu_ns: f64,
     /// Estimated columns and their sampling fractions.
@@ -238,11 +241,24 @@ impl VmProbes {
     }
 
     /// Ends the window at `now`: what its hits cost (from the counted,
-    /// `counts`), then every duty-cycled probe's count replaced by its
-    /// estimate.
-    pub fn close_window(&mut self, now: Instant, counts: &mut [u64]) -> WindowCost {
+    /// `counts`, and the `dark` hits of switched-off links), then every
+    /// duty-cycled probe's count replaced by its estimate.
+    pub fn close_window(&mut self, now: Instant, counts: &mut [u64], dark: u64) -> WindowCost {
         let len = now.saturating_duration_since(self.window_start);
-        let mut out = WindowCost::default();
+        // Charged at the dearest linked probe's cost: which one trapped is
+        // not known.
+        let dark_ns = self
+            .probes
+            .iter()
+            .filter(|p| p.gate == Gate::Links)
+            .map(|p| p.cost_ns)
+            .fold(0.0, f64::max);
+        let mut out = WindowCost {
+            hits: dark,
+            dark,
+            cpu_ns: dark as f64 * dark_ns,
+            ..WindowCost::default()
+        };
         for p in &mut self.probes {
             p.account(now);
             let Some(c) = counts.get_mut(p.column) else {
@@ -902,7 +918,7 @@ mod tests {
         let t0 = Instant::now();
         let mut vm = probes(2, t0);
         let mut counts = vec![10, 20];
-        let cost = vm.close_window(t0 + Duration::from_secs(2), &mut counts);
+        let cost = vm.close_window(t0 + Duration::from_secs(2), &mut counts, 0);
         assert_eq!(counts, vec![10, 20]);
         assert!(cost.sampled.is_empty());
         assert_eq!(cost.hits, 30);
@@ -917,7 +933,7 @@ mod tests {
         vm.probes[1].on = false;
         // Not yet known to be gated: counted as it is.
         let mut counts = vec![10, 20];
-        vm.close_window(t0 + Duration::from_secs(2), &mut counts);
+        vm.close_window(t0 + Duration::from_secs(2), &mut counts, 0);
         assert_eq!(counts, vec![10, 20]);
         let t0 = t0 + Duration::from_secs(2);
         vm.probes[1].gated = true;
@@ -926,7 +942,7 @@ mod tests {
         vm.probes[1].account(t0 + Duration::from_secs(1));
         vm.probes[1].on = false;
         let mut counts = vec![10, 20];
-        let cost = vm.close_window(t0 + Duration::from_secs(2), &mut counts);
+        let cost = vm.close_window(t0 + Duration::from_secs(2), &mut counts, 0);
         assert_eq!(counts, vec![10, 40]);
         assert_eq!(cost.sampled.len(), 1);
         assert_eq!(cost.sampled[0].0, 1);
@@ -961,7 +977,7 @@ mod tests {
         vm.start_phase(t0, &[0], Some(0.01), w);
         // 30,000 hits at 1 us: 30 ms, three windows' budget of 10 ms.
         let t1 = t0 + w;
-        let cost = vm.close_window(t1, &mut [30_000]);
+        let cost = vm.close_window(t1, &mut [30_000], 0);
         assert_eq!(cost.hits, 30_000);
         assert!(
             (vm.debt_ns - 10e6).abs() < 1.0,

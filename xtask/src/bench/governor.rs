@@ -82,8 +82,11 @@ struct Measured {
     rep: usize,
     windows: usize,
     secs: f64,
-    /// QEMU probe hits trapped (counted) per second.
+    /// QEMU probe hits trapped per second (counted, and on the governor's
+    /// links while switched off).
     trapped_per_s: f64,
+    /// Of these, on links while switched off (not counted).
+    dark_per_s: f64,
     /// Their cost: share of one CPU at vmwatch's measured cost per hit.
     cost: f64,
     hit_cost_ns: f64,
@@ -96,8 +99,10 @@ struct Measured {
     estimated_probes: f64,
     /// Per-probe hits per second (estimates included).
     rates: HashMap<String, f64>,
-    /// Probes vmwatch found its semaphores do not gate (counted exactly).
+    /// Probes vmwatch found its semaphores do not gate.
     ungated: usize,
+    /// Probes it moved onto links of the VM's own to duty-cycle them.
+    moved: usize,
 }
 
 /// Runs the governor part; writes `out_dir/governor.csv` and
@@ -133,16 +138,19 @@ pub fn run(opts: &Opts, setup: &Setup, out_dir: &Path) -> Result<()> {
                 vm::check_interrupted()?;
                 let m = measure(setup, &mut session, pid, name, cfg, rep, windows)?;
                 note(format!(
-                    "  {name} {} #{}: {:.0} hits/s trapped, {:.3}% of a CPU, QEMU {:.1}% CPU, \
-                     {}/{} windows estimated, {} probes ungated",
+                    "  {name} {} #{}: {:.0} hits/s trapped ({:.0} switched off), {:.3}% of a \
+                     CPU, QEMU {:.1}% CPU, {}/{} windows estimated, {} probes ungated, {} moved \
+                     onto links",
                     cfg.id,
                     rep + 1,
                     m.trapped_per_s,
+                    m.dark_per_s,
                     m.cost * 100.0,
                     m.qemu_cpu * 100.0,
                     m.estimated_windows,
                     m.windows,
-                    m.ungated
+                    m.ungated,
+                    m.moved
                 ));
                 all.push(m);
             }
@@ -192,6 +200,7 @@ fn measure(
             windows: windows as usize,
             secs,
             trapped_per_s: 0.0,
+            dark_per_s: 0.0,
             cost: 0.0,
             hit_cost_ns: 0.0,
             qemu_cpu: (cpu::process_ns(pid) - qemu0) as f64 / 1e9 / secs,
@@ -200,6 +209,7 @@ fn measure(
             estimated_probes: 0.0,
             rates: HashMap::new(),
             ungated: 0,
+            moved: 0,
         });
     }
     let out = setup
@@ -280,7 +290,8 @@ fn measure(
         .filter(|(f, _)| f.starts_with("qemu:"))
         .map(|(f, s)| (f.clone(), s / counted_secs))
         .collect();
-    let trapped_per_s = trapped / counted_secs;
+    // vmwatch's own summary also has the hits of links while switched off.
+    let (trapped_per_s, dark_per_s) = summary_hits(&text).unwrap_or((trapped / counted_secs, 0.0));
     Ok(Measured {
         scenario: scenario.to_string(),
         config: cfg.id,
@@ -288,6 +299,7 @@ fn measure(
         windows: table.len(),
         secs,
         trapped_per_s,
+        dark_per_s,
         cost: trapped_per_s * hit_cost_ns * 1e-9,
         hit_cost_ns,
         qemu_cpu,
@@ -296,7 +308,32 @@ fn measure(
         estimated_probes: estimated as f64 / estimated_windows.max(1) as f64,
         rates,
         ungated: ungated(&text),
+        moved: moved(&text),
     })
+}
+
+/// Hits trapped per second and those of them on switched-off links, from
+/// record's summary ("N hits/s trapped (M/s on links being switched").
+fn summary_hits(log: &str) -> Option<(f64, f64)> {
+    let line = log.lines().find(|l| l.contains(" hits/s trapped ("))?;
+    let (before, after) = line.split_once(" hits/s trapped (")?;
+    let hits = before.rsplit(' ').next()?.parse().ok()?;
+    let dark = after.split("/s").next()?.parse().ok()?;
+    Some((hits, dark))
+}
+
+/// Probes the log says were moved onto links ("moved N hot probe(s)").
+fn moved(log: &str) -> usize {
+    log.lines()
+        .filter_map(|l| {
+            l.split("moved ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
 }
 
 /// Probes the log says fired while their semaphore was down ("PID N: K
@@ -327,26 +364,28 @@ fn calibrated(log: &str) -> Option<f64> {
 
 fn write_csv(path: &Path, rows: &[Measured]) -> Result<()> {
     let mut out = String::from(
-        "scenario,config,rep,windows,secs,trapped_per_s,cost,hit_cost_ns,qemu_cpu,\
-         vmwatch_ms_per_window,estimated_windows,estimated_probes,ungated\n",
+        "scenario,config,rep,windows,secs,trapped_per_s,dark_per_s,cost,hit_cost_ns,qemu_cpu,\
+         vmwatch_ms_per_window,estimated_windows,estimated_probes,ungated,moved\n",
     );
     for m in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.1},{:.0},{:.6},{:.0},{:.4},{:.3},{},{:.1},{}",
+            "{},{},{},{},{:.1},{:.0},{:.0},{:.6},{:.0},{:.4},{:.3},{},{:.1},{},{}",
             m.scenario,
             m.config,
             m.rep,
             m.windows,
             m.secs,
             m.trapped_per_s,
+            m.dark_per_s,
             m.cost,
             m.hit_cost_ns,
             m.qemu_cpu,
             m.vmwatch_ms_per_window,
             m.estimated_windows,
             m.estimated_probes,
-            m.ungated
+            m.ungated,
+            m.moved
         );
     }
     fs::write(path, out).with_context(|| format!("could not write {}", path.display()))
@@ -383,16 +422,18 @@ fn report(all: &[Measured], reps: usize, windows: u32, machine: &str) -> String 
         md,
         "Generated by `cargo xtask bench overhead --only governor` ({machine}): one TCG lab VM per \
          scenario, {} configurations interleaved, {reps} repetition(s) each, `vmwatch record \
-         --source qemu --interval 2s --windows {windows}`; medians over repetitions. Cost: \
-         trapped hits/s x the hit cost vmwatch measured at start-up (5-byte-nop sites).\n",
+         --source qemu --interval 2s --windows {windows}`; medians over repetitions. Hits \
+         trapped: counted, and on the governor's links while switched off (being attached or \
+         detached; in parentheses), from record's summary. Cost: trapped hits/s x the hit cost \
+         vmwatch measured at start-up (5-byte-nop sites).\n",
         CONFIGS.len()
     );
     let _ = writeln!(
         md,
         "| scenario | configuration | hits trapped/s | probe cost (share of a CPU) | QEMU CPU | \
-         vmwatch CPU per window | windows with estimates | probes estimated per window | probes found ungated |"
+         vmwatch CPU per window | windows with estimates | probes estimated per window | probes found ungated | moved onto links |"
     );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in SCENARIOS {
         for cfg in CONFIGS {
             let runs: Vec<&Measured> = all
@@ -405,15 +446,17 @@ fn report(all: &[Measured], reps: usize, windows: u32, machine: &str) -> String 
             let med = |f: &dyn Fn(&Measured) -> f64| median(runs.iter().map(|m| f(m)).collect());
             let _ = writeln!(
                 md,
-                "| {s} | {} | {:.0} | {:.3}% | {:.1}% | {:.2} ms | {:.0}% | {:.1} | {:.0} |",
+                "| {s} | {} | {:.0} ({:.0}) | {:.3}% | {:.1}% | {:.2} ms | {:.0}% | {:.1} | {:.0} | {:.0} |",
                 cfg.label,
                 med(&|m| m.trapped_per_s),
+                med(&|m| m.dark_per_s),
                 med(&|m| m.cost * 100.0),
                 med(&|m| m.qemu_cpu * 100.0),
                 med(&|m| m.vmwatch_ms_per_window),
                 med(&|m| m.estimated_windows as f64 / m.windows.max(1) as f64 * 100.0),
                 med(&|m| m.estimated_probes),
                 med(&|m| m.ungated as f64),
+                med(&|m| m.moved as f64),
             );
         }
     }
@@ -466,4 +509,22 @@ fn report(all: &[Measured], reps: usize, windows: u32, machine: &str) -> String 
         }
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_summaries_are_read() {
+        let log = " INFO moved 2 hot probe(s) (qemu:exec_tb, qemu:x), which no semaphore gates, \
+                   onto links of each of 1 watched process(es) to duty-cycle them, in 10ms\n \
+                   INFO moved 1 hot probe(s) (qemu:y), which ...\n \
+                   INFO VM web (PID 7): its probe hits cost 0.650% of a CPU per window on \
+                   average, 1.942% at most (budget 1.000%); 20713 hits/s trapped (1532/s on \
+                   links being switched, not counted); 7 of 9 windows";
+        assert_eq!(summary_hits(log), Some((20713.0, 1532.0)));
+        assert_eq!(moved(log), 3);
+        assert_eq!(summary_hits("no summary"), None);
+    }
 }
