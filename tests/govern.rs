@@ -195,7 +195,6 @@ fn a_hot_probe_without_a_semaphore_is_duty_cycled_on_links_of_its_own() {
     let to = now_ms();
     fx.fire("bdrv_aio_flush", 40);
     let (ds, log) = rec.finish();
-    eprintln!("{log}");
     assert_eq!(calls, 600_000);
     assert!(
         log.contains("moved 1 hot probe(s) (qemu:tap_send), which no semaphore gates"),
@@ -238,4 +237,68 @@ fn a_hot_probe_without_a_semaphore_is_duty_cycled_on_links_of_its_own() {
     );
     // The cheap probe stays exact, on the binary's link.
     assert_eq!(ds.total(fx.pid, "qemu:bdrv_aio_flush"), 80);
+    // Hits on links while switched off (being attached or detached) are
+    // paid for, not counted: a small part of what is trapped.
+    let summary = log
+        .lines()
+        .find(|l| l.contains(" hits/s trapped ("))
+        .unwrap_or_else(|| panic!("no cost summary: {log}"));
+    let (all, rest) = summary.split_once(" hits/s trapped (").unwrap();
+    let all: f64 = all.rsplit(' ').next().unwrap().parse().unwrap();
+    let dark: f64 = rest.split("/s").next().unwrap().parse().unwrap();
+    assert!(
+        dark <= 0.25 * all,
+        "{dark} of {all} hits/s on switched-off links"
+    );
+}
+
+#[test]
+fn moving_a_probe_onto_links_keeps_the_other_processes_of_its_binary_exact() {
+    skip_without_bpf!();
+    let mut a = Fixture::start();
+    let mut b = Fixture::start();
+    let options = format!("--interval 1s --windows 8 --hit-cost {HIT_COST_NS}");
+    let rec = Recording::start(&[a.pid, b.pid], &options, "two.csv");
+    a.fire("bdrv_aio_flush", 40);
+    b.fire("bdrv_aio_flush", 40);
+    let hot = std::thread::spawn(move || {
+        let r = a.pace("tap_send", 100_000, 5000);
+        (a, r)
+    });
+    // By now a's tap_send is on links of each process, b's included.
+    std::thread::sleep(Duration::from_millis(2500));
+    b.fire("tap_send", 200);
+    b.fire("bdrv_aio_flush", 40);
+    let (mut a, (calls, _)) = hot.join().unwrap();
+    a.fire("bdrv_aio_flush", 40);
+    let (ds, log) = rec.finish();
+    assert_eq!(calls, 500_000);
+    assert!(
+        log.contains(
+            "moved 1 hot probe(s) (qemu:tap_send), which no semaphore gates, onto links of each \
+             of 2 watched process(es)"
+        ),
+        "{log}"
+    );
+    // b's tap_send, on b's own link now, is counted exactly; both
+    // processes' other probes, on the rebuilt binary link, too.
+    assert_eq!(ds.total(b.pid, "qemu:tap_send"), 200);
+    assert_eq!(ds.total(a.pid, "qemu:bdrv_aio_flush"), 80);
+    assert_eq!(ds.total(b.pid, "qemu:bdrv_aio_flush"), 80);
+    // a's is estimated, near its rate.
+    let c = ds.col("qemu:tap_send").unwrap();
+    let estimated: Vec<&Vec<String>> = ds
+        .rows_of(a.pid)
+        .filter(|r| fraction(&ds, r, "qemu:tap_send").is_some())
+        .collect();
+    assert!(
+        estimated.len() >= 2,
+        "{} windows estimated",
+        estimated.len()
+    );
+    let got: f64 = estimated.iter().map(|r| r[c].parse::<f64>().unwrap()).sum();
+    assert!(
+        got > 0.5 * calls as f64 && got < 1.3 * calls as f64,
+        "estimated {got} of {calls}"
+    );
 }

@@ -48,46 +48,29 @@ impl SwitchedLink {
     }
 }
 
-/// The thread that detaches retired links, and where to send them.
-struct Reaper {
-    links: Sender<(Link, u32)>,
-    thread: JoinHandle<()>,
-}
-
-/// The switches in use and the thread that detaches retired links.
+/// The switches in use, and the threads detaching retired links.
 pub struct Switches {
     free: Vec<u32>,
-    /// Switches whose links are detached, back from the reaper.
+    /// Switches whose links are detached, back from the detaching threads.
     back: Receiver<u32>,
-    reaper: Option<Reaper>,
+    freed: Sender<u32>,
+    /// Detaching threads, joined at the end. A detach waits for grace
+    /// periods (~40 ms), not for CPU: one thread per link, so they wait
+    /// together and a retired link's sites stop trapping as early as the
+    /// kernel allows, however many are retired at once.
+    detaching: Vec<JoinHandle<()>>,
 }
 
 impl Switches {
     /// `capacity`: the `switches` map's entries.
-    pub fn new(capacity: u32) -> Result<Self> {
-        let (to_reaper, links) = mpsc::channel::<(Link, u32)>();
+    pub fn new(capacity: u32) -> Self {
         let (freed, back) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("vmwatch-detach".into())
-            .spawn(move || {
-                for (link, switch) in links {
-                    let t = Instant::now();
-                    drop(link);
-                    tracing::trace!("detached a switched link in {:?}", t.elapsed());
-                    if freed.send(switch).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| Error::io("starting the link-detaching thread", e))?;
-        Ok(Self {
+        Self {
             free: (0..capacity).rev().collect(),
             back,
-            reaper: Some(Reaper {
-                links: to_reaper,
-                thread,
-            }),
-        })
+            freed,
+            detaching: Vec::new(),
+        }
     }
 
     /// A switch no link uses, off.
@@ -113,13 +96,22 @@ impl Switches {
         if let Err(e) = flip(kernel, &mut link, false) {
             tracing::warn!("{}", vmwatch_core::error::chain(&e));
         }
-        match &self.reaper {
-            Some(r) => {
-                if let Err(mpsc::SendError((link, _))) = r.links.send((link.link, link.switch)) {
-                    drop(link);
-                }
-            }
-            None => drop(link),
+        self.detaching.retain(|t| !t.is_finished());
+        let freed = self.freed.clone();
+        let SwitchedLink { link, switch, .. } = link;
+        let spawned = std::thread::Builder::new()
+            .name("vmwatch-detach".into())
+            .spawn(move || {
+                let t = Instant::now();
+                drop(link);
+                tracing::trace!("detached a switched link in {:?}", t.elapsed());
+                let _ = freed.send(switch);
+            });
+        match spawned {
+            Ok(t) => self.detaching.push(t),
+            // The link went with the failed closure, detached there and
+            // then; its switch is lost until the end (4,096 of them).
+            Err(e) => tracing::warn!("starting a thread to detach a link: {e}"),
         }
     }
 }
@@ -128,9 +120,8 @@ impl Drop for Switches {
     /// Waits until every retired link is detached: nothing stays attached
     /// once the collector is gone.
     fn drop(&mut self) {
-        if let Some(r) = self.reaper.take() {
-            drop(r.links);
-            let _ = r.thread.join();
+        for t in self.detaching.drain(..) {
+            let _ = t.join();
         }
     }
 }

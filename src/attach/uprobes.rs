@@ -37,6 +37,8 @@ pub struct BinaryAttachment {
     all_sites: Vec<Site>,
     /// Columns moved to per-process links.
     split: BTreeSet<u32>,
+    /// The build id of the file (hex), for what is remembered of it.
+    pub build_id: Option<String>,
     /// The kernel wanted the semaphores' offsets with the sites.
     ref_ctr: Cell<bool>,
     /// File offsets of the attached probes' semaphores (deduplicated).
@@ -63,12 +65,14 @@ pub struct AttachedProbe {
 
 /// Attaches the counting program to the sites of `binary` (run by
 /// `process`) whose probe is a column ([`Kernel::probes`]), on one link
-/// with its switch on.
+/// with its switch on; the probes named in `split` are left to links of
+/// each watched process ([`ProcessLinks`]).
 pub fn attach(
     kernel: &Kernel<'_>,
     switches: &mut Switches,
     process: &Process,
     binary: &UsdtBinary,
+    split: &BTreeSet<String>,
 ) -> Result<BinaryAttachment> {
     let mut seen = HashSet::new();
     let mut probes = HashSet::new();
@@ -107,11 +111,17 @@ pub fn attach(
         });
     }
     all_sites.sort_by_key(|s| s.column);
+    let split: BTreeSet<u32> = split
+        .iter()
+        .filter_map(|name| kernel.probes.get(name).copied())
+        .filter(|c| probes.contains(c))
+        .collect();
     let mut att = BinaryAttachment {
         main: None,
         sites: all_sites.len(),
         all_sites,
-        split: BTreeSet::new(),
+        split,
+        build_id: binary.qemu.build_id.clone(),
         ref_ctr: Cell::new(false),
         semaphores: semaphores.into_iter().collect(),
         probes_of: Vec::new(),
@@ -120,10 +130,11 @@ pub fn attach(
         attach_time: Duration::ZERO,
     };
     let t = Instant::now();
-    let mut main = att.link(kernel, switches, process, -1, |_| true)?;
+    att.main = att.main_without(kernel, switches, process, &att.split)?;
     att.attach_time = t.elapsed();
-    switches::flip(kernel, &mut main, true)?;
-    att.main = Some(main);
+    if let Some(main) = att.main.as_mut() {
+        switches::flip(kernel, main, true)?;
+    }
     tracing::info!(
         "attached {} sites of {} probes in {} in {:?}",
         att.sites,

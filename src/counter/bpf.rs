@@ -70,7 +70,7 @@ impl<'obj> Collector<'obj> {
         let layout = Layout::new(config.columns.len(), config.max_vms)?;
         let kernel = attach::load(objects, &layout, &config.columns, config.kvm.as_ref())?;
         let drainer = Drainer::new(kernel.counts_fd(), layout)?;
-        let switches = Switches::new(libbpf_rs::MapCore::max_entries(&kernel.skel.maps.switches))?;
+        let switches = Switches::new(libbpf_rs::MapCore::max_entries(&kernel.skel.maps.switches));
         let counts_probes = config
             .columns
             .iter()
@@ -181,7 +181,19 @@ impl<'obj> Collector<'obj> {
 
     fn attach_and_raise(&mut self, process: &Process, binary: &UsdtBinary) -> Result<Raised> {
         if !self.attachments.contains_key(&process.binary_id) {
-            let att = uprobes::attach(&self.kernel, &mut self.switches, process, binary)?;
+            // Governed: what earlier runs found ungated goes on links at once.
+            let split = match self.govern.budget {
+                Some(_) => govern::ungated::known(binary.qemu.build_id.as_deref()),
+                None => BTreeSet::new(),
+            };
+            let att = uprobes::attach(&self.kernel, &mut self.switches, process, binary, &split)?;
+            if !att.split().is_empty() {
+                tracing::info!(
+                    "{} probe(s) an earlier run found its semaphores do not gate go on links of \
+                     each watched process",
+                    att.split().len()
+                );
+            }
             self.attachments.insert(process.binary_id, att);
         }
         let raised = semaphores::raise(
@@ -301,7 +313,15 @@ impl<'obj> Collector<'obj> {
         } else {
             Vec::new()
         };
-        let mut vms = governed(&mut self.slots, &self.attachments, &rows, |_| true);
+        let dark: Vec<(usize, u64)> = if due == Due::Phase {
+            (0..self.slots.len())
+                .filter(|&s| self.slots[s].is_some())
+                .filter_map(|s| self.kernel.dark_hits(s).ok().map(|d| (s, d)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut vms = governed(&mut self.slots, &self.attachments, &rows, &dark, |_| true);
         let mut linker = Linker {
             kernel: &self.kernel,
             switches: &mut self.switches,
@@ -328,6 +348,18 @@ impl<'obj> Collector<'obj> {
             }
         }
         for (pid, cols) in found.ungated {
+            let all: Vec<&str> = cols
+                .iter()
+                .filter_map(|&c| self.columns.names().get(c))
+                .filter_map(|n| n.strip_prefix("qemu:"))
+                .collect();
+            if let Some(att) = self
+                .processes()
+                .find(|p| p.pid == pid)
+                .and_then(|p| self.attachments.get(&p.binary_id))
+            {
+                govern::ungated::remember(att.build_id.as_deref(), &all);
+            }
             let names: Vec<&str> = cols
                 .iter()
                 .take(5)
@@ -374,6 +406,7 @@ fn governed<'a>(
     slots: &'a mut [Option<Watched>],
     attachments: &'a HashMap<(u64, u64), BinaryAttachment>,
     rows: &'a [(usize, Vec<u64>)],
+    dark: &[(usize, u64)],
     which: impl Fn((u64, u64)) -> bool,
 ) -> Vec<Governed<'a>> {
     let mut vms = Vec::new();
@@ -398,6 +431,7 @@ fn governed<'a>(
             links: &mut w.links,
             binary,
             cum,
+            dark: dark.iter().find(|(s, _)| *s == slot).map(|(_, d)| *d),
         });
     }
     vms
@@ -533,7 +567,7 @@ impl Collector<'_> {
         }
         // Each process's exact link down to the probes it counts exactly.
         let rows = Vec::new();
-        let mut vms = governed(&mut self.slots, &self.attachments, &rows, |b| {
+        let mut vms = governed(&mut self.slots, &self.attachments, &rows, &[], |b| {
             b == binary_id
         });
         let mut linker = Linker {

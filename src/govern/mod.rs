@@ -29,11 +29,12 @@
 //! down, until it is moved onto links.
 
 pub mod calibrate;
+pub mod ungated;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use vmwatch_core::govern::{estimate, fraction, plan, HitCost, Level};
+use vmwatch_core::govern::{estimate, fraction, plan, HitCost, Level, MAX_LEVEL, STEPS};
 
 use crate::attach::semaphores::Raised;
 use crate::attach::switches::{self, Switches};
@@ -182,6 +183,8 @@ pub struct VmProbes {
     debt_ns: f64,
     /// The budget share the last window was planned with, for its debt.
     share: Option<f64>,
+    /// The slot's switched-off hits at the last phase start (cumulative).
+    last_dark: Option<u64>,
 }
 
 /// What a closed window's probes did.
@@ -232,7 +235,18 @@ impl VmProbes {
             spent_ns: 0.0,
             debt_ns: 0.0,
             share: None,
+            last_dark: None,
         }
+    }
+
+    /// What a hit of a switched-off link is charged: the dearest linked
+    /// probe's cost (which one trapped is not known).
+    fn dark_cost(&self) -> f64 {
+        self.probes
+            .iter()
+            .filter(|p| p.gate == Gate::Links)
+            .map(|p| p.cost_ns)
+            .fold(0.0, f64::max)
     }
 
     /// Levels in use this phase (above 0).
@@ -245,14 +259,7 @@ impl VmProbes {
     /// duty-cycled probe's count replaced by its estimate.
     pub fn close_window(&mut self, now: Instant, counts: &mut [u64], dark: u64) -> WindowCost {
         let len = now.saturating_duration_since(self.window_start);
-        // Charged at the dearest linked probe's cost: which one trapped is
-        // not known.
-        let dark_ns = self
-            .probes
-            .iter()
-            .filter(|p| p.gate == Gate::Links)
-            .map(|p| p.cost_ns)
-            .fold(0.0, f64::max);
+        let dark_ns = self.dark_cost();
         let mut out = WindowCost {
             hits: dark,
             dark,
@@ -309,12 +316,20 @@ impl VmProbes {
         &mut self,
         now: Instant,
         cum: &[u64],
+        dark: Option<u64>,
         share: Option<f64>,
         window: Duration,
     ) -> Vec<usize> {
         // The phase before a window's first belongs to the last window,
         // whose exact total [`VmProbes::close_window`] charged.
         let this_window = self.phase_start >= self.window_start;
+        // Hits of links being switched cost as much as counted ones.
+        if let Some(d) = dark {
+            if let (Some(last), true) = (self.last_dark, this_window) {
+                self.spent_ns += d.wrapping_sub(last) as f64 * self.dark_cost();
+            }
+            self.last_dark = Some(d);
+        }
         for p in &mut self.probes {
             p.account(now);
             let total = cum.get(p.column).copied().unwrap_or(0);
@@ -356,7 +371,42 @@ impl VmProbes {
         let demand: Vec<f64> = idx.iter().map(|&i| self.probes[i].demand).collect();
         let planned = plan(&demand, fixed, share);
         for (&i, &k) in idx.iter().zip(&planned.levels) {
-            self.probes[i].level = k;
+            let p = &mut self.probes[i];
+            // A level is a link per VM and phase for linked probes: they
+            // take powers of two only (rounded down, within the plan), so a
+            // phase attaches a few links, not one per level.
+            p.level = match p.gate {
+                Gate::Links | Gate::Unswitched if k > 0 => k.div_ceil(STEPS) * STEPS,
+                _ => k,
+            }
+            .min(MAX_LEVEL);
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let mut hot: Vec<&Probe> = self.probes.iter().filter(|p| p.level > 0).collect();
+            hot.sort_by(|a, b| b.demand.total_cmp(&a.demand));
+            let top: Vec<String> = hot
+                .iter()
+                .take(4)
+                .map(|p| {
+                    format!(
+                        "#{} {:?} {:.3}% at {:.4}",
+                        p.column,
+                        p.gate,
+                        p.demand / 1e7,
+                        fraction(p.level)
+                    )
+                })
+                .collect();
+            tracing::debug!(
+                "phase plan: {:.3}% per s for the rest of the window (spent {:.2} ms, debt {:.2} \
+                 ms), exact {:.3}%, {} thinned: {}",
+                share * 100.0,
+                self.spent_ns / 1e6,
+                self.debt_ns / 1e6,
+                fixed / 1e7,
+                hot.len(),
+                top.join(", ")
+            );
         }
         // Exact now: on at once. Duty-cycled: off until the phase's turn.
         (0..self.probes.len())
@@ -670,6 +720,8 @@ pub struct Governed<'a> {
     pub binary: &'a BinaryAttachment,
     /// Its cumulative counter row, when a phase starts.
     pub cum: Option<&'a [u64]>,
+    /// Its switched-off hits (cumulative), when a phase starts.
+    pub dark: Option<u64>,
 }
 
 /// What the governor attaches links with.
@@ -716,7 +768,9 @@ pub fn run_due(
             let mut levels = BTreeSet::new();
             for vm in vms.iter_mut() {
                 let Some(cum) = vm.cum else { continue };
-                let all = vm.probes.start_phase(now, cum, budget, schedule.window());
+                let all = vm
+                    .probes
+                    .start_phase(now, cum, vm.dark, budget, schedule.window());
                 let (exact, cycled): (Vec<usize>, Vec<usize>) = all
                     .into_iter()
                     .partition(|&i| vm.probes.probes[i].level == 0);
@@ -957,9 +1011,9 @@ mod tests {
         let mut vm = probes(3, t0);
         let t1 = t0 + Duration::from_millis(500);
         let w = Duration::from_secs(2);
-        assert!(vm.start_phase(t0, &[0, 0, 0], Some(0.01), w).len() == 3);
+        assert!(vm.start_phase(t0, &[0, 0, 0], None, Some(0.01), w).len() == 3);
         // 1%: 10,000 hits/s at 1 us. Probe 2 ran at 200,000/s.
-        vm.start_phase(t1, &[5, 50, 100_000], Some(0.01), w);
+        vm.start_phase(t1, &[5, 50, 100_000], None, Some(0.01), w);
         assert_eq!(vm.probes[0].level, 0);
         assert_eq!(vm.probes[1].level, 0);
         assert!(vm.probes[2].level > 0);
@@ -974,7 +1028,7 @@ mod tests {
         let t0 = Instant::now();
         let w = Duration::from_secs(1);
         let mut vm = probes(1, t0);
-        vm.start_phase(t0, &[0], Some(0.01), w);
+        vm.start_phase(t0, &[0], None, Some(0.01), w);
         // 30,000 hits at 1 us: 30 ms, three windows' budget of 10 ms.
         let t1 = t0 + w;
         let cost = vm.close_window(t1, &mut [30_000], 0);
@@ -985,8 +1039,8 @@ mod tests {
             vm.debt_ns
         );
         // The next window starts paying it back: a quarter of its budget.
-        vm.start_phase(t1, &[30_000], Some(0.01), w);
-        vm.start_phase(t1 + w / 4, &[37_500], Some(0.01), w);
+        vm.start_phase(t1, &[30_000], None, Some(0.01), w);
+        vm.start_phase(t1 + w / 4, &[37_500], None, Some(0.01), w);
         assert!(30_000.0 * fraction(vm.probes[0].level) <= 0.25 * 9000.0);
     }
 
