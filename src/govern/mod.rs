@@ -1045,6 +1045,52 @@ mod tests {
     }
 
     #[test]
+    fn a_hot_probe_no_semaphore_gates_is_split_off_with_a_power_of_two() {
+        let t0 = Instant::now();
+        let attached = [
+            AttachedProbe {
+                column: 0,
+                semaphores: vec![0],
+                nop5: true,
+            },
+            // No semaphore: only links can thin it.
+            AttachedProbe {
+                column: 1,
+                semaphores: vec![],
+                nop5: true,
+            },
+        ];
+        let mut vm = VmProbes::new(&attached, &HitCost::flat(1000.0), t0);
+        let w = Duration::from_secs(2);
+        // Not thinned yet: exact.
+        vm.start_phase(t0, &[0, 0], None, Some(0.01), w);
+        assert!(vm.to_split().is_empty());
+        let t1 = t0 + Duration::from_millis(500);
+        // Semaphore probes are the only ones turned through semaphores.
+        let turned = vm.start_phase(t1, &[10, 100_000], None, Some(0.01), w);
+        assert_eq!(turned, vec![0]);
+        assert_eq!(vm.to_split(), vec![1]);
+        vm.linked(&[1]);
+        assert_eq!(vm.probes[1].gate, Gate::Links);
+        assert!(vm.probes[1].gated, "links gate what they count");
+        let k = vm.probes[1].level;
+        assert!(k > 0 && k % STEPS == 0, "level {k}");
+        assert_eq!(vm.linked_at(k), vec![1]);
+        assert!(vm.linked_at(0).is_empty());
+        // Switched off at t2: on 0.6 s of the window's 2.5.
+        let t2 = t1 + Duration::from_millis(100);
+        vm.set_linked(&[1], false, t2);
+        let mut counts = [10, 600];
+        let cost = vm.close_window(t1 + Duration::from_secs(2), &mut counts, 50);
+        let (col, f) = cost.sampled[0];
+        assert_eq!(col, 1);
+        assert!((f - 0.24).abs() < 1e-6, "fraction {f}");
+        assert_eq!(counts, [10, 2500]);
+        // Switched-off hits are paid for: charged, not counted.
+        assert_eq!((cost.hits, cost.dark), (660, 50));
+    }
+
+    #[test]
     fn the_schedule_turns_on_then_off_by_level() {
         let t0 = Instant::now();
         let mut s = Schedule::new(Duration::from_secs(2), t0);

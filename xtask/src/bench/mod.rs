@@ -14,6 +14,7 @@ mod plot;
 mod report;
 mod scaling;
 mod sites;
+mod tracers;
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,12 @@ pub enum BenchCmd {
     /// the workload. Needs root; builds missing QEMUs first. About 5
     /// minutes once they are built.
     Sites(sites::Opts),
+    /// ns per counted probe hit under vmwatch and under bpftrace (Debian's
+    /// package, installed on first use), counting the same USDT probe of
+    /// the test fixture: virtqueue_fill (semaphore, one 1-byte nop site)
+    /// and tap_send (no semaphore, two sites), interleaved with untraced
+    /// runs. Needs root; builds vmwatch and the fixture. About a minute.
+    Tracers(tracers::Opts),
 }
 
 /// Parts of the overhead benchmark.
@@ -105,6 +112,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Overhead(o) => overhead(o),
         BenchCmd::Sites(o) => sites::run(&o),
+        BenchCmd::Tracers(o) => tracers::run(&o),
     }
 }
 

@@ -24,6 +24,7 @@ use crate::util::{self, note};
 pub enum Config {
     None,
     VmwatchAll,
+    VmwatchAllGoverned,
     VmwatchNoTcg,
     VmwatchSelected,
     VmwatchLda,
@@ -36,9 +37,10 @@ pub enum Config {
 
 impl Config {
     /// Every configuration, in the order of the tables.
-    pub const ALL: [Config; 10] = [
+    pub const ALL: [Config; 11] = [
         Config::None,
         Config::VmwatchAll,
+        Config::VmwatchAllGoverned,
         Config::VmwatchNoTcg,
         Config::VmwatchSelected,
         Config::VmwatchLda,
@@ -54,6 +56,7 @@ impl Config {
         match self {
             Config::None => "none",
             Config::VmwatchAll => "vmwatch-all",
+            Config::VmwatchAllGoverned => "vmwatch-all-budget-1",
             Config::VmwatchNoTcg => "vmwatch-all-no-tcg",
             Config::VmwatchSelected => "vmwatch-selected",
             Config::VmwatchLda => "vmwatch-lda",
@@ -79,6 +82,7 @@ impl Config {
         match self {
             Config::None => "unmonitored",
             Config::VmwatchAll => "vmwatch, all QEMU probes",
+            Config::VmwatchAllGoverned => "vmwatch, all QEMU probes, `--budget 1` (the default)",
             Config::VmwatchNoTcg => "vmwatch, all but TCG-only probes",
             Config::VmwatchSelected => "vmwatch, selected probes",
             Config::VmwatchLda => "vmwatch, LDA selection without a cost budget",
@@ -213,8 +217,12 @@ impl<'a> Running<'a> {
         };
         args.extend(["--source".into(), source.into()]);
         // Exact counting: what each configuration costs without the
-        // governor.
-        args.extend(["--budget".into(), "none".into()]);
+        // governor; and all probes under the default budget.
+        let budget = match config {
+            Config::VmwatchAllGoverned => "1",
+            _ => "none",
+        };
+        args.extend(["--budget".into(), budget.into()]);
         match config {
             Config::VmwatchNoTcg => {
                 let f = setup.probe_file("probes-no-tcg.txt", &setup.no_tcg())?;

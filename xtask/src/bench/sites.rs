@@ -140,7 +140,7 @@ pub fn run(o: &Opts) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,
@@ -150,7 +150,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// A child killed and reaped when dropped, on every way out.
-struct Killed(Child);
+pub(super) struct Killed(pub(super) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
