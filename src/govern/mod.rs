@@ -82,6 +82,10 @@ pub fn hit_cost(prog: &libbpf_rs::ProgramMut<'_>) -> HitCost {
     }
 }
 
+/// What is left of a probe's remembered demand after a phase (2^(-1/4):
+/// half of it after a window).
+const DEMAND_DECAY: f64 = 0.840_896_415_253_714_5;
+
 /// While a window pays back what it or the last one overspent, it is
 /// planned with at least this share of the budget.
 const MIN_SHARE: f64 = 0.25;
@@ -339,9 +343,13 @@ impl VmProbes {
                     self.spent_ns += n * p.cost_ns;
                 }
                 let on = p.phase_on.as_secs_f64();
-                // A probe off all phase long keeps its last demand.
+                // A probe off all phase long keeps its last demand. A
+                // burst is remembered for a few phases (half-life one
+                // window): guest load comes in bursts shorter than a phase
+                // apart, and a plan made from the quiet phase between two
+                // would overspend on the next.
                 if on > 0.0 {
-                    p.demand = n / on * p.cost_ns;
+                    p.demand = (n / on * p.cost_ns).max(p.demand * DEMAND_DECAY);
                 }
             }
             p.last = Some(total);

@@ -22,7 +22,7 @@ use vmwatch_core::dataset::Table;
 use super::cpu;
 use super::monitor::Setup;
 use super::Run as Opts;
-use crate::lab::record::{vmwatch_command, Session, SessionOpts, WARM_UP};
+use crate::lab::record::{stop_vmwatch, vmwatch_command, Session, SessionOpts, WARM_UP};
 use crate::lab::scenario;
 use crate::lab::vm::{self, Accel};
 use crate::qemu;
@@ -44,40 +44,63 @@ struct Cfg {
     label: &'static str,
     args: &'static [&'static str],
     selected: bool,
+    /// An exact vmwatch with 50-ms windows counts the same VM at the same
+    /// time: the estimates' errors without the load's own variation.
+    reference: bool,
 }
 
-const CONFIGS: [Cfg; 5] = [
+const CONFIGS: [Cfg; 6] = [
     Cfg {
         id: "none",
         label: "unmonitored",
         args: &[],
         selected: false,
+        reference: false,
     },
     Cfg {
         id: "exact",
         label: "all probes, exact (`--budget none`)",
         args: &["--budget", "none"],
         selected: false,
+        reference: false,
     },
     Cfg {
         id: "budget-1",
         label: "all probes, `--budget 1` (the default)",
         args: &["--budget", "1"],
         selected: false,
+        reference: false,
     },
     Cfg {
         id: "budget-0.5",
         label: "all probes, `--budget 0.5`",
         args: &["--budget", "0.5"],
         selected: false,
+        reference: false,
     },
     Cfg {
         id: "selected",
         label: "selected probes, exact",
         args: &["--budget", "none"],
         selected: true,
+        reference: false,
+    },
+    // Last: by then the runs above found which probes their semaphores do
+    // not gate (remembered per build), so this one counts those on links
+    // from the start; the reference holds every semaphore, so the probes
+    // they do gate are counted exactly here ("another tracer").
+    Cfg {
+        id: "budget-1-ref",
+        label: "all probes, `--budget 1`, beside an exact reference",
+        args: &["--budget", "1"],
+        selected: false,
+        reference: true,
     },
 ];
+
+/// The reference's window: short, so that a governed window's exact count
+/// is the sum of whole reference windows but at its two ends.
+const REFERENCE_WINDOW_MS: u64 = 50;
 
 /// Probes with at least this many hits per second in the exact run are
 /// compared (1,000 per 2-s window: the issue's threshold).
@@ -115,7 +138,16 @@ struct Measured {
     ungated: usize,
     /// Probes it moved onto links of the VM's own to duty-cycle them.
     moved: usize,
+    /// Against the exact reference (its runs only): relative errors of the
+    /// estimated counts, and of the exact ones (how well the windows line
+    /// up), per (window, probe) with at least [`COMPARED_COUNT`] hits.
+    ref_estimated: Vec<f64>,
+    ref_exact: Vec<f64>,
 }
+
+/// Counts per window compared against the reference (the issue's
+/// threshold: 1,000 hits per window).
+const COMPARED_COUNT: f64 = 1000.0;
 
 /// Runs the governor part; writes `out_dir/governor.csv` and
 /// `out_dir/GOVERNOR.md`.
@@ -165,6 +197,17 @@ pub fn run(opts: &Opts, setup: &Setup, out_dir: &Path) -> Result<()> {
                     m.ungated,
                     m.moved
                 ));
+                if cfg.reference {
+                    let mut e = m.ref_estimated.clone();
+                    e.sort_by(f64::total_cmp);
+                    note(format!(
+                        "  {name} against the exact reference: {} estimated counts of >= {COMPARED_COUNT:.0} \
+                         hits, median error {:.1}%, {} within 5%",
+                        e.len(),
+                        quantile(&e, 0.5) * 100.0,
+                        e.iter().filter(|&&x| x <= 0.05).count()
+                    ));
+                }
                 all.push(m);
             }
         }
@@ -224,6 +267,8 @@ fn measure(
             rates: HashMap::new(),
             ungated: 0,
             moved: 0,
+            ref_estimated: Vec::new(),
+            ref_exact: Vec::new(),
         });
     }
     let out = setup
@@ -247,6 +292,13 @@ fn measure(
         fs::write(&list, format!("{}\n", setup.selected.join("\n")))?;
         cmd.arg("--probes").arg(&list);
     }
+    let reference = if cfg.reference {
+        Some(start_reference(
+            setup, session, pid, scenario, rep, windows,
+        )?)
+    } else {
+        None
+    };
     let qemu0 = cpu::process_ns(pid);
     let t = Instant::now();
     let child = cmd
@@ -271,6 +323,13 @@ fn measure(
     drop(child);
     let hit_cost_ns = calibrated(&text).context("vmwatch did not say what a hit costs")?;
     let table = Table::read(&out)?;
+    let (ref_estimated, ref_exact) = match reference {
+        Some((mut child, path)) => {
+            stop_vmwatch(&mut child);
+            against_reference(&table, &Table::read(&path)?)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
     let mut trapped = 0.0;
     let mut counted_secs = 0.0;
     let (mut steady, mut steady_secs) = (0.0, 0.0);
@@ -332,7 +391,114 @@ fn measure(
         rates,
         ungated: ungated(&text),
         moved: moved(&text),
+        ref_estimated,
+        ref_exact,
     })
+}
+
+/// Starts the exact reference on `pid` (every probe, `--budget none`,
+/// [`REFERENCE_WINDOW_MS`] windows, longer than the governed run); returns
+/// once it counts.
+fn start_reference(
+    setup: &Setup,
+    session: &mut Session,
+    pid: u32,
+    scenario: &str,
+    rep: usize,
+    windows: u32,
+) -> Result<(std::process::Child, std::path::PathBuf)> {
+    let out = setup
+        .tmp
+        .join(format!("governor-{scenario}-reference-{rep}.csv"));
+    let log = setup
+        .tmp
+        .join(format!("governor-{scenario}-reference-{rep}.log"));
+    let _ = fs::remove_file(&out);
+    let mut cmd: Command = vmwatch_command(&setup.vmwatch);
+    let n = (u64::from(windows) + 10) * 2000 / REFERENCE_WINDOW_MS;
+    cmd.args(["record", "--pid", &pid.to_string(), "--source", "qemu"])
+        .args(["--budget", "none"])
+        .args(["--interval", &format!("{REFERENCE_WINDOW_MS}ms")])
+        .args(["--windows", &n.to_string()])
+        .arg("-o")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).context("could not create the reference's log")?);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("could not start `{}`", util::display(&cmd)))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("watching VM") {
+            break;
+        }
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            stop_vmwatch(&mut child);
+            bail!("the exact reference did not start: {text}");
+        }
+        session.hold(Duration::from_millis(100))?;
+    }
+    // A first full window of its own before the governed run begins.
+    session.hold(Duration::from_millis(4 * REFERENCE_WINDOW_MS))?;
+    Ok((child, out))
+}
+
+/// Relative errors of `governed`'s counts against `reference`'s over the
+/// same span: per governed window, each probe's reference count is the sum
+/// of the reference windows inside it, the two at its ends pro rata.
+/// Returns (estimated counts' errors, exact counts' errors).
+fn against_reference(governed: &Table, reference: &Table) -> (Vec<f64>, Vec<f64>) {
+    let columns: Vec<Option<usize>> = governed
+        .features
+        .iter()
+        .map(|f| reference.features.iter().position(|g| g == f))
+        .collect();
+    let (mut estimated, mut exact) = (Vec::new(), Vec::new());
+    for (i, key) in governed.keys.iter().enumerate() {
+        let (s, e) = (
+            key.start_unix_ms as f64,
+            (key.start_unix_ms + key.duration_ms) as f64,
+        );
+        let mut covered = 0.0;
+        let mut weights = Vec::new();
+        for (j, r) in reference.keys.iter().enumerate() {
+            let (rs, re) = (
+                r.start_unix_ms as f64,
+                (r.start_unix_ms + r.duration_ms) as f64,
+            );
+            let overlap = e.min(re) - s.max(rs);
+            if overlap > 0.0 && r.duration_ms > 0 {
+                covered += overlap;
+                weights.push((j, overlap / r.duration_ms as f64));
+            }
+        }
+        // Only windows the reference covered whole.
+        if covered < 0.99 * key.duration_ms as f64 {
+            continue;
+        }
+        for (f, col) in columns.iter().enumerate() {
+            let Some(col) = *col else { continue };
+            if !governed.features[f].starts_with("qemu:") {
+                continue;
+            }
+            let want: f64 = weights
+                .iter()
+                .map(|&(j, w)| reference.x[[j, col]] * w)
+                .sum();
+            if want < COMPARED_COUNT {
+                continue;
+            }
+            let e = (governed.x[[i, f]] - want).abs() / want;
+            if key.sampled.iter().any(|s| s.0 == f) {
+                estimated.push(e);
+            } else {
+                exact.push(e);
+            }
+        }
+    }
+    (estimated, exact)
 }
 
 /// Hits trapped per second and those of them on switched-off links, from
@@ -388,12 +554,13 @@ fn calibrated(log: &str) -> Option<f64> {
 fn write_csv(path: &Path, rows: &[Measured]) -> Result<()> {
     let mut out = String::from(
         "scenario,config,rep,windows,secs,trapped_per_s,dark_per_s,cost,steady_cost,hit_cost_ns,qemu_cpu,\
-         vmwatch_ms_per_window,estimated_windows,estimated_probes,ungated,moved\n",
+         vmwatch_ms_per_window,estimated_windows,estimated_probes,ungated,moved,\
+         ref_estimated_pairs,ref_estimated_median_error,ref_estimated_within_5,ref_exact_median_error\n",
     );
     for m in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.1},{:.0},{:.0},{:.6},{:.6},{:.0},{:.4},{:.3},{},{:.1},{},{}",
+            "{},{},{},{},{:.1},{:.0},{:.0},{:.6},{:.6},{:.0},{:.4},{:.3},{},{:.1},{},{},{},{:.4},{},{:.4}",
             m.scenario,
             m.config,
             m.rep,
@@ -409,7 +576,11 @@ fn write_csv(path: &Path, rows: &[Measured]) -> Result<()> {
             m.estimated_windows,
             m.estimated_probes,
             m.ungated,
-            m.moved
+            m.moved,
+            m.ref_estimated.len(),
+            median(m.ref_estimated.clone()),
+            m.ref_estimated.iter().filter(|&&x| x <= 0.05).count(),
+            median(m.ref_exact.clone()),
         );
     }
     fs::write(path, out).with_context(|| format!("could not write {}", path.display()))
@@ -440,6 +611,51 @@ fn median(mut v: Vec<f64>) -> f64 {
     quantile(&v, 0.5)
 }
 
+/// The estimates against the exact reference counting the same VM at the
+/// same time.
+fn reference_table(md: &mut String, all: &[Measured]) {
+    let _ = writeln!(
+        md,
+        "\nThe estimates against an exact reference: a second vmwatch (`--budget none`, every \
+         probe, {REFERENCE_WINDOW_MS}-ms windows) counting the same VM at the same time as the \
+         governed one (`--budget 1`), so the load's own variation cancels. Each governed \
+         window's reference count is the sum of the reference windows inside it (the two at \
+         its ends pro rata); compared: every (window, probe) with at least {COMPARED_COUNT:.0} \
+         hits in the reference. The reference holds every semaphore, so beside it the governed \
+         vmwatch counts the probes their semaphores gate exactly (\"another tracer\"): what is \
+         estimated here is the probes on links (those their semaphores do not gate, the hot \
+         ones of QEMU). The exact counts' error says how well the windows line up.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | estimated counts compared | median relative error | 90th percentile | within 5% | exact counts: median error |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    for s in SCENARIOS {
+        let runs: Vec<&Measured> = all
+            .iter()
+            .filter(|m| m.scenario == s && !m.ref_exact.is_empty())
+            .collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let mut e: Vec<f64> = runs.iter().flat_map(|m| m.ref_estimated.clone()).collect();
+        e.sort_by(f64::total_cmp);
+        let x: Vec<f64> = runs.iter().flat_map(|m| m.ref_exact.clone()).collect();
+        let within = e.iter().filter(|&&v| v <= 0.05).count();
+        let _ = writeln!(
+            md,
+            "| {s} | {} | {:.1}% | {:.1}% | {within}/{} ({:.0}%) | {:.2}% |",
+            e.len(),
+            quantile(&e, 0.5) * 100.0,
+            quantile(&e, 0.9) * 100.0,
+            e.len(),
+            within as f64 / e.len().max(1) as f64 * 100.0,
+            median(x) * 100.0
+        );
+    }
+}
+
 fn report(all: &[Measured], reps: usize, windows: u32, machine: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -459,7 +675,7 @@ fn report(all: &[Measured], reps: usize, windows: u32, machine: &str) -> String 
     );
     let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in SCENARIOS {
-        for cfg in CONFIGS {
+        for cfg in CONFIGS.iter().filter(|c| !c.reference) {
             let runs: Vec<&Measured> = all
                 .iter()
                 .filter(|m| m.scenario == s && m.config == cfg.id)
@@ -533,6 +749,7 @@ fn report(all: &[Measured], reps: usize, windows: u32, machine: &str) -> String 
             );
         }
     }
+    reference_table(&mut md, all);
     md
 }
 
