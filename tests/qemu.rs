@@ -350,7 +350,7 @@ fn the_governor_moves_probes_their_semaphore_does_not_gate_onto_links_of_their_o
     let list = common::feature_list(dir.path(), "qemu:exec_tb\nqemu:qemu_mutex_lock\n");
     let run_with = |budget: &str, name: &str| {
         let out = dir.path().join(name);
-        let ran = common::run("record --interval 1s --windows 6 --hit-cost 300")
+        let ran = common::run("record --interval 1s --windows 8 --hit-cost 300")
             .args(&format!("--budget {budget} --probes {}", list.display()))
             .pid(q.pid())
             .out(&out)
@@ -358,63 +358,85 @@ fn the_governor_moves_probes_their_semaphore_does_not_gate_onto_links_of_their_o
         (Dataset::read(&out), ran.stderr)
     };
     let (exact, _) = run_with("none", "exact.csv");
+    let rate = |ds: &Dataset, rows: &[&Vec<String>], c: usize| {
+        let n: f64 = rows.iter().map(|r| r[c].parse::<f64>().unwrap()).sum();
+        let s: f64 = rows.iter().map(|r| ds.window(r).1 as f64 / 1000.0).sum();
+        n / s
+    };
+    let e_rows: Vec<&Vec<String>> = exact.rows_of(q.pid()).skip(2).collect();
+    let exact_rate = |f: &str| rate(&exact, &e_rows, exact.col(f).unwrap());
+    // Both ignore their semaphores; the idle loop fires the hotter one
+    // (qemu_mutex_lock on 10.0, ~2,100 hits/s) a few times as often as the
+    // other. Half of what both cost exactly (at 300 ns a hit) thins the
+    // hotter to about a quarter of the time. (Much less thins both to
+    // on-times of a few ms per phase, which sample the idle loop's timer
+    // bursts too coarsely for a 25% check.)
+    let (hot, total) = {
+        let (a, b) = (
+            exact_rate("qemu:exec_tb"),
+            exact_rate("qemu:qemu_mutex_lock"),
+        );
+        (
+            if a > b {
+                "qemu:exec_tb"
+            } else {
+                "qemu:qemu_mutex_lock"
+            },
+            a + b,
+        )
+    };
+    let budget = format!("{:.4}", total * 300e-9 * 100.0 / 2.0);
     // What earlier runs found is remembered per build: start from nothing
     // (it only decides which links count a probe, so others lose nothing).
     let _ = std::fs::remove_dir_all("/run/vmwatch/ungated");
-    // 0.01% pays for 3,333 hits/s at 300 ns: the idle loop's ~2,600 both
-    // probes fire are above what the plan lets through.
-    let (governed, log) = run_with("0.01", "governed.csv");
+    let (governed, log) = run_with(&budget, "governed.csv");
     assert!(
         log.contains("fired while their semaphore was down"),
         "no probe found ungated: {log}"
     );
     assert!(
-        log.contains("which no semaphore gates, onto links"),
-        "no probe moved onto links: {log}"
+        log.contains("which no semaphore gates, onto links") && log.contains(hot),
+        "{hot} not moved onto links: {log}"
     );
-    for f in ["qemu:exec_tb", "qemu:qemu_mutex_lock"] {
-        let c = governed.col(f).unwrap();
-        // Once they are on links, they are duty-cycled and estimated, and
-        // the estimated rates agree with the exact ones.
-        let late: Vec<&Vec<String>> = governed.rows_of(q.pid()).skip(2).collect();
-        for r in &late {
-            let marked = governed
-                .sampled(r)
-                .split(';')
-                .any(|s| s.starts_with(&format!("{f}=")));
-            assert!(marked, "{f} not estimated in window {}: {r:?}", r[3]);
-        }
-        let rate = |ds: &Dataset, rows: &[&Vec<String>], c: usize| {
-            let n: f64 = rows.iter().map(|r| r[c].parse::<f64>().unwrap()).sum();
-            let s: f64 = rows.iter().map(|r| ds.window(r).1 as f64 / 1000.0).sum();
-            n / s
-        };
-        let e_rows: Vec<&Vec<String>> = exact.rows_of(q.pid()).skip(2).collect();
-        let (g, e) = (
-            rate(&governed, &late, c),
-            rate(&exact, &e_rows, exact.col(f).unwrap()),
+    let marked = |ds: &Dataset, r: &Vec<String>, f: &str| {
+        ds.sampled(r)
+            .split(';')
+            .any(|s| s.starts_with(&format!("{f}=")))
+    };
+    // Once on links, the hot one is duty-cycled and estimated; both
+    // probes' rates agree with the exact run's.
+    let late: Vec<&Vec<String>> = governed.rows_of(q.pid()).skip(2).collect();
+    for r in &late {
+        assert!(
+            marked(&governed, r, hot),
+            "{hot} not estimated in window {}: {r:?}",
+            r[3]
         );
-        eprintln!("{f}: {g:.0}/s estimated, {e:.0}/s exact");
+    }
+    for f in ["qemu:exec_tb", "qemu:qemu_mutex_lock"] {
+        let (g, e) = (
+            rate(&governed, &late, governed.col(f).unwrap()),
+            exact_rate(f),
+        );
+        eprintln!("{f}: {g:.0}/s governed, {e:.0}/s exact");
         assert!(
             (g - e).abs() <= 0.25 * e,
             "{f}: {g:.0}/s governed, {e:.0}/s exact"
         );
     }
-    // The next run on this build puts them on links from the start, and
-    // thins them from its second phase on.
-    let (again, log) = run_with("0.01", "again.csv");
+    // The next run on this build puts it on links from the start, and thins
+    // it from its second phase on.
+    let (again, log) = run_with(&budget, "again.csv");
     assert!(
         log.contains("an earlier run found its semaphores do not gate")
             && !log.contains("fired while their semaphore was down"),
         "the next run did not start from what the first found: {log}"
     );
-    for f in ["qemu:exec_tb", "qemu:qemu_mutex_lock"] {
-        for r in again.rows_of(q.pid()).skip(1) {
-            let marked = again
-                .sampled(r)
-                .split(';')
-                .any(|s| s.starts_with(&format!("{f}=")));
-            assert!(marked, "{f} not estimated in window {}: {r:?}", r[3]);
-        }
+    for r in again.rows_of(q.pid()).skip(1) {
+        assert!(
+            marked(&again, r, hot),
+            "{hot} not estimated in window {}: {r:?}",
+            r[3]
+        );
     }
 }

@@ -1,13 +1,16 @@
 //! `cargo xtask bench overhead --only governor`: every QEMU probe counted
 //! exactly, under the cost governor's 1% and 0.5% budgets, and the selected
 //! probes, side by side (interleaved, on the same VM) for each of the lab's
-//! web load, stress-mem, synflood-target and web-peak (a steady load: the
-//! guest saturated by a constant request rate, where the estimates' errors
-//! can be told from the load's own variation): hits trapped per second,
-//! what they cost (share of one CPU, at the hit cost vmwatch measured) over
-//! the whole run and once the load is known, QEMU's own CPU time,
-//! vmwatch's, how many windows had estimates, and how far each governed
-//! run's per-probe rates are from the exact run next to it.
+//! web load, stress-mem, synflood-target and web-peak (the guest saturated
+//! by a constant request rate): hits trapped per second, what they cost
+//! (share of one CPU, at the hit cost vmwatch measured) over the whole run
+//! and once the load is known, QEMU's own CPU time, vmwatch's, how many
+//! windows had estimates, and how far each governed run's per-probe rates
+//! are from the exact run next to it. The load varies from run to run by
+//! more than that (20-60% per probe, even web-peak's), so a last
+//! configuration runs the governor beside an exact reference counting the
+//! same VM at the same time, whose 50-ms windows add up to each governed
+//! window: the estimates' own error.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

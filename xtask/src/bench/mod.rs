@@ -66,8 +66,9 @@ pub enum Part {
     /// ns per event: detached, vmwatch (1- and 5-byte nop sites), LTTng-UST.
     Events,
     /// The cost governor: unmonitored, all probes exact, under 1% and 0.5%
-    /// budgets, selected, on web, stress-mem and synflood-target (not in
-    /// the default run: `--only governor`; about 25 minutes).
+    /// budgets, selected, and under 1% beside an exact reference, on web,
+    /// stress-mem, synflood-target and web-peak (not in the default run:
+    /// `--only governor`; about 30 minutes).
     Governor,
 }
 
