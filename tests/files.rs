@@ -269,8 +269,12 @@ fn record_streams_csv_to_dev_stdout() {
     skip_without_bpf!();
     let mut fx = Fixture::start();
     let stdout = Path::new("/dev/stdout");
-    let mut rec =
-        recorder(&[fx.pid], "--interval 100ms --windows 4", stdout).spawn_reading_stdout();
+    let mut rec = recorder(
+        &[fx.pid],
+        "--interval 100ms --windows 4 --budget none",
+        stdout,
+    )
+    .spawn_reading_stdout();
     let mut stdout = BufReader::new(rec.stdout.take().unwrap());
     let mut text = String::new();
     stdout.read_line(&mut text).unwrap();

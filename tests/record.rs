@@ -48,7 +48,7 @@ fn exact_totals_across_many_window_boundaries() {
 fn two_processes_get_separate_rows_and_share_one_attachment() {
     skip_without_bpf!();
     let (mut a, mut b) = (Fixture::start(), Fixture::start());
-    let options = "--interval 200ms --windows 5 --label pair";
+    let options = "--interval 200ms --windows 5 --label pair --budget none";
     let rec = Recording::start(&[a.pid, b.pid], options, "two.csv");
     a.fire("tap_send", 1000);
     b.fire("virtqueue_fill", 250);
@@ -82,7 +82,10 @@ fn probes_file_narrows_attachment_and_semaphores() {
         "semaphores up before attach: {before:?}"
     );
 
-    let options = format!("--probes {} --interval 200ms --windows 6", list.display());
+    let options = format!(
+        "--probes {} --interval 200ms --windows 6 --budget none",
+        list.display()
+    );
     let rec = Recording::start(&[fx.pid], &options, "narrow.csv");
     fx.fire("tap_send", 10);
     fx.fire("bdrv_aio_flush", 10);
@@ -110,7 +113,11 @@ fn a_process_that_exits_stops_its_rows_only() {
     let (mut stays, mut leaves) = (Fixture::start(), Fixture::start());
     let leaving_pid = leaves.pid;
     let pids = [stays.pid, leaves.pid];
-    let rec = Recording::start(&pids, "--interval 200ms --windows 10", "exit.csv");
+    let rec = Recording::start(
+        &pids,
+        "--interval 200ms --windows 10 --budget none",
+        "exit.csv",
+    );
     leaves.fire("tap_send", 5);
     std::thread::sleep(Duration::from_millis(500));
     leaves.exit();
@@ -131,7 +138,7 @@ fn a_process_that_exits_stops_its_rows_only() {
 fn sigint_ends_recording_cleanly() {
     skip_without_bpf!();
     let mut fx = Fixture::start();
-    let rec = Recording::start(&[fx.pid], "--interval 100ms", "sig.csv");
+    let rec = Recording::start(&[fx.pid], "--interval 100ms --budget none", "sig.csv");
     fx.fire("virtqueue_fill", 3);
     std::thread::sleep(Duration::from_millis(500));
     common::signal(&rec.child, libc::SIGINT);
@@ -145,7 +152,7 @@ fn sigint_ends_recording_cleanly() {
 fn all_watched_processes_gone_ends_the_recording() {
     skip_without_bpf!();
     let fx = Fixture::start();
-    let rec = Recording::start(&[fx.pid], "--interval 100ms", "gone.csv");
+    let rec = Recording::start(&[fx.pid], "--interval 100ms --budget none", "gone.csv");
     std::thread::sleep(Duration::from_millis(300));
     fx.exit();
     let stderr = finish(rec.child);
@@ -156,7 +163,11 @@ fn all_watched_processes_gone_ends_the_recording() {
 fn gzip_output_is_readable() {
     skip_without_bpf!();
     let mut fx = Fixture::start();
-    let rec = Recording::start(&[fx.pid], "--interval 100ms --windows 4", "d.csv.gz");
+    let rec = Recording::start(
+        &[fx.pid],
+        "--interval 100ms --windows 4 --budget none",
+        "d.csv.gz",
+    );
     fx.fire("tap_send", 9);
     finish(rec.child);
     let text = Command::new("zcat").arg(&rec.out).output().unwrap();
@@ -171,7 +182,7 @@ fn gzip_output_is_readable() {
 fn a_sigkilled_gzip_recording_is_readable() {
     skip_without_bpf!();
     let mut fx = Fixture::start();
-    let mut rec = Recording::start(&[fx.pid], "--interval 100ms", "killed.csv.gz");
+    let mut rec = Recording::start(&[fx.pid], "--interval 100ms --budget none", "killed.csv.gz");
     fx.fire("tap_send", 1000);
     // ~20 windows, then no trailer: the gzip stream ends at the last
     // window's sync flush.
@@ -215,7 +226,7 @@ fn rows_carry_the_build_of_the_watched_binary() {
     let id = build.build_id.expect("the fixture has a build id");
     assert_eq!(build.version, None);
     for source in ["qemu", "syscalls"] {
-        let options = format!("--interval 100ms --windows 12 --source {source}");
+        let options = format!("--interval 100ms --windows 12 --source {source} --budget none");
         let rec = Recording::start(&[fx.pid], &options, "built.csv");
         let (ds, _) = rec.finish();
         assert_eq!(

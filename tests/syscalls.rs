@@ -34,7 +34,7 @@ fn exact_syscall_counts_across_windows_for_watched_pids_only() {
 fn combined_rows_hold_probes_and_syscalls() {
     skip_without_bpf!();
     let mut fx = Fixture::start();
-    let options = "--source qemu,syscalls --interval 200ms --windows 5";
+    let options = "--source qemu,syscalls --interval 200ms --windows 5 --budget none";
     let rec = Recording::start(&[fx.pid], options, "both.csv");
     fx.fire("tap_send", 321);
     fx.ask("getppid 123");
@@ -50,7 +50,10 @@ fn probes_file_selects_syscalls_and_implies_the_source() {
     let dir = tempfile::tempdir().unwrap();
     let list = feature_list(dir.path(), "sys:getppid\nqemu:virtqueue_fill\n");
     let mut fx = Fixture::start();
-    let options = format!("--probes {} --interval 200ms --windows 4", list.display());
+    let options = format!(
+        "--probes {} --interval 200ms --windows 4 --budget none",
+        list.display()
+    );
     let rec = Recording::start(&[fx.pid], &options, "sel.csv");
     fx.ask("getppid 50");
     fx.fire("virtqueue_fill", 5);
