@@ -9,6 +9,7 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{Dataset, Fixture, Recording};
+use vmwatch_core::govern::Trapped;
 
 /// The fixture's sites are 1-byte nops; the tests charge a fixed cost, so
 /// what the budget allows does not depend on this machine's calibration.
@@ -239,13 +240,10 @@ fn a_hot_probe_without_a_semaphore_is_duty_cycled_on_links_of_its_own() {
     assert_eq!(ds.total(fx.pid, "qemu:bdrv_aio_flush"), 80);
     // Hits on links while switched off (being attached or detached) are
     // paid for, not counted: a small part of what is trapped.
-    let summary = log
-        .lines()
-        .find(|l| l.contains(" hits/s trapped ("))
-        .unwrap_or_else(|| panic!("no cost summary: {log}"));
-    let (all, rest) = summary.split_once(" hits/s trapped (").unwrap();
-    let all: f64 = all.rsplit(' ').next().unwrap().parse().unwrap();
-    let dark: f64 = rest.split("/s").next().unwrap().parse().unwrap();
+    let Trapped {
+        per_s: all,
+        dark_per_s: dark,
+    } = Trapped::find(&log).unwrap_or_else(|| panic!("no cost summary: {log}"));
     assert!(
         dark <= 0.25 * all,
         "{dark} of {all} hits/s on switched-off links"

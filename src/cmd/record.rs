@@ -12,6 +12,7 @@ use vmwatch::bpf::BpfObjects;
 use vmwatch::session::{Ended, Session, SessionConfig};
 use vmwatch::signals::StopSignal;
 use vmwatch_core::dataset::DatasetWriter;
+use vmwatch_core::govern::Trapped;
 
 use super::{CountArgs, TargetArgs};
 
@@ -197,15 +198,16 @@ impl CostSummary {
             let per_s = |n: u64| n as f64 * 1000.0 / v.ms.max(1) as f64;
             tracing::info!(
                 "VM {} (PID {}): its probe hits cost {} of a CPU per window on average, {} at \
-                 most ({budget}); {:.0} hits/s trapped ({:.0}/s on links being switched, not \
-                 counted); {} of {} windows have estimated counts (at most {} probes \
+                 most ({budget}); {}; {} of {} windows have estimated counts (at most {} probes \
                  duty-cycled)",
                 v.vm,
                 v.pid,
                 pct(v.sum / v.windows as f64),
                 pct(v.max),
-                per_s(v.hits),
-                per_s(v.dark),
+                Trapped {
+                    per_s: per_s(v.hits),
+                    dark_per_s: per_s(v.dark),
+                },
                 v.estimated,
                 v.windows,
                 v.most

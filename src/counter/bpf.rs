@@ -247,19 +247,26 @@ impl<'obj> Collector<'obj> {
         let mut out = Drain::default();
         let drained = self.drainer.drain()?;
         let now = Instant::now();
+        let governed = self.govern.budget.is_some();
+        // Each slot's switched-off hits, read once: for the window's cost
+        // and for the phase that starts with the next window. Ungoverned,
+        // no link is ever switched off.
+        let mut dark_now = Vec::new();
         for (slot, mut counts) in drained {
             let watched = self.slots[slot].as_mut().expect("open slots are watched");
             if watched.process.is_alive() {
-                let dark = match self.kernel.dark_hits(slot) {
-                    Ok(d) => {
+                let dark = match governed.then(|| self.kernel.dark_hits(slot)) {
+                    Some(Ok(d)) => {
+                        dark_now.push((slot, d));
                         let n = d.wrapping_sub(watched.dark);
                         watched.dark = d;
                         n
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         tracing::debug!("{}", vmwatch_core::error::chain(&e));
                         0
                     }
+                    None => 0,
                 };
                 let cost = watched
                     .probes
@@ -283,8 +290,8 @@ impl<'obj> Collector<'obj> {
             self.unwatch(p.pid);
         }
         // The window's end is a phase's start.
-        if self.govern.budget.is_some() {
-            self.run_due(Due::Phase, now)?;
+        if governed {
+            self.run_due(Due::Phase, now, Some(dark_now))?;
         }
         Ok(out)
     }
@@ -300,12 +307,14 @@ impl<'obj> Collector<'obj> {
             return Ok(());
         }
         while let Some(due) = self.schedule.pop_due(now) {
-            self.run_due(due, now)?;
+            self.run_due(due, now, None)?;
         }
         Ok(())
     }
 
-    fn run_due(&mut self, due: Due, now: Instant) -> Result<()> {
+    /// Runs what is `due` at `now`; `dark`: each slot's switched-off hits,
+    /// if just read (else a phase reads them).
+    fn run_due(&mut self, due: Due, now: Instant, dark: Option<Vec<(usize, u64)>>) -> Result<()> {
         // Phases are measured by the counters; a turn-on reads them too, to
         // see whether probes fired while their semaphore was down.
         let rows = if matches!(due, Due::Phase | Due::On) {
@@ -313,7 +322,9 @@ impl<'obj> Collector<'obj> {
         } else {
             Vec::new()
         };
-        let dark: Vec<(usize, u64)> = if due == Due::Phase {
+        let dark: Vec<(usize, u64)> = if let Some(d) = dark {
+            d
+        } else if due == Due::Phase {
             (0..self.slots.len())
                 .filter(|&s| self.slots[s].is_some())
                 .filter_map(|s| self.kernel.dark_hits(s).ok().map(|d| (s, d)))

@@ -171,6 +171,38 @@ pub fn estimate(counted: u64, fraction: f64) -> u64 {
     (counted as f64 / fraction).round() as u64
 }
 
+/// What a VM's probes trapped, as `record`'s summary says it: hits per
+/// second, and those of them on links being switched (paid for, not
+/// counted). One definition for the line and for whoever reads it back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Trapped {
+    pub per_s: f64,
+    pub dark_per_s: f64,
+}
+
+const TRAPPED: &str = " hits/s trapped (";
+
+impl std::fmt::Display for Trapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0}{TRAPPED}{:.0}/s on links being switched, not counted)",
+            self.per_s, self.dark_per_s
+        )
+    }
+}
+
+impl Trapped {
+    /// The first summary in `log`, if any.
+    pub fn find(log: &str) -> Option<Trapped> {
+        let (before, after) = log.lines().find_map(|l| l.split_once(TRAPPED))?;
+        Some(Trapped {
+            per_s: before.rsplit(' ').next()?.parse().ok()?,
+            dark_per_s: after.split("/s").next()?.parse().ok()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use vmwatch_core::dataset::Table;
+use vmwatch_core::govern::Trapped;
 
 use super::cpu;
 use super::monitor::Setup;
@@ -375,7 +376,8 @@ fn measure(
         .map(|(f, s)| (f.clone(), s / counted_secs))
         .collect();
     // vmwatch's own summary also has the hits of links while switched off.
-    let (trapped_per_s, dark_per_s) = summary_hits(&text).unwrap_or((trapped / counted_secs, 0.0));
+    let (trapped_per_s, dark_per_s) =
+        Trapped::find(&text).map_or((trapped / counted_secs, 0.0), |t| (t.per_s, t.dark_per_s));
     Ok(Measured {
         scenario: scenario.to_string(),
         config: cfg.id,
@@ -504,27 +506,20 @@ fn against_reference(governed: &Table, reference: &Table) -> (Vec<f64>, Vec<f64>
     (estimated, exact)
 }
 
-/// Hits trapped per second and those of them on switched-off links, from
-/// record's summary ("N hits/s trapped (M/s on links being switched").
-fn summary_hits(log: &str) -> Option<(f64, f64)> {
-    let line = log.lines().find(|l| l.contains(" hits/s trapped ("))?;
-    let (before, after) = line.split_once(" hits/s trapped (")?;
-    let hits = before.rsplit(' ').next()?.parse().ok()?;
-    let dark = after.split("/s").next()?.parse().ok()?;
-    Some((hits, dark))
+/// The number that follows `marker` in `line` (the first word after it).
+fn number_after<T: std::str::FromStr>(line: &str, marker: &str) -> Option<T> {
+    line.split_once(marker)?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Probes the log says were moved onto links ("moved N hot probe(s)").
 fn moved(log: &str) -> usize {
     log.lines()
-        .filter_map(|l| {
-            l.split("moved ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
+        .filter_map(|l| number_after::<usize>(l, "moved "))
         .sum()
 }
 
@@ -533,25 +528,15 @@ fn moved(log: &str) -> usize {
 fn ungated(log: &str) -> usize {
     log.lines()
         .filter(|l| l.contains("fired while their semaphore was down"))
-        .filter_map(|l| {
-            l.split(": ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
+        .filter_map(|l| number_after::<usize>(l, ": "))
         .sum()
 }
 
 /// The 5-byte-nop hit cost vmwatch logged ("a counted probe hit costs N ns
 /// on 5-byte-nop sites"): the lab QEMU's sites.
 fn calibrated(log: &str) -> Option<f64> {
-    let line = log
-        .lines()
-        .find(|l| l.contains("a counted probe hit costs"))?;
-    let rest = line.split("costs ").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
+    log.lines()
+        .find_map(|l| number_after(l, "a counted probe hit costs "))
 }
 
 fn write_csv(path: &Path, rows: &[Measured]) -> Result<()> {
@@ -768,8 +753,22 @@ mod tests {
                    INFO VM web (PID 7): its probe hits cost 0.650% of a CPU per window on \
                    average, 1.942% at most (budget 1.000%); 20713 hits/s trapped (1532/s on \
                    links being switched, not counted); 7 of 9 windows";
-        assert_eq!(summary_hits(log), Some((20713.0, 1532.0)));
+        assert_eq!(
+            Trapped::find(log),
+            Some(Trapped {
+                per_s: 20713.0,
+                dark_per_s: 1532.0
+            })
+        );
         assert_eq!(moved(log), 3);
-        assert_eq!(summary_hits("no summary"), None);
+        assert_eq!(Trapped::find("no summary"), None);
+        assert_eq!(
+            ungated(" INFO PID 7: 2 probe(s) (a, b) fired while their semaphore was down"),
+            2
+        );
+        assert_eq!(
+            calibrated("a counted probe hit costs 281 ns on 5-byte-nop sites"),
+            Some(281.0)
+        );
     }
 }
