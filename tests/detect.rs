@@ -135,6 +135,11 @@ fn eval_reports_the_papers_metrics() {
         "{report}"
     );
     assert!(report.contains("| 100 |"), "learning curve row: {report}");
+    // Nested: each outer fold's choice is reported (fixed here).
+    assert!(
+        report.contains("| 5 | 3 | 0.05 | 0.1 | — |"),
+        "fold choices: {report}"
+    );
     assert!(report.contains("Re-learning with"), "{report}");
     for fig in ["learning-curve.svg", "scenarios.svg"] {
         let svg = std::fs::read_to_string(dir.path().join("fig").join(fig)).unwrap();

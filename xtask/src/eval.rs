@@ -232,10 +232,8 @@ pub fn run(o: &Options) -> Result<()> {
             note(format!("    {grid} grid, {SMOOTH} smoothing"));
             let (_, smoothed) = eval(
                 &[
-                    "--nu".into(),
-                    raw.nu.to_string(),
-                    "--gamma".into(),
-                    raw.gamma.to_string(),
+                    "--grid".into(),
+                    grid.to_string(),
                     "--smooth".into(),
                     SMOOTH.into(),
                 ],
@@ -366,6 +364,15 @@ struct Render<'a> {
 }
 
 /// Three significant digits (grid points such as 10^-2.5).
+/// `lo` or, when the folds chose differently, `lo-hi`.
+fn span(lo: f64, hi: f64) -> String {
+    if lo == hi {
+        sig(lo)
+    } else {
+        format!("{}-{}", sig(lo), sig(hi))
+    }
+}
+
 fn sig(x: f64) -> String {
     if x == 0.0 || !x.is_finite() {
         return x.to_string();
@@ -437,15 +444,18 @@ fn render(r: &Render) -> Result<String> {
          is attacked), each on top of the normal load. The paper's protocol: {} folds; per \
          fold a one-class SVM is trained on the other normal folds and tested on the held-out \
          normal fold plus the matching fold of the attack; counts are averaged over folds. \
-         nu and gamma are chosen on a grid by cross-validated false positives on normal \
-         data: the paper's grid (0.01..0.1 for both) or vmwatch's wide log grid. Goal (DESIGN.md): median F-measure ≥ 95% with ≤ 1% false \
+         Nested: each outer fold chooses its features (those nonzero in its training windows, \
+         or a list `vmwatch select` chose on other files) and its nu and gamma (an inner \
+         {0}-fold cross-validation of false positives inside its training windows) without \
+         seeing its held-out windows or any attack file, so the false positives reported were \
+         not minimised. nu and gamma come from a grid: the paper's grid (0.01..0.1 for both) or vmwatch's wide log grid. Goal (DESIGN.md): median F-measure ≥ 95% with ≤ 1% false \
          positives.\n",
         r.folds
     )?;
     writeln!(
         s,
         "Each cell: median F-measure / false positives on held-out normal windows \
-         (nu, gamma). **Bold**: meets the goal. Columns: the paper's grid and vmwatch's wide \
+         (nu, gamma: the range the outer folds chose). **Bold**: meets the goal. Columns: the paper's grid and vmwatch's wide \
          log grid, each with raw verdicts and with {SMOOTH} smoothing.\n"
     )?;
     write!(s, "| feature set | features |")?;
@@ -467,7 +477,8 @@ fn render(r: &Render) -> Result<String> {
                         } else {
                             write!(s, " {cell}")?;
                         }
-                        write!(s, " ({}, {}) |", sig(v.nu), sig(v.gamma))?;
+                        let ((nu_lo, nu_hi), (g_lo, g_hi)) = v.chosen_ranges();
+                        write!(s, " ({}, {}) |", span(nu_lo, nu_hi), span(g_lo, g_hi))?;
                     }
                     None => write!(s, " — |")?,
                 }

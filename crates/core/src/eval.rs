@@ -5,16 +5,19 @@
 //! learning curve (false positives vs training windows, Fig. 3) and the
 //! re-learning experiment (section 5.2).
 
-use ndarray::{s, ArrayView2};
-
 use std::fmt::Write as _;
+use std::ops::Range;
+
+use ndarray::{s, ArrayView2, Axis};
 
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::Table;
 use crate::error::{Error, Result};
 use crate::model::{Model, Smoothing, TrainingSummary};
-use crate::train::{check_folds, choose_params, fold_ranges, without, FeatureChoice, SvmParams};
+use crate::train::{
+    check_folds, choose_params, fold_ranges, without, Chosen, FeatureChoice, SvmParams,
+};
 
 /// Confusion counts (averaged over folds, so fractional).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -71,41 +74,139 @@ fn flagged(model: &Model, x: ArrayView2<f64>, smooth: Smoothing) -> usize {
     smooth.apply(&raw).into_iter().filter(|f| *f).count()
 }
 
-/// One scenario under the paper's protocol. Verdicts are smoothed (K of
-/// the last N windows) within each held-out fold, a contiguous stretch of
-/// time like the windows a monitor sees.
+/// Which columns a model may learn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Columns {
+    /// Every column given (a list chosen elsewhere, e.g. by `select`).
+    All,
+    /// Those nonzero in some training window.
+    Nonzero,
+}
+
+impl Columns {
+    /// The columns of `train` a model learns from; none is an error.
+    pub fn of(self, train: ArrayView2<f64>) -> Result<Vec<usize>> {
+        let cols: Vec<usize> = (0..train.ncols())
+            .filter(|&j| self == Columns::All || train.column(j).iter().any(|&v| v != 0.0))
+            .collect();
+        if cols.is_empty() {
+            return Err(Error::Invalid(
+                "every feature is zero in the training windows: nothing to learn from".into(),
+            ));
+        }
+        Ok(cols)
+    }
+}
+
+/// One outer fold of the nested protocol: its held-out normal windows,
+/// and what was chosen from the other windows alone (columns, nu and
+/// gamma by an inner cross-validation) and fitted on them.
+#[derive(Debug, Clone)]
+pub struct Fold {
+    pub test: Range<usize>,
+    pub columns: Vec<usize>,
+    pub chosen: Chosen,
+    pub model: Model,
+}
+
+impl Fold {
+    /// Trains one outer fold on `train`'s rows (`test`: the rows held out
+    /// of the normal windows, for the record).
+    fn train(
+        train: ArrayView2<f64>,
+        test: Range<usize>,
+        columns: Columns,
+        folds: usize,
+        params: SvmParams,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<Fold> {
+        let cols = columns.of(train)?;
+        let x = train.select(Axis(1), &cols);
+        let chosen = choose_params(x.view(), folds, params, progress)?;
+        let model = fit(x.view(), chosen.nu, chosen.gamma)?;
+        Ok(Fold {
+            test,
+            columns: cols,
+            chosen,
+            model,
+        })
+    }
+
+    /// Windows of `x` (all columns) this fold's model flags.
+    fn flagged(&self, x: ArrayView2<f64>, smooth: Smoothing) -> usize {
+        flagged(&self.model, x.select(Axis(1), &self.columns).view(), smooth)
+    }
+
+    /// What the fold chose, for reports.
+    pub fn choice(&self) -> FoldChoice {
+        FoldChoice {
+            features: self.columns.len(),
+            nu: self.chosen.nu,
+            gamma: self.chosen.gamma,
+            cv_fp_rate: self.chosen.fp_rate,
+        }
+    }
+}
+
+/// The outer folds of `normal`: for each, columns and parameters are
+/// chosen from its training windows only (the grid search cross-validates
+/// inside them, `folds` inner folds), so its held-out windows never
+/// influence the model that is tested on them. `progress` hears each fold.
+pub fn nested_folds(
+    normal: ArrayView2<f64>,
+    folds: usize,
+    columns: Columns,
+    params: SvmParams,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Fold>> {
+    check_folds(normal.nrows(), folds)?;
+    if normal.nrows() < folds * 2 {
+        return Err(Error::Invalid(format!(
+            "{} normal windows are too few for {folds} folds",
+            normal.nrows()
+        )));
+    }
+    fold_ranges(normal.nrows(), folds)
+        .into_iter()
+        .enumerate()
+        .map(|(i, test)| {
+            progress(i);
+            let train = without(normal, &test);
+            Fold::train(train.view(), test, columns, folds, params, &|| {})
+        })
+        .collect()
+}
+
+/// One scenario under the paper's protocol, nested: per outer fold, the
+/// fold's model is tested on its held-out normal windows and on the
+/// matching fold of `anomaly`. Verdicts are smoothed (K of the last N
+/// windows) within each held-out fold, a contiguous stretch of time like
+/// the windows a monitor sees.
 pub fn evaluate(
     normal: ArrayView2<f64>,
     anomaly: ArrayView2<f64>,
-    folds: usize,
-    nu: f64,
-    gamma: f64,
+    folds: &[Fold],
     smooth: Smoothing,
 ) -> Result<Confusion> {
-    check_folds(normal.nrows(), folds)?;
-    if normal.nrows() < folds * 2 || anomaly.nrows() < folds {
+    let k = folds.len();
+    if anomaly.nrows() < k {
         return Err(Error::Invalid(format!(
-            "{} normal and {} anomalous windows are too few for {folds} folds",
-            normal.nrows(),
+            "{} anomalous windows are too few for {k} folds",
             anomaly.nrows()
         )));
     }
     let mut sum = Confusion::default();
-    for (n_test, a_test) in fold_ranges(normal.nrows(), folds)
-        .into_iter()
-        .zip(fold_ranges(anomaly.nrows(), folds))
-    {
-        let model = fit(without(normal, &n_test).view(), nu, gamma)?;
-        let held = normal.slice(s![n_test, ..]);
+    for (fold, a_test) in folds.iter().zip(fold_ranges(anomaly.nrows(), k)) {
+        let held = normal.slice(s![fold.test.clone(), ..]);
         let attacks = anomaly.slice(s![a_test, ..]);
-        let fp = flagged(&model, held, smooth) as f64;
-        let tp = flagged(&model, attacks, smooth) as f64;
+        let fp = fold.flagged(held, smooth) as f64;
+        let tp = fold.flagged(attacks, smooth) as f64;
         sum.fp += fp;
         sum.tn += held.nrows() as f64 - fp;
         sum.tp += tp;
         sum.fn_ += attacks.nrows() as f64 - tp;
     }
-    let k = folds as f64;
+    let k = k as f64;
     Ok(Confusion {
         tp: sum.tp / k,
         fp: sum.fp / k,
@@ -115,29 +216,31 @@ pub fn evaluate(
 }
 
 /// Mean false-positive rate on held-out folds when training on the first
-/// `size` windows of the other folds, for each size (Fig. 3).
+/// `size` windows of the other folds, for each size (Fig. 3), with each
+/// fold's columns and parameters.
 pub fn learning_curve(
     normal: ArrayView2<f64>,
-    folds: usize,
-    nu: f64,
-    gamma: f64,
+    folds: &[Fold],
     sizes: &[usize],
 ) -> Result<Vec<(usize, f64)>> {
-    check_folds(normal.nrows(), folds)?;
     let mut out = Vec::new();
     for &size in sizes {
         let mut rate = 0.0;
-        let ranges = fold_ranges(normal.nrows(), folds);
-        for test in &ranges {
-            let train = without(normal, test);
+        for fold in folds {
+            let train = without(normal, &fold.test).select(Axis(1), &fold.columns);
             if size > train.nrows() {
                 return Ok(out);
             }
-            let model = fit(train.slice(s![..size, ..]), nu, gamma)?;
-            let held = normal.slice(s![test.clone(), ..]);
-            rate += outside(&model, held) as f64 / held.nrows().max(1) as f64;
+            let model = fit(
+                train.slice(s![..size, ..]),
+                fold.chosen.nu,
+                fold.chosen.gamma,
+            )?;
+            let held = normal.slice(s![fold.test.clone(), ..]);
+            let held = held.select(Axis(1), &fold.columns);
+            rate += outside(&model, held.view()) as f64 / held.nrows().max(1) as f64;
         }
-        out.push((size, rate / folds as f64));
+        out.push((size, rate / folds.len().max(1) as f64));
     }
     Ok(out)
 }
@@ -145,26 +248,32 @@ pub fn learning_curve(
 /// Re-learning (section 5.2): the false-positive rate on a new normal
 /// (`peak`) of a model trained on `normal` only, then of models trained on
 /// `normal` plus the other folds of `peak` (tested on the held-out fold).
+/// Columns come from each training set; nu and gamma are given (chosen on
+/// `normal`).
 pub fn relearn(
     normal: ArrayView2<f64>,
     peak: ArrayView2<f64>,
     folds: usize,
+    columns: Columns,
     nu: f64,
     gamma: f64,
 ) -> Result<(f64, f64)> {
     check_folds(peak.nrows(), folds)?;
-    let before = fit(normal, nu, gamma)?;
-    let before_rate = outside(&before, peak) as f64 / peak.nrows().max(1) as f64;
+    let rate = |train: ArrayView2<f64>, test: ArrayView2<f64>| -> Result<f64> {
+        let cols = columns.of(train)?;
+        let model = fit(train.select(Axis(1), &cols).view(), nu, gamma)?;
+        let flagged = outside(&model, test.select(Axis(1), &cols).view());
+        Ok(flagged as f64 / test.nrows().max(1) as f64)
+    };
+    let before = rate(normal, peak)?;
     let mut after = 0.0;
     for test in fold_ranges(peak.nrows(), folds) {
         let extra = without(peak, &test);
-        let train = ndarray::concatenate(ndarray::Axis(0), &[normal.view(), extra.view()])
+        let train = ndarray::concatenate(Axis(0), &[normal.view(), extra.view()])
             .map_err(|e| Error::Invalid(format!("joining training sets: {e}")))?;
-        let model = fit(train.view(), nu, gamma)?;
-        let held = peak.slice(s![test, ..]);
-        after += outside(&model, held) as f64 / held.nrows().max(1) as f64;
+        after += rate(train.view(), peak.slice(s![test, ..]))?;
     }
-    Ok((before_rate, after / folds as f64))
+    Ok((before, after / folds as f64))
 }
 
 /// How `vmwatch eval` runs.
@@ -199,17 +308,34 @@ pub struct RelearnReport {
     pub fp_rate_after: f64,
 }
 
+/// What one outer fold chose from its own training windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FoldChoice {
+    pub features: usize,
+    pub nu: f64,
+    pub gamma: f64,
+    /// The inner cross-validation's false-positive rate of the chosen
+    /// point (grid search only).
+    pub cv_fp_rate: Option<f64>,
+}
+
 /// What `vmwatch eval` found (its `--json`, read by `cargo xtask eval`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub normal: String,
     pub normal_windows: usize,
+    /// Features, nu and gamma chosen on all normal windows (what `vmwatch
+    /// train` would choose on the file; the re-learning experiment's).
     pub features: usize,
     pub nu: f64,
     pub gamma: f64,
     /// How nu and gamma were chosen (`fixed`, or the grid and its CV rate).
     pub parameters: String,
     pub folds: usize,
+    /// What each outer fold chose from its training windows (the models
+    /// the scenarios and the learning curve are measured with).
+    #[serde(default)]
+    pub fold_choices: Vec<FoldChoice>,
     pub smoothing: String,
     pub scenarios: Vec<ScenarioReport>,
     pub median_f_measure: f64,
@@ -224,8 +350,10 @@ pub struct Report {
 const CURVE_SIZES: [usize; 7] = [10, 20, 50, 100, 200, 400, 800];
 
 /// The paper's evaluation of `normal` against each named anomaly table
-/// (and, with `relearn`, the re-learning experiment on a second normal).
-/// Features come from all the tables given; `progress` hears each step.
+/// (and, with `relearn`, the re-learning experiment on a second normal),
+/// nested: features and parameters are chosen inside each outer fold from
+/// its training windows, never from the windows it is tested on nor from
+/// the anomaly tables. `progress` hears each step.
 pub fn run(
     normal: (&str, &Table),
     anomalies: &[(String, Table)],
@@ -234,30 +362,37 @@ pub fn run(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Report> {
     let (normal_name, normal) = normal;
-    let tables: Vec<&Table> = std::iter::once(normal)
-        .chain(anomalies.iter().map(|(_, t)| t))
-        .chain(relearn_with.map(|(_, t)| t))
-        .collect();
-    let features = config.features.resolve(&tables)?;
+    // Candidates from the normal windows alone; each fold narrows them to
+    // its training windows' nonzero columns.
+    let (features, columns) = match &config.features {
+        FeatureChoice::List(_) => (config.features.resolve(&[normal])?, Columns::All),
+        FeatureChoice::Nonzero(_) => (config.features.resolve(&[normal])?, Columns::Nonzero),
+    };
     let x_normal = normal.project(&features);
     let folds = config.folds;
-    if let SvmParams::Search(grid) = config.params {
-        progress(&format!(
-            "searching nu and gamma ({} grid, {folds} folds)…",
+    let searching = match config.params {
+        SvmParams::Search(grid) => format!(
+            ", searching nu and gamma ({} grid, {folds} inner folds)",
             grid.name()
-        ));
-    }
-    let chosen = choose_params(x_normal.view(), folds, config.params, &|| {})?;
-    let (nu, gamma) = (chosen.nu, chosen.gamma);
+        ),
+        SvmParams::Fixed { .. } => String::new(),
+    };
+    let outer = nested_folds(x_normal.view(), folds, columns, config.params, &mut |i| {
+        progress(&format!("outer fold {}/{folds}{searching}…", i + 1))
+    })?;
+    progress(&format!(
+        "all {} normal windows{searching}…",
+        x_normal.nrows()
+    ));
+    let all = Fold::train(x_normal.view(), 0..0, columns, folds, config.params, &|| {})?;
+    let (nu, gamma) = (all.chosen.nu, all.chosen.gamma);
     let mut scenarios = Vec::new();
     for (name, table) in anomalies {
         progress(&format!("evaluating {name}…"));
         let c = evaluate(
             x_normal.view(),
             table.project(&features).view(),
-            folds,
-            nu,
-            gamma,
+            &outer,
             config.smoothing,
         )?;
         scenarios.push(ScenarioReport {
@@ -277,13 +412,20 @@ pub fn run(
         .into_iter()
         .filter(|&n| n <= x_normal.nrows() * (folds - 1) / folds)
         .collect();
-    let curve = learning_curve(x_normal.view(), folds, nu, gamma, &sizes)?;
+    let curve = learning_curve(x_normal.view(), &outer, &sizes)?;
     let relearned = match relearn_with {
         Some((file, peak)) => {
+            // The new normal may fire what the old never did: candidates
+            // from both, columns from each training set.
+            let both = match &config.features {
+                FeatureChoice::List(_) => features.clone(),
+                FeatureChoice::Nonzero(_) => config.features.resolve(&[normal, peak])?,
+            };
             let (before, after) = relearn(
-                x_normal.view(),
-                peak.project(&features).view(),
+                normal.project(&both).view(),
+                peak.project(&both).view(),
                 folds,
+                columns,
                 nu,
                 gamma,
             )?;
@@ -299,11 +441,12 @@ pub fn run(
     Ok(Report {
         normal: normal_name.to_string(),
         normal_windows: normal.len(),
-        features: features.len(),
+        features: all.columns.len(),
         nu,
         gamma,
-        parameters: chosen.describe(),
+        parameters: all.chosen.describe(),
         folds,
+        fold_choices: outer.iter().map(Fold::choice).collect(),
         smoothing: config.smoothing.to_string(),
         median_f_measure: of(|s| s.f_measure),
         median_sensitivity: of(|s| s.sensitivity),
@@ -315,6 +458,19 @@ pub fn run(
 }
 
 impl Report {
+    /// The smallest and largest (nu, gamma) the outer folds chose.
+    pub fn chosen_ranges(&self) -> ((f64, f64), (f64, f64)) {
+        let span = |f: fn(&FoldChoice) -> f64| {
+            self.fold_choices
+                .iter()
+                .map(f)
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                    (lo.min(v), hi.max(v))
+                })
+        };
+        (span(|c| c.nu), span(|c| c.gamma))
+    }
+
     /// The report as `vmwatch eval` prints it (markdown).
     pub fn markdown(&self) -> String {
         let mut out = String::new();
@@ -322,16 +478,33 @@ impl Report {
         // Writing to a String cannot fail.
         let _ = writeln!(
             w,
-            "Normal: `{}` ({} windows); {} features; nu = {}, gamma = {} ({}); {} folds; \
-             smoothing {}.\n",
-            self.normal,
-            self.normal_windows,
-            self.features,
-            self.nu,
-            self.gamma,
-            self.parameters,
-            self.folds,
-            self.smoothing
+            "Normal: `{}` ({} windows); {} folds, nested: each outer fold chose its features \
+             and parameters from its own training windows; smoothing {}.\n",
+            self.normal, self.normal_windows, self.folds, self.smoothing
+        );
+        let _ = writeln!(
+            w,
+            "| outer fold | features | nu | gamma | inner CV false positives |"
+        );
+        let _ = writeln!(w, "|---:|---:|---:|---:|---:|");
+        for (i, c) in self.fold_choices.iter().enumerate() {
+            let cv = c
+                .cv_fp_rate
+                .map_or("—".to_string(), |r| format!("{:.2}%", r * 100.0));
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {cv} |",
+                i + 1,
+                c.features,
+                c.nu,
+                c.gamma
+            );
+        }
+        let _ = writeln!(
+            w,
+            "\nOn all normal windows (what `vmwatch train` would choose; the re-learning \
+             experiment's): {} features, nu = {}, gamma = {} ({}).\n",
+            self.features, self.nu, self.gamma, self.parameters
         );
         let _ = writeln!(
             w,
@@ -430,36 +603,77 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 
+    fn fixed(normal: ArrayView2<f64>, folds: usize) -> Vec<Fold> {
+        let params = SvmParams::Fixed {
+            nu: 0.05,
+            gamma: 0.5,
+        };
+        nested_folds(normal, folds, Columns::All, params, &mut |_| {}).unwrap()
+    }
+
     #[test]
     fn separable_scenario_scores_high_and_same_scenario_low() {
         let normal = cloud(100, 0.0);
+        let folds = fixed(normal.view(), 5);
         let far = cloud(50, 5000.0);
         let raw = Smoothing::default();
-        let c = evaluate(normal.view(), far.view(), 5, 0.05, 0.5, raw).unwrap();
+        let c = evaluate(normal.view(), far.view(), &folds, raw).unwrap();
         assert_eq!(c.tp, 10.0);
         assert_eq!(c.sensitivity(), 1.0);
         assert!(c.f_measure() > 0.8, "{c:?}");
-        let same = evaluate(normal.view(), cloud(50, 0.0).view(), 5, 0.05, 0.5, raw).unwrap();
+        let same = evaluate(normal.view(), cloud(50, 0.0).view(), &folds, raw).unwrap();
         assert!(same.sensitivity() < 0.3, "{same:?}");
         // 3 of 3 needs a run of three flagged windows: never more flags.
         let strict = Smoothing { k: 3, n: 3 };
-        let s = evaluate(normal.view(), cloud(50, 0.0).view(), 5, 0.05, 0.5, strict).unwrap();
+        let s = evaluate(normal.view(), cloud(50, 0.0).view(), &folds, strict).unwrap();
         assert!(s.fp <= same.fp && s.tp <= same.tp, "{s:?} vs {same:?}");
-        let f = evaluate(normal.view(), far.view(), 5, 0.05, 0.5, strict).unwrap();
+        let f = evaluate(normal.view(), far.view(), &folds, strict).unwrap();
         assert_eq!(
             f.tp, 8.0,
             "the first two windows of each fold wait for history"
         );
+        assert!(evaluate(normal.view(), cloud(3, 0.0).view(), &folds, raw).is_err());
+    }
+
+    #[test]
+    fn each_outer_fold_chooses_from_its_training_windows_only() {
+        // A third column fires only inside the first fold's held-out
+        // windows: that fold must not learn from it, the others do.
+        let base = cloud(40, 0.0);
+        let mut normal = Array2::zeros((40, 3));
+        normal.slice_mut(s![.., ..2]).assign(&base);
+        for i in 0..8 {
+            normal[[i, 2]] = 50.0 + f64::from(i as u32);
+        }
+        let grid = SvmParams::Search(crate::train::Grid::Wide);
+        let folds = nested_folds(normal.view(), 5, Columns::Nonzero, grid, &mut |_| {}).unwrap();
+        assert_eq!(folds[0].test, 0..8);
+        assert_eq!(folds[0].columns, [0, 1]);
+        for f in &folds[1..] {
+            assert_eq!(f.columns, [0, 1, 2]);
+        }
+        // Each fold's parameters are the search on its training windows
+        // alone, which the held-out fold changes.
+        for f in &folds {
+            let train = without(normal.view(), &f.test).select(Axis(1), &f.columns);
+            let alone = choose_params(train.view(), 5, grid, &|| {}).unwrap();
+            assert_eq!(f.chosen, alone);
+        }
+        let all = Columns::Nonzero.of(normal.view()).unwrap();
+        assert_eq!(all, [0, 1, 2]);
+        assert!(Columns::Nonzero.of(Array2::zeros((4, 2)).view()).is_err());
     }
 
     #[test]
     fn relearning_absorbs_a_new_normal() {
         let normal = cloud(100, 0.0);
         let peak = cloud(50, 400.0);
-        let (before, after) = relearn(normal.view(), peak.view(), 5, 0.05, 0.5).unwrap();
+        let (before, after) =
+            relearn(normal.view(), peak.view(), 5, Columns::All, 0.05, 0.5).unwrap();
         assert!(before > 0.9, "{before}");
         assert!(after < before, "{after} vs {before}");
-        let curve = learning_curve(normal.view(), 5, 0.05, 0.5, &[10, 40, 80, 1000]).unwrap();
+        let folds = fixed(normal.view(), 5);
+        let curve = learning_curve(normal.view(), &folds, &[10, 40, 80, 1000]).unwrap();
         assert_eq!(curve.len(), 3, "sizes beyond the data are skipped");
     }
 }
