@@ -440,3 +440,165 @@ fn the_governor_moves_probes_their_semaphore_does_not_gate_onto_links_of_their_o
         );
     }
 }
+
+/// At production scale: every probe of three real QEMUs governed at once,
+/// one of them restarted under its name while recording. Once measured,
+/// each VM's trapped hits stay within its budget, the restarted VM is
+/// picked up, the estimates agree with exact counting, and no semaphore
+/// is left raised.
+#[test]
+fn every_probe_of_several_qemus_is_governed_within_each_budget_as_vms_come_and_go() {
+    let bin = skip_without_bpf_and_qemu!();
+    // It checks at the end that no semaphore is raised.
+    let _serial = common::hold(&SERIAL);
+    const HIT_COST_NS: f64 = 300.0;
+    let dir = tempfile::tempdir().unwrap();
+    let tag = std::process::id();
+    let names: Vec<String> = (0..3).map(|i| format!("vmwatch-many-{tag}-{i}")).collect();
+    let mut vms: Vec<Qemu> = names
+        .iter()
+        .map(|n| Qemu::start_idle(&bin, n, dir.path()))
+        .collect();
+    let share = |ds: &Dataset, rows: &[&Vec<String>]| {
+        let hits: f64 = rows.iter().map(|r| ds.trapped(r)).sum();
+        let secs: f64 = rows.iter().map(|r| ds.window(r).1 as f64 / 1000.0).sum();
+        hits * HIT_COST_NS * 1e-9 / secs
+    };
+    let rate = |ds: &Dataset, rows: &[&Vec<String>]| {
+        let hits: f64 = rows.iter().map(|r| ds.hits_of(r)).sum();
+        let secs: f64 = rows.iter().map(|r| ds.window(r).1 as f64 / 1000.0).sum();
+        hits / secs
+    };
+
+    // What every probe of one idle QEMU costs exactly; half of it is the
+    // budget, so that every VM's hot probes must be thinned.
+    let exact = dir.path().join("exact.csv");
+    recorder(
+        &[vms[0].pid()],
+        "--interval 1s --windows 5 --budget none --hit-cost 300",
+        &exact,
+    )
+    .succeeds();
+    let ex = Dataset::read(&exact);
+    let ex_rows: Vec<&Vec<String>> = ex.rows_of(vms[0].pid()).skip(1).collect();
+    let budget = share(&ex, &ex_rows) / 2.0;
+    let exact_rate = rate(&ex, &ex_rows);
+    assert!(budget > 0.0, "the idle QEMU fired no probe");
+
+    let out = dir.path().join("governed.csv");
+    let mut cmd = run("record --interval 1s --windows 20 --hit-cost 300")
+        .args(&format!("--budget {:.5}", budget * 100.0));
+    for n in &names {
+        cmd = cmd.args(&format!("--vm {n}"));
+    }
+    let mut child = cmd.out(&out).spawn();
+    common::wait_for_file(&out, std::time::Duration::from_secs(60), &mut child);
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    // One VM goes; it comes back under its name (a new process, which
+    // boots while watched).
+    let gone = vms.remove(1);
+    let gone_pid = gone.pid();
+    drop(gone);
+    let back = Qemu::start_idle(&bin, &names[1], dir.path());
+    let settled_ms = now_ms();
+    vms.insert(1, back);
+    let log = finish(child);
+    let ds = Dataset::read(&out);
+
+    assert!(
+        ds.rows_of(gone_pid).count() >= 3,
+        "the VM that went was not recorded before it went"
+    );
+    let back_rows: Vec<&Vec<String>> = ds
+        .rows_of(vms[1].pid())
+        .filter(|r| ds.window(r).0 >= settled_ms + 2000)
+        .collect();
+    assert!(
+        back_rows.len() >= 3,
+        "the VM that came back was not picked up: {} rows of PID {} after it settled\n{log}",
+        back_rows.len(),
+        vms[1].pid()
+    );
+    // Within budget once measured: each window (a 50% margin for a timer
+    // burst inside one), and on average (15%). The hits of links being
+    // switched are paid for but not in the rows; the summary counts them.
+    let mut checked = vec![(gone_pid, ds.rows_of(gone_pid).skip(2).collect::<Vec<_>>())];
+    for (i, q) in vms.iter().enumerate() {
+        let rows: Vec<&Vec<String>> = if i == 1 {
+            back_rows.clone()
+        } else {
+            ds.rows_of(q.pid()).skip(2).collect()
+        };
+        checked.push((q.pid(), rows));
+    }
+    for (pid, rows) in &checked {
+        for r in rows {
+            let s = share(&ds, &[r]);
+            assert!(
+                s <= 1.5 * budget,
+                "PID {pid} window {}: {:.4}% of a CPU, budget {:.4}%",
+                r[3],
+                s * 100.0,
+                budget * 100.0
+            );
+        }
+        let s = share(&ds, rows);
+        eprintln!(
+            "PID {pid}: {:.4}% of a CPU over {} windows, budget {:.4}%",
+            s * 100.0,
+            rows.len(),
+            budget * 100.0
+        );
+        assert!(
+            s <= 1.15 * budget,
+            "PID {pid}: {:.4}% on average, budget {:.4}%",
+            s * 100.0,
+            budget * 100.0
+        );
+        assert!(
+            rows.iter().any(|r| !ds.sampled(r).is_empty()),
+            "PID {pid}: nothing estimated"
+        );
+    }
+    // The estimates: the first VM's rate of all its probes' hits agrees
+    // with the exact run's.
+    let got = rate(&ds, &checked[1].1);
+    eprintln!("all probes: {got:.0} hits/s governed, {exact_rate:.0}/s exact");
+    assert!(
+        (got - exact_rate).abs() <= 0.3 * exact_rate,
+        "all probes: {got:.0} hits/s governed, {exact_rate:.0}/s exact"
+    );
+    for q in &vms {
+        assert!(
+            log.contains(&format!("(PID {}): its probe hits cost", q.pid())),
+            "no cost summary for PID {}: {log}",
+            q.pid()
+        );
+    }
+    // Nothing left raised in the QEMUs still running.
+    use vmwatch::discover::stapsdt::UsdtBinary;
+    let usdt = UsdtBinary::read(&bin).unwrap();
+    for q in &vms {
+        let id = vmwatch::discover::procs::Process::from_pid(q.pid())
+            .unwrap()
+            .binary_id;
+        let raised: Vec<&str> = usdt
+            .provider_sites("qemu")
+            .filter_map(|s| Some((s, s.semaphore_offset?)))
+            .filter(|(_, off)| vmwatch::attach::semaphores::value(q.pid(), id, *off).unwrap() > 0)
+            .map(|(s, _)| s.name.as_str())
+            .collect();
+        assert!(
+            raised.is_empty(),
+            "PID {}: left raised: {raised:?}",
+            q.pid()
+        );
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

@@ -911,9 +911,32 @@ impl Dataset {
     /// All of `pid`'s counts, every feature and window (estimates of the
     /// cost governor included).
     pub fn hits(&self, pid: u32) -> u64 {
-        self.rows_of(pid)
-            .flat_map(|r| r[self.first_feature..].iter())
-            .map(|v| v.parse::<u64>().unwrap())
+        self.rows_of(pid).map(|r| self.hits_of(r) as u64).sum()
+    }
+
+    /// All of `row`'s counts (estimates included).
+    pub fn hits_of(&self, row: &[String]) -> f64 {
+        row[self.first_feature..]
+            .iter()
+            .map(|v| v.parse::<f64>().unwrap())
+            .sum()
+    }
+
+    /// The hits `row` trapped: each count, times its sampling fraction
+    /// where the governor estimated it (an estimate is counted / fraction).
+    pub fn trapped(&self, row: &[String]) -> f64 {
+        let fractions: HashMap<&str, f64> = self
+            .sampled(row)
+            .split(';')
+            .filter_map(|s| {
+                let (f, v) = s.split_once('=')?;
+                Some((f, v.parse().unwrap()))
+            })
+            .collect();
+        self.features()
+            .iter()
+            .zip(&row[self.first_feature..])
+            .map(|(f, v)| v.parse::<f64>().unwrap() * fractions.get(f.as_str()).unwrap_or(&1.0))
             .sum()
     }
 
