@@ -561,3 +561,99 @@ fn a_vm_back_on_a_qemu_without_its_models_features_learns_anew() {
     );
     agent.stop();
 }
+
+/// The agent on every probe of a real QEMU, under a budget that forces the
+/// cost governor to thin its hot probes: the VM learns and monitors, and
+/// what its probes trap, as Prometheus would see it (the hits counter's
+/// rate), stays within the budget; nothing is left raised.
+#[test]
+fn the_agent_learns_every_probe_of_a_real_qemu_within_its_budget() {
+    let test = "the_agent_learns_every_probe_of_a_real_qemu_within_its_budget";
+    let Some(bin) = requires_root_and_qemu(test) else {
+        return;
+    };
+    const HIT_COST_NS: f64 = 300.0;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let name = format!("vmwatch-agent-{}-every", std::process::id());
+    let q = vm(&bin, d, &name, 14);
+    use vmwatch::discover::stapsdt::UsdtBinary;
+    let usdt = UsdtBinary::read(&bin).unwrap();
+    let mut probes: Vec<&str> = usdt
+        .provider_sites("qemu")
+        .map(|s| s.name.as_str())
+        .collect();
+    probes.sort_unstable();
+    probes.dedup();
+    let list: String = probes.iter().map(|p| format!("qemu:{p}\n")).collect();
+
+    // What every probe of the idle VM traps exactly; the budget is half.
+    let exact = d.join("exact.csv");
+    run("record --interval 1s --windows 5 --budget none")
+        .pid(q.pid())
+        .out(&exact)
+        .succeeds();
+    let ds = common::Dataset::read(&exact);
+    let rows: Vec<&Vec<String>> = ds.rows_of(q.pid()).skip(1).collect();
+    let hits: f64 = rows.iter().map(|r| ds.hits_of(r)).sum();
+    let secs: f64 = rows.iter().map(|r| ds.window(r).1 as f64 / 1000.0).sum();
+    let budget = hits / secs * HIT_COST_NS * 1e-9 / 2.0;
+    assert!(budget > 0.0, "the idle QEMU fired no probe");
+
+    let metrics = free_loopback_port();
+    let agent = Agent::start_with_features(
+        d,
+        &metrics,
+        &name,
+        &list,
+        &format!(
+            "budget = {:.5}\nhit_cost_ns = {HIT_COST_NS}",
+            budget * 100.0
+        ),
+    );
+    agent.wait_for(&name, "monitoring");
+    let trapped = || {
+        let text = http_get(&metrics, "/metrics").unwrap();
+        let n = metric(
+            &text,
+            &format!(r#"vmwatch_vm_probe_hits_total{{vm="{name}"}} "#),
+        )
+        .unwrap_or_else(|| panic!("no hits counter: {text}"));
+        (std::time::Instant::now(), n)
+    };
+    let (t0, h0) = trapped();
+    std::thread::sleep(Duration::from_secs(8));
+    let (t1, h1) = trapped();
+    let share = (h1 - h0) / (t1 - t0).as_secs_f64() * HIT_COST_NS * 1e-9;
+    eprintln!(
+        "{:.4}% of a CPU trapped, budget {:.4}%, exact {:.4}%",
+        share * 100.0,
+        budget * 100.0,
+        budget * 200.0
+    );
+    assert!(h1 > h0, "nothing trapped");
+    assert!(
+        share <= 1.15 * budget,
+        "{:.4}% of a CPU trapped, budget {:.4}%\n{}",
+        share * 100.0,
+        budget * 100.0,
+        log(d)
+    );
+    assert!(
+        // Found now, or remembered from an earlier run on this build.
+        log(d).contains("onto links") || log(d).contains("go on links"),
+        "no hot probe moved onto links: {}",
+        log(d)
+    );
+    assert_eq!(agent.status()[&name]["state"], "monitoring");
+    agent.stop();
+    let id = vmwatch::discover::procs::Process::from_pid(q.pid())
+        .unwrap()
+        .binary_id;
+    let raised = usdt
+        .provider_sites("qemu")
+        .filter_map(|s| s.semaphore_offset)
+        .filter(|off| vmwatch::attach::semaphores::value(q.pid(), id, *off).unwrap() > 0)
+        .count();
+    assert_eq!(raised, 0, "semaphores left raised");
+}

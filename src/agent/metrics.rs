@@ -100,7 +100,7 @@ impl Metrics {
         );
         let vm_probe_hits = counter_vec(
             "vmwatch_vm_probe_hits_total",
-            "USDT probe hits counted.",
+            "USDT probe hits trapped (what they cost; duty-cycled probes' estimates are not hits).",
             &["vm"],
         );
         let vm_probe_cost = float_vec(
