@@ -70,6 +70,10 @@ pub enum Part {
     /// stress-mem, synflood-target and web-peak (not in the default run:
     /// `--only governor`; about 30 minutes).
     Governor,
+    /// Detection (`vmwatch eval`, nested) with and without the governor on
+    /// the same windows: web and the eight attacks, each under `--budget 1`
+    /// beside an exact reference (`--only detection`; about 20 minutes).
+    Detection,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -233,7 +237,9 @@ fn overhead(o: Opts) -> Result<()> {
     };
     // The governor part writes its own report (GOVERNOR.md): the overhead
     // report and its machine.txt describe the other parts' runs.
-    let overhead_parts = parts.iter().any(|p| *p != Part::Governor);
+    let overhead_parts = parts
+        .iter()
+        .any(|p| !matches!(p, Part::Governor | Part::Detection));
     if overhead_parts {
         report::write_machine(&out_dir, &qemu.dir, &sel, site_kind, &run, &parts)?;
     }
@@ -253,6 +259,10 @@ fn overhead(o: Opts) -> Result<()> {
             Part::Governor => {
                 note("the cost governor, side by side with exact counting");
                 governor::run(&run, &setup, &out_dir)?;
+            }
+            Part::Detection => {
+                note("detection with and without the governor, on the same windows");
+                governor::detection(&run, &setup, &out_dir)?;
             }
             Part::Scaling => {
                 note("part 3/3: collector cost as VMs are added (Fig. 5)");

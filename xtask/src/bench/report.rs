@@ -49,6 +49,7 @@ fn part_name(p: Part) -> &'static str {
         Part::Scaling => "scaling",
         Part::Events => "events",
         Part::Governor => "governor",
+        Part::Detection => "detection",
     }
 }
 
