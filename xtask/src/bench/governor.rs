@@ -262,6 +262,7 @@ pub fn detection(opts: &Opts, setup: &Setup, out_dir: &Path) -> Result<()> {
     let cfg = CONFIGS[CONFIGS.len() - 1];
     let mut pairs: Vec<(String, Table, Table)> = Vec::new();
     let mut errors = Vec::new();
+    let mut costs = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let windows = if i == 0 {
             normal_windows
@@ -287,6 +288,12 @@ pub fn detection(opts: &Opts, setup: &Setup, out_dir: &Path) -> Result<()> {
         })?;
         session.hold(WARM_UP)?;
         let pid = session.pids()[0];
+        // Beside the reference, which holds every semaphore, the governor
+        // cannot find which probes their semaphores do not gate: a short
+        // run alone finds them (remembered per build) unless earlier runs
+        // did, so that the governed run thins them as it would alone.
+        let alone = CONFIGS[2];
+        measure(setup, &mut session, pid, name, alone, DETECTION_REP, 3)?;
         let m = measure(setup, &mut session, pid, name, cfg, DETECTION_REP, windows)?;
         drop(session);
         errors.extend(m.ref_estimated.iter().copied());
@@ -307,6 +314,7 @@ pub fn detection(opts: &Opts, setup: &Setup, out_dir: &Path) -> Result<()> {
             m.cost * 100.0
         ));
         pairs.push((name.to_string(), g, e));
+        costs.push(m.cost);
     }
     let mut reports: Vec<(&str, &str, Report)> = Vec::new();
     for smooth in ["1/1", "2/3"] {
@@ -364,12 +372,19 @@ pub fn detection(opts: &Opts, setup: &Setup, out_dir: &Path) -> Result<()> {
          too: what differs is the duty-cycling of the probes no semaphore gates (QEMU's hot \
          ones). `vmwatch eval`'s nested protocol on each: every QEMU probe nonzero in the \
          training windows, wide grid, 5 folds. Estimated counts against the reference over \
-         these runs: median error {:.1}% ({} counts of >= {COMPARED_COUNT:.0} hits).\n\n",
+         these runs: median error {:.1}% ({} counts of >= {COMPARED_COUNT:.0} hits); what \
+         the governed vmwatch trapped cost {} of a CPU ({}).\n\n",
         util::utc_now(),
         normal_windows,
         attack_windows,
         median(errors.clone()) * 100.0,
-        errors.len()
+        errors.len(),
+        costs
+            .iter()
+            .map(|c| format!("{:.2}%", c * 100.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+        names.join(", ")
     );
     for smooth in ["1/1", "2/3"] {
         let get = |w: &str| {
