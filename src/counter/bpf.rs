@@ -228,6 +228,14 @@ impl<'obj> Collector<'obj> {
         self.detach_unused(binary_id);
     }
 
+    /// The first few of these feature columns' names, for a log line.
+    fn first_names(&self, cols: impl Iterator<Item = usize>) -> String {
+        let names: Vec<String> = cols
+            .filter_map(|c| self.columns.names().get(c).cloned())
+            .collect();
+        vmwatch_core::error::first_few(&names, 5)
+    }
+
     /// Detaches a binary no watched process runs any more.
     fn detach_unused(&mut self, binary_id: (u64, u64)) {
         if self.processes().any(|p| p.binary_id == binary_id) {
@@ -371,40 +379,20 @@ impl<'obj> Collector<'obj> {
             {
                 govern::ungated::remember(att.build_id.as_deref(), &all);
             }
-            let names: Vec<&str> = cols
-                .iter()
-                .take(5)
-                .filter_map(|&c| self.columns.names().get(c).map(String::as_str))
-                .collect();
             tracing::info!(
-                "PID {pid}: {} probe(s) ({}{}) fired while their semaphore was down (this QEMU \
+                "PID {pid}: {} probe(s) ({}) fired while their semaphore was down (this QEMU \
                  does not check it before their sites): they are counted exactly, and moved onto \
                  links of their own once they are worth thinning",
                 cols.len(),
-                names.join(", "),
-                if cols.len() > names.len() {
-                    ", ..."
-                } else {
-                    ""
-                }
+                self.first_names(cols.iter().copied())
             );
         }
         for (pid, cols) in found.shared {
-            let names: Vec<&str> = cols
-                .iter()
-                .take(5)
-                .filter_map(|&c| self.columns.names().get(c).map(String::as_str))
-                .collect();
             tracing::info!(
-                "PID {pid}: another tracer holds the semaphore of {} probe(s) ({}{}); \
+                "PID {pid}: another tracer holds the semaphore of {} probe(s) ({}); \
                  they are counted exactly, not duty-cycled",
                 cols.len(),
-                names.join(", "),
-                if cols.len() > names.len() {
-                    ", ..."
-                } else {
-                    ""
-                }
+                self.first_names(cols.iter().copied())
             );
         }
         Ok(())
@@ -469,17 +457,11 @@ impl Collector<'_> {
             let moved: Vec<u32> = cols.iter().copied().collect();
             match self.split_binary(binary_id, cols) {
                 Ok(n) => {
-                    let names: Vec<&str> = moved
-                        .iter()
-                        .take(5)
-                        .filter_map(|&c| self.columns.names().get(c as usize).map(String::as_str))
-                        .collect();
                     tracing::info!(
-                        "moved {} hot probe(s) ({}{}), which no semaphore gates, onto links of each \
+                        "moved {} hot probe(s) ({}), which no semaphore gates, onto links of each \
                          of {n} watched process(es) to duty-cycle them, in {:?}",
                         moved.len(),
-                        names.join(", "),
-                        if moved.len() > names.len() { ", ..." } else { "" },
+                        self.first_names(moved.iter().map(|&c| c as usize)),
                         t.elapsed()
                     );
                 }

@@ -48,13 +48,17 @@ impl Drainer {
         self.prev[slot] = None;
     }
 
-    /// Counts since the previous drain of every open slot, by slot.
-    pub fn drain(&mut self) -> Result<Vec<(usize, Vec<u64>)>> {
-        let used = self
-            .prev
+    /// Slots up to the last open one: what one batched read covers.
+    fn used(&self) -> usize {
+        self.prev
             .iter()
             .rposition(Option::is_some)
-            .map_or(0, |i| i + 1);
+            .map_or(0, |i| i + 1)
+    }
+
+    /// Counts since the previous drain of every open slot, by slot.
+    pub fn drain(&mut self) -> Result<Vec<(usize, Vec<u64>)>> {
+        let used = self.used();
         if used == 0 {
             return Ok(Vec::new());
         }
@@ -78,11 +82,7 @@ impl Drainer {
     /// Every open slot's cumulative counts as they are now (the cost
     /// governor measures its phases by them); the next drain is unchanged.
     pub fn peek(&mut self) -> Result<Vec<(usize, Vec<u64>)>> {
-        let used = self
-            .prev
-            .iter()
-            .rposition(Option::is_some)
-            .map_or(0, |i| i + 1);
+        let used = self.used();
         if used == 0 {
             return Ok(Vec::new());
         }
