@@ -6,21 +6,14 @@
 #[macro_use]
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::{Dataset, Fixture, Recording};
+use common::{now_ms, Dataset, Fixture, Recording};
 use vmwatch_core::govern::Trapped;
 
 /// The fixture's sites are 1-byte nops; the tests charge a fixed cost, so
 /// what the budget allows does not depend on this machine's calibration.
 const HIT_COST_NS: f64 = 700.0;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// `feature`'s sampling fraction in `row`, if it was estimated.
 fn fraction(ds: &Dataset, row: &[String], feature: &str) -> Option<f64> {

@@ -504,7 +504,7 @@ fn every_probe_of_several_qemus_is_governed_within_each_budget_as_vms_come_and_g
     let gone_pid = gone.pid();
     drop(gone);
     let back = Qemu::start_idle(&bin, &names[1], dir.path());
-    let settled_ms = now_ms();
+    let settled_ms = common::now_ms();
     vms.insert(1, back);
     let log = finish(child);
     let ds = Dataset::read(&out);
@@ -598,11 +598,4 @@ fn every_probe_of_several_qemus_is_governed_within_each_budget_as_vms_come_and_g
             q.pid()
         );
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }

@@ -961,6 +961,14 @@ impl Dataset {
     }
 }
 
+/// Now, in milliseconds since the Unix epoch (the rows' `start_unix_ms`).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 /// The body of `GET http://ADDR/PATH` (HTTP/1.0, no crate needed), or why not.
 pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
     use std::io::Read;

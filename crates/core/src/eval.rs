@@ -364,9 +364,10 @@ pub fn run(
     let (normal_name, normal) = normal;
     // Candidates from the normal windows alone; each fold narrows them to
     // its training windows' nonzero columns.
-    let (features, columns) = match &config.features {
-        FeatureChoice::List(_) => (config.features.resolve(&[normal])?, Columns::All),
-        FeatureChoice::Nonzero(_) => (config.features.resolve(&[normal])?, Columns::Nonzero),
+    let features = config.features.resolve(&[normal])?;
+    let columns = match &config.features {
+        FeatureChoice::List(_) => Columns::All,
+        FeatureChoice::Nonzero(_) => Columns::Nonzero,
     };
     let x_normal = normal.project(&features);
     let folds = config.folds;

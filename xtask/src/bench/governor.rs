@@ -167,20 +167,7 @@ pub fn run(opts: &Opts, setup: &Setup, out_dir: &Path) -> Result<()> {
             SCENARIOS.len(),
             CONFIGS.len()
         ));
-        let mut session = Session::start(&SessionOpts {
-            scenario: s,
-            vms: 1,
-            seed: 1,
-            qemu: qemu::Variant::default(),
-            accel: Accel::Tcg,
-            memory_mib: 512,
-            boot_timeout: Duration::from_secs(180),
-            duration: Duration::from_secs(24 * 3600),
-            kernel_args: Vec::new(),
-            network: true,
-        })?;
-        session.hold(WARM_UP)?;
-        let pid = session.pids()[0];
+        let (mut session, pid) = lab_vm(s, 1)?;
         for rep in 0..reps {
             for cfg in CONFIGS {
                 vm::check_interrupted()?;
@@ -274,20 +261,7 @@ pub fn detection(opts: &Opts, setup: &Setup, out_dir: &Path) -> Result<()> {
             i + 1,
             names.len()
         ));
-        let mut session = Session::start(&SessionOpts {
-            scenario: scenario::find(name)?,
-            vms: 1,
-            seed: 1 + 1000 * i as u64,
-            qemu: qemu::Variant::default(),
-            accel: Accel::Tcg,
-            memory_mib: 512,
-            boot_timeout: Duration::from_secs(180),
-            duration: Duration::from_secs(24 * 3600),
-            kernel_args: Vec::new(),
-            network: true,
-        })?;
-        session.hold(WARM_UP)?;
-        let pid = session.pids()[0];
+        let (mut session, pid) = lab_vm(scenario::find(name)?, 1 + 1000 * i as u64)?;
         // Beside the reference, which holds every semaphore, the governor
         // cannot find which probes their semaphores do not gate: a short
         // run alone finds them (remembered per build) unless earlier runs
@@ -318,16 +292,11 @@ pub fn detection(opts: &Opts, setup: &Setup, out_dir: &Path) -> Result<()> {
     }
     let mut reports: Vec<(&str, &str, Report)> = Vec::new();
     for smooth in ["1/1", "2/3"] {
-        for (which, pick) in [("exact", 2usize), ("governed", 1)] {
-            let of = |p: &(String, Table, Table)| -> Table {
-                if pick == 1 {
-                    p.1.clone()
-                } else {
-                    p.2.clone()
-                }
-            };
+        for (which, governed) in [("exact", false), ("governed", true)] {
+            let side =
+                |p: &(String, Table, Table)| if governed { p.1.clone() } else { p.2.clone() };
             let anomalies: Vec<(String, Table)> =
-                pairs[1..].iter().map(|p| (p.0.clone(), of(p))).collect();
+                pairs[1..].iter().map(|p| (p.0.clone(), side(p))).collect();
             let config = EvalConfig {
                 features: FeatureChoice::Nonzero(vec![Source::Qemu]),
                 params: SvmParams::Search(Grid::Wide),
@@ -336,7 +305,7 @@ pub fn detection(opts: &Opts, setup: &Setup, out_dir: &Path) -> Result<()> {
             };
             note(format!("  eval: {which}, smoothing {smooth}"));
             let r = eval::run(
-                ("web", &of(&pairs[0])),
+                ("web", &side(&pairs[0])),
                 &anomalies,
                 None,
                 &config,
@@ -427,6 +396,25 @@ pub fn detection(opts: &Opts, setup: &Setup, out_dir: &Path) -> Result<()> {
         .with_context(|| format!("could not write {}", out_dir.join("DETECTION.md").display()))?;
     println!("{md}");
     Ok(())
+}
+
+/// One TCG lab VM running scenario `s`, warmed up: its session and PID.
+fn lab_vm(s: &'static scenario::Scenario, seed: u64) -> Result<(Session, u32)> {
+    let mut session = Session::start(&SessionOpts {
+        scenario: s,
+        vms: 1,
+        seed,
+        qemu: qemu::Variant::default(),
+        accel: Accel::Tcg,
+        memory_mib: 512,
+        boot_timeout: Duration::from_secs(180),
+        duration: Duration::from_secs(24 * 3600),
+        kernel_args: Vec::new(),
+        network: true,
+    })?;
+    session.hold(WARM_UP)?;
+    let pid = session.pids()[0];
+    Ok((session, pid))
 }
 
 fn measure(
