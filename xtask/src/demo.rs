@@ -203,6 +203,7 @@ pub fn run(a: &Args) -> Result<()> {
         duration: record::WARM_UP + train_time + monitor_time + Duration::from_secs(900),
         kernel_args: Vec::new(),
         network: true,
+        phased: false,
     })?;
     let pid = session.pids()[0];
     let name = session.vms_mut()[0].name().to_string();

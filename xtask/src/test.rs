@@ -199,12 +199,12 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
 /// The lab smoke test (docs/LAB.md): builds the lab guest if absent, boots one
 /// VM on the lab network, records 3 windows of `idle` with vmwatch (release
 /// build) and checks that the rows belong to that VM's QEMU pid and that
-/// probes were counted.
+/// probes were counted; then a phased recording with windows of both phases.
 fn lab_smoke() -> Result<()> {
     if !util::is_root()? {
         note("lab smoke test SKIPPED: it needs root (network namespace, BPF); CI runs as root");
         return Ok(());
     }
-    note("lab smoke test: 3 windows of `idle` on one VM (about a minute)");
+    note("lab smoke test: 3 windows of `idle`, then 16 phased windows of `synflood-source`, on one VM (about two minutes)");
     crate::lab::record::smoke(None)
 }

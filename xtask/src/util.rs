@@ -433,6 +433,13 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         .with_context(|| format!("could not rename {} to {}", tmp.display(), path.display()))
 }
 
+/// Milliseconds since the Unix epoch (the clock of vmwatch's rows).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn utc_now() -> String {
     let secs = SystemTime::now()

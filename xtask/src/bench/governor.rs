@@ -411,6 +411,7 @@ fn lab_vm(s: &'static scenario::Scenario, seed: u64) -> Result<(Session, u32)> {
         duration: Duration::from_secs(24 * 3600),
         kernel_args: Vec::new(),
         network: true,
+        phased: false,
     })?;
     session.hold(WARM_UP)?;
     let pid = session.pids()[0];

@@ -146,6 +146,7 @@ pub fn run(o: &Opts, setup: &Setup, out_csv: &Path) -> Result<Vec<Row>> {
             format!("vmwatch.bench_db={db_tx}"),
         ],
         network: false,
+        phased: false,
     })?;
     let pid = session.pids()[0];
     super::check_lttng_registered(setup, pid)?;

@@ -137,6 +137,7 @@ pub fn run_vms(o: &Opts, setup: &Setup, csv: &Path, rows: &mut Vec<Row>) -> Resu
             duration: Duration::from_secs(24 * 3600),
             kernel_args: vec![],
             network: false,
+            phased: false,
         })?;
         let pids = session.pids();
         super::check_lttng_registered(setup, pids[0])?;

@@ -28,6 +28,7 @@ mod kmod;
 mod ldd;
 pub mod load;
 pub mod net;
+pub mod phases;
 mod recipe;
 pub mod record;
 pub mod scenario;
@@ -187,6 +188,14 @@ pub struct RunArgs {
     /// Use this vmwatch binary instead of building target/release/vmwatch.
     #[arg(long)]
     vmwatch: Option<PathBuf>,
+    /// Phased recording: one boot alternates normal phases (the `web` load)
+    /// and anomalous ones (the scenario on top) of about NORMAL and ANOMALY
+    /// seconds (each drawn from the seed within ±50%), and each window is
+    /// labelled `web`, SCENARIO, or `switch` (docs/LAB.md). Not for normal
+    /// scenarios.
+    #[arg(long, value_name = "NORMAL,ANOMALY",
+          value_parser = |s: &str| phases::Phases::parse(s).map_err(|e| format!("{e:#}")))]
+    phases: Option<phases::Phases>,
 }
 
 impl RunArgs {
@@ -198,6 +207,7 @@ impl RunArgs {
             vms: self.vms,
             qemu: self.qemu,
             budget: self.budget,
+            phases: self.phases,
             accel: accel::resolve(self.accel)?,
             memory_mib: self.memory,
             vmwatch: self.vmwatch,
@@ -473,6 +483,7 @@ fn boot(a: &BootArgs) -> Result<()> {
         duration: Duration::from_secs(a.seconds + 5),
         kernel_args: a.kernel_args.clone(),
         network: a.network,
+        phased: false,
     })?;
     println!(
         "VM `lab-{}` ready: QEMU pid {}, boot-to-ready {:.1}s ({}{})",
@@ -497,7 +508,7 @@ fn boot(a: &BootArgs) -> Result<()> {
     }
     result?;
     // On an error above, dropping the session stops everything.
-    session.finish()
+    session.finish().map(drop)
 }
 
 #[cfg(test)]

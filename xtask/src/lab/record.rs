@@ -14,7 +14,8 @@ use vmwatch_core::window::parse_interval;
 
 use super::load::{self, LoadGen};
 use super::net::{self, Net};
-use super::scenario::{self, Scenario};
+use super::phases::{self, Phases, Switch};
+use super::scenario::{self, Group, Scenario};
 use super::tools::{Repeater, TargetServer, TempDir};
 use super::vm::{self, Accel, Vm};
 use super::{lab_root, recipe, Guest};
@@ -25,6 +26,8 @@ use crate::util::{self, note};
 pub const SOURCES: &str = "qemu,syscalls,kvm";
 /// Seconds the client load and attacks run before recording starts.
 pub const WARM_UP: Duration = Duration::from_secs(4);
+/// How long a phased guest may take to switch its side of a scenario.
+const PHASE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to run a session.
 #[derive(Debug, Clone)]
@@ -42,6 +45,9 @@ pub struct SessionOpts {
     pub kernel_args: Vec<String>,
     /// No network at all (`lab boot --no-net`): scenarios that need it fail.
     pub network: bool,
+    /// Phased ([`phases`]): the `web` load all along, the scenario's own
+    /// parts only once [`Session::set_phase`] switches them on.
+    pub phased: bool,
 }
 
 /// A running lab. Fields drop in declaration order: client load and tools
@@ -65,6 +71,15 @@ impl Session {
     pub fn start(o: &SessionOpts) -> Result<Session> {
         vm::install_signal_handlers();
         let s = o.scenario;
+        if o.phased && s.group == Group::Normal {
+            bail!(
+                "scenario {} is normal behaviour: it has no anomalous phase to switch on",
+                s.name
+            );
+        }
+        if o.phased && !o.network {
+            bail!("a phased recording needs the lab network (its normal phases run the web load)");
+        }
         if !o.network
             && (s.load.is_some()
                 || s.host_target
@@ -136,7 +151,12 @@ impl Session {
                     .map(|_| format!("{}/{}", net::vm_ip(i), net::PREFIX)),
                 gateway: session.net.as_ref().map(|_| net::HOST_IP.to_string()),
                 run_parent: runs.clone(),
-                extra_append: o.kernel_args.clone(),
+                extra_append: o
+                    .kernel_args
+                    .iter()
+                    .cloned()
+                    .chain(o.phased.then(|| "vmwatch.phased=1".to_string()))
+                    .collect(),
             };
             note(format!(
                 "booting VM `{}` ({}, {} MiB, scenario {}{})",
@@ -170,7 +190,13 @@ impl Session {
                     took.as_secs_f64()
                 ));
             }
-            if let Some(profile) = s.load {
+            // Phased: every boot's normal phases run the same load.
+            let load = if o.phased {
+                Some(load::Profile::Web)
+            } else {
+                s.load
+            };
+            if let Some(profile) = load {
                 for i in 0..o.vms {
                     let seed = o.seed.wrapping_add(i as u64);
                     session.loads.push(LoadGen::start(
@@ -183,10 +209,33 @@ impl Session {
                 }
             }
         }
-        if !s.host_tool.is_empty() {
+        if !s.host_tool.is_empty() && !o.phased {
             session.start_host_tool(s, o.duration)?;
         }
         Ok(session)
+    }
+
+    /// Switches the anomalous phase of phased scenario `s` on (its
+    /// host-side tool started for at most `duration`, its guest side
+    /// started in every VM) or off (both stopped); returns when every VM
+    /// has done so.
+    pub fn set_phase(&mut self, s: &Scenario, on: bool, duration: Duration) -> Result<Switch> {
+        let asked_ms = util::unix_ms();
+        if on {
+            if !s.host_tool.is_empty() {
+                self.start_host_tool(s, duration)?;
+            }
+        } else {
+            self.stop_host_tools();
+        }
+        for vm in &mut self.vms {
+            vm.phase(on, PHASE_TIMEOUT)?;
+        }
+        Ok(Switch {
+            on,
+            asked_ms,
+            done_ms: util::unix_ms(),
+        })
     }
 
     /// Starts the host-side tool of scenario `s` (e.g. an attack) against every
@@ -263,14 +312,17 @@ impl Session {
         }
     }
 
-    /// Stops everything in order; reports the client load.
-    pub fn finish(mut self) -> Result<()> {
+    /// Stops everything in order; reports the client load and returns its
+    /// summary per VM.
+    pub fn finish(mut self) -> Result<Vec<load::Summary>> {
+        let mut loads = Vec::new();
         for l in self.loads.drain(..) {
             let (summary, err) = l.stop();
             note(format!("web load: {summary}"));
             if let Some(e) = err {
                 note(format!("web load error: {e}"));
             }
+            loads.push(summary);
         }
         for (what, runs) in self.stop_host_tools() {
             note(format!("host tool `{what}`: started {runs} time(s)"));
@@ -280,7 +332,7 @@ impl Session {
             let status = vm.shutdown()?;
             note(format!("QEMU (pid {pid}) stopped ({status})"));
         }
-        Ok(())
+        Ok(loads)
     }
 }
 
@@ -303,6 +355,8 @@ pub struct RunOpts {
     pub qemu: qemu::Variant,
     /// vmwatch's `--budget`, as given.
     pub budget: String,
+    /// Phased recordings ([`phases`]); `None`: the scenario all along.
+    pub phases: Option<Phases>,
     pub accel: Accel,
     pub memory_mib: u32,
     /// The vmwatch binary; `None`: build it (`cargo build --release -p vmwatch`).
@@ -329,6 +383,11 @@ pub struct Recorded {
     /// Mean per window of the sum of all `qemu:*` columns.
     pub qemu_hits_per_window: f64,
     pub features: usize,
+    /// Phased: the switches as they happened, and the windows per label.
+    pub switches: Vec<Switch>,
+    pub labels: Vec<(String, usize)>,
+    /// The client load's summary per VM (none without a load).
+    pub loads: Vec<load::Summary>,
 }
 
 /// Builds (or takes) the vmwatch binary.
@@ -402,6 +461,50 @@ pub fn stop_vmwatch(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Follows the switches of `plan` (offsets from now) while vmwatch records,
+/// until vmwatch exits or `limit` has passed; returns them as they happened.
+/// On an error, vmwatch is stopped.
+fn run_phases(
+    session: &mut Session,
+    child: &mut Child,
+    s: &Scenario,
+    plan: &[(Duration, bool)],
+    limit: Duration,
+) -> Result<Vec<Switch>> {
+    let start = Instant::now();
+    let mut done = Vec::with_capacity(plan.len());
+    for &(at, on) in plan {
+        loop {
+            let problem = if vm::interrupted() {
+                Some("interrupted".to_string())
+            } else {
+                session.check().err().map(|e| format!("{e:#}"))
+            };
+            if let Some(p) = problem {
+                stop_vmwatch(child);
+                bail!("{p}");
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                return Ok(done);
+            }
+            let left = (start + at).saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+        let rest = limit.saturating_sub(start.elapsed()) + Duration::from_secs(30);
+        match session.set_phase(s, on, rest) {
+            Ok(sw) => done.push(sw),
+            Err(e) => {
+                stop_vmwatch(child);
+                return Err(e);
+            }
+        }
+    }
+    Ok(done)
+}
+
 /// `lab record`: one scenario, `windows` windows, checked output.
 pub fn record(o: &RecordOpts) -> Result<Recorded> {
     let run = &o.run;
@@ -427,6 +530,7 @@ pub fn record(o: &RecordOpts) -> Result<Recorded> {
         duration: WARM_UP + record_time + Duration::from_secs(120),
         kernel_args: Vec::new(),
         network: true,
+        phased: run.phases.is_some(),
     })?;
     let pids = session.pids();
     let boot_seconds = session.boot_seconds.clone();
@@ -449,6 +553,22 @@ pub fn record(o: &RecordOpts) -> Result<Recorded> {
         .stdout(std::io::stderr());
     note(format!("$ {}", util::display(&cmd)));
     let mut child = cmd.spawn().context("could not start vmwatch")?;
+    let switches = match &run.phases {
+        Some(p) => {
+            let plan = p.switches(record_time, o.seed);
+            note(format!(
+                "phases: {} switches of {} over {}s (normal about {}s, anomalous about {}s)",
+                plan.len(),
+                o.scenario.name,
+                record_time.as_secs(),
+                p.normal.as_secs(),
+                p.anomaly.as_secs()
+            ));
+            run_phases(&mut session, &mut child, o.scenario, &plan, record_time)
+                .with_context(|| format!("recording {} failed", o.scenario.name))?
+        }
+        None => Vec::new(),
+    };
     let status = wait_vmwatch(
         &mut session,
         &mut child,
@@ -458,8 +578,25 @@ pub fn record(o: &RecordOpts) -> Result<Recorded> {
     if !status.success() {
         bail!("vmwatch record failed ({status})");
     }
-    session.finish()?;
-    let mut rec = check_dataset(&o.output, &pids, o.scenario.name, run.windows as usize)?;
+    let loads = session.finish()?;
+    let labels = if run.phases.is_some() {
+        let settle = interval.as_millis() as u64;
+        let labels = phases::relabel(&o.output, &switches, settle, o.scenario.name)?;
+        let said: Vec<String> = labels.iter().map(|(l, n)| format!("{n} {l}")).collect();
+        note(format!("windows by phase: {}", said.join(", ")));
+        labels
+    } else {
+        Vec::new()
+    };
+    let allowed: Vec<&str> = if run.phases.is_some() {
+        vec![phases::NORMAL_LABEL, o.scenario.name, phases::SWITCH_LABEL]
+    } else {
+        vec![o.scenario.name]
+    };
+    let mut rec = check_dataset(&o.output, &pids, &allowed, run.windows as usize)?;
+    rec.switches = switches;
+    rec.labels = labels;
+    rec.loads = loads;
     rec.seconds = started.elapsed().as_secs_f64();
     rec.boot_seconds = boot_seconds;
     note(format!(
@@ -474,9 +611,14 @@ pub fn record(o: &RecordOpts) -> Result<Recorded> {
 }
 
 /// Checks a recording: `windows` rows per VM, every row from one of `pids`,
-/// labelled `label`, with QEMU probes counted in every row. The file is read
+/// labelled one of `labels`, with QEMU probes counted in every row. The file is read
 /// as vmwatch reads datasets (quoted fields, gzip, leading columns checked).
-pub fn check_dataset(path: &Path, pids: &[u32], label: &str, windows: usize) -> Result<Recorded> {
+pub fn check_dataset(
+    path: &Path,
+    pids: &[u32],
+    labels: &[&str],
+    windows: usize,
+) -> Result<Recorded> {
     let table = Table::read(path)?;
     let qemu_cols: Vec<usize> = (0..table.features.len())
         .filter(|&j| table.features[j].starts_with(features::QEMU))
@@ -491,9 +633,9 @@ pub fn check_dataset(path: &Path, pids: &[u32], label: &str, windows: usize) -> 
                 key.pid
             );
         }
-        if key.label != label {
+        if !labels.contains(&key.label.as_str()) {
             bail!(
-                "{} row {}: label {:?}, expected {label:?}",
+                "{} row {}: label {:?}, expected one of {labels:?}",
                 path.display(),
                 n + 1,
                 key.label
@@ -525,6 +667,9 @@ pub fn check_dataset(path: &Path, pids: &[u32], label: &str, windows: usize) -> 
         boot_seconds: Vec::new(),
         qemu_hits_per_window: total / table.len().max(1) as f64,
         features: table.features.len(),
+        switches: Vec::new(),
+        labels: Vec::new(),
+        loads: Vec::new(),
     })
 }
 
@@ -569,6 +714,8 @@ pub fn record_all(o: &RecordAllOpts) -> Result<()> {
             scenario: s,
             run: RunOpts {
                 vmwatch: Some(vmwatch.clone()),
+                // Normal scenarios have no anomaly to switch: whole boots.
+                phases: o.run.phases.filter(|_| s.group != Group::Normal),
                 ..o.run.clone()
             },
             seed,
@@ -585,17 +732,18 @@ pub fn record_all(o: &RecordAllOpts) -> Result<()> {
     }
     eprintln!();
     eprintln!(
-        "{:<20} {:>6} {:>9} {:>14} {:>9}",
-        "scenario", "rows", "features", "qemu hits/win", "time"
+        "{:<20} {:>6} {:>9} {:>14} {:>17} {:>9}",
+        "scenario", "rows", "features", "qemu hits/win", "asked/served /s", "time"
     );
     for (s, _, _, r) in &results {
         match r {
             Ok(r) => eprintln!(
-                "{:<20} {:>6} {:>9} {:>14.0} {:>9}",
+                "{:<20} {:>6} {:>9} {:>14.0} {:>17} {:>9}",
                 s.name,
                 r.rows,
                 r.features,
                 r.qemu_hits_per_window,
+                served(&r.loads),
                 util::human_duration(Duration::from_secs_f64(r.seconds))
             ),
             Err(e) => eprintln!("{:<20} FAILED: {}", s.name, first_line(&format!("{e:#}"))),
@@ -631,6 +779,63 @@ fn sources_note(accel: Accel) -> &'static str {
         }
         Accel::Kvm => "KVM: kvm:* columns count the VM's KVM tracepoints and exit reasons",
     }
+}
+
+/// `asked/served` requests per second of the client load, `-` without one.
+fn served(loads: &[load::Summary]) -> String {
+    let secs = loads.iter().map(|l| l.seconds).fold(0.0, f64::max);
+    if loads.is_empty() || secs <= 0.0 {
+        return "-".into();
+    }
+    let asked: u64 = loads.iter().map(|l| l.sent + l.skipped).sum();
+    let ok: u64 = loads.iter().map(|l| l.ok).sum();
+    format!("{:.1}/{:.1}", asked as f64 / secs, ok as f64 / secs)
+}
+
+/// What the client load asked of the guest and what the guest served, per
+/// second (summed over the VMs); `null` without a load.
+fn load_json(loads: &[load::Summary]) -> String {
+    if loads.is_empty() {
+        return "null".into();
+    }
+    let secs = loads
+        .iter()
+        .map(|l| l.seconds)
+        .fold(0.0, f64::max)
+        .max(0.001);
+    let sum = |f: fn(&load::Summary) -> u64| loads.iter().map(f).sum::<u64>() as f64;
+    let done = sum(|l| l.ok + l.failed).max(1.0);
+    let latency: f64 = loads
+        .iter()
+        .map(|l| l.mean_latency_ms * (l.ok + l.failed) as f64)
+        .sum::<f64>()
+        / done;
+    format!(
+        "{{\"requested_per_s\": {:.2}, \"served_per_s\": {:.2}, \"failed\": {}, \"skipped\": {}, \"mean_latency_ms\": {:.0}}}",
+        sum(|l| l.sent + l.skipped) / secs,
+        sum(|l| l.ok) / secs,
+        sum(|l| l.failed),
+        sum(|l| l.skipped),
+        latency
+    )
+}
+
+/// `{"web": 40, "switch": 6}`: windows per label (empty for a whole boot).
+fn labels_json(labels: &[(String, usize)]) -> String {
+    let inner: Vec<String> = labels
+        .iter()
+        .map(|(l, n)| format!("{}: {n}", util::json_str(l)))
+        .collect();
+    format!("{{{}}}", inner.join(", "))
+}
+
+/// `[[true, asked_ms, done_ms], ...]`: the switches of a phased recording.
+fn switches_json(switches: &[Switch]) -> String {
+    let inner: Vec<String> = switches
+        .iter()
+        .map(|s| format!("[{}, {}, {}]", s.on, s.asked_ms, s.done_ms))
+        .collect();
+    format!("[{}]", inner.join(", "))
 }
 
 fn first_line(s: &str) -> &str {
@@ -678,7 +883,7 @@ fn manifest_json(
                 .unwrap_or_default();
             match r {
                 Ok(r) => format!(
-                    "    {{\"name\": {}, \"group\": {}, \"file\": {}, \"seed\": {seed}, \"rows\": {}, \"features\": {}, \"qemu_hits_per_window\": {:.1}, \"boot_seconds\": {:.1}, \"seconds\": {:.1}, \"host_tool\": {}, \"guest\": {}}}",
+                    "    {{\"name\": {}, \"group\": {}, \"file\": {}, \"seed\": {seed}, \"rows\": {}, \"features\": {}, \"qemu_hits_per_window\": {:.1}, \"boot_seconds\": {:.1}, \"seconds\": {:.1}, \"host_tool\": {}, \"guest\": {}, \"load\": {}, \"labels\": {}, \"switches\": {}}}",
                     j(s.name),
                     j(s.group.as_str()),
                     j(&file),
@@ -688,7 +893,10 @@ fn manifest_json(
                     r.boot_seconds.first().copied().unwrap_or(0.0),
                     r.seconds,
                     j(&s.host_tool.join(" ")),
-                    j(s.guest)
+                    j(s.guest),
+                    load_json(&r.loads),
+                    labels_json(&r.labels),
+                    switches_json(&r.switches)
                 ),
                 Err(e) => format!(
                     "    {{\"name\": {}, \"file\": null, \"seed\": {seed}, \"error\": {}}}",
@@ -699,7 +907,7 @@ fn manifest_json(
         })
         .collect();
     Ok(format!(
-        "{{\n  \"date\": {},\n  \"command\": {},\n  \"git\": {},\n  \"vmwatch_version\": {},\n  \"sources\": {},\n  \"sources_note\": {},\n  \"interval\": {},\n  \"budget\": {},\n  \"windows_per_scenario\": {},\n  \"vms\": {},\n  \"accelerator\": {},\n  \"guest_memory_mib\": {},\n  \"base_seed\": {},\n  \"load\": {{\"web_rate\": [{}, {}], \"web_segment_seconds\": {}, \"peak_rate\": {}}},\n  \"network\": {{\"subnet\": {}, \"host\": {}, \"first_vm\": {}}},\n  \"seconds\": {},\n  \"scenarios\": [\n{}\n  ],\n  \"qemu\": {},\n  \"guest\": {}\n}}\n",
+        "{{\n  \"date\": {},\n  \"command\": {},\n  \"git\": {},\n  \"vmwatch_version\": {},\n  \"sources\": {},\n  \"sources_note\": {},\n  \"interval\": {},\n  \"budget\": {},\n  \"windows_per_scenario\": {},\n  \"phases\": {},\n  \"vms\": {},\n  \"accelerator\": {},\n  \"guest_memory_mib\": {},\n  \"base_seed\": {},\n  \"load\": {{\"web_rate\": [{}, {}], \"web_segment_seconds\": {}, \"peak_rate\": {}}},\n  \"network\": {{\"subnet\": {}, \"host\": {}, \"first_vm\": {}}},\n  \"seconds\": {},\n  \"scenarios\": [\n{}\n  ],\n  \"qemu\": {},\n  \"guest\": {}\n}}\n",
         j(date),
         j(&command.join(" ")),
         j(&git),
@@ -709,6 +917,16 @@ fn manifest_json(
         j(&o.run.interval),
         j(&o.run.budget),
         o.run.windows,
+        match o.run.phases {
+            Some(p) => format!(
+                "{{\"normal_seconds\": {}, \"anomaly_seconds\": {}, \"spread\": 0.5, \"settle_windows\": 1, \"normal_label\": {}, \"switch_label\": {}}}",
+                p.normal.as_secs_f64(),
+                p.anomaly.as_secs_f64(),
+                j(phases::NORMAL_LABEL),
+                j(phases::SWITCH_LABEL)
+            ),
+            None => "null".to_string(),
+        },
         o.run.vms,
         j(o.run.accel.as_str()),
         o.run.memory_mib,
@@ -728,35 +946,77 @@ fn manifest_json(
 }
 
 /// The CI smoke test: builds what is missing, boots one VM, records 3 windows
-/// of `idle` and checks that the rows belong to its PID and counted probes.
+/// of `idle` and checks that the rows belong to its PID and counted probes;
+/// then a phased recording of `synflood-source` (the guest's flood switched
+/// on and off through the console) with windows of both phases.
 pub fn smoke(vmwatch: Option<&Path>) -> Result<()> {
     let dir = TempDir::create(
         std::env::temp_dir().join(format!("vmwatch-lab-smoke-{}", std::process::id())),
     )?;
-    let out = dir.0.join("idle.csv");
+    let run = RunOpts {
+        windows: 3,
+        interval: "2s".into(),
+        vms: 1,
+        qemu: qemu::Variant::default(),
+        budget: "none".into(),
+        phases: None,
+        accel: Accel::Tcg,
+        memory_mib: 512,
+        vmwatch: Some(vmwatch_binary(vmwatch)?),
+    };
     let rec = record(&RecordOpts {
         scenario: scenario::find("idle")?,
-        run: RunOpts {
-            windows: 3,
-            interval: "2s".into(),
-            vms: 1,
-            qemu: qemu::Variant::default(),
-            budget: "none".into(),
-            accel: Accel::Tcg,
-            memory_mib: 512,
-            vmwatch: vmwatch.map(Path::to_path_buf),
-        },
+        run: run.clone(),
         seed: 1,
-        output: out,
+        output: dir.0.join("idle.csv"),
         force: true,
     })?;
     note(format!(
-        "lab smoke test passed: {} rows of QEMU pid {:?}, {:.0} probe hits per window, {} features, {}",
+        "lab smoke test: {} rows of QEMU pid {:?}, {:.0} probe hits per window, {} features, {}",
         rec.rows,
         rec.pids,
         rec.qemu_hits_per_window,
         rec.features,
         util::human_duration(Duration::from_secs_f64(rec.seconds))
+    ));
+    let scenario = scenario::find("synflood-source")?;
+    let phased = record(&RecordOpts {
+        scenario,
+        run: RunOpts {
+            windows: 16,
+            phases: Some(Phases {
+                normal: Duration::from_secs(10),
+                anomaly: Duration::from_secs(12),
+            }),
+            ..run
+        },
+        seed: 1,
+        output: dir.0.join("phased.csv"),
+        force: true,
+    })?;
+    let windows = |l: &str| {
+        phased
+            .labels
+            .iter()
+            .find(|(k, _)| k == l)
+            .map_or(0, |(_, n)| *n)
+    };
+    if phased.switches.is_empty()
+        || windows(phases::NORMAL_LABEL) == 0
+        || windows(scenario.name) == 0
+    {
+        bail!(
+            "the phased recording has {} switch(es) and windows {:?}: expected both phases",
+            phased.switches.len(),
+            phased.labels
+        );
+    }
+    note(format!(
+        "lab smoke test passed: a phased recording of {} with {} switches, windows {:?}, {}",
+        scenario.name,
+        phased.switches.len(),
+        phased.labels,
+        util::human_duration(Duration::from_secs_f64(phased.seconds))
     ));
     Ok(())
 }
@@ -779,12 +1039,12 @@ mod tests {
             "good.csv",
             &format!("{head}v,10,idle,0,1,2000,5,1\nv,10,idle,1,2,2000,3,0\n"),
         );
-        let r = check_dataset(&good, &[10], "idle", 2).unwrap();
+        let r = check_dataset(&good, &[10], &["idle"], 2).unwrap();
         assert_eq!(r.rows, 2);
         assert_eq!(r.features, 2);
         assert_eq!(r.qemu_hits_per_window, 4.0);
         let e = |p: &Path, pids: &[u32], n| {
-            format!("{:#}", check_dataset(p, pids, "idle", n).unwrap_err())
+            format!("{:#}", check_dataset(p, pids, &["idle"], n).unwrap_err())
         };
         assert!(e(&good, &[11], 2).contains("not a VM of this run"));
         assert!(e(&good, &[10], 3).contains("expected 3"));
@@ -816,7 +1076,7 @@ mod tests {
         })
         .unwrap();
         w.finish().unwrap();
-        let r = check_dataset(&gz, &[10], "idle", 1).unwrap();
+        let r = check_dataset(&gz, &[10], &["idle"], 1).unwrap();
         assert_eq!((r.rows, r.features, r.qemu_hits_per_window), (1, 1, 7.0));
         for p in [good, zero, label, swapped, gz] {
             let _ = fs::remove_file(p);

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -163,6 +163,20 @@ struct Console {
     ready: Option<(Instant, String)>,
     error: Option<String>,
     eof: bool,
+    /// Phase commands the guest has carried out (`VMWATCH-PHASE on|off
+    /// done` lines), in order: whether each switched on.
+    phases: Vec<bool>,
+}
+
+/// The line a phased guest prints once it has carried out a phase command.
+fn phase_done(line: &str) -> Option<bool> {
+    if find_marker(line, "VMWATCH-PHASE on done").is_some() {
+        Some(true)
+    } else if find_marker(line, "VMWATCH-PHASE off done").is_some() {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// A running guest. Dropping it kills QEMU and removes the run directory.
@@ -170,6 +184,8 @@ pub struct Vm {
     name: String,
     scenario: String,
     child: Child,
+    /// The serial console's input (QEMU's stdin): phase commands.
+    stdin: Option<ChildStdin>,
     pid: u32,
     started: Instant,
     console: Arc<Mutex<Console>>,
@@ -208,7 +224,7 @@ impl Vm {
 
         let mut cmd = Command::new(&cfg.qemu);
         cmd.args(cfg.qemu_args(disk.as_deref()))
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let netns = match &cfg.netns {
@@ -229,6 +245,7 @@ impl Vm {
         drop(netns);
         let pid = child.id();
         let started = Instant::now();
+        let stdin = child.stdin.take();
 
         let console = Arc::new(Mutex::new(Console::default()));
         let stdout = child.stdout.take().context("QEMU has no stdout pipe")?;
@@ -255,6 +272,9 @@ impl Vm {
                         c.ready = Some((Instant::now(), found));
                     }
                 }
+                if let Some(on) = phase_done(&line) {
+                    c.phases.push(on);
+                }
                 if c.error.is_none() {
                     if let Some(at) = line.find(error_prefix) {
                         c.error = Some(line[at..].trim().to_string());
@@ -271,6 +291,7 @@ impl Vm {
             name: cfg.name.clone(),
             scenario: cfg.scenario.clone(),
             child,
+            stdin,
             pid,
             started,
             console,
@@ -328,6 +349,63 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Switches a phased guest's side of its scenario on or off (kernel
+    /// argument `vmwatch.phased=1`): sends the command on the serial console
+    /// and waits until the guest says it is done. Fails on a `VMWATCH-ERROR`
+    /// line, QEMU's exit, the timeout or Ctrl-C.
+    pub fn phase(&mut self, on: bool, timeout: Duration) -> Result<()> {
+        let before = self.lock_console().phases.len();
+        let word = if on { "on" } else { "off" };
+        let sent = self
+            .stdin
+            .as_mut()
+            .context("the console has no input")
+            .and_then(|w| {
+                w.write_all(format!("VMWATCH-PHASE {word}\n").as_bytes())
+                    .and_then(|()| w.flush())
+                    .context("could not write to the console")
+            });
+        if let Err(e) = sent {
+            return Err(self.failure(&format!("{e:#}")));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let c = self.lock_console();
+                if let Some(&done) = c.phases.get(before) {
+                    if done != on {
+                        drop(c);
+                        return Err(self.failure(&format!(
+                            "asked to switch {word}, the guest switched {}",
+                            if done { "on" } else { "off" }
+                        )));
+                    }
+                    return Ok(());
+                }
+                if let Some(err) = &c.error {
+                    let err = err.clone();
+                    drop(c);
+                    return Err(self.failure(&format!("the guest reported `{err}`")));
+                }
+            }
+            self.check_running()?;
+            if interrupted() {
+                return Err(self.failure("interrupted"));
+            }
+            if Instant::now() >= deadline {
+                return Err(self.failure(&format!(
+                    "the guest did not switch its scenario {word} within {}s",
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn lock_console(&self) -> std::sync::MutexGuard<'_, Console> {
+        self.console.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Keeps the VM running for `d`, failing early if QEMU exits or on Ctrl-C.
@@ -566,6 +644,15 @@ mod tests {
         );
         assert!(find_marker("VMWATCH-READY scenario=web-peak", m).is_none());
         assert!(find_marker("VMWATCH-READY scenario=we", m).is_none());
+    }
+
+    #[test]
+    fn phase_markers() {
+        assert_eq!(phase_done("VMWATCH-PHASE on done"), Some(true));
+        assert_eq!(phase_done("[ 3.1] VMWATCH-PHASE off done"), Some(false));
+        // The command itself, echoed, is not its completion.
+        assert_eq!(phase_done("VMWATCH-PHASE on"), None);
+        assert_eq!(phase_done("VMWATCH-PHASE on donewell"), None);
     }
 
     #[test]

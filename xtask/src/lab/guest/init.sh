@@ -9,11 +9,17 @@
 #   vmwatch.bench_gap=S     bench: seconds between rounds (the host switches monitors then)
 #   vmwatch.bench_cpu=N     bench: stress-ng prime operations of the CPU job
 #   vmwatch.bench_db=N      bench: SQLite transactions of the database job
+#   vmwatch.phased=1        the scenario's guest side waits for the host's phase commands
 #
 # Console protocol (serial console, one line each, read by the host's VM runner):
 #   VMWATCH-READY scenario=NAME          the scenario's guest side is running
 #   VMWATCH-ERROR scenario=NAME: WHY     it could not be started (the guest keeps running)
 #   VMWATCH-BENCH ...                    scenario bench: rounds and job times (see bench_loop)
+#   VMWATCH-PHASE on|off done            phased boot: the guest side was started or stopped
+#
+# Phased boots (vmwatch.phased=1) read commands from the console, one per line:
+#   VMWATCH-PHASE on    start the scenario's guest side (as an unphased boot does)
+#   VMWATCH-PHASE off   stop it: every process it started, with their children
 
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
@@ -87,17 +93,32 @@ until wget -q -O /dev/null http://127.0.0.1/ 2>/dev/null; do
     usleep 100000
 done
 
+# Sessions the scenario's guest side started (their leaders' PIDs): setsid in a
+# shell without job control does not fork, so $! leads the new session and its
+# process group, which `VMWATCH-PHASE off` signals as a whole.
+SCENARIO_GROUPS=""
+
 # Starts a command in the background, in its own session, detached from the
 # console's input, with its output on the console.
-start() { setsid "$@" </dev/null & }
+start() { setsid "$@" </dev/null & SCENARIO_GROUPS="$SCENARIO_GROUPS $!"; }
 
 # Like start, with the output discarded (attack tools are chatty, and every
 # console character is slow under TCG).
-quiet() { setsid "$@" </dev/null >/dev/null 2>&1 & }
+quiet() { setsid "$@" </dev/null >/dev/null 2>&1 & SCENARIO_GROUPS="$SCENARIO_GROUPS $!"; }
 
 # Runs a command again and again (each run ends by itself), output discarded.
 quiet_loop() {
     setsid sh -c 'while :; do "$@"; sleep 1; done' quiet_loop "$@" </dev/null >/dev/null 2>&1 &
+    SCENARIO_GROUPS="$SCENARIO_GROUPS $!"
+}
+
+# Stops what the scenario's guest side started: TERM to each process group,
+# KILL to what is left after a second.
+stop_groups() {
+    for g in $SCENARIO_GROUPS; do kill -TERM -- "-$g" 2>/dev/null; done
+    sleep 1
+    for g in $SCENARIO_GROUPS; do kill -KILL -- "-$g" 2>/dev/null; done
+    SCENARIO_GROUPS=""
 }
 
 # Monotonic guest time in ns: /proc/timer_list ("now at N nsecs"), else
@@ -154,6 +175,7 @@ ADMIN_USER=admin
 
 # Guest side of each scenario. Host-side parts (client load, attacks at the VM)
 # are started by `cargo xtask lab`; here is only what runs inside the guest.
+scenario_start() {
 case "$SCENARIO" in
     idle | web)
         # The web server only: `idle` has no client load, `web` gets it from the host.
@@ -212,6 +234,18 @@ case "$SCENARIO" in
         fail "unknown scenario"
         ;;
 esac
+}
+
+PHASED=$(param vmwatch.phased)
+if [ "$PHASED" = 1 ]; then
+    case "$SCENARIO" in
+        bench | bench-steady) fail "scenario $SCENARIO cannot be phased" ;;
+    esac
+    # Commands must not come back as console output.
+    stty -echo 2>/dev/null
+else
+    scenario_start
+fi
 
 echo "VMWATCH-READY scenario=$SCENARIO"
 
@@ -232,6 +266,25 @@ if [ "$(param vmwatch.debug)" = 1 ]; then
     done
     echo "--- debug: slowhttptest: $(slowhttptest -h 2>&1 | grep -m 1 version)"
     echo "--- debug: end"
+fi
+
+# Phased: the host switches the guest side on and off through the console
+# (init's stdin).
+if [ "$PHASED" = 1 ]; then
+    ON=0
+    while :; do
+        if ! read -r word arg; then
+            sleep 1
+            continue
+        fi
+        [ "$word" = VMWATCH-PHASE ] || continue
+        case "$arg" in
+            on) [ "$ON" = 1 ] || scenario_start; ON=1 ;;
+            off) stop_groups; ON=0 ;;
+            *) echo "VMWATCH-ERROR scenario=$SCENARIO: unknown phase command: $arg"; continue ;;
+        esac
+        echo "VMWATCH-PHASE $arg done"
+    done
 fi
 
 # PID 1 must not exit.
