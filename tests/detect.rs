@@ -151,3 +151,100 @@ fn eval_reports_the_papers_metrics() {
         "scenario named on the axis"
     );
 }
+
+/// A phased boot (as `cargo xtask lab record --phases` writes it): `rows`
+/// windows of `web`, of which `attack` (if any) are `scenario` windows with
+/// `tap_send` a hundred times busier, the one before them a `switch`.
+fn phased(
+    dir: &Path,
+    name: &str,
+    rows: usize,
+    attack: Option<(&'static str, std::ops::Range<usize>)>,
+) -> PathBuf {
+    let tap_send = around(200, 13, 29);
+    let a = attack.clone();
+    let label = move |w: usize| match &a {
+        Some((_, r)) if w + 1 == r.start => "switch".to_string(),
+        Some((s, r)) if r.contains(&w) => s.to_string(),
+        _ => "web".to_string(),
+    };
+    let hot = move |w: usize| match &attack {
+        Some((_, r)) if r.contains(&w) => 100,
+        _ => 1,
+    };
+    write_dataset(
+        &dir.join(name),
+        label,
+        rows,
+        &[
+            ("qemu:virtqueue_fill", &around(1000, 37, 101)),
+            ("qemu:tap_send", &|w| tap_send(w) * hot(w)),
+            ("sys:ppoll", &around(5000, 71, 307)),
+        ],
+    )
+}
+
+#[test]
+fn eval_by_boot_holds_each_boot_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let flood = phased(
+        dir.path(),
+        "flood.csv",
+        120,
+        Some(("synflood-target", 60..80)),
+    );
+    let scan = phased(
+        dir.path(),
+        "scan.csv",
+        120,
+        Some(("portscan-target", 30..50)),
+    );
+    let calm = phased(dir.path(), "calm.csv", 100, None);
+    let report = run("eval --nu 0.05 --gamma 0.1 --boot")
+        .arg(&flood)
+        .arg("--boot")
+        .arg(&scan)
+        .arg("--boot")
+        .arg(&calm)
+        .succeeds()
+        .stdout;
+    assert!(report.contains("By boot: 3 boots"), "{report}");
+    // Each boot's row: 99 normal windows, 20 anomalous (all caught), 1 switch.
+    let boot_row = |file: &Path| {
+        report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {} |", file.display())))
+            .unwrap_or_else(|| panic!("no row of {}: {report}", file.display()))
+            .to_string()
+    };
+    let row = boot_row(&flood);
+    assert!(
+        row.contains("| synflood-target | 99 |") && row.contains("| 20 | 20 | 1 |"),
+        "{row}"
+    );
+    assert!(boot_row(&calm).contains("| — | 100 |"), "{report}");
+    // The scenarios' rows: their own boot's windows, summed.
+    let scenario = report
+        .lines()
+        .find(|l| l.starts_with("| portscan-target | 20 |"))
+        .unwrap_or_else(|| panic!("no scenario row: {report}"));
+    assert!(scenario.contains("| 20.0 |"), "{scenario}");
+    assert!(report.contains("Median over 2 scenarios"), "{report}");
+
+    // One boot cannot be held out against the others; the two protocols
+    // do not mix.
+    run("eval --nu 0.05 --gamma 0.1 --boot")
+        .arg(&flood)
+        .fails_with("at least 2");
+    // (clap's usage error, not one of vmwatch's sentences.)
+    let both = run("eval --normal")
+        .arg(&calm)
+        .arg("--boot")
+        .arg(&flood)
+        .output();
+    assert!(
+        !both.status.success() && both.stderr.contains("cannot be used with"),
+        "{}",
+        both.stderr
+    );
+}

@@ -15,14 +15,37 @@ use vmwatch_core::model::Smoothing;
 /// the matching anomaly fold. Prints markdown tables: per-scenario
 /// TP/FP/TN/FN, sensitivity, precision, F-measure, their medians, the
 /// learning curve and (with --relearn) the re-learning experiment.
+///
+/// With --boot instead: phased recordings (`cargo xtask lab record
+/// --phases`), labelled per window; each boot (QEMU process) is held out in
+/// turn and scored by a model of the other boots' normal windows.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Windows of normal behaviour.
-    #[arg(long, value_name = "FILE")]
-    normal: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "boot",
+        conflicts_with = "boot"
+    )]
+    normal: Option<PathBuf>,
     /// Windows of one anomaly scenario per file (repeatable).
-    #[arg(long, required = true, value_name = "FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "boot",
+        conflicts_with = "boot"
+    )]
     anomaly: Vec<PathBuf>,
+    /// Evaluate by boot: files of phased recordings, whose windows are
+    /// labelled normal (--normal-label), an anomaly (its scenario), or
+    /// `switch` (not scored); every QEMU process in them is one boot
+    /// (repeatable).
+    #[arg(long, value_name = "FILE")]
+    boot: Vec<PathBuf>,
+    /// With --boot: the labels of normal windows (repeatable).
+    #[arg(long, value_name = "LABEL", default_value = "web", requires = "boot")]
+    normal_label: Vec<String>,
     #[command(flatten)]
     features: super::FeatureArgs,
     #[command(flatten)]
@@ -33,7 +56,7 @@ pub struct Args {
     smooth: Smoothing,
     /// A second normal (e.g. web-peak): report false positives before and
     /// after adding it to the training windows.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "boot")]
     relearn: Option<PathBuf>,
     /// Also draw the figures as SVG into DIR: learning-curve.svg (Fig. 3)
     /// and scenarios.svg (F-measure and sensitivity per scenario, Fig. 4).
@@ -46,30 +69,44 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let normal = Table::read(&args.normal)?;
-    let anomalies = args
-        .anomaly
-        .iter()
-        .map(|p| {
-            let t = Table::read(p)?;
-            Ok((t.scenario_name(p), t))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let peak = args.relearn.as_deref().map(Table::read).transpose()?;
-    let relearn_name = args.relearn.as_ref().map(|p| p.display().to_string());
     let config = EvalConfig {
         features: args.features.choice()?,
         params: args.svm.params(),
         folds: args.svm.folds,
         smoothing: args.smooth,
     };
-    let report = eval::run(
-        (&args.normal.display().to_string(), &normal),
-        &anomalies,
-        relearn_name.as_deref().zip(peak.as_ref()),
-        &config,
-        &mut |step| eprintln!("{step}"),
-    )?;
+    let report = match &args.normal {
+        None => {
+            let boots = args
+                .boot
+                .iter()
+                .map(|p| Ok((p.display().to_string(), Table::read(p)?)))
+                .collect::<Result<Vec<_>>>()?;
+            eval::boots::run(&boots, &args.normal_label, &config, &mut |step| {
+                eprintln!("{step}")
+            })?
+        }
+        Some(normal_path) => {
+            let normal = Table::read(normal_path)?;
+            let anomalies = args
+                .anomaly
+                .iter()
+                .map(|p| {
+                    let t = Table::read(p)?;
+                    Ok((t.scenario_name(p), t))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let peak = args.relearn.as_deref().map(Table::read).transpose()?;
+            let relearn_name = args.relearn.as_ref().map(|p| p.display().to_string());
+            eval::run(
+                (&normal_path.display().to_string(), &normal),
+                &anomalies,
+                relearn_name.as_deref().zip(peak.as_ref()),
+                &config,
+                &mut |step| eprintln!("{step}"),
+            )?
+        }
+    };
     // With `--json /dev/stdout` the JSON report alone goes to stdout.
     let mut out: Box<dyn Write> = if args.json.as_deref().is_some_and(super::is_stdout) {
         Box::new(std::io::stderr().lock())
@@ -79,10 +116,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     out.write_all(report.markdown().as_bytes())?;
     if let Some(dir) = &args.plots {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        vmwatch_core::plots::learning_curve(
-            &dir.join("learning-curve.svg"),
-            &report.learning_curve,
-        )?;
+        // By boot there is no learning curve to draw.
+        if !report.learning_curve.is_empty() {
+            vmwatch_core::plots::learning_curve(
+                &dir.join("learning-curve.svg"),
+                &report.learning_curve,
+            )?;
+        }
         let title = format!(
             "F-measure and sensitivity per scenario ({} features)",
             report.features

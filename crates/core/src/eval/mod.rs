@@ -5,6 +5,8 @@
 //! learning curve (false positives vs training windows, Fig. 3) and the
 //! re-learning experiment (section 5.2).
 
+pub mod boots;
+
 use std::fmt::Write as _;
 use std::ops::Range;
 
@@ -72,6 +74,19 @@ fn outside(model: &Model, x: ArrayView2<f64>) -> usize {
 fn flagged(model: &Model, x: ArrayView2<f64>, smooth: Smoothing) -> usize {
     let raw: Vec<bool> = model.decisions(x).iter().map(|d| *d < 0.0).collect();
     smooth.apply(&raw).into_iter().filter(|f| *f).count()
+}
+
+/// The verdict on each window of a contiguous sequence, after smoothing,
+/// by `fold`'s model (`x`: all columns).
+fn flagged_each(fold: &Fold, x: ArrayView2<f64>, smooth: Smoothing) -> Vec<bool> {
+    let x = x.select(Axis(1), &fold.columns);
+    let raw: Vec<bool> = fold
+        .model
+        .decisions(x.view())
+        .iter()
+        .map(|d| *d < 0.0)
+        .collect();
+    smooth.apply(&raw)
 }
 
 /// Which columns a model may learn from.
@@ -344,6 +359,10 @@ pub struct Report {
     /// (training windows, false-positive rate).
     pub learning_curve: Vec<(usize, f64)>,
     pub relearn: Option<RelearnReport>,
+    /// Evaluated by boot ([`boots`]): each held-out boot's result, in the
+    /// order of `fold_choices`.
+    #[serde(default)]
+    pub boots: Vec<boots::BootResult>,
 }
 
 /// Training-set sizes of the learning curve (those that fit in k − 1 folds).
@@ -455,6 +474,7 @@ pub fn run(
         scenarios,
         learning_curve: curve,
         relearn: relearned,
+        boots: Vec::new(),
     })
 }
 
@@ -477,29 +497,42 @@ impl Report {
         let mut out = String::new();
         let w = &mut out;
         // Writing to a String cannot fail.
-        let _ = writeln!(
-            w,
-            "Normal: `{}` ({} windows); {} folds, nested: each outer fold chose its features \
-             and parameters from its own training windows; smoothing {}.\n",
-            self.normal, self.normal_windows, self.folds, self.smoothing
-        );
-        let _ = writeln!(
-            w,
-            "| outer fold | features | nu | gamma | inner CV false positives |"
-        );
-        let _ = writeln!(w, "|---:|---:|---:|---:|---:|");
-        for (i, c) in self.fold_choices.iter().enumerate() {
-            let cv = c
-                .cv_fp_rate
-                .map_or("—".to_string(), |r| format!("{:.2}%", r * 100.0));
+        if self.boots.is_empty() {
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {cv} |",
-                i + 1,
-                c.features,
-                c.nu,
-                c.gamma
+                "Normal: `{}` ({} windows); {} folds, nested: each outer fold chose its features \
+                 and parameters from its own training windows; smoothing {}.\n",
+                self.normal, self.normal_windows, self.folds, self.smoothing
             );
+        } else {
+            let _ = writeln!(
+                w,
+                "By boot: {}, {} normal windows; each boot held out in turn and scored by a model \
+                 chosen ({} inner folds) and fitted on the normal windows of the other boots; \
+                 smoothing {} over each boot's windows in time order.\n",
+                self.normal, self.normal_windows, self.folds, self.smoothing
+            );
+            w.push_str(&boots::markdown(&self.boots, &self.fold_choices));
+        }
+        if self.boots.is_empty() {
+            let _ = writeln!(
+                w,
+                "| outer fold | features | nu | gamma | inner CV false positives |"
+            );
+            let _ = writeln!(w, "|---:|---:|---:|---:|---:|");
+            for (i, c) in self.fold_choices.iter().enumerate() {
+                let cv = c
+                    .cv_fp_rate
+                    .map_or("—".to_string(), |r| format!("{:.2}%", r * 100.0));
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {} | {cv} |",
+                    i + 1,
+                    c.features,
+                    c.nu,
+                    c.gamma
+                );
+            }
         }
         let _ = writeln!(
             w,
@@ -536,14 +569,16 @@ impl Report {
             100.0 * self.median_sensitivity,
             100.0 * self.median_fp_rate
         );
-        let _ = writeln!(
-            w,
-            "Learning curve (false positives on held-out normal folds):\n"
-        );
-        let _ = writeln!(w, "| training windows | false positives |");
-        let _ = writeln!(w, "|---:|---:|");
-        for (n, rate) in &self.learning_curve {
-            let _ = writeln!(w, "| {n} | {:.2}% |", rate * 100.0);
+        if !self.learning_curve.is_empty() {
+            let _ = writeln!(
+                w,
+                "Learning curve (false positives on held-out normal folds):\n"
+            );
+            let _ = writeln!(w, "| training windows | false positives |");
+            let _ = writeln!(w, "|---:|---:|");
+            for (n, rate) in &self.learning_curve {
+                let _ = writeln!(w, "| {n} | {:.2}% |", rate * 100.0);
+            }
         }
         if let Some(r) = &self.relearn {
             let _ = writeln!(
