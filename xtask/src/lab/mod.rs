@@ -145,6 +145,10 @@ pub enum LabCmd {
         /// Only these scenarios (repeatable; default: all).
         #[arg(long = "only", value_name = "SCENARIO")]
         only: Vec<String>,
+        /// Boots per scenario (boot k of scenario i: seed + 1000 i + k, file
+        /// OUT_DIR/<scenario>-<k+1>.csv.gz; one boot: <scenario>.csv.gz).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=999))]
+        boots: u32,
     },
 
     /// The CI smoke test: record 3 windows of `idle` on one VM and check that
@@ -275,11 +279,13 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             seed,
             out_dir,
             only,
+            boots,
         } => record::record_all(&record::RecordAllOpts {
             run: run.resolve()?,
             seed,
             out_dir,
             only,
+            boots,
         }),
         LabCmd::Smoke { vmwatch } => record::smoke(vmwatch.as_deref()),
     }

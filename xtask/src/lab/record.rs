@@ -680,6 +680,8 @@ pub struct RecordAllOpts {
     pub seed: u64,
     pub out_dir: PathBuf,
     pub only: Vec<String>,
+    /// Boots per scenario, each with its own seed.
+    pub boots: u32,
 }
 
 /// `lab record-all`: every scenario into `<out>/<scenario>.csv.gz`, a summary,
@@ -699,14 +701,29 @@ pub fn record_all(o: &RecordAllOpts) -> Result<()> {
     let started = Instant::now();
     let date = util::utc_now();
     let mut results: Vec<(&'static Scenario, u64, PathBuf, Result<Recorded>)> = Vec::new();
-    for (i, s) in list.iter().enumerate() {
-        let seed = o.seed.wrapping_add(1000 * i as u64);
-        let file = o.out_dir.join(format!("{}.csv.gz", s.name));
+    let boots = o.boots.clamp(1, 999);
+    let runs: Vec<(usize, &'static Scenario, u32)> = list
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| (0..boots).map(move |k| (i, *s, k)))
+        .collect();
+    for (n, &(i, s, k)) in runs.iter().enumerate() {
+        let seed = o.seed.wrapping_add(1000 * i as u64 + u64::from(k));
+        let file = if boots == 1 {
+            o.out_dir.join(format!("{}.csv.gz", s.name))
+        } else {
+            o.out_dir.join(format!("{}-{}.csv.gz", s.name, k + 1))
+        };
         note(format!(
-            "[{}/{}] {} ({} windows, seed {seed}); {} so far",
-            i + 1,
-            list.len(),
+            "[{}/{}] {}{} ({} windows, seed {seed}); {} so far",
+            n + 1,
+            runs.len(),
             s.name,
+            if boots == 1 {
+                String::new()
+            } else {
+                format!(", boot {}/{boots}", k + 1)
+            },
             o.run.windows,
             util::human_duration(started.elapsed())
         ));
@@ -735,18 +752,22 @@ pub fn record_all(o: &RecordAllOpts) -> Result<()> {
         "{:<20} {:>6} {:>9} {:>14} {:>17} {:>9}",
         "scenario", "rows", "features", "qemu hits/win", "asked/served /s", "time"
     );
-    for (s, _, _, r) in &results {
+    for (s, _, file, r) in &results {
+        let name = file
+            .file_name()
+            .map(|f| f.to_string_lossy().trim_end_matches(".csv.gz").to_string())
+            .unwrap_or_else(|| s.name.to_string());
         match r {
             Ok(r) => eprintln!(
                 "{:<20} {:>6} {:>9} {:>14.0} {:>17} {:>9}",
-                s.name,
+                name,
                 r.rows,
                 r.features,
                 r.qemu_hits_per_window,
                 served(&r.loads),
                 util::human_duration(Duration::from_secs_f64(r.seconds))
             ),
-            Err(e) => eprintln!("{:<20} FAILED: {}", s.name, first_line(&format!("{e:#}"))),
+            Err(e) => eprintln!("{:<20} FAILED: {}", name, first_line(&format!("{e:#}"))),
         }
     }
     let manifest = manifest_json(o, &vmwatch, &date, started.elapsed(), &results)?;
