@@ -5,7 +5,12 @@
 //! - attach and detach time for N probe sites of the real QEMU
 //!   (`VMWATCH_QEMU`, from `cargo xtask qemu`);
 //! - drain cost per window with 1, 8 and 64 watched processes at the full
-//!   QEMU feature width.
+//!   QEMU feature width;
+//! - what the `perf:` counters cost: the watched threads' context switches
+//!   and page faults, and reading a process's counters per window.
+//!
+//! `cargo bench --bench collector -- perf` (or `hits`, `syscalls`,
+//! `attach`, `drain`) runs only the sections named.
 //!
 //! Every figure is a median of interleaved repetitions; see
 //! docs/PERFORMANCE.md for how to read them on a shared machine.
@@ -76,6 +81,24 @@ impl Fixture {
     /// Nanoseconds per getppid(2) called nonstop for `ms`.
     fn ns_per_syscall(&mut self, ms: u64) -> f64 {
         self.ns_per(&format!("getppid-burn {ms}"), ms)
+    }
+
+    /// The fixture's answer to `cmd`.
+    fn ask(&mut self, cmd: &str) -> String {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(line.starts_with("ok"), "fixture: {line}");
+        line.trim().to_string()
+    }
+
+    /// Nanoseconds per unit of `cmd`, whose answer ends in `N NS`.
+    fn ns_each(&mut self, cmd: &str) -> f64 {
+        let line = self.ask(cmd);
+        let mut w = line.rsplit(' ');
+        let ns: f64 = w.next().unwrap().parse().unwrap();
+        let n: f64 = w.next().unwrap().parse().unwrap();
+        ns / n
     }
 
     fn ns_per(&mut self, cmd: &str, ms: u64) -> f64 {
@@ -288,6 +311,107 @@ fn bench_drain(fx_path: &Path, width_from: Option<&Path>) {
     }
 }
 
+/// What the perf counters cost. The watched threads pay at each context
+/// switch (their counters are scheduled out and in) and each page fault
+/// (the software event is counted): a round trip between two threads
+/// pinned to one CPU is two switches, measured unwatched and watched, for
+/// threads that ran before the watch (counters of their own) and threads
+/// started while watched (counted through inheritance); `touch` faults
+/// fresh pages. vmwatch pays per window for reading each process's
+/// counters (and looking at its threads), measured on the fixture and on
+/// a QEMU when one is at hand.
+fn bench_perf_cost(fx_path: &Path, qemu: Option<&Path>) {
+    use vmwatch::counter::perf::ProcessCounters;
+
+    let features: Vec<String> = vmwatch_core::features::perf_features()
+        .map(|f| f.to_string())
+        .collect();
+    let mut fx = Fixture::start(fx_path);
+    fx.ask("pair");
+    let trips = 20_000;
+    let pages = 20_000;
+    let mut rt = (Vec::new(), Vec::new());
+    let mut rt_new = (Vec::new(), Vec::new());
+    let mut pf = (Vec::new(), Vec::new());
+    let mut switches = Vec::new();
+    let switch_col = features
+        .iter()
+        .position(|n| n == "perf:context_switches")
+        .unwrap();
+    for _ in 0..REPS {
+        rt.0.push(fx.ns_each(&format!("pingpong {trips}")));
+        rt_new.0.push(fx.ns_each(&format!("pingpong-new {trips}")));
+        pf.0.push(fx.ns_each(&format!("touch {pages}")));
+        let mut obj = BpfObjects::default();
+        let mut c = collector(&mut obj, features.clone(), 4);
+        c.watch(&Process::from_pid(fx.pid()).unwrap(), None)
+            .unwrap();
+        c.drain().unwrap();
+        rt.1.push(fx.ns_each(&format!("pingpong {trips}")));
+        let d = c.drain().unwrap();
+        switches.push(d.samples[0].counts[switch_col] as f64 / trips as f64);
+        rt_new.1.push(fx.ns_each(&format!("pingpong-new {trips}")));
+        pf.1.push(fx.ns_each(&format!("touch {pages}")));
+    }
+    let show = |what: &str, (off, on): (Vec<f64>, Vec<f64>), per: f64| {
+        let (off, on) = (median(off), median(on));
+        println!(
+            "  {what:34} {off:8.0} ns unwatched, {on:8.0} ns watched  (+{:.0} ns per {})",
+            (on - off) / per,
+            if per == 2.0 { "switch" } else { "fault" }
+        );
+    };
+    println!("perf counters, cost to the watched process (median of {REPS}, interleaved):");
+    show("round trip, threads from before", rt, 2.0);
+    show("round trip, threads started later", rt_new, 2.0);
+    show("page fault", pf, 1.0);
+    println!(
+        "  context switches counted per round trip: {:.2}",
+        median(switches)
+    );
+    let mut targets = vec![("fixture", fx.pid())];
+    let vm = qemu.map(|q| {
+        let child = Command::new(q)
+            .args(["-M", "pc", "-accel", "tcg", "-m", "64", "-display", "none"])
+            .args(["-name", "guest=bench,debug-threads=on"])
+            .args(["-serial", "null", "-monitor", "none", "-parallel", "none"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        child
+    });
+    if let Some(vm) = &vm {
+        targets.push(("QEMU (TCG, 1 vCPU)", vm.id()));
+    }
+    println!("perf counters, cost to vmwatch (median of {REPS} x 200 reads):");
+    for (what, pid) in targets {
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .count();
+        let (mut open, mut read) = (Vec::new(), Vec::new());
+        for _ in 0..REPS {
+            let t = Instant::now();
+            let mut p = ProcessCounters::open(pid).unwrap();
+            open.push(t.elapsed().as_secs_f64() * 1e6);
+            let c0 = thread_cpu();
+            for _ in 0..200 {
+                std::hint::black_box(p.read());
+            }
+            read.push((thread_cpu() - c0) * 1e6 / 200.0);
+        }
+        println!(
+            "  {what:20} {threads:2} threads: open {:7.1} us, read {:6.1} us CPU per window",
+            median(open),
+            median(read)
+        );
+    }
+    if let Some(mut vm) = vm {
+        let _ = vm.kill();
+        let _ = vm.wait();
+    }
+}
+
 fn thread_cpu() -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -309,6 +433,12 @@ fn main() {
         println!("SKIPPED collector bench: needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)");
         return;
     }
+    // Sections named after `--bench` (e.g. `-- perf`); none: all.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
     let fx = fixture_path();
     let qemu = std::env::var_os("VMWATCH_QEMU").map(PathBuf::from);
     println!(
@@ -318,11 +448,24 @@ fn main() {
             .unwrap_or_default()
             .trim()
     );
-    bench_hit_cost(&fx);
-    bench_syscall_cost(&fx);
-    match &qemu {
-        Some(q) => bench_attach_detach(q),
-        None => println!("SKIPPED attach/detach: set VMWATCH_QEMU (cargo xtask qemu --print-path)"),
+    if run("hits") {
+        bench_hit_cost(&fx);
     }
-    bench_drain(&fx, qemu.as_deref());
+    if run("syscalls") {
+        bench_syscall_cost(&fx);
+    }
+    if run("attach") {
+        match &qemu {
+            Some(q) => bench_attach_detach(q),
+            None => {
+                println!("SKIPPED attach/detach: set VMWATCH_QEMU (cargo xtask qemu --print-path)")
+            }
+        }
+    }
+    if run("drain") {
+        bench_drain(&fx, qemu.as_deref());
+    }
+    if run("perf") {
+        bench_perf_cost(&fx, qemu.as_deref());
+    }
 }

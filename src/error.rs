@@ -48,6 +48,18 @@ pub enum Error {
         #[source]
         source: libbpf_rs::Error,
     },
+    #[error("{what} needs root or CAP_PERFMON, and ptrace access to the process")]
+    PerfPermission {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}")]
+    Perf {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
     /// An error of the BPF-free library (datasets, models, feature lists),
@@ -66,6 +78,23 @@ impl Error {
         match source.kind() {
             libbpf_rs::ErrorKind::PermissionDenied => Error::Permission { what, source },
             _ => Error::Bpf { what, source },
+        }
+    }
+
+    /// Wraps a `perf_event_open` (or perf read) error, telling a missing
+    /// privilege apart, and saying what a full descriptor table needs.
+    pub(crate) fn perf(what: impl Into<String>, source: io::Error) -> Self {
+        let what = what.into();
+        match source.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM) => Error::PerfPermission { what, source },
+            Some(libc::EMFILE | libc::ENFILE) => Error::Perf {
+                what: format!(
+                    "{what} (each watched thread needs four file descriptors: raise the \
+                     open-file limit, e.g. LimitNOFILE= of the systemd unit)"
+                ),
+                source,
+            },
+            _ => Error::Perf { what, source },
         }
     }
 

@@ -614,3 +614,44 @@ fn every_probe_of_several_qemus_is_governed_within_each_budget_as_vms_come_and_g
         );
     }
 }
+
+/// `--source perf` on real QEMUs: with libvirt's `debug-threads=on` the
+/// vCPU thread (`CPU 0/TCG`) is found and running SeaBIOS shows as vCPU
+/// time; without it, all CPU time is the other threads', and the log says
+/// why for that QEMU only.
+#[test]
+fn perf_task_clock_splits_vcpu_time_where_qemu_names_its_threads() {
+    let bin = skip_without_bpf_and_qemu!();
+    let named = Qemu::start(&bin, "vmwatch-perf-named");
+    let plain = Qemu::start_named(&bin, "guest=vmwatch-perf-plain", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("perf.csv");
+    let options = "--source perf --interval 500ms --windows 4";
+    let log = recorder(&[named.pid(), plain.pid()], options, &out)
+        .succeeds()
+        .stderr;
+    let ds = Dataset::read(&out);
+    let ms = |pid: u32, f: &str| ds.total(pid, f) / 1_000_000;
+    let (vcpu, other) = ("perf:task_clock_vcpu_ns", "perf:task_clock_other_ns");
+    assert!(
+        ms(named.pid(), vcpu) >= 5,
+        "vCPU {} ms, other {} ms",
+        ms(named.pid(), vcpu),
+        ms(named.pid(), other)
+    );
+    assert!(ds.total(named.pid(), other) > 0);
+    assert_eq!(ds.total(plain.pid(), vcpu), 0);
+    assert!(ms(plain.pid(), other) >= 5, "{} ms", ms(plain.pid(), other));
+    for q in [&named, &plain] {
+        assert!(ds.total(q.pid(), "perf:context_switches") > 0);
+    }
+    let why = "no thread is named like a QEMU vCPU thread";
+    assert!(
+        log.contains(&format!("PID {}: {why}", plain.pid())),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&format!("PID {}: {why}", named.pid())),
+        "{log}"
+    );
+}

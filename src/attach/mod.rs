@@ -69,7 +69,8 @@ impl<'a> KernelSources<'a> {
                             .map(|(nr, _)| (*nr, i)),
                     );
                 }
-                Feature::Probe(_) => {}
+                // Not counted in BPF: read from perf counters at each drain.
+                Feature::Probe(_) | Feature::Perf(_) => {}
             }
         }
         out

@@ -64,7 +64,9 @@ impl TargetArgs {
 #[derive(Debug, Clone, Args)]
 pub struct CountArgs {
     /// Sources to count, comma separated: `qemu` (USDT probes), `syscalls`
-    /// (BPF syscall counter), `kvm` (KVM tracepoints and exit reasons), or
+    /// (BPF syscall counter), `kvm` (KVM tracepoints and exit reasons),
+    /// `perf` (software performance counters of the VM's threads: vCPU and
+    /// other CPU time, context switches, page faults, CPU migrations), or
     /// `strace` alone (the real `strace -c -f`,
     /// the paper's baseline). Default: the sources of --probes, else qemu.
     #[arg(long = "source", value_delimiter = ',', value_name = "SOURCES")]
@@ -128,7 +130,7 @@ pub struct FeatureArgs {
     #[arg(long, value_name = "FILE")]
     pub features: Option<PathBuf>,
     /// Use only the features of these sources (comma separated: qemu,
-    /// syscalls, kvm) that are nonzero somewhere in the input files.
+    /// syscalls, kvm, perf) that are nonzero somewhere in the input files.
     #[arg(
         long = "source",
         value_delimiter = ',',

@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long)]
     raw: bool,
     /// Consider only features of these sources (comma separated: qemu,
-    /// syscalls, kvm). Default: every feature of the files.
+    /// syscalls, kvm, perf). Default: every feature of the files.
     #[arg(long = "source", value_delimiter = ',', value_name = "SOURCES")]
     sources: Vec<vmwatch_core::features::Source>,
     /// Fewest rows (windows) a file must have.
@@ -53,8 +53,9 @@ pub struct Args {
     /// Keep the selection's probe cost within this percentage of one CPU
     /// per VM: a probe costs its hits per second (its highest mean rate in
     /// any of the files) times --hit-cost. The greedy subsets skip probes
-    /// that would exceed it. Only `qemu:` probes are charged: the syscall and
-    /// KVM sources cost the same whichever of their features are chosen.
+    /// that would exceed it. Only `qemu:` probes are charged: the syscall,
+    /// KVM and perf sources cost the same whichever of their features are
+    /// chosen.
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
     budget: Option<f64>,
     /// CPU time one probe hit costs in the traced QEMU thread, in ns (Linux

@@ -1,13 +1,16 @@
 //! The BPF collector: per-VM counting in the kernel. It loads the BPF
 //! object ([`crate::attach`]), attaches each QEMU binary once for every
 //! process that runs it, raises the semaphores of each watched process, and
-//! drains one row per watched process per window ([`crate::drain`]).
+//! drains one row per watched process per window ([`crate::drain`]), with
+//! the process's software performance counters ([`super::perf`]) read into
+//! the same row when `perf:` features are columns.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use vmwatch_core::features::Columns;
 
+use super::perf::{self, PerfColumns, ProcessCounters};
 use super::{Counter, Drain, Sample};
 use crate::attach::semaphores::{self, Raised};
 use crate::attach::switches::{self, Switches};
@@ -49,6 +52,8 @@ struct Watched {
     links: ProcessLinks,
     /// Its slot's switched-off hits as last read (cumulative).
     dark: u64,
+    /// Its threads' perf counters, when `perf:` features are counted.
+    perf: Option<ProcessCounters>,
 }
 
 /// Loaded BPF counters plus the attachments and watched processes.
@@ -61,6 +66,8 @@ pub struct Collector<'obj> {
     govern: GovernConfig,
     schedule: Schedule,
     switches: Switches,
+    /// Where the perf counts go (`None`: no `perf:` column).
+    perf: Option<PerfColumns>,
 }
 
 impl<'obj> Collector<'obj> {
@@ -80,6 +87,10 @@ impl<'obj> Collector<'obj> {
             None if counts_probes => govern::hit_cost(&kernel.skel.progs.count_usdt),
             None => HitCost::flat(govern::DEFAULT_TRAP_NS),
         };
+        let perf = PerfColumns::of(&config.columns);
+        if perf.is_some() {
+            perf::raise_open_files_limit();
+        }
         Ok(Self {
             kernel,
             columns: config.columns,
@@ -92,6 +103,7 @@ impl<'obj> Collector<'obj> {
             },
             schedule: Schedule::new(Duration::from_secs(2), Instant::now()),
             switches,
+            perf,
         })
     }
 
@@ -123,6 +135,11 @@ impl<'obj> Collector<'obj> {
                 self.slots.len()
             ))
         })?;
+        // First: nothing else to undo when the process cannot be counted.
+        let perf = match self.perf {
+            Some(_) => Some(ProcessCounters::open(process.pid)?),
+            None => None,
+        };
         let raised = match binary {
             Some(binary) => self.attach_and_raise(process, binary)?,
             None => Raised::default(),
@@ -156,6 +173,7 @@ impl<'obj> Collector<'obj> {
             probes,
             links,
             dark,
+            perf,
         });
         Ok(())
     }
@@ -281,6 +299,9 @@ impl<'obj> Collector<'obj> {
                     .as_mut()
                     .map(|p| p.close_window(now, &mut counts, dark))
                     .unwrap_or_default();
+                if let (Some(cols), Some(p)) = (&self.perf, watched.perf.as_mut()) {
+                    p.read().write(cols, &mut counts);
+                }
                 out.samples.push(Sample {
                     process: watched.process.clone(),
                     counts,

@@ -1,9 +1,11 @@
 //! Counters: what watches processes and, every window, drains one row of
 //! counts per watched process. The BPF collector ([`bpf`]) and the strace
 //! baseline ([`strace`]) implement [`Counter`]; a session drives whichever
-//! it was given.
+//! it was given. The BPF collector also reads each watched process's
+//! software performance counters ([`perf`]) into the same rows.
 
 pub mod bpf;
+pub mod perf;
 pub mod strace;
 
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The feature catalogue: which features exist for the targets (every
 //! `qemu` probe of their binaries, every syscall of the architecture, every
-//! KVM tracepoint of the kernel) and which of them a session counts.
+//! KVM tracepoint of the kernel, the software performance counters) and
+//! which of them a session counts.
 
 use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
@@ -21,6 +22,7 @@ pub enum CountSource {
     Qemu,
     Syscalls,
     Kvm,
+    Perf,
     Strace,
 }
 
@@ -32,9 +34,10 @@ impl FromStr for CountSource {
             "qemu" => Ok(CountSource::Qemu),
             "syscalls" => Ok(CountSource::Syscalls),
             "kvm" => Ok(CountSource::Kvm),
+            "perf" => Ok(CountSource::Perf),
             "strace" => Ok(CountSource::Strace),
             other => Err(format!(
-                "unknown source `{other}` (sources: qemu, syscalls, kvm, strace)"
+                "unknown source `{other}` (sources: qemu, syscalls, kvm, perf, strace)"
             )),
         }
     }
@@ -77,6 +80,7 @@ pub fn plan(
                 CountSource::Qemu => Source::Qemu,
                 CountSource::Syscalls | CountSource::Strace => Source::Syscalls,
                 CountSource::Kvm => Source::Kvm,
+                CountSource::Perf => Source::Perf,
             })
             .collect()
     };
@@ -90,7 +94,8 @@ pub fn plan(
 
 /// Every feature of `sources` for targets running `binaries`, in column
 /// order: probes by name, then syscalls in the architecture's order, then
-/// KVM tracepoints and exit reasons. Also the KVM events, when discovered.
+/// KVM tracepoints and exit reasons, then the perf events. Also the KVM
+/// events, when discovered.
 pub fn available(
     sources: &[Source],
     binaries: &HashMap<(u64, u64), Arc<UsdtBinary>>,
@@ -113,6 +118,9 @@ pub fn available(
     } else {
         None
     };
+    if sources.contains(&Source::Perf) {
+        out.extend(features::perf_features());
+    }
     Ok((out, kvm))
 }
 
@@ -136,7 +144,7 @@ pub fn choose(
     for name in wanted {
         let source = Source::of(name).ok_or_else(|| {
             Error::Invalid(format!(
-                "feature `{}` belongs to no source vmwatch collects (qemu:, sys:, kvm:)",
+                "feature `{}` belongs to no source vmwatch collects (qemu:, sys:, kvm:, perf:)",
                 shown(name)
             ))
         })?;
@@ -167,4 +175,31 @@ pub fn choose(
         ));
     }
     Ok(Columns::new(present))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_is_a_source_of_its_own_and_implied_by_its_features() {
+        let (s, b) = plan(&[CountSource::Perf, CountSource::Qemu], None).unwrap();
+        assert_eq!((s, b), (vec![Source::Qemu, Source::Perf], Backend::Bpf));
+        let wanted = ["perf:page_faults".to_string()];
+        let (s, _) = plan(&[], Some(&wanted)).unwrap();
+        assert_eq!(s, [Source::Perf]);
+        assert_eq!(plan(&[], None).unwrap().0, [Source::Qemu], "the default");
+        assert!(plan(&[CountSource::Strace, CountSource::Perf], None).is_err());
+        assert_eq!("perf".parse::<CountSource>(), Ok(CountSource::Perf));
+        let (all, kvm) = available(&[Source::Perf], &HashMap::new()).unwrap();
+        assert!(kvm.is_none());
+        assert_eq!(all, features::perf_features().collect::<Vec<_>>());
+        let cols = choose(all.clone(), Some(&wanted), &[Source::Perf], false).unwrap();
+        assert_eq!(cols.names(), ["perf:page_faults"]);
+        let err = choose(all, Some(&wanted), &[Source::Qemu], false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "feature `perf:page_faults` needs --source perf"
+        );
+    }
 }

@@ -1,8 +1,9 @@
 //! Features: what one column of a row counts. Each has a typed identity
 //! ([`Feature`]: a QEMU probe, a syscall by number, a KVM tracepoint, an
-//! exit reason; sequence and argument kinds will join them) and one name in
-//! a namespace per source (`qemu:`, `sys:`, `kvm:`), so rows from several
-//! sources join into one vector (DESIGN.md). Names are for files; the
+//! exit reason, a software performance counter; sequence and argument kinds
+//! will join them) and one name in a namespace per source (`qemu:`, `sys:`,
+//! `kvm:`, `perf:`), so rows from several sources join into one vector
+//! (DESIGN.md). Names are for files; the
 //! collectors work on the typed identity, and [`Columns`] is the one
 //! mapping between a feature and its column.
 
@@ -25,6 +26,10 @@ pub enum Source {
     Syscalls,
     /// KVM tracepoints hit by the QEMU process's threads (`kvm:`).
     Kvm,
+    /// Software performance counters of the QEMU process's threads
+    /// (`perf:`): CPU time of its vCPU threads and of the others, context
+    /// switches, page faults, CPU migrations.
+    Perf,
 }
 
 impl Source {
@@ -36,6 +41,8 @@ impl Source {
             Some(Source::Syscalls)
         } else if feature.starts_with(KVM) {
             Some(Source::Kvm)
+        } else if feature.starts_with(PERF) {
+            Some(Source::Perf)
         } else {
             None
         }
@@ -52,6 +59,7 @@ impl Source {
             Source::Qemu => "qemu",
             Source::Syscalls => "syscalls",
             Source::Kvm => "kvm",
+            Source::Perf => "perf",
         }
     }
 }
@@ -66,8 +74,9 @@ impl FromStr for Source {
             "qemu" => Ok(Source::Qemu),
             "syscalls" | "strace" => Ok(Source::Syscalls),
             "kvm" => Ok(Source::Kvm),
+            "perf" => Ok(Source::Perf),
             other => Err(format!(
-                "unknown source `{other}` (sources: qemu, syscalls, kvm, strace)"
+                "unknown source `{other}` (sources: qemu, syscalls, kvm, perf, strace)"
             )),
         }
     }
@@ -86,6 +95,9 @@ pub enum Feature {
     /// A KVM exit reason by its name in the kernel's table (`other` for
     /// those missing from it): `kvm:exit:<reason>`.
     KvmExit(String),
+    /// A software performance counter of the process's threads:
+    /// `perf:<event>`.
+    Perf(PerfEvent),
 }
 
 impl Feature {
@@ -94,6 +106,7 @@ impl Feature {
             Feature::Probe(_) => Source::Qemu,
             Feature::Syscall(_) => Source::Syscalls,
             Feature::KvmEvent(_) | Feature::KvmExit(_) => Source::Kvm,
+            Feature::Perf(_) => Source::Perf,
         }
     }
 
@@ -106,6 +119,72 @@ impl Feature {
 /// Name of the catch-all exit reason.
 const OTHER_EXIT: &str = "other";
 
+/// What a `perf:` feature counts: a software event of the kernel's perf
+/// subsystem, summed over the watched process's threads, per window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PerfEvent {
+    /// CPU time (ns) of the vCPU threads (QEMU names them `CPU <n>/KVM`,
+    /// `CPU <n>/TCG`, ... with `-name ...,debug-threads=on`): under KVM the
+    /// guest's own work, which hits no QEMU probe.
+    TaskClockVcpu,
+    /// CPU time (ns) of every other thread (main loop, I/O threads and
+    /// workers; all threads when none is named like a vCPU).
+    TaskClockOther,
+    /// Context switches of all threads.
+    ContextSwitches,
+    /// Page faults (minor and major) of all threads.
+    PageFaults,
+    /// Moves of a thread from one CPU to another.
+    CpuMigrations,
+}
+
+impl PerfEvent {
+    /// Every event, in column order.
+    pub const ALL: [PerfEvent; 5] = [
+        PerfEvent::TaskClockVcpu,
+        PerfEvent::TaskClockOther,
+        PerfEvent::ContextSwitches,
+        PerfEvent::PageFaults,
+        PerfEvent::CpuMigrations,
+    ];
+
+    /// The name after `perf:`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PerfEvent::TaskClockVcpu => "task_clock_vcpu_ns",
+            PerfEvent::TaskClockOther => "task_clock_other_ns",
+            PerfEvent::ContextSwitches => "context_switches",
+            PerfEvent::PageFaults => "page_faults",
+            PerfEvent::CpuMigrations => "cpu_migrations",
+        }
+    }
+}
+
+impl fmt::Display for PerfEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PerfEvent {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        PerfEvent::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = PerfEvent::ALL.iter().map(|e| e.name()).collect();
+                format!("is not a perf event vmwatch counts ({})", all.join(", "))
+            })
+    }
+}
+
+/// Every `perf:` feature, in column order.
+pub fn perf_features() -> impl Iterator<Item = Feature> {
+    PerfEvent::ALL.into_iter().map(Feature::Perf)
+}
+
 impl fmt::Display for Feature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -116,6 +195,7 @@ impl fmt::Display for Feature {
             },
             Feature::KvmEvent(e) => write!(f, "{KVM}{e}"),
             Feature::KvmExit(r) => write!(f, "{KVM_EXIT}{r}"),
+            Feature::Perf(e) => write!(f, "{PERF}{e}"),
         }
     }
 }
@@ -139,8 +219,11 @@ impl FromStr for Feature {
         if let Some(e) = name.strip_prefix(KVM) {
             return Ok(Feature::KvmEvent(e.to_string()));
         }
+        if let Some(e) = name.strip_prefix(PERF) {
+            return e.parse().map(Feature::Perf).map_err(|why| bad(&why));
+        }
         Err(bad(
-            "belongs to no source vmwatch collects (qemu:, sys:, kvm:)",
+            "belongs to no source vmwatch collects (qemu:, sys:, kvm:, perf:)",
         ))
     }
 }
@@ -214,6 +297,9 @@ pub const QEMU: &str = "qemu:";
 
 /// Prefix of syscall features.
 pub const SYS: &str = "sys:";
+
+/// Prefix of software performance counter features.
+pub const PERF: &str = "perf:";
 
 /// Syscalls that are tracing machinery, not the traced program's behaviour:
 /// on Linux ≥ 6.18 every hit of an optimized uprobe (a USDT probe on a 5-byte
@@ -390,6 +476,47 @@ mod tests {
         assert_eq!(cols.names(), ["qemu:a", "sys:write"]);
         assert_eq!(cols.position(&Feature::Syscall(1)), Some(1));
         assert!(cols.has(Source::Syscalls) && !cols.has(Source::Kvm));
+    }
+
+    #[test]
+    fn perf_names_round_trip_and_unknown_events_are_refused() {
+        let names: Vec<String> = perf_features().map(|f| f.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "perf:task_clock_vcpu_ns",
+                "perf:task_clock_other_ns",
+                "perf:context_switches",
+                "perf:page_faults",
+                "perf:cpu_migrations",
+            ]
+        );
+        for (name, event) in names.iter().zip(PerfEvent::ALL) {
+            let f: Feature = name.parse().unwrap();
+            assert_eq!(f, Feature::Perf(event));
+            assert_eq!(f.source(), Source::Perf);
+            assert_eq!(Source::of(name), Some(Source::Perf));
+            assert_eq!(event.name().parse::<PerfEvent>(), Ok(event));
+        }
+        let err = "perf:cycles".parse::<Feature>().error_message();
+        assert_eq!(
+            err,
+            "feature `perf:cycles` is not a perf event vmwatch counts (task_clock_vcpu_ns, \
+             task_clock_other_ns, context_switches, page_faults, cpu_migrations)"
+        );
+        assert_eq!("perf".parse::<Source>(), Ok(Source::Perf));
+        assert_eq!(Source::Perf.name(), "perf");
+        let cols = Columns::new([
+            Feature::Probe("a".into()),
+            Feature::Perf(PerfEvent::PageFaults),
+        ]);
+        assert!(cols.has(Source::Perf) && !cols.has(Source::Kvm));
+        assert_eq!(
+            cols.position(&Feature::Perf(PerfEvent::PageFaults)),
+            Some(1)
+        );
+        assert!(Source::any_of(&[Source::Perf], "perf:page_faults"));
+        assert!(!Source::any_of(&[Source::Perf], "qemu:page_faults"));
     }
 
     #[test]
