@@ -23,7 +23,7 @@ use crate::qemu;
 use crate::util::{self, note};
 
 /// Every source vmwatch has (kvm rows are all zero under TCG).
-pub const SOURCES: &str = "qemu,syscalls,kvm";
+pub const SOURCES: &str = "qemu,syscalls,kvm,perf";
 /// Seconds the client load and attacks run before recording starts.
 pub const WARM_UP: Duration = Duration::from_secs(4);
 /// How long a phased guest may take to switch its side of a scenario.
