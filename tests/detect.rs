@@ -299,3 +299,56 @@ fn models_judge_rates_so_a_longer_window_is_not_a_busier_vm() {
     let busier = stretched(dir.path(), "busier.csv", 50, 1, 2);
     assert_eq!(flagged(&busier), 50, "doubled rates not flagged");
 }
+
+/// The pilot phased recordings in data/pilot-phased (real lab boots): `eval
+/// --boot` holds each of the 10 out, and its per-boot counts of normal,
+/// anomalous and switch windows are the lab manifest's labels.
+#[test]
+fn eval_by_boot_on_the_pilot_phased_boots_matches_the_manifests_labels() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/pilot-phased");
+    let mut boots = Vec::new();
+    let mut expected = Vec::new();
+    for manifest in ["MANIFEST-attacks.json", "MANIFEST-web.json"] {
+        let text = std::fs::read_to_string(dir.join(manifest)).unwrap();
+        let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for s in m["scenarios"].as_array().unwrap() {
+            let file = dir.join(s["file"].as_str().unwrap());
+            let labels = &s["labels"];
+            let n = |l: &str| labels.get(l).and_then(|v| v.as_u64()).unwrap_or(0);
+            let rows = s["rows"].as_u64().unwrap();
+            // Whole boots (web) have no labels: every window is normal.
+            let normal = if labels.as_object().unwrap().is_empty() {
+                rows
+            } else {
+                n("web")
+            };
+            let name = s["name"].as_str().unwrap();
+            expected.push((file.clone(), normal, n(name), n("switch")));
+            boots.push(file);
+        }
+    }
+    assert_eq!(boots.len(), 10);
+    let mut cmd = run("eval --nu 0.05 --gamma 0.01");
+    for b in &boots {
+        cmd = cmd.arg("--boot").arg(b);
+    }
+    let report = cmd.succeeds().stdout;
+    for (file, normal, anomalous, switch) in expected {
+        let row = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {} |", file.display())))
+            .unwrap_or_else(|| panic!("no row of {}: {report}", file.display()));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // | boot | anomaly | normal | FP | anomalous | detected | switch | …
+        assert_eq!(
+            (cells[3], cells[5], cells[7]),
+            (
+                normal.to_string().as_str(),
+                anomalous.to_string().as_str(),
+                switch.to_string().as_str()
+            ),
+            "{row}"
+        );
+    }
+    assert!(report.contains("Median over 8 scenarios"), "{report}");
+}
