@@ -7,10 +7,12 @@
 //! - drain cost per window with 1, 8 and 64 watched processes at the full
 //!   QEMU feature width;
 //! - what the `perf:` counters cost: the watched threads' context switches
-//!   and page faults, and reading a process's counters per window.
+//!   and page faults, and reading a process's counters per window;
+//! - what tracking a probe for `seq:` features adds per hit, side by side
+//!   with counting it plainly.
 //!
 //! `cargo bench --bench collector -- perf` (or `hits`, `syscalls`,
-//! `attach`, `drain`) runs only the sections named.
+//! `attach`, `drain`, `seq`) runs only the sections named.
 //!
 //! Every figure is a median of interleaved repetitions; see
 //! docs/PERFORMANCE.md for how to read them on a shared machine.
@@ -170,6 +172,73 @@ fn bench_hit_cost(fx_path: &Path) {
         "  attached, process not watched     {u:8.1} ns/hit  (+{:.0} ns)",
         u - d
     );
+}
+
+/// What tracking a probe for `seq:` features adds per hit: `tap_send`
+/// fired nonstop on one thread, detached, counted plainly, tracked with
+/// its transitions unlisted (`tap_send>tap_send` is not a feature: the
+/// per-thread lookup and the pair lookup, no count), and tracked with
+/// every hit a listed transition (`seq:tap_send>tap_send`: one more count).
+/// Each repetition loads the four in turn.
+fn bench_seq_cost(fx_path: &Path) {
+    let bin = UsdtBinary::read(fx_path).unwrap();
+    let mut fx = Fixture::start(fx_path);
+    let process = Process::from_pid(fx.pid()).unwrap();
+    let variants: [(&str, &[&str]); 3] = [
+        ("counted (qemu:tap_send)", &["qemu:tap_send"]),
+        (
+            "+ tracked, transition not listed",
+            &["qemu:tap_send", "seq:tap_send>qemu_deliver_packet"],
+        ),
+        (
+            "+ tracked, every hit a listed one",
+            &["qemu:tap_send", "seq:tap_send>tap_send"],
+        ),
+    ];
+    let mut detached = Vec::new();
+    let mut ns: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut counted = vec![(0u64, 0u64); variants.len()];
+    for _ in 0..REPS {
+        detached.push(fx.ns_per_hit(300));
+        for (i, (_, features)) in variants.iter().enumerate() {
+            let features: Vec<String> = features.iter().map(|f| f.to_string()).collect();
+            let mut obj = BpfObjects::default();
+            let mut c = collector(&mut obj, features.clone(), 4);
+            c.watch(&process, Some(&bin)).unwrap();
+            c.drain().unwrap();
+            ns[i].push(fx.ns_per_hit(300));
+            // The counts are checked: each hit counted, each listed
+            // transition too.
+            let d = c.drain().unwrap();
+            let row = &d.samples[0].counts;
+            counted[i].0 += row[0];
+            counted[i].1 += row.get(1).copied().unwrap_or(0);
+            c.unwatch(fx.pid());
+        }
+    }
+    let d = median(detached);
+    println!("seq tracking, cost per probe hit (tap_send, median of {REPS}, interleaved):");
+    println!("  detached                           {d:8.1} ns/hit");
+    let plain = median(ns[0].clone());
+    for (i, (what, _)) in variants.iter().enumerate() {
+        let m = median(ns[i].clone());
+        let extra = if i == 0 {
+            format!("(+{:.0} ns over detached)", m - d)
+        } else {
+            format!("(+{:.0} ns over counted)", m - plain)
+        };
+        let transitions = if i == 0 {
+            String::new()
+        } else {
+            format!(", {} transitions", counted[i].1)
+        };
+        println!(
+            "  {what:34} {m:8.1} ns/hit  {extra}  [{} hits counted{transitions}]",
+            counted[i].0
+        );
+    }
+    assert_eq!(counted[1].1, 0, "an unlisted transition was counted");
+    assert!(counted[2].1 + REPS as u64 >= counted[2].0 && counted[2].1 > 0);
 }
 
 /// Per-syscall cost: unmonitored, BPF counter watching the process, and
@@ -467,5 +536,8 @@ fn main() {
     }
     if run("perf") {
         bench_perf_cost(&fx, qemu.as_deref());
+    }
+    if run("seq") {
+        bench_seq_cost(&fx);
     }
 }

@@ -128,27 +128,103 @@ static __always_inline void count_dark(void)
 }
 
 /*
+ * A USDT site's BPF cookie: this struct is the one definition of its layout
+ * (userspace builds cookies from the skeleton's generated type). `sw` is the
+ * site's link switch + 1 (0: always counted), `seq` the probe's id among the
+ * probes `seq:` features track (0: not tracked). Little-endian, it reads as
+ * column | sw << 32 | seq << 48.
+ */
+struct usdt_cookie {
+	__u32 column;
+	__u16 sw;
+	__u16 seq;
+};
+
+_Static_assert(sizeof(struct usdt_cookie) == sizeof(__u64), "a cookie is 64 bits");
+
+/* Carries `struct usdt_cookie` into the skeleton's types; never read. */
+const volatile struct usdt_cookie usdt_cookie_layout = {};
+
+/*
+ * Sequence features (`seq:<a>><b>`). The probes they name are tracked: each
+ * has an id, 1 to nr_tracked, in its sites' cookies. Each thread keeps the
+ * id of the tracked probe it hit last in its own BPF task storage (which
+ * goes with the thread: no thread id is reused for it, nothing is evicted,
+ * nothing to size). A hit of tracked probe b on a thread whose last one was
+ * a counts the pair (a, b) if it is a column: `seq_pairs`, an array of
+ * nr_tracked x nr_tracked entries (a lookup the verifier inlines, unlike a
+ * hash's), key (a - 1) * nr_tracked + (b - 1) -> column + 1 (0: not counted),
+ * filled at load. Userspace's half of that key is `seq_pair_key` in
+ * src/bpf.rs.
+ */
+const volatile __u32 nr_tracked = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u32);
+} seq_last SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); /* resized before load */
+	__type(key, __u32);
+	__type(value, __u32);
+} seq_pairs SEC(".maps");
+
+static __always_inline void count_transition(__u32 slot, __u16 id)
+{
+	__u32 *last, *column, key;
+
+	/*
+	 * NULL only when the thread has none yet and it cannot be made now
+	 * (no memory, or another task was preempted inside a task storage
+	 * call on this CPU): the thread starts afresh at its next hit.
+	 */
+	last = bpf_task_storage_get(&seq_last, bpf_get_current_task_btf(), 0,
+				    BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!last)
+		return;
+	/* 0: the thread's first tracked hit. Only the thread writes it. */
+	if (*last) {
+		key = (*last - 1) * nr_tracked + (id - 1);
+		column = bpf_map_lookup_elem(&seq_pairs, &key);
+		if (column && *column)
+			count_in_slot(slot, *column - 1);
+	}
+	*last = id;
+}
+
+/*
  * QEMU's USDT probes: one uprobe_multi link per QEMU binary covers every
  * selected probe site (and, under a cost governor, per-process links for
- * the hot probes the binary's semaphores do not gate); each site carries its
- * feature index as the low half of its BPF cookie, so no USDT argument
- * parsing is needed.
+ * the hot probes the binary's semaphores do not gate); each site's cookie
+ * (`struct usdt_cookie`) carries its column, its link's switch and its
+ * sequence id, so no USDT argument parsing is needed.
  */
 SEC("uprobe.multi")
 int count_usdt(void *ctx)
 {
-	__u64 cookie = bpf_get_attach_cookie(ctx);
-	__u32 sw = cookie >> 32;
+	__u64 raw = bpf_get_attach_cookie(ctx);
+	struct usdt_cookie cookie;
+	__u32 *slot;
 
-	if (sw) {
-		__u32 key = sw - 1, *on = bpf_map_lookup_elem(&switches, &key);
+	__builtin_memcpy(&cookie, &raw, sizeof(cookie));
+	if (cookie.sw) {
+		__u32 key = cookie.sw - 1, *on = bpf_map_lookup_elem(&switches, &key);
 
 		if (!on || !*on) {
 			count_dark();
 			return 0;
 		}
 	}
-	count_feature((__u32)cookie);
+	slot = watched_slot();
+	if (!slot)
+		return 0;
+	count_in_slot(*slot, cookie.column);
+	if (cookie.seq)
+		count_transition(*slot, cookie.seq);
 	return 0;
 }
 

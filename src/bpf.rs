@@ -73,6 +73,35 @@ impl Layout {
     }
 }
 
+/// Most probes the `seq:` features of one collector may name (the tracked
+/// probes): the pair table (`seq_pairs`) is an array of tracked x tracked
+/// entries, at most 65,536 (512 KiB), allocated at load, and every pair of
+/// them can be a feature.
+pub const MAX_SEQ_PROBES: usize = 256;
+
+/// The `seq_pairs` key of the transition from tracked probe `from` to `to`
+/// (ids from 1) among `tracked` of them: bpf/vmwatch.bpf.c's
+/// `count_transition` computes the same, as [`Layout`] and `count_in_slot`
+/// agree on the `counts` keys.
+pub fn seq_pair_key(from: u16, to: u16, tracked: usize) -> u32 {
+    debug_assert!((1..=tracked).contains(&(from as usize)));
+    debug_assert!((1..=tracked).contains(&(to as usize)));
+    (u32::from(from) - 1) * tracked as u32 + (u32::from(to) - 1)
+}
+
+/// The BPF cookie of a USDT site of `column`, on a link with switch
+/// `switch` (`None`: always counted), of tracked probe `seq` (0: not
+/// tracked): `struct usdt_cookie` of bpf/vmwatch.bpf.c, its only definition.
+pub fn usdt_cookie(column: u32, switch: Option<u32>, seq: u16) -> u64 {
+    let sw = switch.map_or(0, |s| {
+        u16::try_from(s + 1).expect("link switches fit the cookie (MAX_SWITCHES)")
+    });
+    let cookie = types::usdt_cookie { column, sw, seq };
+    // SAFETY: a repr(C) struct of plain integers without padding, which
+    // `transmute` checks is as large as a u64.
+    unsafe { std::mem::transmute::<types::usdt_cookie, u64>(cookie) }
+}
+
 /// Storage for the BPF object; it must outlive whatever is loaded from it.
 pub struct BpfObjects {
     pub(crate) object: MaybeUninit<OpenObject>,

@@ -7,7 +7,7 @@
 mod common;
 
 use vmwatch::attach;
-use vmwatch::bpf::{BpfObjects, Layout};
+use vmwatch::bpf::BpfObjects;
 use vmwatch::govern::calibrate;
 use vmwatch_core::features::{Columns, Feature};
 
@@ -23,9 +23,8 @@ fn measures_plausible_costs_per_hit() {
     skip_without_bpf!();
     // The program a collector counts QEMU's probes with, loaded the same way.
     let columns = Columns::new([Feature::Probe("calibrate".into())]);
-    let layout = Layout::new(columns.len(), 1).unwrap();
     let mut objects = BpfObjects::default();
-    let kernel = attach::load(&mut objects, &layout, &columns, None).unwrap();
+    let kernel = attach::load(&mut objects, &columns, 1, None).unwrap();
     let optimizes = kernel_version().is_some_and(|v| v >= (6, 18));
     let mut ratios = Vec::new();
     for run in 1..=3 {

@@ -655,3 +655,54 @@ fn perf_task_clock_splits_vcpu_time_where_qemu_names_its_threads() {
         "{log}"
     );
 }
+
+/// `seq:` features on a real QEMU's idle loop, under the default budget:
+/// every `qemu_mutex_lock` is followed on its thread by `qemu_mutex_locked`
+/// (the lock taken), so that transition counts about as often as the
+/// rarer of the two and never more; `qemu_mutex_unlock` is tracked without
+/// a count of its own; tracked probes are never estimated.
+#[test]
+fn seq_transitions_of_a_real_qemus_mutexes() {
+    let bin = skip_without_bpf_and_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let q = Qemu::start_idle(
+        &bin,
+        &format!("vmwatch-seq-{}", std::process::id()),
+        dir.path(),
+    );
+    let list = common::feature_list(
+        dir.path(),
+        "qemu:qemu_mutex_lock\nqemu:qemu_mutex_locked\n\
+         seq:qemu_mutex_lock>qemu_mutex_locked\nseq:qemu_mutex_locked>qemu_mutex_unlock\n\
+         seq:qemu_mutex_lock>qemu_mutex_unlock\n",
+    );
+    let out = dir.path().join("seq.csv");
+    let options = format!(
+        "--probes {} --interval 1s --windows 4 --hit-cost 300",
+        list.display()
+    );
+    recorder(&[q.pid()], &options, &out).succeeds();
+    let ds = Dataset::read(&out);
+    assert!(
+        !ds.features().iter().any(|f| f == "qemu:qemu_mutex_unlock"),
+        "{:?}",
+        ds.features()
+    );
+    let t = ds.totals(q.pid());
+    eprintln!("{t:?}");
+    let (lock, locked) = (t["qemu:qemu_mutex_lock"], t["qemu:qemu_mutex_locked"]);
+    let lock_locked = t["seq:qemu_mutex_lock>qemu_mutex_locked"];
+    assert!(lock > 1000, "qemu_mutex_lock fired only {lock} times");
+    assert!(
+        lock_locked <= lock.min(locked),
+        "lock>locked {lock_locked}, lock {lock}, locked {locked}"
+    );
+    // A lock in flight at a window boundary is the only one missing.
+    assert!(
+        lock_locked * 100 >= lock * 99,
+        "lock>locked {lock_locked} of {lock} locks"
+    );
+    assert!(t["seq:qemu_mutex_locked>qemu_mutex_unlock"] > 0, "{t:?}");
+    // Taking a lock and dropping it without `locked` between: never.
+    assert_eq!(t["seq:qemu_mutex_lock>qemu_mutex_unlock"], 0, "{t:?}");
+}

@@ -1,9 +1,12 @@
 //! Attach: the BPF object, loaded with the layout and programs of every
 //! source set up in one place ([`load`]); the syscall and KVM programs'
-//! links; per QEMU binary a `uprobe_multi` link ([`uprobes`]); and per
-//! watched process the USDT semaphores vmwatch raises ([`semaphores`]).
+//! links; per QEMU binary a `uprobe_multi` link ([`uprobes`]), whose sites
+//! also carry the ids of the probes `seq:` features track ([`sequences`]);
+//! and per watched process the USDT semaphores vmwatch raises
+//! ([`semaphores`]).
 
 pub mod semaphores;
+pub mod sequences;
 pub mod switches;
 pub mod uprobes;
 
@@ -17,13 +20,18 @@ use vmwatch_core::features::{Columns, Feature};
 use crate::bpf::{BpfObjects, Layout, OpenVmwatchSkel, VmwatchSkel, VmwatchSkelBuilder};
 use crate::discover::kvm::{ExitTracepoint, KvmEvents};
 use crate::error::{Error, Result};
+use sequences::{ProbeIds, Sequences};
 
 /// The loaded object with its syscall and KVM links (detached on drop).
 pub struct Kernel<'obj> {
     pub skel: VmwatchSkel<'obj>,
     _links: Vec<Link>,
-    /// Probe name -> column, for the `uprobe_multi` cookies.
-    pub probes: HashMap<String, u32>,
+    /// The counters' layout: the columns, then the hidden counters of
+    /// tracked probes that are not columns ([`Sequences`]).
+    pub layout: Layout,
+    /// Probe name -> counter and sequence id, for the `uprobe_multi`
+    /// cookies: every counted or tracked probe.
+    pub probes: HashMap<String, ProbeIds>,
     pub counts_syscalls: bool,
 }
 
@@ -69,46 +77,69 @@ impl<'a> KernelSources<'a> {
                             .map(|(nr, _)| (*nr, i)),
                     );
                 }
-                // Not counted in BPF: read from perf counters at each drain.
-                Feature::Probe(_) | Feature::Perf(_) => {}
+                // Probes and their transitions: through the uprobe links'
+                // cookies (`Sequences`). Perf events are not counted in
+                // BPF: read from perf counters at each drain.
+                Feature::Probe(_) | Feature::Seq { .. } | Feature::Perf(_) => {}
             }
         }
         out
     }
 }
 
-/// Loads the BPF object for `columns` (every source's rodata, map sizes
-/// and which programs load, all here) and attaches the syscall and KVM
-/// programs. Semaphores a killed vmwatch left raised are lowered first.
+/// Loads the BPF object for `columns` and up to `slots` watched processes
+/// (the layout, every source's rodata, map sizes and which programs load,
+/// all here) and attaches the syscall and KVM programs. Semaphores a killed
+/// vmwatch left raised are lowered first.
 pub fn load<'obj>(
     objects: &'obj mut BpfObjects,
-    layout: &Layout,
     columns: &Columns,
+    slots: u32,
     kvm: Option<&KvmEvents>,
 ) -> Result<Kernel<'obj>> {
+    let seq = Sequences::of(columns)?;
+    let layout = Layout::new(seq.width, slots)?;
     restore_left_raised();
     let sources = KernelSources::of(columns, kvm);
     let mut open = VmwatchSkelBuilder::default()
         .open(&mut objects.object)
         .map_err(|e| Error::bpf("opening the BPF object", e))?;
-    configure(&mut open, layout, &sources)?;
+    configure(&mut open, &layout, &sources, &seq)?;
     let skel = open
         .load()
         .map_err(|e| Error::bpf("loading the BPF programs", e))?;
+    fill_seq_pairs(&skel, &seq)?;
     let links = attach_kernel_sources(&skel, &sources)?;
-    let probes = columns
-        .iter()
-        .filter_map(|(i, f)| match f {
-            Feature::Probe(name) => Some((name.clone(), i as u32)),
-            _ => None,
-        })
-        .collect();
     Ok(Kernel {
         skel,
         _links: links,
-        probes,
+        layout,
+        probes: seq.probes,
         counts_syscalls: !sources.syscalls.is_empty(),
     })
+}
+
+/// Fills the `seq_pairs` table: pair key -> column + 1 of each `seq:`
+/// feature (the other entries stay 0: not counted).
+fn fill_seq_pairs(skel: &VmwatchSkel<'_>, seq: &Sequences) -> Result<()> {
+    for (key, column) in seq.table() {
+        skel.maps
+            .seq_pairs
+            .update(
+                &key.to_ne_bytes(),
+                &(column + 1).to_ne_bytes(),
+                libbpf_rs::MapFlags::ANY,
+            )
+            .map_err(|e| Error::bpf("filling the sequence pair table", e))?;
+    }
+    if seq.any() {
+        tracing::info!(
+            "counting {} probe transitions between {} tracked probes",
+            seq.pairs.len(),
+            seq.tracked
+        );
+    }
+    Ok(())
 }
 
 impl Kernel<'_> {
@@ -178,6 +209,7 @@ fn configure(
     open: &mut OpenVmwatchSkel<'_>,
     layout: &Layout,
     sources: &KernelSources<'_>,
+    seq: &Sequences,
 ) -> Result<()> {
     let rodata = open
         .maps
@@ -186,6 +218,7 @@ fn configure(
         .expect("rodata is mmapped");
     rodata.nr_features = layout.features;
     rodata.nr_chunks = layout.chunks;
+    rodata.nr_tracked = seq.tracked as u32;
     if let Some(exit) = sources.kvm_exit {
         rodata.exit_reason_off = exit.reason_offset;
         rodata.exit_vmx = u32::from(exit.vmx);
@@ -204,6 +237,10 @@ fn configure(
         .dark
         .set_max_entries(layout.slots)
         .map_err(|e| Error::bpf("sizing the switched-off hits map", e))?;
+    open.maps
+        .seq_pairs
+        .set_max_entries(seq.table_len())
+        .map_err(|e| Error::bpf("sizing the sequence pair table", e))?;
     let progs = &mut open.progs;
     progs
         .count_syscall

@@ -41,11 +41,6 @@ impl SwitchedLink {
     pub fn is_on(&self) -> bool {
         self.on
     }
-
-    /// The cookie of a site of `column` on a link with switch `switch`.
-    pub fn cookie(switch: u32, column: u32) -> u64 {
-        (u64::from(switch + 1) << 32) | u64::from(column)
-    }
 }
 
 /// The switches in use, and the threads detaching retired links.

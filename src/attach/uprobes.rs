@@ -1,10 +1,11 @@
 //! QEMU's USDT probes: one `uprobe_multi` link per binary carries every
 //! selected probe site of the file, for all processes that run it (the BPF
-//! program filters by tgid), each site with its feature column as the BPF
-//! cookie, so no USDT argument parsing is needed. Under a cost governor,
-//! probes their semaphores do not gate move off that link onto links of
-//! each watched process ([`ProcessLinks`]), which the governor attaches and
-//! detaches ([`super::switches`]).
+//! program filters by tgid), each site with its feature column (and, for a
+//! probe `seq:` features track, its sequence id) in the BPF cookie, so no
+//! USDT argument parsing is needed. Under a cost governor, probes their
+//! semaphores do not gate move off that link onto links of each watched
+//! process ([`ProcessLinks`]), which the governor attaches and detaches
+//! ([`super::switches`]); tracked probes never leave it.
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -18,12 +19,13 @@ use crate::discover::procs::Process;
 use crate::discover::stapsdt::UsdtBinary;
 use crate::error::{Error, Result};
 
-/// A probe site as attached: file offset, column, semaphore file offset (0:
-/// none).
+/// A probe site as attached: file offset, column, sequence id (0: not
+/// tracked), semaphore file offset (0: none).
 #[derive(Debug, Clone, Copy)]
 struct Site {
     offset: usize,
     column: u32,
+    seq: u16,
     ref_ctr: usize,
 }
 
@@ -61,12 +63,15 @@ pub struct AttachedProbe {
     pub semaphores: Vec<usize>,
     /// Whether every site is a 5-byte nop (the cheaper, optimized uprobe).
     pub nop5: bool,
+    /// Tracked for `seq:` features: counted exactly, never duty-cycled (a
+    /// probe that is off breaks its threads' transitions).
+    pub tracked: bool,
 }
 
 /// Attaches the counting program to the sites of `binary` (run by
-/// `process`) whose probe is a column ([`Kernel::probes`]), on one link
-/// with its switch on; the probes named in `split` are left to links of
-/// each watched process ([`ProcessLinks`]).
+/// `process`) whose probe is counted or tracked ([`Kernel::probes`]), on
+/// one link with its switch on; the probes named in `split` are left to
+/// links of each watched process ([`ProcessLinks`]), except tracked ones.
 pub fn attach(
     kernel: &Kernel<'_>,
     switches: &mut Switches,
@@ -78,12 +83,14 @@ pub fn attach(
     let mut probes = HashSet::new();
     let mut semaphores = BTreeSet::new();
     let mut all_sites = Vec::new();
-    // Column -> (semaphore offsets, every site a 5-byte nop, every site guarded).
-    let mut per_probe: HashMap<u32, (BTreeSet<u64>, bool, bool)> = HashMap::new();
+    // Column -> (semaphore offsets, every site a 5-byte nop, every site
+    // guarded, tracked).
+    let mut per_probe: HashMap<u32, (BTreeSet<u64>, bool, bool, bool)> = HashMap::new();
     for site in binary.provider_sites("qemu") {
-        let Some(&feature) = kernel.probes.get(&site.name) else {
+        let Some(&ids) = kernel.probes.get(&site.name) else {
             continue;
         };
+        let feature = ids.column;
         // Two notes at one address would count each hit twice.
         if !seen.insert(site.file_offset) {
             continue;
@@ -91,13 +98,14 @@ pub fn attach(
         probes.insert(feature);
         let p = per_probe
             .entry(feature)
-            .or_insert_with(|| (BTreeSet::new(), true, true));
+            .or_insert_with(|| (BTreeSet::new(), true, true, ids.seq != 0));
         p.0.extend(site.semaphore_offset);
         p.1 &= site.nop5;
         p.2 &= site.semaphore_offset.is_some();
         all_sites.push(Site {
             offset: site.file_offset as usize,
             column: feature,
+            seq: ids.seq,
             // Raised per watched process (see `semaphores`), not by the
             // kernel's ref_ctr_offset, unless the kernel insists.
             ref_ctr: site.semaphore_offset.unwrap_or(0) as usize,
@@ -111,9 +119,12 @@ pub fn attach(
         });
     }
     all_sites.sort_by_key(|s| s.column);
+    // Tracked probes stay on this link: they are never duty-cycled.
     let split: BTreeSet<u32> = split
         .iter()
         .filter_map(|name| kernel.probes.get(name).copied())
+        .filter(|p| p.seq == 0)
+        .map(|p| p.column)
         .filter(|c| probes.contains(c))
         .collect();
     let mut att = BinaryAttachment {
@@ -144,7 +155,7 @@ pub fn attach(
     );
     let mut probes_of: Vec<AttachedProbe> = per_probe
         .into_iter()
-        .map(|(column, (sems, nop5, guarded))| AttachedProbe {
+        .map(|(column, (sems, nop5, guarded, tracked))| AttachedProbe {
             column,
             semaphores: if guarded {
                 sems.iter()
@@ -154,6 +165,7 @@ pub fn attach(
                 Vec::new()
             },
             nop5,
+            tracked,
         })
         .collect();
     probes_of.sort_by_key(|p| p.column);
@@ -178,7 +190,8 @@ impl BinaryAttachment {
         let mut columns = BTreeSet::new();
         for s in self.all_sites.iter().filter(|s| which(s.column)) {
             opts.offsets.push(s.offset);
-            opts.cookies.push(SwitchedLink::cookie(switch, s.column));
+            opts.cookies
+                .push(crate::bpf::usdt_cookie(s.column, Some(switch), s.seq));
             ref_ctrs.push(s.ref_ctr);
             columns.insert(s.column);
         }

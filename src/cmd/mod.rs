@@ -66,13 +66,15 @@ pub struct CountArgs {
     /// Sources to count, comma separated: `qemu` (USDT probes), `syscalls`
     /// (BPF syscall counter), `kvm` (KVM tracepoints and exit reasons),
     /// `perf` (software performance counters of the VM's threads: vCPU and
-    /// other CPU time, context switches, page faults, CPU migrations), or
-    /// `strace` alone (the real `strace -c -f`,
+    /// other CPU time, context switches, page faults, CPU migrations),
+    /// `seq` (transitions between two probes on a thread, `seq:A>B`, only
+    /// as --probes names them), or `strace` alone (the real `strace -c -f`,
     /// the paper's baseline). Default: the sources of --probes, else qemu.
     #[arg(long = "source", value_delimiter = ',', value_name = "SOURCES")]
     pub sources: Vec<vmwatch::session::CountSource>,
-    /// Count only these features (one name per line, e.g. `qemu:tap_send`);
-    /// only their probe sites are attached.
+    /// Count only these features (one name per line, e.g. `qemu:tap_send`,
+    /// `seq:virtqueue_fill>virtio_notify`); only their probe sites are
+    /// attached.
     #[arg(long, value_name = "FILE")]
     pub probes: Option<PathBuf>,
     /// Window length (e.g. 2s, 500ms).
@@ -130,7 +132,8 @@ pub struct FeatureArgs {
     #[arg(long, value_name = "FILE")]
     pub features: Option<PathBuf>,
     /// Use only the features of these sources (comma separated: qemu,
-    /// syscalls, kvm, perf) that are nonzero somewhere in the input files.
+    /// syscalls, kvm, perf, seq) that are nonzero somewhere in the input
+    /// files.
     #[arg(
         long = "source",
         value_delimiter = ',',

@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long)]
     raw: bool,
     /// Consider only features of these sources (comma separated: qemu,
-    /// syscalls, kvm, perf). Default: every feature of the files.
+    /// syscalls, kvm, perf, seq). Default: every feature of the files.
     #[arg(long = "source", value_delimiter = ',', value_name = "SOURCES")]
     sources: Vec<vmwatch_core::features::Source>,
     /// Fewest rows (windows) a file must have.

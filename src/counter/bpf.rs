@@ -16,7 +16,7 @@ use crate::attach::semaphores::{self, Raised};
 use crate::attach::switches::{self, Switches};
 use crate::attach::uprobes::{self, BinaryAttachment, ProcessLinks};
 use crate::attach::{self, Kernel};
-use crate::bpf::{BpfObjects, Layout};
+use crate::bpf::BpfObjects;
 use crate::discover::kvm::KvmEvents;
 use crate::discover::procs::Process;
 use crate::discover::stapsdt::UsdtBinary;
@@ -74,14 +74,16 @@ impl<'obj> Collector<'obj> {
     /// Loads the BPF programs of the sources `config` counts, sizes the maps
     /// and attaches the syscall and KVM programs.
     pub fn new(objects: &'obj mut BpfObjects, config: CollectorConfig) -> Result<Self> {
-        let layout = Layout::new(config.columns.len(), config.max_vms)?;
-        let kernel = attach::load(objects, &layout, &config.columns, config.kvm.as_ref())?;
+        let kernel = attach::load(
+            objects,
+            &config.columns,
+            config.max_vms,
+            config.kvm.as_ref(),
+        )?;
+        let layout = kernel.layout;
         let drainer = Drainer::new(kernel.counts_fd(), layout)?;
         let switches = Switches::new(libbpf_rs::MapCore::max_entries(&kernel.skel.maps.switches));
-        let counts_probes = config
-            .columns
-            .iter()
-            .any(|(_, f)| matches!(f, vmwatch_core::features::Feature::Probe(_)));
+        let counts_probes = !kernel.probes.is_empty();
         let cost = match config.hit_cost {
             Some(c) => c,
             None if counts_probes => govern::hit_cost(&kernel.skel.progs.count_usdt),
@@ -299,6 +301,9 @@ impl<'obj> Collector<'obj> {
                     .as_mut()
                     .map(|p| p.close_window(now, &mut counts, dark))
                     .unwrap_or_default();
+                // The hidden counters of tracked probes that are not
+                // columns have been charged; rows are the columns.
+                counts.truncate(self.columns.len());
                 if let (Some(cols), Some(p)) = (&self.perf, watched.perf.as_mut()) {
                     p.read().write(cols, &mut counts);
                 }

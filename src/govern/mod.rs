@@ -126,8 +126,9 @@ enum Gate {
     Unswitched,
     /// Through the switches of the VM's own links.
     Links,
-    /// Exact for good: another tracer holds its semaphore, or its links
-    /// could not be attached.
+    /// Exact for good: tracked for `seq:` features (a probe that is off
+    /// would break its threads' transitions), another tracer holds its
+    /// semaphore, or its links could not be attached.
     Exact,
 }
 
@@ -213,7 +214,9 @@ impl VmProbes {
             .map(|p| Probe {
                 column: p.column as usize,
                 sems: p.semaphores.clone(),
-                gate: if p.semaphores.is_empty() {
+                gate: if p.tracked {
+                    Gate::Exact
+                } else if p.semaphores.is_empty() {
                     Gate::Unswitched
                 } else {
                     Gate::Semaphores
@@ -970,9 +973,39 @@ mod tests {
                 column: i as u32,
                 semaphores: vec![i],
                 nop5: true,
+                tracked: false,
             })
             .collect();
         VmProbes::new(&attached, &HitCost::flat(1000.0), now)
+    }
+
+    #[test]
+    fn a_probe_tracked_for_seq_features_is_never_thinned() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(2);
+        let attached: Vec<AttachedProbe> = (0..3)
+            .map(|i| AttachedProbe {
+                column: i,
+                semaphores: vec![i as usize],
+                nop5: true,
+                tracked: i != 2,
+            })
+            .collect();
+        let mut vm = VmProbes::new(&attached, &HitCost::flat(1000.0), t0);
+        // Only the untracked probe is ever turned off.
+        assert_eq!(vm.start_phase(t0, &[0, 0, 0], None, Some(0.01), w), [2]);
+        // Probe 0 at 200,000/s (20% of a CPU), probe 2 at 20,000/s (2%):
+        // the tracked one stays exact, and its cost thins the other more.
+        let t1 = t0 + Duration::from_millis(500);
+        let turn = vm.start_phase(t1, &[100_000, 5, 10_000], None, Some(0.01), w);
+        assert_eq!(turn, [2]);
+        assert_eq!((vm.probes[0].level, vm.probes[1].level), (0, 0));
+        assert_eq!(vm.probes[0].gate, Gate::Exact);
+        assert!(vm.probes[2].level > 0);
+        let mut counts = vec![200_000, 10, 20_000];
+        let cost = vm.close_window(t0 + w, &mut counts, 0);
+        assert_eq!(&counts[..2], [200_000, 10]);
+        assert!(cost.sampled.iter().all(|&(c, _)| c == 2), "{cost:?}");
     }
 
     #[test]
@@ -1060,12 +1093,14 @@ mod tests {
                 column: 0,
                 semaphores: vec![0],
                 nop5: true,
+                tracked: false,
             },
             // No semaphore: only links can thin it.
             AttachedProbe {
                 column: 1,
                 semaphores: vec![],
                 nop5: true,
+                tracked: false,
             },
         ];
         let mut vm = VmProbes::new(&attached, &HitCost::flat(1000.0), t0);

@@ -1,7 +1,8 @@
 //! The feature catalogue: which features exist for the targets (every
 //! `qemu` probe of their binaries, every syscall of the architecture, every
-//! KVM tracepoint of the kernel, the software performance counters) and
-//! which of them a session counts.
+//! KVM tracepoint of the kernel, the software performance counters, and the
+//! transitions between two probes of their binaries, which are counted
+//! only when named) and which of them a session counts.
 
 use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
@@ -23,6 +24,7 @@ pub enum CountSource {
     Syscalls,
     Kvm,
     Perf,
+    Seq,
     Strace,
 }
 
@@ -35,9 +37,10 @@ impl FromStr for CountSource {
             "syscalls" => Ok(CountSource::Syscalls),
             "kvm" => Ok(CountSource::Kvm),
             "perf" => Ok(CountSource::Perf),
+            "seq" => Ok(CountSource::Seq),
             "strace" => Ok(CountSource::Strace),
             other => Err(format!(
-                "unknown source `{other}` (sources: qemu, syscalls, kvm, perf, strace)"
+                "unknown source `{other}` (sources: qemu, syscalls, kvm, perf, seq, strace)"
             )),
         }
     }
@@ -81,6 +84,7 @@ pub fn plan(
                 CountSource::Syscalls | CountSource::Strace => Source::Syscalls,
                 CountSource::Kvm => Source::Kvm,
                 CountSource::Perf => Source::Perf,
+                CountSource::Seq => Source::Seq,
             })
             .collect()
     };
@@ -95,7 +99,8 @@ pub fn plan(
 /// Every feature of `sources` for targets running `binaries`, in column
 /// order: probes by name, then syscalls in the architecture's order, then
 /// KVM tracepoints and exit reasons, then the perf events. Also the KVM
-/// events, when discovered.
+/// events, when discovered. `seq:` features are not listed: they exist
+/// for any two probes of [`probe_names`] and are counted only when named.
 pub fn available(
     sources: &[Source],
     binaries: &HashMap<(u64, u64), Arc<UsdtBinary>>,
@@ -124,27 +129,50 @@ pub fn available(
     Ok((out, kvm))
 }
 
+/// The `qemu` probes of `binaries`, by name.
+pub fn probe_names(binaries: &HashMap<(u64, u64), Arc<UsdtBinary>>) -> BTreeSet<String> {
+    binaries
+        .values()
+        .flat_map(|b| b.provider_sites("qemu").map(|s| s.name.clone()))
+        .collect()
+}
+
 /// The columns to count: every available feature, or the requested ones
 /// that exist here, in the requested order (those that do not exist are
-/// reported and stay zero). With `probes_as_requested`, requested probes are
-/// columns whether or not a binary seen so far has them: QEMU processes
-/// that start later may.
+/// reported and stay zero). A `seq:` feature exists when both its probes
+/// are among `probes`. With `probes_as_requested`, requested probes and
+/// transitions are columns whether or not a binary seen so far has them:
+/// QEMU processes that start later may.
 pub fn choose(
     available: Vec<Feature>,
+    probes: &BTreeSet<String>,
     requested: Option<&[String]>,
     sources: &[Source],
     probes_as_requested: bool,
 ) -> Result<Columns> {
     let Some(wanted) = requested else {
+        if sources.contains(&Source::Seq) {
+            return Err(Error::Invalid(
+                "--source seq counts only the transitions a feature list names (--probes FILE, \
+                 e.g. a line `seq:virtqueue_fill>virtio_notify`): there are millions of probe \
+                 pairs"
+                    .into(),
+            ));
+        }
         return Ok(Columns::new(available));
     };
     let have: std::collections::HashSet<&Feature> = available.iter().collect();
+    let exists = |f: &Feature| match f {
+        Feature::Seq { from, to } => probes.contains(from) && probes.contains(to),
+        f => have.contains(f),
+    };
     let mut present = Vec::new();
     let mut missing = Vec::new();
     for name in wanted {
         let source = Source::of(name).ok_or_else(|| {
             Error::Invalid(format!(
-                "feature `{}` belongs to no source vmwatch collects (qemu:, sys:, kvm:, perf:)",
+                "feature `{}` belongs to no source vmwatch collects (qemu:, sys:, kvm:, perf:, \
+                 seq:)",
                 shown(name)
             ))
         })?;
@@ -155,10 +183,14 @@ pub fn choose(
                 source.name()
             )));
         }
-        // A syscall this architecture lacks is missing like any other.
+        // A syscall this architecture lacks is missing like any other; a
+        // malformed transition is an error, not a column of zeros.
         match Feature::from_str(name) {
-            Ok(f) if have.contains(&f) => present.push(f),
-            Ok(f @ Feature::Probe(_)) if probes_as_requested => present.push(f),
+            Ok(f) if exists(&f) => present.push(f),
+            Ok(f @ (Feature::Probe(_) | Feature::Seq { .. })) if probes_as_requested => {
+                present.push(f)
+            }
+            Err(e) if source == Source::Seq => return Err(e.into()),
             _ => missing.push(name.as_str()),
         }
     }
@@ -194,12 +226,49 @@ mod tests {
         let (all, kvm) = available(&[Source::Perf], &HashMap::new()).unwrap();
         assert!(kvm.is_none());
         assert_eq!(all, features::perf_features().collect::<Vec<_>>());
-        let cols = choose(all.clone(), Some(&wanted), &[Source::Perf], false).unwrap();
+        let none = BTreeSet::new();
+        let cols = choose(all.clone(), &none, Some(&wanted), &[Source::Perf], false).unwrap();
         assert_eq!(cols.names(), ["perf:page_faults"]);
-        let err = choose(all, Some(&wanted), &[Source::Qemu], false).unwrap_err();
+        let err = choose(all, &none, Some(&wanted), &[Source::Qemu], false).unwrap_err();
         assert_eq!(
             err.to_string(),
             "feature `perf:page_faults` needs --source perf"
+        );
+    }
+
+    #[test]
+    fn seq_is_a_source_of_its_own_counted_only_when_named() {
+        let wanted: Vec<String> = ["qemu:a", "seq:a>b", "seq:b>c", "seq:a>a"]
+            .map(String::from)
+            .to_vec();
+        let (s, _) = plan(&[], Some(&wanted)).unwrap();
+        assert_eq!(s, [Source::Qemu, Source::Seq]);
+        assert_eq!("seq".parse::<CountSource>(), Ok(CountSource::Seq));
+        let probes: BTreeSet<String> = ["a", "b"].map(String::from).into();
+        let all = vec![Feature::Probe("a".into()), Feature::Probe("b".into())];
+        // `seq:b>c` names a probe no binary has: missing, zero.
+        let cols = choose(all.clone(), &probes, Some(&wanted), &s, false).unwrap();
+        assert_eq!(cols.names(), ["qemu:a", "seq:a>b", "seq:a>a"]);
+        // A VM that starts later may have it.
+        let cols = choose(all.clone(), &probes, Some(&wanted), &s, true).unwrap();
+        assert_eq!(cols.len(), 4);
+        // Never part of "every feature".
+        let (s, _) = plan(&[CountSource::Qemu, CountSource::Seq], None).unwrap();
+        let err = choose(all.clone(), &probes, None, &s, false).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--source seq counts only the transitions a feature list names"),
+            "{err}"
+        );
+        let err = choose(all.clone(), &probes, Some(&wanted), &[Source::Qemu], false).unwrap_err();
+        assert_eq!(err.to_string(), "feature `seq:a>b` needs --source seq");
+        // A malformed transition is refused, not a column of zeros.
+        let bad = ["seq:a>b>c".to_string()];
+        let err = choose(all, &probes, Some(&bad), &[Source::Seq], true).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("feature `seq:a>b>c` is not a transition between two QEMU probes"),
+            "{err}"
         );
     }
 }

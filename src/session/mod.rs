@@ -58,7 +58,8 @@ pub struct Session<'obj> {
     binaries: HashMap<(u64, u64), Arc<UsdtBinary>>,
     /// What each executable means for rows, by device and inode.
     facts: HashMap<(u64, u64), Arc<BinaryFacts>>,
-    /// Whether any QEMU probe is counted (else no binary is attached).
+    /// Whether any QEMU probe or transition is counted (else no binary is
+    /// attached).
     counts_qemu: bool,
     /// Joined during the current window: their first sample is partial.
     pending_joined: Vec<Process>,
@@ -83,7 +84,8 @@ impl<'obj> Session<'obj> {
         let mut processes = Vec::new();
         let mut binaries = HashMap::new();
         for (p, origin) in resolved.processes {
-            if sources.contains(&Source::Qemu) && !binaries.contains_key(&p.binary_id) {
+            let probes = sources.contains(&Source::Qemu) || sources.contains(&Source::Seq);
+            if probes && !binaries.contains_key(&p.binary_id) {
                 match UsdtBinary::of_process(&p) {
                     Ok(b) => {
                         binaries.insert(p.binary_id, Arc::new(b));
@@ -107,8 +109,14 @@ impl<'obj> Session<'obj> {
             }));
         }
         let (available, kvm) = catalogue::available(&sources, &binaries)?;
-        let columns = catalogue::choose(available, config.features.as_deref(), &sources, waits)?;
-        let counts_qemu = columns.has(Source::Qemu);
+        let columns = catalogue::choose(
+            available,
+            &catalogue::probe_names(&binaries),
+            config.features.as_deref(),
+            &sources,
+            waits,
+        )?;
+        let counts_qemu = columns.has(Source::Qemu) || columns.has(Source::Seq);
         let counter: Box<dyn Counter + 'obj> = match backend {
             Backend::Strace => Box::new(StraceCounter::new(columns)?),
             Backend::Bpf => Box::new(Collector::new(
@@ -214,7 +222,13 @@ impl<'obj> Session<'obj> {
                     .counter
                     .columns()
                     .iter()
-                    .filter(|(_, f)| matches!(f, Feature::Probe(n) if !probes.contains(n.as_str())))
+                    .filter(|(_, f)| match f {
+                        Feature::Probe(n) => !probes.contains(n.as_str()),
+                        Feature::Seq { from, to } => {
+                            !probes.contains(from.as_str()) || !probes.contains(to.as_str())
+                        }
+                        _ => false,
+                    })
                     .map(|(i, _)| i)
                     .collect();
                 BinaryFacts {

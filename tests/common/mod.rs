@@ -536,6 +536,14 @@ impl Fixture {
         reply.rsplit(' ').next().unwrap().parse().unwrap()
     }
 
+    /// Fires each of `lists` (probe names) in order, `n` times over, on a
+    /// new thread per list, all started together.
+    pub fn sequences(&mut self, n: u64, lists: &[&[&str]]) {
+        let lists: Vec<String> = lists.iter().map(|l| l.join(",")).collect();
+        let reply = self.ask(&format!("sequences {n} {}", lists.join(" ")));
+        assert_eq!(reply, format!("ok sequences {n} {}", lists.len()));
+    }
+
     /// Semaphore state of the lazy probes (fires each enabled one once).
     pub fn enabled(&mut self) -> HashMap<String, bool> {
         let reply = self.ask("enabled");

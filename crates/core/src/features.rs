@@ -1,9 +1,9 @@
 //! Features: what one column of a row counts. Each has a typed identity
 //! ([`Feature`]: a QEMU probe, a syscall by number, a KVM tracepoint, an
-//! exit reason, a software performance counter; sequence and argument kinds
-//! will join them) and one name in a namespace per source (`qemu:`, `sys:`,
-//! `kvm:`, `perf:`), so rows from several sources join into one vector
-//! (DESIGN.md). Names are for files; the
+//! exit reason, a software performance counter, a transition between two
+//! QEMU probes; argument kinds will join them) and one name in a namespace
+//! per source (`qemu:`, `sys:`, `kvm:`, `perf:`, `seq:`), so rows from
+//! several sources join into one vector (DESIGN.md). Names are for files; the
 //! collectors work on the typed identity, and [`Columns`] is the one
 //! mapping between a feature and its column.
 
@@ -30,6 +30,9 @@ pub enum Source {
     /// (`perf:`): CPU time of its vCPU threads and of the others, context
     /// switches, page faults, CPU migrations.
     Perf,
+    /// Transitions between QEMU probes on one thread (`seq:`): counted only
+    /// when a feature list names them, never as part of "every feature".
+    Seq,
 }
 
 impl Source {
@@ -43,6 +46,8 @@ impl Source {
             Some(Source::Kvm)
         } else if feature.starts_with(PERF) {
             Some(Source::Perf)
+        } else if feature.starts_with(SEQ) {
+            Some(Source::Seq)
         } else {
             None
         }
@@ -60,6 +65,7 @@ impl Source {
             Source::Syscalls => "syscalls",
             Source::Kvm => "kvm",
             Source::Perf => "perf",
+            Source::Seq => "seq",
         }
     }
 }
@@ -75,8 +81,9 @@ impl FromStr for Source {
             "syscalls" | "strace" => Ok(Source::Syscalls),
             "kvm" => Ok(Source::Kvm),
             "perf" => Ok(Source::Perf),
+            "seq" => Ok(Source::Seq),
             other => Err(format!(
-                "unknown source `{other}` (sources: qemu, syscalls, kvm, perf, strace)"
+                "unknown source `{other}` (sources: qemu, syscalls, kvm, perf, seq, strace)"
             )),
         }
     }
@@ -98,6 +105,10 @@ pub enum Feature {
     /// A software performance counter of the process's threads:
     /// `perf:<event>`.
     Perf(PerfEvent),
+    /// Hits of QEMU probe `to` on a thread whose previous hit among the
+    /// tracked probes (those the counted `seq:` features name) was of
+    /// `from`: `seq:<from>><to>`.
+    Seq { from: String, to: String },
 }
 
 impl Feature {
@@ -107,6 +118,15 @@ impl Feature {
             Feature::Syscall(_) => Source::Syscalls,
             Feature::KvmEvent(_) | Feature::KvmExit(_) => Source::Kvm,
             Feature::Perf(_) => Source::Perf,
+            Feature::Seq { .. } => Source::Seq,
+        }
+    }
+
+    /// The transition from probe `from` to probe `to`.
+    pub fn seq(from: &str, to: &str) -> Self {
+        Feature::Seq {
+            from: from.to_string(),
+            to: to.to_string(),
         }
     }
 
@@ -196,6 +216,7 @@ impl fmt::Display for Feature {
             Feature::KvmEvent(e) => write!(f, "{KVM}{e}"),
             Feature::KvmExit(r) => write!(f, "{KVM_EXIT}{r}"),
             Feature::Perf(e) => write!(f, "{PERF}{e}"),
+            Feature::Seq { from, to } => write!(f, "{SEQ}{from}{SEQ_ARROW}{to}"),
         }
     }
 }
@@ -222,8 +243,19 @@ impl FromStr for Feature {
         if let Some(e) = name.strip_prefix(PERF) {
             return e.parse().map(Feature::Perf).map_err(|why| bad(&why));
         }
+        if let Some(pair) = name.strip_prefix(SEQ) {
+            return match pair.split_once(SEQ_ARROW) {
+                Some((from, to)) if is_probe_name(from) && is_probe_name(to) => {
+                    Ok(Feature::seq(from, to))
+                }
+                _ => Err(bad(
+                    "is not a transition between two QEMU probes, `seq:<probe>><probe>` \
+                     (e.g. `seq:virtqueue_fill>virtio_notify`)",
+                )),
+            };
+        }
         Err(bad(
-            "belongs to no source vmwatch collects (qemu:, sys:, kvm:, perf:)",
+            "belongs to no source vmwatch collects (qemu:, sys:, kvm:, perf:, seq:)",
         ))
     }
 }
@@ -300,6 +332,22 @@ pub const SYS: &str = "sys:";
 
 /// Prefix of software performance counter features.
 pub const PERF: &str = "perf:";
+
+/// Prefix of sequence features.
+pub const SEQ: &str = "seq:";
+
+/// What separates a sequence feature's two probes.
+const SEQ_ARROW: char = '>';
+
+/// Whether `name` can be a QEMU probe's name in a `seq:` feature: a C
+/// identifier, as trace-events names are (so `>` cannot occur in it).
+fn is_probe_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
 
 /// Syscalls that are tracing machinery, not the traced program's behaviour:
 /// on Linux ≥ 6.18 every hit of an optimized uprobe (a USDT probe on a 5-byte
@@ -393,7 +441,12 @@ fn parse_lines(text: &str) -> Result<Vec<String>, String> {
                 shown(line)
             ));
         }
-        let name = if line.contains(':') {
+        let name = if line.starts_with(SEQ) {
+            // Refused here, with its line, rather than counted as missing.
+            Feature::from_str(line)
+                .map_err(|e| format!("line {}: {e}", i + 1))?
+                .to_string()
+        } else if line.contains(':') {
             line.to_string()
         } else {
             Feature::Probe(line.to_string()).to_string()
@@ -517,6 +570,67 @@ mod tests {
         );
         assert!(Source::any_of(&[Source::Perf], "perf:page_faults"));
         assert!(!Source::any_of(&[Source::Perf], "qemu:page_faults"));
+    }
+
+    #[test]
+    fn seq_names_round_trip_and_malformed_ones_are_refused() {
+        let f: Feature = "seq:virtqueue_fill>virtio_notify".parse().unwrap();
+        assert_eq!(f, Feature::seq("virtqueue_fill", "virtio_notify"));
+        assert_eq!(f.to_string(), "seq:virtqueue_fill>virtio_notify");
+        assert_eq!(f.source(), Source::Seq);
+        assert_eq!(Source::of("seq:a>b"), Some(Source::Seq));
+        assert_eq!("seq".parse::<Source>(), Ok(Source::Seq));
+        assert_eq!(Source::Seq.name(), "seq");
+        // A probe may follow itself; names are identifiers.
+        let f: Feature = "seq:_x1>_x1".parse().unwrap();
+        assert_eq!(f, Feature::seq("_x1", "_x1"));
+        assert_eq!(f.to_string(), "seq:_x1>_x1");
+        for bad in [
+            "seq:",
+            "seq:a",
+            "seq:a>",
+            "seq:>b",
+            "seq:a>b>c",
+            "seq:a->b",
+            "seq:qemu:a>b",
+            "seq:a>b ",
+            "seq:1a>b",
+            "seq:a\u{2028}>b",
+        ] {
+            let err = bad.parse::<Feature>().error_message();
+            assert_eq!(
+                err,
+                format!(
+                    "feature `{}` is not a transition between two QEMU probes, \
+                     `seq:<probe>><probe>` (e.g. `seq:virtqueue_fill>virtio_notify`)",
+                    shown(bad)
+                ),
+                "{bad:?}"
+            );
+            assert!(!err.contains('\n') && !err.contains('\u{2028}'), "{err}");
+        }
+        let cols = Columns::new([
+            Feature::Probe("a".into()),
+            Feature::seq("a", "b"),
+            Feature::seq("b", "a"),
+        ]);
+        assert_eq!(cols.names(), ["qemu:a", "seq:a>b", "seq:b>a"]);
+        assert_eq!(cols.position(&Feature::seq("b", "a")), Some(2));
+        assert!(cols.has(Source::Seq) && cols.has(Source::Qemu));
+        assert!(Source::any_of(&[Source::Seq], "seq:a>b"));
+        assert!(!Source::any_of(&[Source::Qemu], "seq:a>b"));
+    }
+
+    #[test]
+    fn feature_lists_refuse_malformed_seq_names_by_line() {
+        let list = parse_feature_list("f", "qemu:a\nseq:a>b\n").unwrap();
+        assert_eq!(list, ["qemu:a", "seq:a>b"]);
+        let err = parse_feature_list("f", "qemu:a\nseq:a>b>c\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "f: line 2: feature `seq:a>b>c` is not a transition between two QEMU probes, \
+             `seq:<probe>><probe>` (e.g. `seq:virtqueue_fill>virtio_notify`)"
+        );
     }
 
     #[test]

@@ -1,0 +1,155 @@
+//! Sequence features (`seq:<a>><b>`) on the USDT fixture: per-thread
+//! transitions between tracked probes counted exactly in the kernel, none
+//! across threads, probes that are counted but not tracked leave them
+//! alone, a tracked probe without a column of its own is attached all the
+//! same, the cost governor never duty-cycles a tracked probe, and the
+//! command line refuses what it cannot count. Run as root.
+
+#[macro_use]
+mod common;
+
+use common::{Fixture, Recording};
+
+const VF: &str = "virtqueue_fill";
+const TS: &str = "tap_send";
+const QDP: &str = "qemu_deliver_packet";
+const MRW: &str = "memory_region_ops_write";
+
+#[test]
+fn transitions_are_counted_per_thread_and_never_across_threads() {
+    skip_without_bpf!();
+    let dir = tempfile::tempdir().unwrap();
+    // qemu_deliver_packet is tracked (named by seq: features) without a
+    // count of its own; memory_region_ops_write is counted, not tracked.
+    let list = common::feature_list(
+        dir.path(),
+        "qemu:virtqueue_fill\nqemu:tap_send\nqemu:memory_region_ops_write\n\
+         seq:virtqueue_fill>tap_send\nseq:tap_send>virtqueue_fill\n\
+         seq:tap_send>qemu_deliver_packet\nseq:qemu_deliver_packet>tap_send\n\
+         # only across threads, or never\n\
+         seq:virtqueue_fill>qemu_deliver_packet\nseq:qemu_deliver_packet>virtqueue_fill\n\
+         seq:tap_send>tap_send\nseq:virtqueue_fill>virtqueue_fill\n",
+    );
+    let mut fx = Fixture::start();
+    let options = format!(
+        "--probes {} --interval 300ms --windows 10 --budget none",
+        list.display()
+    );
+    let rec = Recording::start(&[fx.pid], &options, "seq.csv");
+    // Two threads at once: a,b,a,b,... and b,c,b,c,..., 20,000 rounds each.
+    let n = 20_000;
+    fx.sequences(n, &[&[VF, TS], &[TS, QDP]]);
+    // A third thread: a counted probe that is not tracked between the two
+    // does not break their transition.
+    let m = 5_000;
+    fx.sequences(m, &[&[VF, MRW, TS]]);
+    let (ds, _) = rec.finish();
+    let t = ds.totals(fx.pid);
+    eprintln!("{t:?}");
+    assert!(
+        !ds.features()
+            .iter()
+            .any(|f| f == "qemu:qemu_deliver_packet"),
+        "a tracked probe without a count of its own got a column: {:?}",
+        ds.features()
+    );
+    let want = [
+        ("qemu:virtqueue_fill", n + m),
+        ("qemu:tap_send", 2 * n + m),
+        ("qemu:memory_region_ops_write", m),
+        // Each thread's first hit has no previous probe: n, n - 1.
+        ("seq:virtqueue_fill>tap_send", n + m),
+        ("seq:tap_send>virtqueue_fill", (n - 1) + (m - 1)),
+        ("seq:tap_send>qemu_deliver_packet", n),
+        ("seq:qemu_deliver_packet>tap_send", n - 1),
+        ("seq:virtqueue_fill>qemu_deliver_packet", 0),
+        ("seq:qemu_deliver_packet>virtqueue_fill", 0),
+        ("seq:tap_send>tap_send", 0),
+        ("seq:virtqueue_fill>virtqueue_fill", 0),
+    ];
+    for (f, v) in want {
+        assert_eq!(t.get(f).copied(), Some(v), "{f}: {t:?}");
+    }
+    assert_eq!(
+        ds.features().len(),
+        want.len(),
+        "columns: {:?}",
+        ds.features()
+    );
+}
+
+#[test]
+fn a_probe_tracked_for_seq_features_is_never_duty_cycled() {
+    skip_without_bpf!();
+    let dir = tempfile::tempdir().unwrap();
+    let list = common::feature_list(
+        dir.path(),
+        "qemu:virtqueue_fill\nqemu:memory_region_ops_write\nseq:virtqueue_fill>virtqueue_fill\n",
+    );
+    let mut fx = Fixture::start();
+    // The default budget, 1% of a CPU at 700 ns a hit: 14,286 hits/s. Both
+    // probes are gated by their semaphores and fire 100,000 times a second
+    // for 2.5 s each (7% of a CPU): the governor may thin only the
+    // untracked one.
+    let options = format!(
+        "--probes {} --interval 1s --windows 8 --hit-cost 700",
+        list.display()
+    );
+    let rec = Recording::start(&[fx.pid], &options, "seq-governed.csv");
+    let (calls, hits) = fx.pace(VF, 100_000, 2500);
+    let (m_calls, m_hits) = fx.pace(MRW, 100_000, 2500);
+    let (ds, log) = rec.finish();
+    assert_eq!((calls, m_calls), (250_000, 250_000));
+    assert_eq!(hits, calls, "the tracked probe was turned off: {log}");
+    assert!(
+        m_hits < m_calls / 2,
+        "the untracked probe was not thinned: {m_hits} of {m_calls} calls hit"
+    );
+    let c = ds.col("qemu:virtqueue_fill").unwrap();
+    let s = ds.col("seq:virtqueue_fill>virtqueue_fill").unwrap();
+    let (mut vf, mut seq, mut marked) = (0, 0, 0);
+    for r in ds.rows_of(fx.pid) {
+        let sampled = ds.sampled(r);
+        assert!(
+            !sampled.contains("virtqueue_fill"),
+            "a tracked probe or its transition was estimated: {sampled}"
+        );
+        marked += usize::from(sampled.contains("qemu:memory_region_ops_write="));
+        vf += r[c].parse::<u64>().unwrap();
+        seq += r[s].parse::<u64>().unwrap();
+    }
+    assert!(marked > 0, "memory_region_ops_write never estimated");
+    assert_eq!(vf, calls);
+    // One thread: every hit but the first follows one of the same probe.
+    assert_eq!(seq, calls - 1);
+}
+
+#[test]
+fn seq_features_must_be_named_and_well_formed() {
+    skip_without_bpf!();
+    let dir = tempfile::tempdir().unwrap();
+    let fx = Fixture::start();
+    let out = dir.path().join("x.csv");
+    let ran = common::run("record --source seq --windows 1")
+        .pid(fx.pid)
+        .out(&out)
+        .fails_with("--source seq counts only the transitions a feature list names");
+    eprintln!("{}", ran.sentence());
+    let list = common::feature_list(dir.path(), "qemu:tap_send\nseq:tap_send->virtqueue_fill\n");
+    let ran = common::run("record --windows 1 --probes")
+        .arg(&list)
+        .pid(fx.pid)
+        .out(&out)
+        .fails_with(
+            "line 2: feature `seq:tap_send->virtqueue_fill` is not a transition between two \
+             QEMU probes, `seq:<probe>><probe>` (e.g. `seq:virtqueue_fill>virtio_notify`)",
+        );
+    eprintln!("{}", ran.sentence());
+    let list = common::feature_list(dir.path(), "qemu:tap_send\nseq:tap_send>virtqueue_fill\n");
+    common::run("record --windows 1 --source qemu --probes")
+        .arg(&list)
+        .pid(fx.pid)
+        .out(&out)
+        .fails_with("feature `seq:tap_send>virtqueue_fill` needs --source seq");
+    assert!(!out.exists());
+}
