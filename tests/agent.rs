@@ -608,8 +608,11 @@ fn the_agent_learns_every_probe_of_a_real_qemu_within_its_budget() {
         &metrics,
         &name,
         &list,
+        // Windows of 1 s, phases of 250 ms: moving a probe onto links
+        // takes up to 75 ms on a loaded host, too much of a 50-ms phase
+        // (200-ms windows) for the budget to hold there.
         &format!(
-            "budget = {:.5}\nhit_cost_ns = {HIT_COST_NS}",
+            "budget = {:.5}\nhit_cost_ns = {HIT_COST_NS}\ninterval = \"1s\"",
             budget * 100.0
         ),
     );

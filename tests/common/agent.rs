@@ -44,10 +44,19 @@ impl Agent {
         let config = dir.join("agent.toml");
         let features = dir.join("features.txt");
         std::fs::write(&features, feature_list).unwrap();
+        // 200-ms windows unless `extra` sets its own.
+        let interval = if extra
+            .lines()
+            .any(|l| l.trim_start().starts_with("interval"))
+        {
+            ""
+        } else {
+            "interval = \"200ms\"\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "features = \"{}\"\ninterval = \"200ms\"\nlearn_windows = {LEARN}\n\
+                "features = \"{}\"\n{interval}learn_windows = {LEARN}\n\
                  metrics = \"{metrics}\"\nevents = \"{}\"\ninclude = [\"{prefix}*\"]\n{extra}\n",
                 features.display(),
                 dir.join("events.jsonl").display()
