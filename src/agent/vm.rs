@@ -224,8 +224,7 @@ impl Vm {
             Phase::Training => LEARNING,
             Phase::Monitoring => {
                 let judge = self.judge.as_mut().expect("a monitoring VM has a model");
-                let (score, anomalous) =
-                    judge.judge(std::iter::once(((), row.counts, row.duration_ms)))[0];
+                let (score, anomalous) = judge.judge(std::iter::once(((), row.counts)))[0];
                 self.score = Some(score);
                 self.anomalous = Some(anomalous);
                 let verdict = if anomalous { "anomalous" } else { "normal" };

@@ -151,11 +151,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             samples.push(s);
         }
-        let judged = judge.judge(
-            samples
-                .iter()
-                .map(|s| (s.process.pid, s.counts.as_slice(), w.duration_ms)),
-        );
+        let judged = judge.judge(samples.iter().map(|s| (s.process.pid, s.counts.as_slice())));
         for (s, (score, anomalous)) in samples.iter().zip(judged) {
             let v = Verdict {
                 start_unix_ms: w.start_unix_ms,

@@ -2017,7 +2017,6 @@ vmwatch_odd{vm="a \"b\", c\\d"} 1
                 estimated: Vec::new(),
             },
             smoothing: Smoothing { k: 2, n: 3 },
-            inputs: Default::default(),
         };
         assert_eq!(
             train_line(&m),

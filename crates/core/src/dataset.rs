@@ -1107,14 +1107,6 @@ impl Table {
         Ok(Self { features, keys, x })
     }
 
-    /// [`Table::project`], each row in `inputs`' units (e.g. per second of
-    /// its window).
-    pub fn inputs(&self, features: &[String], inputs: crate::model::Inputs) -> Array2<f64> {
-        let mut x = self.project(features);
-        inputs.scale(&mut x, self.keys.iter().map(|k| k.duration_ms));
-        x
-    }
-
     /// The counts of `features`, in that order; a feature this table lacks
     /// is all zeros.
     pub fn project(&self, features: &[String]) -> Array2<f64> {

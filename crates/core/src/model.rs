@@ -36,42 +36,6 @@ pub struct Model {
     pub svm: OneClassSvm,
     pub training: TrainingSummary,
     pub smoothing: Smoothing,
-    /// What its input rows are (absent in model files of vmwatch before
-    /// rates: counts per window).
-    #[serde(default)]
-    pub inputs: Inputs,
-}
-
-/// What a model's input rows are: counts per window as recorded, or counts
-/// per second of the window (what `train` fits since: windows last their
-/// interval ±5% on a loaded host, and a longer window is not a busier VM).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Inputs {
-    #[default]
-    PerWindow,
-    PerSecond,
-}
-
-impl Inputs {
-    /// What a count of a window of `duration_ms` is multiplied by.
-    pub fn factor(self, duration_ms: u64) -> f64 {
-        match self {
-            Inputs::PerWindow => 1.0,
-            Inputs::PerSecond => 1000.0 / duration_ms.max(1) as f64,
-        }
-    }
-
-    /// Scales each row of counts `x` by its window's length.
-    pub fn scale(self, x: &mut Array2<f64>, durations_ms: impl IntoIterator<Item = u64>) {
-        if self == Inputs::PerWindow {
-            return;
-        }
-        for (mut row, d) in x.rows_mut().into_iter().zip(durations_ms) {
-            let f = self.factor(d);
-            row.mapv_inplace(|v| v * f);
-        }
-    }
 }
 
 /// ln(1 + x), then (v − mean) / scale per feature.
@@ -287,7 +251,6 @@ impl Model {
             svm,
             training,
             smoothing: Smoothing::default(),
-            inputs: Inputs::default(),
         })
     }
 
@@ -521,23 +484,6 @@ mod tests {
         // nu bounds the fraction of training errors (0.1 of 60 = 6).
         let fp = inside.iter().filter(|d| **d < -1e-9).count();
         assert!(fp <= 8, "{fp} of 60 training windows outside");
-    }
-
-    #[test]
-    fn inputs_scale_rows_by_their_window_and_old_files_mean_counts() {
-        let mut x = Array2::from_shape_vec((2, 2), vec![100.0, 4.0, 210.0, 8.4]).unwrap();
-        Inputs::PerSecond.scale(&mut x, [2000, 2100]);
-        assert_eq!(x.row(0).to_vec(), vec![50.0, 2.0]);
-        assert!((x[[1, 0]] - 100.0).abs() < 1e-9 && (x[[1, 1]] - 4.0).abs() < 1e-9);
-        let mut same = x.clone();
-        Inputs::PerWindow.scale(&mut same, [1, 1]);
-        assert_eq!(same, x);
-        // A model file without `inputs` (vmwatch before rates) took counts.
-        let mut v = serde_json::to_value(fitted(&normal())).unwrap();
-        assert_eq!(v["inputs"], "per-window");
-        v.as_object_mut().unwrap().remove("inputs");
-        let back: Model = serde_json::from_value(v).unwrap();
-        assert_eq!(back.inputs, Inputs::PerWindow);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 use crate::dataset::Table;
 use crate::error::{Error, Result};
 use crate::features::Source;
-use crate::model::{Inputs, Model, Smoothing, TrainingSummary};
+use crate::model::{Model, Smoothing, TrainingSummary};
 use crate::qemu::QemuBuild;
 
 /// A grid of (nu, gamma) pairs.
@@ -315,8 +315,7 @@ pub const MIN_TRAINING_WINDOWS: usize = 10;
 #[derive(Debug, Clone)]
 pub struct TrainingSet {
     pub features: Vec<String>,
-    /// Counts per second of each window ([`Inputs::PerSecond`]), windows ×
-    /// features.
+    /// Counts, windows × features.
     pub raw: Array2<f64>,
     /// The QEMU builds the windows were counted on (see
     /// [`Table::qemu_builds`]), recorded in the model.
@@ -336,7 +335,7 @@ impl TrainingSet {
             )));
         }
         let features = features.resolve(&[table])?;
-        let raw = table.inputs(&features, Inputs::PerSecond);
+        let raw = table.project(&features);
         Ok(Self {
             estimated: table.estimated(&features),
             features,
@@ -397,7 +396,6 @@ pub fn train(
     };
     let mut model = Model::fit(features, raw.view(), chosen.nu, chosen.gamma, summary)?;
     model.smoothing = config.smoothing;
-    model.inputs = Inputs::PerSecond;
     Ok(Trained {
         model,
         chosen,

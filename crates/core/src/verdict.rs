@@ -170,24 +170,20 @@ impl<K: Hash + Eq> Judge<K> {
             .count()
     }
 
-    /// Scores rows of counts (with their window's length in ms), one per
-    /// VM key, in time order per key; returns each row's (decision value,
-    /// smoothed verdict).
+    /// Scores rows of counts, one per VM key, in time order per key;
+    /// returns each row's (decision value, smoothed verdict).
     pub fn judge<'a>(
         &mut self,
-        rows: impl ExactSizeIterator<Item = (K, &'a [u64], u64)>,
+        rows: impl ExactSizeIterator<Item = (K, &'a [u64])>,
     ) -> Vec<(f64, bool)> {
         let d = self.model.features.len();
         let mut x = Array2::<f64>::zeros((rows.len(), d));
         let mut keys = Vec::with_capacity(x.nrows());
-        let mut durations = Vec::with_capacity(x.nrows());
-        for (r, (key, counts, duration_ms)) in rows.enumerate() {
+        for (r, (key, counts)) in rows.enumerate() {
             let row = x.row_mut(r).into_slice().expect("rows are contiguous");
             self.projection.row(counts, row);
             keys.push(key);
-            durations.push(duration_ms);
         }
-        self.model.inputs.scale(&mut x, durations);
         let scores = self.model.decisions(x.view());
         keys.into_iter()
             .zip(scores)
@@ -240,7 +236,7 @@ pub fn judge_table(
     what: &str,
 ) -> Result<Vec<Verdict>> {
     covering(model, &table.features, what, true)?;
-    let scores = model.decisions(table.inputs(&model.features, model.inputs).view());
+    let scores = model.decisions(table.project(&model.features).view());
     let mut order: Vec<usize> = (0..table.len()).collect();
     order.sort_by_key(|&i| (table.keys[i].pid, table.keys[i].window));
     let mut smoother = Smoother::new(smoothing);

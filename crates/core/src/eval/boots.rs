@@ -18,7 +18,6 @@ use super::{
 };
 use crate::dataset::Table;
 use crate::error::{Error, Result};
-use crate::model::Inputs;
 use crate::train::FeatureChoice;
 
 /// Label of the windows between phases, which are not scored.
@@ -139,10 +138,7 @@ pub fn run(
         FeatureChoice::List(_) => Columns::All,
         FeatureChoice::Nonzero(_) => Columns::Nonzero,
     };
-    let projected: Vec<Array2<f64>> = tables
-        .iter()
-        .map(|(_, t)| t.inputs(&features, Inputs::PerSecond))
-        .collect();
+    let projected: Vec<Array2<f64>> = tables.iter().map(|(_, t)| t.project(&features)).collect();
     let x_of = |b: &Boot| projected[b.table].select(Axis(0), &b.rows);
     let normal_of = |b: &Boot| {
         let keep: Vec<usize> = (0..b.rows.len())

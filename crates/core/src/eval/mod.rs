@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::Table;
 use crate::error::{Error, Result};
-use crate::model::{Inputs, Model, Smoothing, TrainingSummary};
+use crate::model::{Model, Smoothing, TrainingSummary};
 use crate::train::{
     check_folds, choose_params, fold_ranges, without, Chosen, FeatureChoice, SvmParams,
 };
@@ -388,7 +388,7 @@ pub fn run(
         FeatureChoice::List(_) => Columns::All,
         FeatureChoice::Nonzero(_) => Columns::Nonzero,
     };
-    let x_normal = normal.inputs(&features, Inputs::PerSecond);
+    let x_normal = normal.project(&features);
     let folds = config.folds;
     let searching = match config.params {
         SvmParams::Search(grid) => format!(
@@ -411,7 +411,7 @@ pub fn run(
         progress(&format!("evaluating {name}…"));
         let c = evaluate(
             x_normal.view(),
-            table.inputs(&features, Inputs::PerSecond).view(),
+            table.project(&features).view(),
             &outer,
             config.smoothing,
         )?;
@@ -442,8 +442,8 @@ pub fn run(
                 FeatureChoice::Nonzero(_) => config.features.resolve(&[normal, peak])?,
             };
             let (before, after) = relearn(
-                normal.inputs(&both, Inputs::PerSecond).view(),
-                peak.inputs(&both, Inputs::PerSecond).view(),
+                normal.project(&both).view(),
+                peak.project(&both).view(),
                 folds,
                 columns,
                 nu,
