@@ -802,42 +802,40 @@ fn sources_note(accel: Accel) -> &'static str {
     }
 }
 
-/// `asked/served` requests per second of the client load, `-` without one.
-fn served(loads: &[load::Summary]) -> String {
+/// Requests per second the client load asked for and the guest served,
+/// summed over the VMs; `None` without a load.
+fn asked_served(loads: &[load::Summary]) -> Option<(f64, f64)> {
     let secs = loads.iter().map(|l| l.seconds).fold(0.0, f64::max);
     if loads.is_empty() || secs <= 0.0 {
-        return "-".into();
+        return None;
     }
     let asked: u64 = loads.iter().map(|l| l.sent + l.skipped).sum();
     let ok: u64 = loads.iter().map(|l| l.ok).sum();
-    format!("{:.1}/{:.1}", asked as f64 / secs, ok as f64 / secs)
+    Some((asked as f64 / secs, ok as f64 / secs))
 }
 
-/// What the client load asked of the guest and what the guest served, per
-/// second (summed over the VMs); `null` without a load.
+/// `asked/served` requests per second of the client load, `-` without one.
+fn served(loads: &[load::Summary]) -> String {
+    asked_served(loads).map_or("-".into(), |(a, s)| format!("{a:.1}/{s:.1}"))
+}
+
+/// The client load's rates ([`asked_served`]), failures, skips and mean
+/// latency; `null` without a load.
 fn load_json(loads: &[load::Summary]) -> String {
-    if loads.is_empty() {
+    let Some((asked, served)) = asked_served(loads) else {
         return "null".into();
-    }
-    let secs = loads
-        .iter()
-        .map(|l| l.seconds)
-        .fold(0.0, f64::max)
-        .max(0.001);
-    let sum = |f: fn(&load::Summary) -> u64| loads.iter().map(f).sum::<u64>() as f64;
-    let done = sum(|l| l.ok + l.failed).max(1.0);
+    };
+    let sum = |f: fn(&load::Summary) -> u64| loads.iter().map(f).sum::<u64>();
+    let done = sum(|l| l.ok + l.failed).max(1) as f64;
     let latency: f64 = loads
         .iter()
         .map(|l| l.mean_latency_ms * (l.ok + l.failed) as f64)
         .sum::<f64>()
         / done;
     format!(
-        "{{\"requested_per_s\": {:.2}, \"served_per_s\": {:.2}, \"failed\": {}, \"skipped\": {}, \"mean_latency_ms\": {:.0}}}",
-        sum(|l| l.sent + l.skipped) / secs,
-        sum(|l| l.ok) / secs,
+        "{{\"requested_per_s\": {asked:.2}, \"served_per_s\": {served:.2}, \"failed\": {}, \"skipped\": {}, \"mean_latency_ms\": {latency:.0}}}",
         sum(|l| l.failed),
         sum(|l| l.skipped),
-        latency
     )
 }
 
@@ -1051,6 +1049,28 @@ mod tests {
         let p = std::env::temp_dir().join(format!("vmwatch-xtask-{}-{name}", std::process::id()));
         fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn load_rates_are_summed_over_the_vms() {
+        let l = |sent, skipped, ok| load::Summary {
+            sent,
+            ok,
+            failed: sent - ok,
+            skipped,
+            mean_latency_ms: 100.0,
+            seconds: 10.0,
+        };
+        let loads = [l(20, 5, 18), l(30, 0, 30)];
+        assert_eq!(served(&loads), "5.5/4.8");
+        let j: serde_json::Value = serde_json::from_str(&load_json(&loads)).unwrap();
+        assert_eq!(j["requested_per_s"], 5.5);
+        assert_eq!(j["served_per_s"], 4.8);
+        assert_eq!(
+            (j["failed"].as_u64(), j["skipped"].as_u64()),
+            (Some(2), Some(5))
+        );
+        assert_eq!((served(&[]), load_json(&[])), ("-".into(), "null".into()));
     }
 
     #[test]

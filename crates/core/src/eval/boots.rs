@@ -160,7 +160,7 @@ pub fn run(
     let folds = config.folds;
     let mut results = Vec::new();
     let mut choices = Vec::new();
-    let mut per_scenario: BTreeMap<String, (Confusion, usize)> = BTreeMap::new();
+    let mut per_scenario: BTreeMap<String, Confusion> = BTreeMap::new();
     let mut all_normal = (0usize, 0usize);
     for (b, boot) in boots.iter().enumerate() {
         progress(&format!(
@@ -215,12 +215,11 @@ pub fn run(
         all_normal.0 += r.false_positives;
         all_normal.1 += r.normal_windows;
         if let Some(a) = &r.anomaly {
-            let (c, boots_of) = per_scenario.entry(a.clone()).or_default();
+            let c = per_scenario.entry(a.clone()).or_default();
             c.tp += r.detected as f64;
             c.fn_ += (r.anomaly_windows - r.detected) as f64;
             c.fp += r.false_positives as f64;
             c.tn += (r.normal_windows - r.false_positives) as f64;
-            *boots_of += 1;
         }
         results.push(r);
     }
@@ -240,18 +239,7 @@ pub fn run(
     )?;
     let scenarios: Vec<ScenarioReport> = per_scenario
         .into_iter()
-        .map(|(name, (c, _))| ScenarioReport {
-            name,
-            windows: (c.tp + c.fn_) as usize,
-            tp: c.tp,
-            fp: c.fp,
-            tn: c.tn,
-            fn_: c.fn_,
-            sensitivity: c.sensitivity(),
-            precision: c.precision(),
-            f_measure: c.f_measure(),
-            fp_rate: c.fp_rate(),
-        })
+        .map(|(name, c)| ScenarioReport::new(name, (c.tp + c.fn_) as usize, &c))
         .collect();
     let of =
         |f: fn(&ScenarioReport) -> f64| super::median(&scenarios.iter().map(f).collect::<Vec<_>>());

@@ -315,6 +315,24 @@ pub struct ScenarioReport {
     pub fp_rate: f64,
 }
 
+impl ScenarioReport {
+    /// `name`'s row of `windows` anomalous windows, from its confusion counts.
+    pub fn new(name: String, windows: usize, c: &Confusion) -> Self {
+        Self {
+            name,
+            windows,
+            tp: c.tp,
+            fp: c.fp,
+            tn: c.tn,
+            fn_: c.fn_,
+            sensitivity: c.sensitivity(),
+            precision: c.precision(),
+            f_measure: c.f_measure(),
+            fp_rate: c.fp_rate(),
+        }
+    }
+}
+
 /// The re-learning experiment's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RelearnReport {
@@ -415,18 +433,7 @@ pub fn run(
             &outer,
             config.smoothing,
         )?;
-        scenarios.push(ScenarioReport {
-            name: name.clone(),
-            windows: table.len(),
-            tp: c.tp,
-            fp: c.fp,
-            tn: c.tn,
-            fn_: c.fn_,
-            sensitivity: c.sensitivity(),
-            precision: c.precision(),
-            f_measure: c.f_measure(),
-            fp_rate: c.fp_rate(),
-        });
+        scenarios.push(ScenarioReport::new(name.clone(), table.len(), &c));
     }
     let sizes: Vec<usize> = CURVE_SIZES
         .into_iter()
