@@ -10,6 +10,9 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+/* Only its address is used: registers are read at offsets userspace gives. */
+struct pt_regs;
+
 /*
  * Watched processes: tgid -> slot. A slot is a row of `counts`; userspace
  * reads a slot's counters as the baseline before it publishes the tgid here.
@@ -130,20 +133,74 @@ static __always_inline void count_dark(void)
 /*
  * A USDT site's BPF cookie: this struct is the one definition of its layout
  * (userspace builds cookies from the skeleton's generated type). `sw` is the
- * site's link switch + 1 (0: always counted), `seq` the probe's id among the
- * probes `seq:` features track (0: not tracked). Little-endian, it reads as
- * column | sw << 32 | seq << 48.
+ * site's link switch + 1 (0: always counted), `site` the site's entry + 1
+ * in `sites` (0: only counted). Little-endian, it reads as
+ * column | sw << 32 | site << 48.
  */
 struct usdt_cookie {
 	__u32 column;
 	__u16 sw;
-	__u16 seq;
+	__u16 site;
 };
 
 _Static_assert(sizeof(struct usdt_cookie) == sizeof(__u64), "a cookie is 64 bits");
 
 /* Carries `struct usdt_cookie` into the skeleton's types; never read. */
 const volatile struct usdt_cookie usdt_cookie_layout = {};
+
+/*
+ * Where a USDT argument is, from its spec in `.note.stapsdt` (parsed by
+ * userspace, src/attach/arguments.rs): a constant (`$5`), a register
+ * (`%rdi`, `%eax`), or memory at a register plus a displacement
+ * (`-20(%rbp)`). `reg` is the register's offset in struct pt_regs.
+ */
+enum arg_kind {
+	ARG_NONE = 0,
+	ARG_CONST = 1,
+	ARG_REG = 2,
+	ARG_DEREF = 3,
+};
+
+struct arg_loc {
+	__s64 disp;	/* the constant, or the displacement */
+	__u16 reg;
+	__u8 kind;	/* enum arg_kind */
+	__u8 size;	/* 1, 2, 4 or 8 bytes */
+	__u8 is_signed;
+	__u8 pad[3];
+};
+
+/* What a site does beyond counting its probe. */
+enum site_role {
+	ROLE_COUNT = 0,		/* nothing (a tracked probe only) */
+	ROLE_BUCKET = 1,	/* buckets of arg[i] in family[i], i < nr_values */
+	ROLE_QUEUE_BUCKET = 2,	/* the same, split by the kind of queue arg[2] */
+	ROLE_QUEUE_KIND = 3,	/* learns the kind of queue arg[0] from arg[1], arg[2] */
+};
+
+#define SITE_ARGS 3
+#define SITE_VALUES 2
+
+/*
+ * A site's extras, filled by userspace at attach: its probe's id among the
+ * tracked probes (0: not tracked) and what its arguments feed.
+ */
+struct site_info {
+	__u16 seq;
+	__u8 role;	/* enum site_role */
+	__u8 nr_values;	/* at most SITE_VALUES */
+	__u32 family[SITE_VALUES];	/* rows of `arg_columns` */
+	struct arg_loc arg[SITE_ARGS];
+};
+
+#define MAX_SITES 8192
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SITES);
+	__type(key, __u32);
+	__type(value, struct site_info);
+} sites SEC(".maps");
 
 /*
  * Sequence features (`seq:<a>><b>`). The probes they name are tracked: each
@@ -197,18 +254,153 @@ static __always_inline void count_transition(__u32 slot, __u16 id)
 }
 
 /*
+ * Argument features (`arg:`): a site whose role buckets an argument adds
+ * one to the column of (family, split, bucket) in `arg_columns`, an array
+ * of families x SPLITS x BUCKETS entries -> column + 1 (0: not counted),
+ * filled at load; `table_key` of crates/core/src/arguments.rs computes the
+ * same index. Splits: 0 none, then the queue kinds below.
+ */
+#define ARG_BUCKETS 32
+#define ARG_SPLITS 4
+
+enum queue_kind {
+	QUEUE_RX = 1,	/* device-writable buffers only */
+	QUEUE_TX = 2,	/* driver-written buffers only */
+	QUEUE_RW = 3,	/* both */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); /* resized before load */
+	__type(key, __u32);
+	__type(value, __u32);
+} arg_columns SEC(".maps");
+
+/*
+ * The kind of each virtqueue seen popped, by (process, VirtQueue address):
+ * LRU, so queues of processes gone are evicted, never a full map.
+ */
+struct queue_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 vq;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct queue_key);
+	__type(value, __u32);
+} queue_kinds SEC(".maps");
+
+/* A USDT argument's value (0 when it cannot be read). */
+static __always_inline __u64 read_arg(struct pt_regs *regs, const struct arg_loc *a)
+{
+	__u64 v = 0, shift;
+
+	switch (a->kind) {
+	case ARG_CONST:
+		return (__u64)a->disp;
+	case ARG_REG:
+		if (bpf_probe_read_kernel(&v, sizeof(v), (void *)regs + (a->reg & 0xff8)))
+			return 0;
+		break;
+	case ARG_DEREF:
+		if (bpf_probe_read_kernel(&v, sizeof(v), (void *)regs + (a->reg & 0xff8)))
+			return 0;
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(v + a->disp)))
+			return 0;
+		break;
+	default:
+		return 0;
+	}
+	/* Keep the argument's own bytes (little-endian), sign-extended if signed. */
+	if (a->size >= 1 && a->size < 8) {
+		shift = 64 - 8 * (__u64)a->size;
+		v <<= shift;
+		v = a->is_signed ? (__u64)((__s64)v >> shift) : v >> shift;
+	}
+	return v;
+}
+
+/* 0 for 0, else 1 + floor(log2 v), at most ARG_BUCKETS - 1. */
+static __always_inline __u32 bucket_of(__u64 v)
+{
+	__u32 k = 0;
+
+	if (v >> 32) { v >>= 32; k += 32; }
+	if (v >> 16) { v >>= 16; k += 16; }
+	if (v >> 8) { v >>= 8; k += 8; }
+	if (v >> 4) { v >>= 4; k += 4; }
+	if (v >> 2) { v >>= 2; k += 2; }
+	if (v >> 1) { v >>= 1; k += 1; }
+	k += v;
+	return k < ARG_BUCKETS ? k : ARG_BUCKETS - 1;
+}
+
+static __always_inline void count_bucket(__u32 slot, __u32 family, __u32 split, __u64 v)
+{
+	__u32 key = (family * ARG_SPLITS + split) * ARG_BUCKETS + bucket_of(v), *column;
+
+	column = bpf_map_lookup_elem(&arg_columns, &key);
+	if (column && *column)
+		count_in_slot(slot, *column - 1);
+}
+
+static __always_inline void count_args(struct pt_regs *regs, __u32 slot,
+				       const struct site_info *info)
+{
+	struct queue_key q = { .tgid = bpf_get_current_pid_tgid() >> 32 };
+	__u32 *kind, k;
+	__u64 in, out;
+
+	__u32 split = 0, i;
+
+	switch (info->role) {
+	case ROLE_QUEUE_BUCKET:
+		/* Not counted until the queue's kind is known (its first pop). */
+		q.vq = read_arg(regs, &info->arg[2]);
+		kind = bpf_map_lookup_elem(&queue_kinds, &q);
+		if (!kind || *kind >= ARG_SPLITS)
+			break;
+		split = *kind;
+		/* fallthrough */
+	case ROLE_BUCKET:
+		for (i = 0; i < SITE_VALUES; i++)
+			if (i < info->nr_values)
+				count_bucket(slot, info->family[i], split,
+					     read_arg(regs, &info->arg[i]));
+		break;
+	case ROLE_QUEUE_KIND:
+		q.vq = read_arg(regs, &info->arg[0]);
+		in = read_arg(regs, &info->arg[1]);
+		out = read_arg(regs, &info->arg[2]);
+		if (!in && !out)
+			break;
+		k = in && out ? QUEUE_RW : in ? QUEUE_RX : QUEUE_TX;
+		kind = bpf_map_lookup_elem(&queue_kinds, &q);
+		/* Written only when it changes: a pop is hot, an update costly. */
+		if (!kind || *kind != k)
+			bpf_map_update_elem(&queue_kinds, &q, &k, BPF_ANY);
+		break;
+	}
+}
+
+/*
  * QEMU's USDT probes: one uprobe_multi link per QEMU binary covers every
  * selected probe site (and, under a cost governor, per-process links for
  * the hot probes the binary's semaphores do not gate); each site's cookie
  * (`struct usdt_cookie`) carries its column, its link's switch and its
- * sequence id, so no USDT argument parsing is needed.
+ * entry in `sites`, whose arguments are read only where a feature needs
+ * them.
  */
 SEC("uprobe.multi")
-int count_usdt(void *ctx)
+int count_usdt(struct pt_regs *ctx)
 {
 	__u64 raw = bpf_get_attach_cookie(ctx);
 	struct usdt_cookie cookie;
-	__u32 *slot;
+	struct site_info *info;
+	__u32 *slot, key;
 
 	__builtin_memcpy(&cookie, &raw, sizeof(cookie));
 	if (cookie.sw) {
@@ -223,8 +415,16 @@ int count_usdt(void *ctx)
 	if (!slot)
 		return 0;
 	count_in_slot(*slot, cookie.column);
-	if (cookie.seq)
-		count_transition(*slot, cookie.seq);
+	if (!cookie.site)
+		return 0;
+	key = cookie.site - 1;
+	info = bpf_map_lookup_elem(&sites, &key);
+	if (!info)
+		return 0;
+	if (info->seq)
+		count_transition(*slot, info->seq);
+	if (info->role)
+		count_args(ctx, *slot, info);
 	return 0;
 }
 

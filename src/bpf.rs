@@ -90,13 +90,14 @@ pub fn seq_pair_key(from: u16, to: u16, tracked: usize) -> u32 {
 }
 
 /// The BPF cookie of a USDT site of `column`, on a link with switch
-/// `switch` (`None`: always counted), of tracked probe `seq` (0: not
-/// tracked): `struct usdt_cookie` of bpf/vmwatch.bpf.c, its only definition.
-pub fn usdt_cookie(column: u32, switch: Option<u32>, seq: u16) -> u64 {
+/// `switch` (`None`: always counted), with entry `site` - 1 in the `sites`
+/// table (0: none): `struct usdt_cookie` of bpf/vmwatch.bpf.c, its only
+/// definition.
+pub fn usdt_cookie(column: u32, switch: Option<u32>, site: u16) -> u64 {
     let sw = switch.map_or(0, |s| {
         u16::try_from(s + 1).expect("link switches fit the cookie (MAX_SWITCHES)")
     });
-    let cookie = types::usdt_cookie { column, sw, seq };
+    let cookie = types::usdt_cookie { column, sw, site };
     // SAFETY: a repr(C) struct of plain integers without padding, which
     // `transmute` checks is as large as a u64.
     unsafe { std::mem::transmute::<types::usdt_cookie, u64>(cookie) }

@@ -5,11 +5,13 @@
 //! and per watched process the USDT semaphores vmwatch raises
 //! ([`semaphores`]).
 
+pub mod arguments;
 pub mod semaphores;
 pub mod sequences;
 pub mod switches;
 pub mod uprobes;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 
@@ -20,6 +22,7 @@ use vmwatch_core::features::{Columns, Feature};
 use crate::bpf::{BpfObjects, Layout, OpenVmwatchSkel, VmwatchSkel, VmwatchSkelBuilder};
 use crate::discover::kvm::{ExitTracepoint, KvmEvents};
 use crate::error::{Error, Result};
+use arguments::{Arguments, Role, SiteTable};
 use sequences::{ProbeIds, Sequences};
 
 /// The loaded object with its syscall and KVM links (detached on drop).
@@ -32,6 +35,11 @@ pub struct Kernel<'obj> {
     /// Probe name -> counter and sequence id, for the `uprobe_multi`
     /// cookies: every counted or tracked probe.
     pub probes: HashMap<String, ProbeIds>,
+    /// What the sites of probes whose arguments `arg:` features read do
+    /// with them, by probe name.
+    pub roles: HashMap<String, Role>,
+    /// Entries of the `sites` table handed out so far.
+    pub sites: RefCell<SiteTable>,
     pub counts_syscalls: bool,
 }
 
@@ -80,7 +88,7 @@ impl<'a> KernelSources<'a> {
                 // Probes and their transitions: through the uprobe links'
                 // cookies (`Sequences`). Perf events are not counted in
                 // BPF: read from perf counters at each drain.
-                Feature::Probe(_) | Feature::Seq { .. } | Feature::Perf(_) => {}
+                Feature::Probe(_) | Feature::Seq { .. } | Feature::Arg(_) | Feature::Perf(_) => {}
             }
         }
         out
@@ -97,7 +105,14 @@ pub fn load<'obj>(
     slots: u32,
     kvm: Option<&KvmEvents>,
 ) -> Result<Kernel<'obj>> {
-    let seq = Sequences::of(columns)?;
+    let mut seq = Sequences::of(columns)?;
+    let args = Arguments::of(columns);
+    // Probes whose arguments are read are attached, columns or not.
+    let mut reading: Vec<&String> = args.roles.keys().collect();
+    reading.sort();
+    for probe in reading {
+        seq.ensure(probe);
+    }
     let layout = Layout::new(seq.width, slots)?;
     restore_left_raised();
     let sources = KernelSources::of(columns, kvm);
@@ -109,12 +124,24 @@ pub fn load<'obj>(
         .load()
         .map_err(|e| Error::bpf("loading the BPF programs", e))?;
     fill_seq_pairs(&skel, &seq)?;
+    fill_feature_map(&skel.maps.arg_columns, &args.table, |_| {
+        "filling the argument column table".to_string()
+    })?;
+    if args.any() {
+        tracing::info!(
+            "counting {} argument buckets of {} probes",
+            args.table.len(),
+            args.roles.len()
+        );
+    }
     let links = attach_kernel_sources(&skel, &sources)?;
     Ok(Kernel {
         skel,
         _links: links,
         layout,
         probes: seq.probes,
+        roles: args.roles,
+        sites: RefCell::new(SiteTable::default()),
         counts_syscalls: !sources.syscalls.is_empty(),
     })
 }
@@ -143,6 +170,46 @@ fn fill_seq_pairs(skel: &VmwatchSkel<'_>, seq: &Sequences) -> Result<()> {
 }
 
 impl Kernel<'_> {
+    /// The cookie field of a site of probe `name` with `ids` in `binary`:
+    /// its `sites` entry + 1 when it is tracked or reads arguments, else 0.
+    pub fn site_entry(
+        &self,
+        binary: &str,
+        site: &crate::discover::stapsdt::UsdtSite,
+        ids: ProbeIds,
+    ) -> Result<u16> {
+        let role = self.roles.get(&site.name);
+        if ids.seq == 0 && role.is_none() {
+            return Ok(0);
+        }
+        self.sites.borrow_mut().entry(
+            binary,
+            site.file_offset,
+            || arguments::site_info(ids.seq, role, site),
+            |i, info| {
+                // SAFETY: a repr(C) struct of plain integers, read as bytes.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(
+                        (info as *const crate::bpf::types::site_info).cast::<u8>(),
+                        std::mem::size_of_val(info),
+                    )
+                };
+                self.skel
+                    .maps
+                    .sites
+                    .update(&i.to_ne_bytes(), bytes, libbpf_rs::MapFlags::ANY)
+                    .map_err(|e| Error::bpf("filling the probe site table", e))
+            },
+        )
+    }
+
+    /// Whether probe `name`'s sites must stay exact (never duty-cycled): a
+    /// tracked probe's threads would lose transitions, an argument
+    /// family's buckets could not be scaled with its count.
+    pub fn pinned(&self, name: &str) -> bool {
+        self.probes.get(name).is_some_and(|p| p.seq != 0) || self.roles.contains_key(name)
+    }
+
     /// Publishes `pid` in slot `slot` to the BPF programs.
     pub fn watch(&self, pid: u32, slot: usize) -> Result<()> {
         self.skel
@@ -241,6 +308,10 @@ fn configure(
         .seq_pairs
         .set_max_entries(seq.table_len())
         .map_err(|e| Error::bpf("sizing the sequence pair table", e))?;
+    open.maps
+        .arg_columns
+        .set_max_entries(Arguments::table_len())
+        .map_err(|e| Error::bpf("sizing the argument column table", e))?;
     let progs = &mut open.progs;
     progs
         .count_syscall

@@ -99,6 +99,22 @@ impl Sequences {
         })
     }
 
+    /// Makes sure probe `name` is attached: a column already, or a hidden
+    /// counter past the others (a probe whose arguments some `arg:`
+    /// features read, and which is not a column itself).
+    pub fn ensure(&mut self, name: &str) {
+        if !self.probes.contains_key(name) {
+            self.probes.insert(
+                name.to_string(),
+                ProbeIds {
+                    column: self.width as u32,
+                    seq: 0,
+                },
+            );
+            self.width += 1;
+        }
+    }
+
     /// Entries of the pair table: tracked x tracked (at least 1: a map is
     /// never empty).
     pub fn table_len(&self) -> u32 {

@@ -19,13 +19,13 @@ use crate::discover::procs::Process;
 use crate::discover::stapsdt::UsdtBinary;
 use crate::error::{Error, Result};
 
-/// A probe site as attached: file offset, column, sequence id (0: not
-/// tracked), semaphore file offset (0: none).
+/// A probe site as attached: file offset, column, `sites` entry + 1 (0:
+/// none), semaphore file offset (0: none).
 #[derive(Debug, Clone, Copy)]
 struct Site {
     offset: usize,
     column: u32,
-    seq: u16,
+    site: u16,
     ref_ctr: usize,
 }
 
@@ -63,8 +63,9 @@ pub struct AttachedProbe {
     pub semaphores: Vec<usize>,
     /// Whether every site is a 5-byte nop (the cheaper, optimized uprobe).
     pub nop5: bool,
-    /// Tracked for `seq:` features: counted exactly, never duty-cycled (a
-    /// probe that is off breaks its threads' transitions).
+    /// Tracked for `seq:` features or its arguments read for `arg:` ones:
+    /// counted exactly, never duty-cycled (a probe that is off breaks its
+    /// threads' transitions; its argument buckets are not scaled).
     pub tracked: bool,
 }
 
@@ -83,6 +84,11 @@ pub fn attach(
     let mut probes = HashSet::new();
     let mut semaphores = BTreeSet::new();
     let mut all_sites = Vec::new();
+    let binary_key = binary
+        .qemu
+        .build_id
+        .clone()
+        .unwrap_or_else(|| process.binary.display().to_string());
     // Column -> (semaphore offsets, every site a 5-byte nop, every site
     // guarded, tracked).
     let mut per_probe: HashMap<u32, (BTreeSet<u64>, bool, bool, bool)> = HashMap::new();
@@ -98,14 +104,14 @@ pub fn attach(
         probes.insert(feature);
         let p = per_probe
             .entry(feature)
-            .or_insert_with(|| (BTreeSet::new(), true, true, ids.seq != 0));
+            .or_insert_with(|| (BTreeSet::new(), true, true, kernel.pinned(&site.name)));
         p.0.extend(site.semaphore_offset);
         p.1 &= site.nop5;
         p.2 &= site.semaphore_offset.is_some();
         all_sites.push(Site {
             offset: site.file_offset as usize,
             column: feature,
-            seq: ids.seq,
+            site: kernel.site_entry(&binary_key, site, ids)?,
             // Raised per watched process (see `semaphores`), not by the
             // kernel's ref_ctr_offset, unless the kernel insists.
             ref_ctr: site.semaphore_offset.unwrap_or(0) as usize,
@@ -122,8 +128,8 @@ pub fn attach(
     // Tracked probes stay on this link: they are never duty-cycled.
     let split: BTreeSet<u32> = split
         .iter()
+        .filter(|name| !kernel.pinned(name))
         .filter_map(|name| kernel.probes.get(name).copied())
-        .filter(|p| p.seq == 0)
         .map(|p| p.column)
         .filter(|c| probes.contains(c))
         .collect();
@@ -191,7 +197,7 @@ impl BinaryAttachment {
         for s in self.all_sites.iter().filter(|s| which(s.column)) {
             opts.offsets.push(s.offset);
             opts.cookies
-                .push(crate::bpf::usdt_cookie(s.column, Some(switch), s.seq));
+                .push(crate::bpf::usdt_cookie(s.column, Some(switch), s.site));
             ref_ctrs.push(s.ref_ctr);
             columns.insert(s.column);
         }

@@ -68,7 +68,8 @@ pub struct CountArgs {
     /// `perf` (software performance counters of the VM's threads: vCPU and
     /// other CPU time, context switches, page faults, CPU migrations),
     /// `seq` (transitions between two probes on a thread, `seq:A>B`, only
-    /// as --probes names them), or `strace` alone (the real `strace -c -f`,
+    /// as --probes names them), `arg` (log2 buckets of chosen probe
+    /// arguments, e.g. `arg:virtqueue_fill:len:rx:64-127`), or `strace` alone (the real `strace -c -f`,
     /// the paper's baseline). Default: the sources of --probes, else qemu.
     #[arg(long = "source", value_delimiter = ',', value_name = "SOURCES")]
     pub sources: Vec<vmwatch::session::CountSource>,
@@ -132,7 +133,7 @@ pub struct FeatureArgs {
     #[arg(long, value_name = "FILE")]
     pub features: Option<PathBuf>,
     /// Use only the features of these sources (comma separated: qemu,
-    /// syscalls, kvm, perf, seq) that are nonzero somewhere in the input
+    /// syscalls, kvm, perf, seq, arg) that are nonzero somewhere in the input
     /// files.
     #[arg(
         long = "source",

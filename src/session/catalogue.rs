@@ -25,6 +25,7 @@ pub enum CountSource {
     Kvm,
     Perf,
     Seq,
+    Arg,
     Strace,
 }
 
@@ -38,9 +39,10 @@ impl FromStr for CountSource {
             "kvm" => Ok(CountSource::Kvm),
             "perf" => Ok(CountSource::Perf),
             "seq" => Ok(CountSource::Seq),
+            "arg" => Ok(CountSource::Arg),
             "strace" => Ok(CountSource::Strace),
             other => Err(format!(
-                "unknown source `{other}` (sources: qemu, syscalls, kvm, perf, seq, strace)"
+                "unknown source `{other}` (sources: qemu, syscalls, kvm, perf, seq, arg, strace)"
             )),
         }
     }
@@ -85,6 +87,7 @@ pub fn plan(
                 CountSource::Kvm => Source::Kvm,
                 CountSource::Perf => Source::Perf,
                 CountSource::Seq => Source::Seq,
+                CountSource::Arg => Source::Arg,
             })
             .collect()
     };
@@ -98,7 +101,8 @@ pub fn plan(
 
 /// Every feature of `sources` for targets running `binaries`, in column
 /// order: probes by name, then syscalls in the architecture's order, then
-/// KVM tracepoints and exit reasons, then the perf events. Also the KVM
+/// KVM tracepoints and exit reasons, then the perf events, then the
+/// argument buckets of the probes the binaries have. Also the KVM
 /// events, when discovered. `seq:` features are not listed: they exist
 /// for any two probes of [`probe_names`] and are counted only when named.
 pub fn available(
@@ -125,6 +129,14 @@ pub fn available(
     };
     if sources.contains(&Source::Perf) {
         out.extend(features::perf_features());
+    }
+    if sources.contains(&Source::Arg) {
+        // The families of probes some binary has.
+        let probes = probe_names(binaries);
+        out.extend(features::arg_features().filter(|f| match f {
+            Feature::Arg(a) => probes.contains(a.family().probe),
+            _ => false,
+        }));
     }
     Ok((out, kvm))
 }
@@ -172,7 +184,7 @@ pub fn choose(
         let source = Source::of(name).ok_or_else(|| {
             Error::Invalid(format!(
                 "feature `{}` belongs to no source vmwatch collects (qemu:, sys:, kvm:, perf:, \
-                 seq:)",
+                 seq:, arg:)",
                 shown(name)
             ))
         })?;
@@ -187,10 +199,12 @@ pub fn choose(
         // malformed transition is an error, not a column of zeros.
         match Feature::from_str(name) {
             Ok(f) if exists(&f) => present.push(f),
-            Ok(f @ (Feature::Probe(_) | Feature::Seq { .. })) if probes_as_requested => {
+            Ok(f @ (Feature::Probe(_) | Feature::Seq { .. } | Feature::Arg(_)))
+                if probes_as_requested =>
+            {
                 present.push(f)
             }
-            Err(e) if source == Source::Seq => return Err(e.into()),
+            Err(e) if source == Source::Seq || source == Source::Arg => return Err(e.into()),
             _ => missing.push(name.as_str()),
         }
     }

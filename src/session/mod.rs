@@ -84,7 +84,9 @@ impl<'obj> Session<'obj> {
         let mut processes = Vec::new();
         let mut binaries = HashMap::new();
         for (p, origin) in resolved.processes {
-            let probes = sources.contains(&Source::Qemu) || sources.contains(&Source::Seq);
+            let probes = [Source::Qemu, Source::Seq, Source::Arg]
+                .iter()
+                .any(|s| sources.contains(s));
             if probes && !binaries.contains_key(&p.binary_id) {
                 match UsdtBinary::of_process(&p) {
                     Ok(b) => {
@@ -116,7 +118,8 @@ impl<'obj> Session<'obj> {
             &sources,
             waits,
         )?;
-        let counts_qemu = columns.has(Source::Qemu) || columns.has(Source::Seq);
+        let counts_qemu =
+            columns.has(Source::Qemu) || columns.has(Source::Seq) || columns.has(Source::Arg);
         let counter: Box<dyn Counter + 'obj> = match backend {
             Backend::Strace => Box::new(StraceCounter::new(columns)?),
             Backend::Bpf => Box::new(Collector::new(
@@ -227,6 +230,7 @@ impl<'obj> Session<'obj> {
                         Feature::Seq { from, to } => {
                             !probes.contains(from.as_str()) || !probes.contains(to.as_str())
                         }
+                        Feature::Arg(a) => !probes.contains(a.family().probe),
                         _ => false,
                     })
                     .map(|(i, _)| i)

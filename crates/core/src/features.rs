@@ -1,8 +1,9 @@
 //! Features: what one column of a row counts. Each has a typed identity
 //! ([`Feature`]: a QEMU probe, a syscall by number, a KVM tracepoint, an
 //! exit reason, a software performance counter, a transition between two
-//! QEMU probes; argument kinds will join them) and one name in a namespace
-//! per source (`qemu:`, `sys:`, `kvm:`, `perf:`, `seq:`), so rows from
+//! QEMU probes, a bucket of a probe argument's values) and one name in a
+//! namespace per source (`qemu:`, `sys:`, `kvm:`, `perf:`, `seq:`, `arg:`),
+//! so rows from
 //! several sources join into one vector (DESIGN.md). Names are for files; the
 //! collectors work on the typed identity, and [`Columns`] is the one
 //! mapping between a feature and its column.
@@ -14,6 +15,7 @@ use std::str::FromStr;
 
 use syscalls::Sysno;
 
+use crate::arguments::ArgFeature;
 use crate::error::{shown, Error, Result};
 
 /// A namespace of features, one per kind of counter.
@@ -33,6 +35,9 @@ pub enum Source {
     /// Transitions between QEMU probes on one thread (`seq:`): counted only
     /// when a feature list names them, never as part of "every feature".
     Seq,
+    /// Log2 buckets of chosen QEMU probe arguments (`arg:`,
+    /// [`crate::arguments`]).
+    Arg,
 }
 
 impl Source {
@@ -48,6 +53,8 @@ impl Source {
             Some(Source::Perf)
         } else if feature.starts_with(SEQ) {
             Some(Source::Seq)
+        } else if feature.starts_with(ARG) {
+            Some(Source::Arg)
         } else {
             None
         }
@@ -66,6 +73,7 @@ impl Source {
             Source::Kvm => "kvm",
             Source::Perf => "perf",
             Source::Seq => "seq",
+            Source::Arg => "arg",
         }
     }
 }
@@ -82,8 +90,9 @@ impl FromStr for Source {
             "kvm" => Ok(Source::Kvm),
             "perf" => Ok(Source::Perf),
             "seq" => Ok(Source::Seq),
+            "arg" => Ok(Source::Arg),
             other => Err(format!(
-                "unknown source `{other}` (sources: qemu, syscalls, kvm, perf, seq, strace)"
+                "unknown source `{other}` (sources: qemu, syscalls, kvm, perf, seq, arg, strace)"
             )),
         }
     }
@@ -109,6 +118,9 @@ pub enum Feature {
     /// tracked probes (those the counted `seq:` features name) was of
     /// `from`: `seq:<from>><to>`.
     Seq { from: String, to: String },
+    /// A log2 bucket of a QEMU probe argument's values:
+    /// `arg:<probe>:<argument>[:<queue>]:<bucket>`.
+    Arg(ArgFeature),
 }
 
 impl Feature {
@@ -119,6 +131,7 @@ impl Feature {
             Feature::KvmEvent(_) | Feature::KvmExit(_) => Source::Kvm,
             Feature::Perf(_) => Source::Perf,
             Feature::Seq { .. } => Source::Seq,
+            Feature::Arg(_) => Source::Arg,
         }
     }
 
@@ -200,6 +213,11 @@ impl FromStr for PerfEvent {
     }
 }
 
+/// Every `arg:` feature, in column order.
+pub fn arg_features() -> impl Iterator<Item = Feature> {
+    crate::arguments::all().map(Feature::Arg)
+}
+
 /// Every `perf:` feature, in column order.
 pub fn perf_features() -> impl Iterator<Item = Feature> {
     PerfEvent::ALL.into_iter().map(Feature::Perf)
@@ -217,6 +235,7 @@ impl fmt::Display for Feature {
             Feature::KvmExit(r) => write!(f, "{KVM_EXIT}{r}"),
             Feature::Perf(e) => write!(f, "{PERF}{e}"),
             Feature::Seq { from, to } => write!(f, "{SEQ}{from}{SEQ_ARROW}{to}"),
+            Feature::Arg(a) => write!(f, "{ARG}{a}"),
         }
     }
 }
@@ -254,8 +273,15 @@ impl FromStr for Feature {
                 )),
             };
         }
+        if let Some(rest) = name.strip_prefix(ARG) {
+            return ArgFeature::parse(rest).map(Feature::Arg).ok_or_else(|| {
+                bad("is not an argument feature vmwatch counts, \
+                     `arg:<probe>:<argument>[:rx|tx|rw]:<bucket>` (e.g. \
+                     `arg:virtqueue_fill:len:rx:64-127`; docs/FEATURES.md lists them)")
+            });
+        }
         Err(bad(
-            "belongs to no source vmwatch collects (qemu:, sys:, kvm:, perf:, seq:)",
+            "belongs to no source vmwatch collects (qemu:, sys:, kvm:, perf:, seq:, arg:)",
         ))
     }
 }
@@ -335,6 +361,9 @@ pub const PERF: &str = "perf:";
 
 /// Prefix of sequence features.
 pub const SEQ: &str = "seq:";
+
+/// Prefix of argument features.
+pub const ARG: &str = "arg:";
 
 /// What separates a sequence feature's two probes.
 const SEQ_ARROW: char = '>';
@@ -441,7 +470,7 @@ fn parse_lines(text: &str) -> Result<Vec<String>, String> {
                 shown(line)
             ));
         }
-        let name = if line.starts_with(SEQ) {
+        let name = if line.starts_with(SEQ) || line.starts_with(ARG) {
             // Refused here, with its line, rather than counted as missing.
             Feature::from_str(line)
                 .map_err(|e| format!("line {}: {e}", i + 1))?

@@ -7,6 +7,7 @@
 //! the figures. It links no C library, so it builds before
 //! `cargo xtask deps` has installed clang and libelf.
 
+pub mod arguments;
 pub mod atomic;
 pub mod dataset;
 pub mod error;
