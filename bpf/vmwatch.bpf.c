@@ -55,12 +55,22 @@ struct {
 const volatile __u32 nr_features = 0;
 const volatile __u32 nr_chunks = 1;
 
+/* The calling process's tgid. */
+static __always_inline __u32 current_tgid(void)
+{
+	return bpf_get_current_pid_tgid() >> 32;
+}
+
+/* The slot of process `tgid`, or NULL when it is not watched. */
+static __always_inline __u32 *slot_of(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&watched, &tgid);
+}
+
 /* The calling process's slot, or NULL when it is not watched. */
 static __always_inline __u32 *watched_slot(void)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-
-	return bpf_map_lookup_elem(&watched, &tgid);
+	return slot_of(current_tgid());
 }
 
 static __always_inline void count_in_slot(__u32 slot, __u64 feature)
@@ -258,16 +268,19 @@ static __always_inline void count_transition(__u32 slot, __u16 id)
  * one to the column of (family, split, bucket) in `arg_columns`, an array
  * of families x SPLITS x BUCKETS entries -> column + 1 (0: not counted),
  * filled at load; `table_key` of crates/core/src/arguments.rs computes the
- * same index. Splits: 0 none, then the queue kinds below.
+ * same index, and its BUCKETS and SPLITS are set here at load. Splits: 0
+ * none, then the queue kinds below.
  */
-#define ARG_BUCKETS 32
-#define ARG_SPLITS 4
+const volatile __u32 arg_buckets = 32;
+const volatile __u32 arg_splits = 4;
 
-enum queue_kind {
-	QUEUE_RX = 1,	/* device-writable buffers only */
-	QUEUE_TX = 2,	/* driver-written buffers only */
-	QUEUE_RW = 3,	/* both */
-};
+/*
+ * The kinds of queue, each its split: device-writable buffers only (rx),
+ * driver-written only (tx), both (rw). Set at load from `Queue`.
+ */
+const volatile __u32 queue_rx = 1;
+const volatile __u32 queue_tx = 2;
+const volatile __u32 queue_rw = 3;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -323,7 +336,7 @@ static __always_inline __u64 read_arg(struct pt_regs *regs, const struct arg_loc
 	return v;
 }
 
-/* 0 for 0, else 1 + floor(log2 v), at most ARG_BUCKETS - 1. */
+/* 0 for 0, else 1 + floor(log2 v), at most arg_buckets - 1. */
 static __always_inline __u32 bucket_of(__u64 v)
 {
 	__u32 k = 0;
@@ -335,33 +348,32 @@ static __always_inline __u32 bucket_of(__u64 v)
 	if (v >> 2) { v >>= 2; k += 2; }
 	if (v >> 1) { v >>= 1; k += 1; }
 	k += v;
-	return k < ARG_BUCKETS ? k : ARG_BUCKETS - 1;
+	return k < arg_buckets ? k : arg_buckets - 1;
 }
 
 static __always_inline void count_bucket(__u32 slot, __u32 family, __u32 split, __u64 v)
 {
-	__u32 key = (family * ARG_SPLITS + split) * ARG_BUCKETS + bucket_of(v), *column;
+	__u32 key = (family * arg_splits + split) * arg_buckets + bucket_of(v), *column;
 
 	column = bpf_map_lookup_elem(&arg_columns, &key);
 	if (column && *column)
 		count_in_slot(slot, *column - 1);
 }
 
-static __always_inline void count_args(struct pt_regs *regs, __u32 slot,
+/* `tgid` keys the queues: only the queue roles use it. */
+static __always_inline void count_args(struct pt_regs *regs, __u32 tgid, __u32 slot,
 				       const struct site_info *info)
 {
-	struct queue_key q = { .tgid = bpf_get_current_pid_tgid() >> 32 };
-	__u32 *kind, k;
+	struct queue_key q = { .tgid = tgid };
+	__u32 *kind, k, split = 0, i;
 	__u64 in, out;
-
-	__u32 split = 0, i;
 
 	switch (info->role) {
 	case ROLE_QUEUE_BUCKET:
 		/* Not counted until the queue's kind is known (its first pop). */
 		q.vq = read_arg(regs, &info->arg[2]);
 		kind = bpf_map_lookup_elem(&queue_kinds, &q);
-		if (!kind || *kind >= ARG_SPLITS)
+		if (!kind || *kind >= arg_splits)
 			break;
 		split = *kind;
 		/* fallthrough */
@@ -377,7 +389,7 @@ static __always_inline void count_args(struct pt_regs *regs, __u32 slot,
 		out = read_arg(regs, &info->arg[2]);
 		if (!in && !out)
 			break;
-		k = in && out ? QUEUE_RW : in ? QUEUE_RX : QUEUE_TX;
+		k = in && out ? queue_rw : in ? queue_rx : queue_tx;
 		kind = bpf_map_lookup_elem(&queue_kinds, &q);
 		/* Written only when it changes: a pop is hot, an update costly. */
 		if (!kind || *kind != k)
@@ -400,7 +412,7 @@ int count_usdt(struct pt_regs *ctx)
 	__u64 raw = bpf_get_attach_cookie(ctx);
 	struct usdt_cookie cookie;
 	struct site_info *info;
-	__u32 *slot, key;
+	__u32 *slot, key, tgid;
 
 	__builtin_memcpy(&cookie, &raw, sizeof(cookie));
 	if (cookie.sw) {
@@ -411,7 +423,8 @@ int count_usdt(struct pt_regs *ctx)
 			return 0;
 		}
 	}
-	slot = watched_slot();
+	tgid = current_tgid();
+	slot = slot_of(tgid);
 	if (!slot)
 		return 0;
 	count_in_slot(*slot, cookie.column);
@@ -424,7 +437,7 @@ int count_usdt(struct pt_regs *ctx)
 	if (info->seq)
 		count_transition(*slot, info->seq);
 	if (info->role)
-		count_args(ctx, *slot, info);
+		count_args(ctx, tgid, *slot, info);
 	return 0;
 }
 

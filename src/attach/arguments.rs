@@ -41,16 +41,17 @@ pub struct Role {
 }
 
 impl Role {
-    /// Positions of every argument it reads, in `site_info.arg` order.
-    fn positions(&self) -> Vec<u8> {
+    /// Positions of every argument it reads, in `site_info.arg` order
+    /// (`None`: a slot left unread, before the queue of a one-value role).
+    fn positions(&self) -> Vec<Option<u8>> {
         match self.kind {
-            SiteRole::QueueKind => self.others.clone(),
+            SiteRole::QueueKind => self.others.iter().copied().map(Some).collect(),
             SiteRole::Bucket | SiteRole::QueueBucket => {
                 // Values first (arg[0], arg[1]); the queue is arg[2].
-                let mut p: Vec<u8> = self.values.iter().map(|&(p, _)| p).collect();
+                let mut p: Vec<Option<u8>> = self.values.iter().map(|&(p, _)| Some(p)).collect();
                 if self.kind == SiteRole::QueueBucket {
-                    p.resize(2, 0);
-                    p.extend(&self.others);
+                    p.resize(2, None);
+                    p.extend(self.others.iter().copied().map(Some));
                 }
                 p
             }
@@ -191,7 +192,10 @@ pub fn site_info(seq: u16, role: Option<&Role>, site: &UsdtSite) -> types::site_
     let locs: Option<Vec<types::arg_loc>> = role
         .positions()
         .iter()
-        .map(|&p| specs.get(usize::from(p)).and_then(|s| parse_arg(s)))
+        .map(|&p| match p {
+            Some(p) => specs.get(usize::from(p)).and_then(|s| parse_arg(s)),
+            None => Some(types::arg_loc::default()),
+        })
         .collect();
     let Some(locs) = locs else {
         tracing::debug!(
@@ -351,7 +355,10 @@ mod tests {
                 others: vec![0],
             }
         );
-        assert_eq!(a.roles["virtqueue_fill"].positions(), [2, 0, 0]);
+        assert_eq!(
+            a.roles["virtqueue_fill"].positions(),
+            [Some(2), None, Some(0)]
+        );
         assert_eq!(
             a.roles["virtio_blk_handle_write"],
             Role {
@@ -361,7 +368,10 @@ mod tests {
             }
         );
         assert_eq!(a.roles["virtqueue_pop"].kind, SiteRole::QueueKind);
-        assert_eq!(a.roles["virtqueue_pop"].positions(), [0, 2, 3]);
+        assert_eq!(
+            a.roles["virtqueue_pop"].positions(),
+            [Some(0), Some(2), Some(3)]
+        );
         // Keys: (family * 4 + split) * 32 + bucket.
         assert_eq!(
             a.table,
@@ -397,6 +407,10 @@ mod tests {
         // len (arg 2) first, the queue (arg 0) third.
         assert_eq!((i.arg[0].reg, i.arg[0].size), (24, 4));
         assert_eq!((i.arg[2].reg, i.arg[2].size), (40, 8));
+        // The unused slot between them needs no readable spec.
+        assert_eq!(i.arg[1].kind, 0);
+        let i = site_info(3, role, &site("8@%rbx 8@foo(%rip) 4@%r12d 4@%eax"));
+        assert_eq!(i.role, 2, "argument 1 is not read");
         let i = site_info(3, role, &site("8@%rbx 8@%rbp 4@foo(%rip) 4@%eax"));
         assert_eq!((i.seq, i.role), (3, 0), "only tracked");
         let i = site_info(0, role, &site("8@%rbx"));

@@ -17,6 +17,7 @@ use std::os::fd::AsRawFd;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore};
+use vmwatch_core::arguments::Queue;
 use vmwatch_core::features::{Columns, Feature};
 
 use crate::bpf::{BpfObjects, Layout, OpenVmwatchSkel, VmwatchSkel, VmwatchSkelBuilder};
@@ -286,6 +287,12 @@ fn configure(
     rodata.nr_features = layout.features;
     rodata.nr_chunks = layout.chunks;
     rodata.nr_tracked = seq.tracked as u32;
+    // One definition of the argument table's shape and the queue kinds.
+    rodata.arg_buckets = u32::from(vmwatch_core::arguments::BUCKETS);
+    rodata.arg_splits = u32::from(vmwatch_core::arguments::SPLITS);
+    rodata.queue_rx = Queue::Rx as u32;
+    rodata.queue_tx = Queue::Tx as u32;
+    rodata.queue_rw = Queue::Rw as u32;
     if let Some(exit) = sources.kvm_exit {
         rodata.exit_reason_off = exit.reason_offset;
         rodata.exit_vmx = u32::from(exit.vmx);

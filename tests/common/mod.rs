@@ -894,6 +894,25 @@ impl Dataset {
         self.sums(self.rows_of(pid))
     }
 
+    /// Asserts that `pid`'s totals are exactly `want` (0: a column that
+    /// counted nothing), and prints them all.
+    pub fn assert_totals(&self, pid: u32, want: &[(&str, u64)]) {
+        let t = self.totals(pid);
+        eprintln!("{t:?}");
+        for &(f, n) in want {
+            assert_eq!(t.get(f).copied(), Some(n), "{f}: {t:?}");
+        }
+    }
+
+    /// Asserts that `feature` got no column (`why`: what it would mean).
+    pub fn assert_no_column(&self, feature: &str, why: &str) {
+        assert!(
+            !self.features().iter().any(|f| f == feature),
+            "{why}: {:?}",
+            self.features()
+        );
+    }
+
     /// The `sampled` cell of `row` (empty: every count exact).
     pub fn sampled<'a>(&self, row: &'a [String]) -> &'a str {
         self.col(SAMPLED).map_or("", |c| row[c].as_str())
