@@ -161,9 +161,28 @@ struct Probe {
     /// Its cumulative count read once it was off at a phase's start, and
     /// when: what it counts from there until it is turned on came while off.
     off_base: Option<(u64, Instant)>,
+    /// This window's hits counted while it was off, before a turn-on or in
+    /// a phase it was never on: kept as counted, never divided by its
+    /// on-fraction (a few racing or leaking hits would stand for thousands).
+    unscaled: u64,
+    /// This window's hits in its phases already measured.
+    window_counted: u64,
+    /// Its cumulative count when it was turned on this phase.
+    on_base: Option<u64>,
 }
 
 impl Probe {
+    /// What a phase's `hits` (from the cumulative count `last` at its
+    /// start) counted while off: all of them if it was never on, else those
+    /// before its turn-on.
+    fn off_hits_of_phase(&mut self, hits: u64) -> u64 {
+        match (self.on_base.take(), self.last) {
+            _ if self.phase_on.is_zero() => hits,
+            (Some(t), Some(last)) => t.wrapping_sub(last).min(hits),
+            _ => 0,
+        }
+    }
+
     /// Adds the time on up to `now` to the window's and phase's totals.
     fn account(&mut self, now: Instant) {
         if self.on {
@@ -233,6 +252,9 @@ impl VmProbes {
                 off_secs: 0.0,
                 gated: false,
                 off_base: None,
+                unscaled: 0,
+                window_counted: 0,
+                on_base: None,
             })
             .collect();
         Self {
@@ -275,6 +297,8 @@ impl VmProbes {
         };
         for p in &mut self.probes {
             p.account(now);
+            let unscaled = std::mem::take(&mut p.unscaled);
+            let counted = std::mem::take(&mut p.window_counted);
             let Some(c) = counts.get_mut(p.column) else {
                 continue;
             };
@@ -286,17 +310,26 @@ impl VmProbes {
                 p.window_on.as_secs_f64() / len.as_secs_f64()
             };
             p.window_on = Duration::ZERO;
+            let unscaled = if p.last.is_some() {
+                unscaled + p.off_hits_of_phase(c.saturating_sub(counted))
+            } else {
+                unscaled
+            }
+            .min(*c);
             // Only a probe known to be gated is estimated: one not yet seen
             // off long enough may be one that was never really off, whose
             // count divided by its on-time would be far too high. Its count
             // stays as counted (low, if it is gated after all: such a probe
             // fires too rarely to have been told apart within the window).
-            if f < EXACT && p.gated {
+            if f < EXACT && p.gated && unscaled < *c {
                 // On for less than planned (a wake-up lost to a loaded
                 // machine) still counts as the floor's share.
                 let f = f.max(MIN_WINDOW_FRACTION);
-                *c = estimate(*c, f);
-                out.sampled.push((p.column, f));
+                let est = unscaled + estimate(*c - unscaled, f);
+                // The fraction the row carries: counted / estimate, as the
+                // dataset defines it (below f when hits came while off).
+                out.sampled.push((p.column, *c as f64 / est as f64));
+                *c = est;
             }
         }
         // A window whose first phase was counted exactly before the load
@@ -341,9 +374,12 @@ impl VmProbes {
             p.account(now);
             let total = cum.get(p.column).copied().unwrap_or(0);
             if let Some(last) = p.last {
-                let n = total.wrapping_sub(last) as f64;
+                let hits = total.wrapping_sub(last);
+                let n = hits as f64;
                 if this_window {
                     self.spent_ns += n * p.cost_ns;
+                    p.window_counted += hits;
+                    p.unscaled += p.off_hits_of_phase(hits);
                 }
                 let on = p.phase_on.as_secs_f64();
                 // A probe off all phase long keeps its last demand. A
@@ -357,6 +393,7 @@ impl VmProbes {
             }
             p.last = Some(total);
             p.phase_on = Duration::ZERO;
+            p.on_base = None;
         }
         self.phase_start = now;
         self.share = share;
@@ -512,6 +549,20 @@ impl VmProbes {
         out
     }
 
+    /// Before the duty-cycled probes turn on: their cumulative counts `cum`
+    /// then; what each counted since the phase began came while it was off.
+    fn turning_on(&mut self, cum: &[u64]) {
+        if self.phase_start < self.window_start {
+            return;
+        }
+        for p in &mut self.probes {
+            if p.level == 0 || p.on || !matches!(p.gate, Gate::Semaphores | Gate::Links) {
+                continue;
+            }
+            p.on_base = cum.get(p.column).copied();
+        }
+    }
+
     /// After a phase's turn-offs: the cumulative counts `cum`, read at
     /// `at`, are the base of each off probe's hits while off.
     pub fn set_off_base(&mut self, cum: &[u64], at: Instant) {
@@ -539,6 +590,7 @@ impl VmProbes {
             .map(|&i| {
                 let p = &mut self.probes[i];
                 p.on = true;
+                p.unscaled = 0;
                 p.window_on = elapsed;
                 p.phase_on = now.saturating_duration_since(self.phase_start);
                 p.on_since = now;
@@ -830,6 +882,7 @@ pub fn run_due(
             for (v, vm) in vms.iter_mut().enumerate() {
                 if let Some(cum) = vm.cum {
                     let ungated = vm.probes.find_ungated(now, cum);
+                    vm.probes.turning_on(cum);
                     if !ungated.is_empty() {
                         match vm.probes.keep_on(&ungated, vm.raised) {
                             Ok(cols) => found.ungated.push((vm.process.pid, cols)),
@@ -1044,6 +1097,76 @@ mod tests {
         assert!((cost.sampled[0].1 - 0.5).abs() < 1e-9);
         // The cost is what was trapped, not the estimate.
         assert_eq!(cost.hits, 30);
+    }
+
+    /// A gated probe of level 8, off from `t0` (a phase start, its
+    /// cumulative count 0).
+    fn cycled_from(t0: Instant) -> VmProbes {
+        let mut vm = probes(1, t0);
+        vm.start_phase(t0, &[0], None, Some(0.01), Duration::from_secs(2));
+        let p = &mut vm.probes[0];
+        p.account(t0);
+        (p.on, p.gated, p.level) = (false, true, 8);
+        vm
+    }
+
+    /// Turns `vm`'s probe on at `on` (its cumulative count then `cum`) for
+    /// `len`.
+    fn on_for(vm: &mut VmProbes, on: Instant, cum: u64, len: Duration) {
+        vm.turning_on(&[cum]);
+        let p = &mut vm.probes[0];
+        (p.on, p.on_since) = (true, on);
+        p.account(on + len);
+        p.on = false;
+    }
+
+    #[test]
+    fn hits_while_off_before_the_turn_on_are_not_scaled() {
+        let t0 = Instant::now();
+        let mut vm = cycled_from(t0);
+        // 30 hits leak while off, then 100 in 0.1 s on: a 0.05 fraction.
+        on_for(
+            &mut vm,
+            t0 + Duration::from_millis(500),
+            30,
+            Duration::from_millis(100),
+        );
+        let mut counts = vec![130];
+        let cost = vm.close_window(t0 + Duration::from_secs(2), &mut counts, 0);
+        assert_eq!(counts, [30 + 2000]);
+        let (col, f) = cost.sampled[0];
+        assert_eq!(col, 0);
+        // Counted over estimated, as the rows define the fraction.
+        assert!((f - 130.0 / 2030.0).abs() < 1e-9, "fraction {f}");
+        assert_eq!(cost.hits, 130);
+    }
+
+    #[test]
+    fn the_hits_of_a_phase_never_on_are_not_scaled() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(2);
+        let mut vm = cycled_from(t0);
+        on_for(
+            &mut vm,
+            t0 + Duration::from_millis(100),
+            0,
+            Duration::from_millis(100),
+        );
+        // The second phase: never on (a lost wake-up), 20 hits leak.
+        let t1 = t0 + Duration::from_secs(1);
+        vm.start_phase(t1, &[100], None, Some(0.01), w);
+        vm.probes[0].level = 8;
+        let mut counts = vec![120];
+        vm.close_window(t0 + w, &mut counts, 0);
+        assert_eq!(counts, [20 + 2000]);
+        // Nothing on at all: counted as it is, and not marked.
+        let t2 = t0 + w;
+        vm.start_phase(t2, &[120], None, Some(0.01), w);
+        vm.probes[0].level = 8;
+        let mut counts = vec![7];
+        let cost = vm.close_window(t2 + w, &mut counts, 0);
+        assert_eq!(counts, [7]);
+        assert!(cost.sampled.is_empty(), "{cost:?}");
     }
 
     #[test]
