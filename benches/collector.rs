@@ -9,10 +9,12 @@
 //! - what the `perf:` counters cost: the watched threads' context switches
 //!   and page faults, and reading a process's counters per window;
 //! - what tracking a probe for `seq:` features adds per hit, side by side
-//!   with counting it plainly.
+//!   with counting it plainly;
+//! - what reading a probe's arguments for `arg:` buckets adds per hit, side
+//!   by side with counting it plainly.
 //!
 //! `cargo bench --bench collector -- perf` (or `hits`, `syscalls`,
-//! `attach`, `drain`, `seq`) runs only the sections named.
+//! `attach`, `drain`, `seq`, `arg`) runs only the sections named.
 //!
 //! Every figure is a median of interleaved repetitions; see
 //! docs/PERFORMANCE.md for how to read them on a shared machine.
@@ -239,6 +241,103 @@ fn bench_seq_cost(fx_path: &Path) {
     }
     assert_eq!(counted[1].1, 0, "an unlisted transition was counted");
     assert!(counted[2].1 + REPS as u64 >= counted[2].0 && counted[2].1 > 0);
+}
+
+/// What reading a probe's arguments for `arg:` features adds per hit, each
+/// variant side by side with the probe counted plainly: a virtio-blk write
+/// request's two arguments bucketed (`nsectors` and `sector`, both
+/// registers), and a receive queue's frame length split by the kind of its
+/// queue (one argument more, the queue's address, and a hash lookup of its
+/// kind). `N` hits of the fixture's QEMU-shaped sites per measurement.
+fn bench_arg_cost(fx_path: &Path) {
+    const N: usize = 300_000;
+    let bin = UsdtBinary::read(fx_path).unwrap();
+    let mut fx = Fixture::start(fx_path);
+    let process = Process::from_pid(fx.pid()).unwrap();
+    struct Variant {
+        what: &'static str,
+        features: &'static [&'static str],
+        cmd: String,
+    }
+    let blk = format!("blk-write 1500000 8 {N}");
+    let rx = format!("queue rx 1500 {N}");
+    let variants = [
+        Variant {
+            what: "virtio_blk_handle_write counted",
+            features: &["qemu:virtio_blk_handle_write"],
+            cmd: blk.clone(),
+        },
+        Variant {
+            what: "+ nsectors and sector bucketed",
+            features: &[
+                "qemu:virtio_blk_handle_write",
+                "arg:virtio_blk_handle_write:nsectors:8-15",
+                "arg:virtio_blk_handle_write:sector:1048576-2097151",
+            ],
+            cmd: blk.clone(),
+        },
+        Variant {
+            what: "virtqueue_fill counted",
+            features: &["qemu:virtqueue_fill"],
+            cmd: rx.clone(),
+        },
+        Variant {
+            what: "+ len bucketed by queue kind (rx)",
+            features: &["qemu:virtqueue_fill", "arg:virtqueue_fill:len:rx:1024-2047"],
+            cmd: rx.clone(),
+        },
+    ];
+    let time = |fx: &mut Fixture, cmd: &str| {
+        let t = Instant::now();
+        fx.ask(cmd);
+        t.elapsed().as_secs_f64() * 1e9 / N as f64
+    };
+    let mut detached = (Vec::new(), Vec::new());
+    let mut ns: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut counted = vec![(0u64, 0u64); variants.len()];
+    for _ in 0..REPS {
+        detached.0.push(time(&mut fx, &blk));
+        detached.1.push(time(&mut fx, &rx));
+        for (i, v) in variants.iter().enumerate() {
+            let features: Vec<String> = v.features.iter().map(|f| f.to_string()).collect();
+            let mut obj = BpfObjects::default();
+            let mut c = collector(&mut obj, features, 4);
+            c.watch(&process, Some(&bin)).unwrap();
+            c.drain().unwrap();
+            ns[i].push(time(&mut fx, &v.cmd));
+            // The counts are checked: every hit counted, and bucketed.
+            let d = c.drain().unwrap();
+            let row = &d.samples[0].counts;
+            counted[i].0 += row[0];
+            counted[i].1 += row[1..].iter().sum::<u64>();
+            c.unwatch(fx.pid());
+        }
+    }
+    println!("arg buckets, cost per probe hit (median of {REPS}, interleaved):");
+    let (d_blk, d_rx) = (median(detached.0), median(detached.1));
+    for (i, v) in variants.iter().enumerate() {
+        let m = median(ns[i].clone());
+        let (base, over) = if i % 2 == 0 {
+            let d = if i == 0 { d_blk } else { d_rx };
+            println!("  {:34} {d:8.1} ns/hit", "detached");
+            (d, "detached")
+        } else {
+            (median(ns[i - 1].clone()), "counted")
+        };
+        println!(
+            "  {:34} {m:8.1} ns/hit  (+{:.0} ns over {over})  [{} hits counted, {} bucketed]",
+            v.what,
+            m - base,
+            counted[i].0,
+            counted[i].1
+        );
+    }
+    let hits = (REPS * N) as u64;
+    for (i, (h, _)) in counted.iter().enumerate() {
+        assert_eq!(*h, hits, "{}: hits lost", variants[i].what);
+    }
+    assert_eq!(counted[1].1, 2 * hits, "a write request's buckets were lost");
+    assert_eq!(counted[3].1, hits, "a received frame's bucket was lost");
 }
 
 /// Per-syscall cost: unmonitored, BPF counter watching the process, and
@@ -539,5 +638,8 @@ fn main() {
     }
     if run("seq") {
         bench_seq_cost(&fx);
+    }
+    if run("arg") {
+        bench_arg_cost(&fx);
     }
 }

@@ -107,7 +107,7 @@ pub enum LabCmd {
     },
 
     /// Record one scenario: boot, start the scenario, run `vmwatch record
-    /// --pid <QEMU pid> --source qemu,syscalls,kvm,perf --label SCENARIO`, tear down,
+    /// --pid <QEMU pid> --source qemu,syscalls,kvm,perf,arg --label SCENARIO`, tear down,
     /// and check the rows (one per VM and window, probes counted).
     ///
     /// Builds QEMU, the guest and vmwatch (release) first if needed. Needs root.

@@ -23,7 +23,7 @@ use crate::qemu;
 use crate::util::{self, note};
 
 /// Every source vmwatch has (kvm rows are all zero under TCG).
-pub const SOURCES: &str = "qemu,syscalls,kvm,perf";
+pub const SOURCES: &str = "qemu,syscalls,kvm,perf,arg";
 /// Seconds the client load and attacks run before recording starts.
 pub const WARM_UP: Duration = Duration::from_secs(4);
 /// How long a phased guest may take to switch its side of a scenario.
@@ -1030,6 +1030,21 @@ pub fn smoke(vmwatch: Option<&Path>) -> Result<()> {
             phased.labels
         );
     }
+    // The guest's web traffic comes in as frames on its receive queue.
+    let frames = received_frames(&dir.0.join("phased.csv"), phases::NORMAL_LABEL)?;
+    let total: f64 = frames.iter().map(|(_, n)| n).sum();
+    if total <= 0.0 {
+        bail!("the web windows received no frame: no arg:virtqueue_fill:len:rx:* bucket counted");
+    }
+    note(format!(
+        "received frames in the web windows, by size: {}",
+        frames
+            .iter()
+            .filter(|(_, n)| *n > 0.0)
+            .map(|(b, n)| format!("{b} bytes {n:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     note(format!(
         "lab smoke test passed: a phased recording of {} with {} switches, windows {:?}, {}",
         scenario.name,
@@ -1038,6 +1053,24 @@ pub fn smoke(vmwatch: Option<&Path>) -> Result<()> {
         util::human_duration(Duration::from_secs_f64(phased.seconds))
     ));
     Ok(())
+}
+
+/// The receive queues' frames of the windows labelled `label` in the
+/// dataset `path`, by size bucket (`arg:virtqueue_fill:len:rx:*`), in
+/// column order.
+fn received_frames(path: &Path, label: &str) -> Result<Vec<(String, f64)>> {
+    const RX: &str = "arg:virtqueue_fill:len:rx:";
+    let table = Table::read(path)?;
+    let rows: Vec<usize> = (0..table.len())
+        .filter(|&n| table.keys[n].label == label)
+        .collect();
+    Ok(table
+        .features
+        .iter()
+        .enumerate()
+        .filter_map(|(j, f)| f.strip_prefix(RX).map(|b| (j, b)))
+        .map(|(j, b)| (b.to_string(), rows.iter().map(|&n| table.x[[n, j]]).sum()))
+        .collect())
 }
 
 #[cfg(test)]
