@@ -336,7 +336,11 @@ fn bench_arg_cost(fx_path: &Path) {
     for (i, (h, _)) in counted.iter().enumerate() {
         assert_eq!(*h, hits, "{}: hits lost", variants[i].what);
     }
-    assert_eq!(counted[1].1, 2 * hits, "a write request's buckets were lost");
+    assert_eq!(
+        counted[1].1,
+        2 * hits,
+        "a write request's buckets were lost"
+    );
     assert_eq!(counted[3].1, hits, "a received frame's bucket was lost");
 }
 
