@@ -98,6 +98,11 @@ const UNGATED_HITS: f64 = 20.0;
 /// on, before silence then proves its semaphore gates it.
 const GATED_EXPECTED: f64 = 50.0;
 
+/// Seconds off it must have been silent, too: a probe that fires in bursts
+/// (SeaBIOS's 18.2-Hz tick fires `memory_notdirty_write_access` ~114 times
+/// at once) can be silent through short off-times whatever its rate.
+const GATED_OFF_SECS: f64 = 1.0;
+
 /// The smallest sampling fraction a window's estimate divides by: a tenth
 /// of the smallest planned one.
 const MIN_WINDOW_FRACTION: f64 = vmwatch_core::govern::MIN_FRACTION / 10.0;
@@ -167,18 +172,24 @@ struct Probe {
     unscaled: u64,
     /// This window's hits in its phases already measured.
     window_counted: u64,
-    /// Its cumulative count when it was turned on this phase.
-    on_base: Option<u64>,
+    /// Its cumulative count when it was turned on this phase, and when.
+    on_base: Option<(u64, Instant)>,
+    /// Hits from its turn-ons to the ends of their phases, and how long
+    /// (s) that was: its rate as the ungated test compares hits while off
+    /// with (not hits over on-time, which a probe that never really turns
+    /// off inflates without bound).
+    after_on_hits: f64,
+    after_on_secs: f64,
 }
 
 impl Probe {
     /// What a phase's `hits` (from the cumulative count `last` at its
     /// start) counted while off: all of them if it was never on, else those
     /// before its turn-on.
-    fn off_hits_of_phase(&mut self, hits: u64) -> u64 {
-        match (self.on_base.take(), self.last) {
+    fn off_hits_of_phase(&self, hits: u64) -> u64 {
+        match (self.on_base, self.last) {
             _ if self.phase_on.is_zero() => hits,
-            (Some(t), Some(last)) => t.wrapping_sub(last).min(hits),
+            (Some((t, _)), Some(last)) => t.wrapping_sub(last).min(hits),
             _ => 0,
         }
     }
@@ -255,6 +266,8 @@ impl VmProbes {
                 unscaled: 0,
                 window_counted: 0,
                 on_base: None,
+                after_on_hits: 0.0,
+                after_on_secs: 0.0,
             })
             .collect();
         Self {
@@ -375,12 +388,18 @@ impl VmProbes {
             let total = cum.get(p.column).copied().unwrap_or(0);
             if let Some(last) = p.last {
                 let hits = total.wrapping_sub(last);
-                let n = hits as f64;
-                if this_window {
-                    self.spent_ns += n * p.cost_ns;
-                    p.window_counted += hits;
-                    p.unscaled += p.off_hits_of_phase(hits);
+                let off = p.off_hits_of_phase(hits);
+                if let Some((t, at)) = p.on_base {
+                    p.after_on_hits += total.wrapping_sub(t) as f64;
+                    p.after_on_secs += now.saturating_duration_since(at).as_secs_f64();
                 }
+                if this_window {
+                    self.spent_ns += hits as f64 * p.cost_ns;
+                    p.window_counted += hits;
+                    p.unscaled += off;
+                }
+                // Its rate while on: the hits before its turn-on came off.
+                let n = (hits - off) as f64;
                 let on = p.phase_on.as_secs_f64();
                 // A probe off all phase long keeps its last demand. A
                 // burst is remembered for a few phases (half-life one
@@ -534,7 +553,14 @@ impl VmProbes {
             let Some((base, at)) = p.off_base.take() else {
                 continue;
             };
-            let rate = p.demand / p.cost_ns.max(1e-9);
+            // Its rate from its turn-ons on, once it has been cycled (the
+            // same for one its semaphore does not gate); before, as
+            // measured while it was exact.
+            let rate = if p.after_on_secs > 0.0 {
+                p.after_on_hits / p.after_on_secs
+            } else {
+                p.demand / p.cost_ns.max(1e-9)
+            };
             p.off_hits += total.wrapping_sub(base) as f64;
             p.off_secs += now.saturating_duration_since(at).as_secs_f64();
             let expected = rate * p.off_secs;
@@ -542,7 +568,7 @@ impl VmProbes {
                 p.gate = Gate::Unswitched;
                 p.level = 0;
                 out.push(i);
-            } else if expected >= GATED_EXPECTED {
+            } else if expected >= GATED_EXPECTED && p.off_secs >= GATED_OFF_SECS {
                 p.gated = true;
             }
         }
@@ -551,7 +577,7 @@ impl VmProbes {
 
     /// Before the duty-cycled probes turn on: their cumulative counts `cum`
     /// then; what each counted since the phase began came while it was off.
-    fn turning_on(&mut self, cum: &[u64]) {
+    fn turning_on(&mut self, cum: &[u64], now: Instant) {
         if self.phase_start < self.window_start {
             return;
         }
@@ -559,7 +585,7 @@ impl VmProbes {
             if p.level == 0 || p.on || !matches!(p.gate, Gate::Semaphores | Gate::Links) {
                 continue;
             }
-            p.on_base = cum.get(p.column).copied();
+            p.on_base = cum.get(p.column).map(|&c| (c, now));
         }
     }
 
@@ -882,7 +908,7 @@ pub fn run_due(
             for (v, vm) in vms.iter_mut().enumerate() {
                 if let Some(cum) = vm.cum {
                     let ungated = vm.probes.find_ungated(now, cum);
-                    vm.probes.turning_on(cum);
+                    vm.probes.turning_on(cum, now);
                     if !ungated.is_empty() {
                         match vm.probes.keep_on(&ungated, vm.raised) {
                             Ok(cols) => found.ungated.push((vm.process.pid, cols)),
@@ -1113,11 +1139,41 @@ mod tests {
     /// Turns `vm`'s probe on at `on` (its cumulative count then `cum`) for
     /// `len`.
     fn on_for(vm: &mut VmProbes, on: Instant, cum: u64, len: Duration) {
-        vm.turning_on(&[cum]);
+        vm.turning_on(&[cum], on);
         let p = &mut vm.probes[0];
         (p.on, p.on_since) = (true, on);
         p.account(on + len);
         p.on = false;
+    }
+
+    #[test]
+    fn a_bursty_probe_its_semaphore_does_not_gate_is_found_from_its_rate_after_turn_ons() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let w = Duration::from_secs(2);
+        let mut vm = probes(1, t0);
+        // An exact phase: 250 hits in 250 ms.
+        vm.start_phase(t0, &[0], None, Some(0.01), w);
+        // Cycled from t1: off, its off-time missing every burst.
+        let off_from = |vm: &mut VmProbes, at: Instant, cum: u64| {
+            vm.start_phase(at, &[cum], None, Some(0.01), w);
+            let p = &mut vm.probes[0];
+            p.account(at);
+            (p.on, p.level) = (false, 8);
+            vm.set_off_base(&[cum], at);
+        };
+        let t1 = t0 + ms(250);
+        off_from(&mut vm, t1, 250);
+        assert!(vm.find_ungated(t1 + ms(100), &[250]).is_empty());
+        assert!(!vm.probes[0].gated, "silent for 0.1 s only: not known yet");
+        on_for(&mut vm, t1 + ms(100), 250, ms(1));
+        // It never turned off: 250 hits after its turn-on, 100 of the next
+        // phase's while off. Divided by its on-time (1 ms), its rate would
+        // make 100 hits while off look like races.
+        let t2 = t1 + ms(250);
+        off_from(&mut vm, t2, 500);
+        assert_eq!(vm.find_ungated(t2 + ms(100), &[600]), [0]);
+        assert_eq!(vm.probes[0].gate, Gate::Unswitched);
     }
 
     #[test]
