@@ -95,13 +95,11 @@ const MIN_SHARE: f64 = 0.25;
 const UNGATED_HITS: f64 = 20.0;
 
 /// Hits a probe would have counted over its off-times, at its rate when
-/// on, before silence then proves its semaphore gates it.
-const GATED_EXPECTED: f64 = 50.0;
-
-/// Seconds off it must have been silent, too: a probe that fires in bursts
-/// (SeaBIOS's 18.2-Hz tick fires `memory_notdirty_write_access` ~114 times
-/// at once) can be silent through short off-times whatever its rate.
-const GATED_OFF_SECS: f64 = 1.0;
+/// on, before silence then proves its semaphore gates it: several bursts'
+/// worth, as a probe may fire in bursts (SeaBIOS's 18.2-Hz tick fires
+/// `memory_notdirty_write_access` ~114 times at once) and be silent through
+/// short off-times whatever its rate.
+const GATED_EXPECTED: f64 = 500.0;
 
 /// The smallest sampling fraction a window's estimate divides by: a tenth
 /// of the smallest planned one.
@@ -341,8 +339,11 @@ impl VmProbes {
                 let est = unscaled + estimate(*c - unscaled, f);
                 // The fraction the row carries: counted / estimate, as the
                 // dataset defines it (below f when hits came while off).
-                out.sampled.push((p.column, *c as f64 / est as f64));
-                *c = est;
+                // An estimate rounded to the count is the count.
+                if est > *c {
+                    out.sampled.push((p.column, *c as f64 / est as f64));
+                    *c = est;
+                }
             }
         }
         // A window whose first phase was counted exactly before the load
@@ -568,7 +569,7 @@ impl VmProbes {
                 p.gate = Gate::Unswitched;
                 p.level = 0;
                 out.push(i);
-            } else if expected >= GATED_EXPECTED && p.off_secs >= GATED_OFF_SECS {
+            } else if expected >= GATED_EXPECTED {
                 p.gated = true;
             }
         }
@@ -1165,7 +1166,10 @@ mod tests {
         let t1 = t0 + ms(250);
         off_from(&mut vm, t1, 250);
         assert!(vm.find_ungated(t1 + ms(100), &[250]).is_empty());
-        assert!(!vm.probes[0].gated, "silent for 0.1 s only: not known yet");
+        assert!(
+            !vm.probes[0].gated,
+            "100 hits expected while off: not known yet"
+        );
         on_for(&mut vm, t1 + ms(100), 250, ms(1));
         // It never turned off: 250 hits after its turn-on, 100 of the next
         // phase's while off. Divided by its on-time (1 ms), its rate would
@@ -1195,6 +1199,18 @@ mod tests {
         // Counted over estimated, as the rows define the fraction.
         assert!((f - 130.0 / 2030.0).abs() < 1e-9, "fraction {f}");
         assert_eq!(cost.hits, 130);
+    }
+
+    #[test]
+    fn an_estimate_rounded_to_the_count_is_not_marked() {
+        let t0 = Instant::now();
+        let mut vm = cycled_from(t0);
+        // On 99.85% of the window: 1 / 0.9985 rounds to 1.
+        on_for(&mut vm, t0, 0, Duration::from_micros(1_997_000));
+        let mut counts = vec![1];
+        let cost = vm.close_window(t0 + Duration::from_secs(2), &mut counts, 0);
+        assert_eq!(counts, [1]);
+        assert!(cost.sampled.is_empty(), "{cost:?}");
     }
 
     #[test]
