@@ -172,6 +172,10 @@ struct Probe {
     window_counted: u64,
     /// Its cumulative count when it was turned on this phase, and when.
     on_base: Option<(u64, Instant)>,
+    /// Its cumulative count once this phase's turn-offs were done (its
+    /// `off_base`, kept past the turn-on): the hits from there to its
+    /// turn-on came while off, those before it while it was being turned off.
+    off_start: Option<u64>,
     /// Hits from its turn-ons to the ends of their phases, and how long
     /// (s) that was: its rate as the ungated test compares hits while off
     /// with (not hits over on-time, which a probe that never really turns
@@ -181,13 +185,12 @@ struct Probe {
 }
 
 impl Probe {
-    /// What a phase's `hits` (from the cumulative count `last` at its
-    /// start) counted while off: all of them if it was never on, else those
-    /// before its turn-on.
+    /// What a phase's `hits` counted while off: all of them if it was never
+    /// on, else those from the end of its turn-off to its turn-on.
     fn off_hits_of_phase(&self, hits: u64) -> u64 {
-        match (self.on_base, self.last) {
+        match (self.on_base, self.off_start) {
             _ if self.phase_on.is_zero() => hits,
-            (Some((t, _)), Some(last)) => t.wrapping_sub(last).min(hits),
+            (Some((t, _)), Some(off)) => t.wrapping_sub(off).min(hits),
             _ => 0,
         }
     }
@@ -264,6 +267,7 @@ impl VmProbes {
                 unscaled: 0,
                 window_counted: 0,
                 on_base: None,
+                off_start: None,
                 after_on_hits: 0.0,
                 after_on_secs: 0.0,
             })
@@ -399,7 +403,7 @@ impl VmProbes {
                     p.window_counted += hits;
                     p.unscaled += off;
                 }
-                // Its rate while on: the hits before its turn-on came off.
+                // Its rate while on: the hits while off do not count.
                 let n = (hits - off) as f64;
                 let on = p.phase_on.as_secs_f64();
                 // A probe off all phase long keeps its last demand. A
@@ -414,6 +418,7 @@ impl VmProbes {
             p.last = Some(total);
             p.phase_on = Duration::ZERO;
             p.on_base = None;
+            p.off_start = None;
         }
         self.phase_start = now;
         self.share = share;
@@ -554,6 +559,7 @@ impl VmProbes {
             let Some((base, at)) = p.off_base.take() else {
                 continue;
             };
+            p.off_start = Some(base);
             // Its rate from its turn-ons on, once it has been cycled (the
             // same for one its semaphore does not gate); before, as
             // measured while it was exact.
@@ -1127,13 +1133,15 @@ mod tests {
     }
 
     /// A gated probe of level 8, off from `t0` (a phase start, its
-    /// cumulative count 0).
+    /// cumulative count 0, its turn-off done at once).
     fn cycled_from(t0: Instant) -> VmProbes {
         let mut vm = probes(1, t0);
         vm.start_phase(t0, &[0], None, Some(0.01), Duration::from_secs(2));
         let p = &mut vm.probes[0];
         p.account(t0);
         (p.on, p.gated, p.level) = (false, true, 8);
+        // Off from its count 0 on (as find_ungated keeps it at the turn-on).
+        p.off_start = Some(0);
         vm
     }
 
@@ -1199,6 +1207,23 @@ mod tests {
         // Counted over estimated, as the rows define the fraction.
         assert!((f - 130.0 / 2030.0).abs() < 1e-9, "fraction {f}");
         assert_eq!(cost.hits, 130);
+    }
+
+    #[test]
+    fn hits_while_being_turned_off_are_scaled_as_on() {
+        let t0 = Instant::now();
+        let mut vm = cycled_from(t0);
+        // 50 hits came before its turn-off took effect: on, not off.
+        vm.probes[0].off_start = Some(50);
+        on_for(
+            &mut vm,
+            t0 + Duration::from_millis(500),
+            50,
+            Duration::from_millis(100),
+        );
+        let mut counts = vec![150];
+        vm.close_window(t0 + Duration::from_secs(2), &mut counts, 0);
+        assert_eq!(counts, [3000]);
     }
 
     #[test]
