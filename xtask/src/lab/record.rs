@@ -1064,6 +1064,9 @@ pub fn smoke(vmwatch: Option<&Path>) -> Result<()> {
 fn bucketed_hits(path: &Path) -> Result<String> {
     /// Fills that may precede their queue's first pop seen.
     const UNKNOWN_QUEUE: f64 = 16.0;
+    /// Hits that may land between the reads of a column's chunk and its
+    /// buckets' chunk at the last drain (each side of a window boundary).
+    const RACE: f64 = 16.0;
     let table = Table::read(path)?;
     let total = |pick: &dyn Fn(&str) -> bool| -> f64 {
         (0..table.features.len())
@@ -1081,7 +1084,7 @@ fn bucketed_hits(path: &Path) -> Result<String> {
         } else {
             0.0
         };
-        if bucketed > hits || bucketed + slack < hits {
+        if bucketed > hits + RACE || bucketed + slack + RACE < hits {
             bail!(
                 "{}: {} {} hits, {bucketed} of them in `{prefix}*` buckets",
                 path.display(),
@@ -1161,20 +1164,26 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("virtqueue_fill.len 27/30"), "{line}");
+        // A hit between the chunks' reads at the end is not lost.
+        let raced = write(
+            "raced.csv",
+            &format!("{head}v,10,web,0,1,2000,5,5,1,6,30,20,7\n"),
+        );
+        assert!(bucketed_hits(&raced).is_ok());
         let lost = write(
             "lost.csv",
-            &format!("{head}v,10,web,0,1,2000,5,4,0,5,30,20,7\n"),
+            &format!("{head}v,10,web,0,1,2000,50,4,0,50,30,20,7\n"),
         );
         let e = format!("{:#}", bucketed_hits(&lost).unwrap_err());
         assert!(
-            e.contains("5 virtio_blk_handle_write hits, 4 of them"),
+            e.contains("50 virtio_blk_handle_write hits, 4 of them"),
             "{e}"
         );
         let queues = write(
             "queues.csv",
-            &format!("{head}v,10,web,0,1,2000,5,4,1,5,60,20,7\n"),
+            &format!("{head}v,10,web,0,1,2000,5,4,1,5,70,20,7\n"),
         );
-        assert!(bucketed_hits(&queues).is_err(), "33 fills unbucketed");
+        assert!(bucketed_hits(&queues).is_err(), "43 fills unbucketed");
     }
 
     #[test]
