@@ -161,8 +161,9 @@ struct Probe {
     /// Seen off long enough to tell, and silent then: its semaphore gates
     /// it, so its counts can be estimated.
     gated: bool,
-    /// Its cumulative count read once it was off at a phase's start, and
-    /// when: what it counts from there until it is turned on came while off.
+    /// Its cumulative count read once this phase's turn-offs were done, and
+    /// when: what it counts from there until it is turned on came while off,
+    /// what it counted before while it was being turned off.
     off_base: Option<(u64, Instant)>,
     /// This window's hits counted while it was off, before a turn-on or in
     /// a phase it was never on: kept as counted, never divided by its
@@ -172,10 +173,6 @@ struct Probe {
     window_counted: u64,
     /// Its cumulative count when it was turned on this phase, and when.
     on_base: Option<(u64, Instant)>,
-    /// Its cumulative count once this phase's turn-offs were done (its
-    /// `off_base`, kept past the turn-on): the hits from there to its
-    /// turn-on came while off, those before it while it was being turned off.
-    off_start: Option<u64>,
     /// Hits from its turn-ons to the ends of their phases, and how long
     /// (s) that was: its rate as the ungated test compares hits while off
     /// with (not hits over on-time, which a probe that never really turns
@@ -188,9 +185,9 @@ impl Probe {
     /// What a phase's `hits` counted while off: all of them if it was never
     /// on, else those from the end of its turn-off to its turn-on.
     fn off_hits_of_phase(&self, hits: u64) -> u64 {
-        match (self.on_base, self.off_start) {
+        match (self.on_base, self.off_base) {
             _ if self.phase_on.is_zero() => hits,
-            (Some((t, _)), Some(off)) => t.wrapping_sub(off).min(hits),
+            (Some((t, _)), Some((off, _))) => t.wrapping_sub(off).min(hits),
             _ => 0,
         }
     }
@@ -267,7 +264,6 @@ impl VmProbes {
                 unscaled: 0,
                 window_counted: 0,
                 on_base: None,
-                off_start: None,
                 after_on_hits: 0.0,
                 after_on_secs: 0.0,
             })
@@ -418,7 +414,7 @@ impl VmProbes {
             p.last = Some(total);
             p.phase_on = Duration::ZERO;
             p.on_base = None;
-            p.off_start = None;
+            p.off_base = None;
         }
         self.phase_start = now;
         self.share = share;
@@ -538,8 +534,9 @@ impl VmProbes {
         }
     }
 
-    /// Before the duty-cycled probes turn on at `now`: those that counted
-    /// hits since the phase began, while their semaphore was down, are not
+    /// Before the duty-cycled probes turn on at `now` (once a phase): those
+    /// that counted hits since their turn-off took effect, while their
+    /// semaphore was down, are not
     /// gated by it. They become exact for good, and count as exact for the
     /// whole window (they were never really off), once turned on with
     /// [`VmProbes::keep_on`]. Returns their indices.
@@ -556,10 +553,9 @@ impl VmProbes {
             // its rate. Counted from a read taken once it was off, so hits
             // before the turn-off (a loaded machine can delay it) are not
             // taken for hits while off.
-            let Some((base, at)) = p.off_base.take() else {
+            let Some((base, at)) = p.off_base else {
                 continue;
             };
-            p.off_start = Some(base);
             // Its rate from its turn-ons on, once it has been cycled (the
             // same for one its semaphore does not gate); before, as
             // measured while it was exact.
@@ -582,14 +578,12 @@ impl VmProbes {
         out
     }
 
-    /// Before the duty-cycled probes turn on: their cumulative counts `cum`
-    /// then; what each counted since the phase began came while it was off.
+    /// Before the duty-cycled probes their semaphores switch turn on: their
+    /// cumulative counts `cum` then; what each counted since its turn-off
+    /// took effect came while it was off.
     fn turning_on(&mut self, cum: &[u64], now: Instant) {
-        if self.phase_start < self.window_start {
-            return;
-        }
         for p in &mut self.probes {
-            if p.level == 0 || p.on || !matches!(p.gate, Gate::Semaphores | Gate::Links) {
+            if p.level == 0 || p.on || p.gate != Gate::Semaphores {
                 continue;
             }
             p.on_base = cum.get(p.column).map(|&c| (c, now));
@@ -1133,16 +1127,28 @@ mod tests {
     }
 
     /// A gated probe of level 8, off from `t0` (a phase start, its
-    /// cumulative count 0, its turn-off done at once).
-    fn cycled_from(t0: Instant) -> VmProbes {
+    /// cumulative count 0), its turn-off done once it had counted `off_at`.
+    fn cycled_from(t0: Instant, off_at: u64) -> VmProbes {
         let mut vm = probes(1, t0);
         vm.start_phase(t0, &[0], None, Some(0.01), Duration::from_secs(2));
         let p = &mut vm.probes[0];
         p.account(t0);
         (p.on, p.gated, p.level) = (false, true, 8);
-        // Off from its count 0 on (as find_ungated keeps it at the turn-on).
-        p.off_start = Some(0);
+        p.off_base = Some((off_at, t0));
         vm
+    }
+
+    /// The window of a probe off from its count `off_at` on, turned on at
+    /// 0.5 s (its count then `on_at`) for 0.1 s (a 0.05 fraction), with
+    /// `total` hits in all: its estimated count and cost.
+    fn window_turned_on_once(off_at: u64, on_at: u64, total: u64) -> (u64, WindowCost) {
+        let t0 = Instant::now();
+        let mut vm = cycled_from(t0, off_at);
+        let ms = Duration::from_millis;
+        on_for(&mut vm, t0 + ms(500), on_at, ms(100));
+        let mut counts = vec![total];
+        let cost = vm.close_window(t0 + Duration::from_secs(2), &mut counts, 0);
+        (counts[0], cost)
     }
 
     /// Turns `vm`'s probe on at `on` (its cumulative count then `cum`) for
@@ -1190,18 +1196,9 @@ mod tests {
 
     #[test]
     fn hits_while_off_before_the_turn_on_are_not_scaled() {
-        let t0 = Instant::now();
-        let mut vm = cycled_from(t0);
-        // 30 hits leak while off, then 100 in 0.1 s on: a 0.05 fraction.
-        on_for(
-            &mut vm,
-            t0 + Duration::from_millis(500),
-            30,
-            Duration::from_millis(100),
-        );
-        let mut counts = vec![130];
-        let cost = vm.close_window(t0 + Duration::from_secs(2), &mut counts, 0);
-        assert_eq!(counts, [30 + 2000]);
+        // 30 hits leak while off, then 100 while on.
+        let (count, cost) = window_turned_on_once(0, 30, 130);
+        assert_eq!(count, 30 + 2000);
         let (col, f) = cost.sampled[0];
         assert_eq!(col, 0);
         // Counted over estimated, as the rows define the fraction.
@@ -1211,25 +1208,15 @@ mod tests {
 
     #[test]
     fn hits_while_being_turned_off_are_scaled_as_on() {
-        let t0 = Instant::now();
-        let mut vm = cycled_from(t0);
         // 50 hits came before its turn-off took effect: on, not off.
-        vm.probes[0].off_start = Some(50);
-        on_for(
-            &mut vm,
-            t0 + Duration::from_millis(500),
-            50,
-            Duration::from_millis(100),
-        );
-        let mut counts = vec![150];
-        vm.close_window(t0 + Duration::from_secs(2), &mut counts, 0);
-        assert_eq!(counts, [3000]);
+        let (count, _) = window_turned_on_once(50, 50, 150);
+        assert_eq!(count, 3000);
     }
 
     #[test]
     fn an_estimate_rounded_to_the_count_is_not_marked() {
         let t0 = Instant::now();
-        let mut vm = cycled_from(t0);
+        let mut vm = cycled_from(t0, 0);
         // On 99.85% of the window: 1 / 0.9985 rounds to 1.
         on_for(&mut vm, t0, 0, Duration::from_micros(1_997_000));
         let mut counts = vec![1];
@@ -1242,7 +1229,7 @@ mod tests {
     fn the_hits_of_a_phase_never_on_are_not_scaled() {
         let t0 = Instant::now();
         let w = Duration::from_secs(2);
-        let mut vm = cycled_from(t0);
+        let mut vm = cycled_from(t0, 0);
         on_for(
             &mut vm,
             t0 + Duration::from_millis(100),
