@@ -220,3 +220,41 @@ fn bad_budget_is_an_error() {
         assert!(!ran.stderr.contains("panicked"), "{}", ran.stderr);
     }
 }
+
+#[test]
+fn budget_charges_the_probes_a_sequence_feature_reads() {
+    // seq:tap_send>tap_send separates stress-net; qemu:tap_send fires
+    // 2,500 times a second in both files and separates nothing. The
+    // transition needs tap_send's hits trapped: 0.25% of a CPU at 1 µs,
+    // plus 25 ns a hit for tracking it.
+    let dir = tempfile::tempdir().unwrap();
+    let hot = |i: usize| (5000 + i * 7 % 5) as u64;
+    let idle = write_dataset(
+        &dir.path().join("idle.csv"),
+        |_| "idle".into(),
+        20,
+        &[("qemu:tap_send", &hot), ("seq:tap_send>tap_send", &|_| 0)],
+    );
+    let net = write_dataset(
+        &dir.path().join("net.csv"),
+        |_| "stress-net".into(),
+        20,
+        &[
+            ("qemu:tap_send", &hot),
+            ("seq:tap_send>tap_send", &|i| (4000 + i % 3) as u64),
+        ],
+    );
+    let picked = |budget: &str| {
+        let ran = select(&idle).arg(&net).args(budget).succeeds();
+        let chosen = ran.stdout.contains("\nseq:tap_send>tap_send");
+        (chosen, ran.stdout)
+    };
+    let (chosen, report) = picked("--budget 0.2");
+    assert!(!chosen, "a 0.26% feature within 0.2%: {report}");
+    let (chosen, report) = picked("--budget 0.3");
+    assert!(chosen, "{report}");
+    assert!(
+        report.contains("probe hits 0.250%, seq tracking 0.006%"),
+        "{report}"
+    );
+}

@@ -264,17 +264,31 @@ pub struct Step {
     pub ccr12: f64,
 }
 
-/// What each column costs to count and how much may be spent: the greedy
-/// search only adds a column that keeps the chosen ones' total within `limit`.
-/// Costs are in any unit (vmwatch select uses the fraction of a CPU that a
-/// probe's hits cost); a column that costs nothing (already counted for
-/// another reason) is always affordable.
+/// What counting each column needs and how much may be spent: each column
+/// needs some charges (pieces of work, e.g. a probe's hits), each charge is
+/// paid once however many chosen columns need it, and the greedy search only
+/// adds a column whose unpaid charges keep the total within `limit`. Costs
+/// are in any unit (vmwatch select uses percent of a CPU); a column whose
+/// charges are all paid is always affordable.
 #[derive(Debug, Clone, Copy)]
 pub struct Budget<'a> {
-    /// Cost per column.
-    pub cost: &'a [f64],
+    /// Indices into `charges`, per column.
+    pub needs: &'a [Vec<usize>],
+    /// Cost of each charge.
+    pub charges: &'a [f64],
     /// Most the chosen columns may cost together.
     pub limit: f64,
+}
+
+impl Budget<'_> {
+    /// What column `j` adds to the charges `paid`.
+    fn added(&self, j: usize, paid: &[bool]) -> f64 {
+        self.needs[j]
+            .iter()
+            .filter(|&&c| !paid[c])
+            .map(|&c| self.charges[c])
+            .sum()
+    }
 }
 
 /// Greedy forward selection on the subset's ccr12: start empty, add the
@@ -284,7 +298,8 @@ pub struct Budget<'a> {
 /// would take the subset's cost over the limit.
 ///
 /// # Panics
-/// When the budget's cost vector is shorter than the criterion's columns.
+/// When the budget names fewer columns than the criterion has, or a charge
+/// it does not price.
 pub fn greedy_forward(
     criterion: &Criterion,
     k: usize,
@@ -301,12 +316,15 @@ pub fn greedy_forward(
     let mut steps: Vec<Step> = Vec::new();
     let mut current = 0.0;
     let mut spent = 0.0;
-    let affordable = |j: usize, spent: f64| budget.is_none_or(|b| spent + b.cost[j] <= b.limit);
+    let mut paid = vec![false; budget.map_or(0, |b| b.charges.len())];
+    let affordable = |j: usize, spent: f64, paid: &[bool]| {
+        budget.is_none_or(|b| spent + b.added(j, paid) <= b.limit)
+    };
     while chosen.len() < k {
         let s = chosen.len();
         let mut best: Option<(usize, f64)> = None;
         for j in 0..p {
-            if !criterion.varying[j] || chosen.contains(&j) || !affordable(j, spent) {
+            if !criterion.varying[j] || chosen.contains(&j) || !affordable(j, spent, &paid) {
                 continue;
             }
             let mut subset = chosen.clone();
@@ -326,7 +344,12 @@ pub fn greedy_forward(
             Some((j, score)) if score - current > tolerance => {
                 gram.push(z.t().dot(&z.column(j)));
                 chosen.push(j);
-                spent += budget.map_or(0.0, |b| b.cost[j]);
+                if let Some(b) = budget {
+                    spent += b.added(j, &paid);
+                    for &c in &b.needs[j] {
+                        paid[c] = true;
+                    }
+                }
                 steps.push(Step {
                     feature: j,
                     ccr12: score,
@@ -370,7 +393,7 @@ impl PairScores {
 ///
 /// # Panics
 /// When `base` and `other` have different numbers of columns, or the
-/// budget's cost vector is shorter.
+/// budget names fewer columns.
 pub fn score_pair(
     base: ArrayView2<f64>,
     other: ArrayView2<f64>,
@@ -595,13 +618,17 @@ mod tests {
         let c = Criterion::new(base.view(), other.view());
         let free = greedy_forward(&c, 1, DEFAULT_TOLERANCE, None);
         assert_eq!(free[0].feature, 2);
-        let cost = [0.0, 0.4, 0.7];
+        let (needs, charges) = ([vec![], vec![0], vec![1]], [0.4, 0.7]);
         let limited = |limit| {
             greedy_forward(
                 &c,
                 3,
                 DEFAULT_TOLERANCE,
-                Some(Budget { cost: &cost, limit }),
+                Some(Budget {
+                    needs: &needs,
+                    charges: &charges,
+                    limit,
+                }),
             )
             .iter()
             .map(|s| s.feature)
@@ -615,6 +642,42 @@ mod tests {
         assert!(!picked.contains(&1), "{picked:?}");
         // Nothing affordable but the free column.
         assert!(limited(0.1).iter().all(|&j| j == 0));
+    }
+
+    #[test]
+    fn a_charge_already_paid_is_free() {
+        // Columns 1 and 2 both need charge 0 (one probe's hits, say); 2
+        // needs charge 1 too. Within 0.8 both fit: 1 adds nothing once 2
+        // has paid for charge 0. (Tolerance -1: every affordable column.)
+        let mut base = noise(30, 3, 21);
+        let mut other = noise(30, 3, 22);
+        other.column_mut(1).mapv_inplace(|v| v + 0.8);
+        base.column_mut(2).mapv_inplace(|v| v * 0.01);
+        other.column_mut(2).mapv_inplace(|v| 10.0 + v * 0.01);
+        let c = Criterion::new(base.view(), other.view());
+        let (needs, charges) = ([vec![], vec![0], vec![0, 1]], [0.5, 0.3]);
+        let budget = Budget {
+            needs: &needs,
+            charges: &charges,
+            limit: 0.8,
+        };
+        let picked: Vec<usize> = greedy_forward(&c, 3, -1.0, Some(budget))
+            .iter()
+            .map(|s| s.feature)
+            .collect();
+        assert!(picked.contains(&1) && picked.contains(&2), "{picked:?}");
+        // Charged separately (0.5 + 0.8), they would not both fit.
+        let (needs, charges) = ([vec![], vec![0], vec![1, 2]], [0.5, 0.3, 0.5]);
+        let apart = Budget {
+            needs: &needs,
+            charges: &charges,
+            limit: 0.8,
+        };
+        let picked: Vec<usize> = greedy_forward(&c, 3, -1.0, Some(apart))
+            .iter()
+            .map(|s| s.feature)
+            .collect();
+        assert!(!(picked.contains(&1) && picked.contains(&2)), "{picked:?}");
     }
 
     #[test]

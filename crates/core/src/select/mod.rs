@@ -5,7 +5,7 @@
 pub mod budget;
 pub mod lda;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 pub use lda::*;
@@ -13,7 +13,7 @@ pub use lda::*;
 use crate::dataset::Table;
 use crate::error::{Error, Result};
 use crate::features::Source;
-use budget::ProbeCosts;
+use budget::{Charge, CostModel};
 
 /// How `vmwatch select` runs.
 #[derive(Debug, Clone)]
@@ -23,7 +23,8 @@ pub struct SelectConfig {
     pub transform: Transform,
     /// Only features of these sources (empty: any).
     pub sources: Vec<Source>,
-    /// Keep the selection's probe cost within this percent of one CPU.
+    /// Keep the selection's cost ([`budget`]'s model) within this percent
+    /// of one CPU.
     pub budget: Option<f64>,
     /// CPU time of one probe hit, ns.
     pub hit_cost_ns: f64,
@@ -49,7 +50,7 @@ pub struct Selection {
     /// The union of the pairs' greedy subsets, in pair order then
     /// selection order.
     pub union: Vec<String>,
-    pub costs: ProbeCosts,
+    pub costs: CostModel,
 }
 
 /// Reads a dataset for selection: it must have at least `min_rows` rows.
@@ -66,8 +67,8 @@ pub fn read(path: &Path, min_rows: usize) -> Result<Table> {
 }
 
 /// Scores every stress table against the baseline and unites the greedy
-/// subsets. With a budget, a later pair reuses the features chosen so far
-/// for free and spends only what is left.
+/// subsets. With a budget, a later pair gets the work the features chosen
+/// so far need for free and spends only what is left.
 pub fn select(
     baseline: (&Path, &Table),
     stresses: &[(PathBuf, Table)],
@@ -76,25 +77,36 @@ pub fn select(
     let (baseline_path, baseline) = baseline;
     let mut tables = vec![baseline];
     tables.extend(stresses.iter().map(|(_, t)| t));
-    let costs = ProbeCosts::new(&tables, config.hit_cost_ns);
+    let costs = CostModel::new(&tables, config.hit_cost_ns);
     let mut union: Vec<String> = Vec::new();
     let mut chosen: HashSet<String> = HashSet::new();
+    let mut paid: HashSet<Charge> = HashSet::new();
     let mut spent = 0.0;
     let mut pairs = Vec::new();
     for (path, stress) in stresses {
         let features = Table::nonzero_features(&[baseline, stress], &config.sources);
-        let cost: Vec<f64> = features
+        // This pair's unpaid charges, numbered.
+        let mut index: HashMap<Charge, usize> = HashMap::new();
+        let mut charges: Vec<f64> = Vec::new();
+        let needs: Vec<Vec<usize>> = features
             .iter()
             .map(|f| {
-                if chosen.contains(f) {
-                    0.0
-                } else {
-                    costs.percent(f)
-                }
+                Charge::needed_by(f)
+                    .into_iter()
+                    .filter(|c| !paid.contains(c))
+                    .map(|c| {
+                        let next = charges.len();
+                        *index.entry(c.clone()).or_insert_with(|| {
+                            charges.push(costs.percent(&c));
+                            next
+                        })
+                    })
+                    .collect()
             })
             .collect();
         let budget = config.budget.map(|limit| Budget {
-            cost: &cost,
+            needs: &needs,
+            charges: &charges,
             limit: limit - spent,
         });
         let scores = score_pair(
@@ -114,7 +126,12 @@ pub fn select(
         for step in &scores.greedy {
             let f = &features[step.feature];
             if chosen.insert(f.clone()) {
-                spent += costs.percent(f);
+                for c in Charge::needed_by(f) {
+                    if !paid.contains(&c) {
+                        spent += costs.percent(&c);
+                        paid.insert(c);
+                    }
+                }
                 union.push(f.clone());
             }
         }
