@@ -211,6 +211,15 @@ impl Kernel<'_> {
         self.probes.get(name).is_some_and(|p| p.seq != 0) || self.roles.contains_key(name)
     }
 
+    /// What a hit of probe `name` costs beyond counting it, ns: tracking it
+    /// for `seq:` features, reading its arguments for `arg:` ones.
+    pub fn extra_ns(&self, name: &str) -> f64 {
+        let track = self.probes.get(name).is_some_and(|p| p.seq != 0);
+        let args = self.roles.contains_key(name);
+        f64::from(u8::from(track)) * vmwatch_core::govern::TRACK_NS
+            + f64::from(u8::from(args)) * vmwatch_core::govern::ARGS_NS
+    }
+
     /// Publishes `pid` in slot `slot` to the BPF programs.
     pub fn watch(&self, pid: u32, slot: usize) -> Result<()> {
         self.skel

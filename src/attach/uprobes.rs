@@ -67,6 +67,8 @@ pub struct AttachedProbe {
     /// counted exactly, never duty-cycled (a probe that is off breaks its
     /// threads' transitions; its argument buckets are not scaled).
     pub tracked: bool,
+    /// What a hit costs beyond counting it, ns ([`Kernel::extra_ns`]).
+    pub extra_ns: f64,
 }
 
 /// Attaches the counting program to the sites of `binary` (run by
@@ -90,8 +92,9 @@ pub fn attach(
         .clone()
         .unwrap_or_else(|| process.binary.display().to_string());
     // Column -> (semaphore offsets, every site a 5-byte nop, every site
-    // guarded, tracked).
-    let mut per_probe: HashMap<u32, (BTreeSet<u64>, bool, bool, bool)> = HashMap::new();
+    // guarded, tracked, ns beyond counting).
+    type Seen = (BTreeSet<u64>, bool, bool, bool, f64);
+    let mut per_probe: HashMap<u32, Seen> = HashMap::new();
     for site in binary.provider_sites("qemu") {
         let Some(&ids) = kernel.probes.get(&site.name) else {
             continue;
@@ -102,9 +105,16 @@ pub fn attach(
             continue;
         }
         probes.insert(feature);
-        let p = per_probe
-            .entry(feature)
-            .or_insert_with(|| (BTreeSet::new(), true, true, kernel.pinned(&site.name)));
+        let p = per_probe.entry(feature).or_insert_with(|| {
+            let name = &site.name;
+            (
+                BTreeSet::new(),
+                true,
+                true,
+                kernel.pinned(name),
+                kernel.extra_ns(name),
+            )
+        });
         p.0.extend(site.semaphore_offset);
         p.1 &= site.nop5;
         p.2 &= site.semaphore_offset.is_some();
@@ -161,18 +171,21 @@ pub fn attach(
     );
     let mut probes_of: Vec<AttachedProbe> = per_probe
         .into_iter()
-        .map(|(column, (sems, nop5, guarded, tracked))| AttachedProbe {
-            column,
-            semaphores: if guarded {
-                sems.iter()
-                    .filter_map(|s| att.semaphores.binary_search(s).ok())
-                    .collect()
-            } else {
-                Vec::new()
+        .map(
+            |(column, (sems, nop5, guarded, tracked, extra_ns))| AttachedProbe {
+                column,
+                semaphores: if guarded {
+                    sems.iter()
+                        .filter_map(|s| att.semaphores.binary_search(s).ok())
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                nop5,
+                tracked,
+                extra_ns,
             },
-            nop5,
-            tracked,
-        })
+        )
         .collect();
     probes_of.sort_by_key(|p| p.column);
     att.probes_of = probes_of;

@@ -249,7 +249,7 @@ impl VmProbes {
                 } else {
                     Gate::Semaphores
                 },
-                cost_ns: cost.of(p.nop5),
+                cost_ns: cost.of(p.nop5) + p.extra_ns,
                 level: 0,
                 on: true,
                 on_since: now,
@@ -1054,6 +1054,7 @@ mod tests {
                 semaphores: vec![i],
                 nop5: true,
                 tracked: false,
+                extra_ns: 0.0,
             })
             .collect();
         VmProbes::new(&attached, &HitCost::flat(1000.0), now)
@@ -1069,6 +1070,11 @@ mod tests {
                 semaphores: vec![i as usize],
                 nop5: true,
                 tracked: i != 2,
+                extra_ns: if i != 2 {
+                    vmwatch_core::govern::TRACK_NS
+                } else {
+                    0.0
+                },
             })
             .collect();
         let mut vm = VmProbes::new(&attached, &HitCost::flat(1000.0), t0);
@@ -1081,6 +1087,9 @@ mod tests {
         assert_eq!(turn, [2]);
         assert_eq!((vm.probes[0].level, vm.probes[1].level), (0, 0));
         assert_eq!(vm.probes[0].gate, Gate::Exact);
+        // Charged its tracking too: 1,000 + 25 ns a hit.
+        let demand = vm.probes[0].demand;
+        assert!((demand - 200_000.0 * 1025.0).abs() < 1.0, "{demand}");
         assert!(vm.probes[2].level > 0);
         let mut counts = vec![200_000, 10, 20_000];
         let cost = vm.close_window(t0 + w, &mut counts, 0);
@@ -1301,6 +1310,7 @@ mod tests {
                 semaphores: vec![0],
                 nop5: true,
                 tracked: false,
+                extra_ns: 0.0,
             },
             // No semaphore: only links can thin it.
             AttachedProbe {
@@ -1308,6 +1318,7 @@ mod tests {
                 semaphores: vec![],
                 nop5: true,
                 tracked: false,
+                extra_ns: 0.0,
             },
         ];
         let mut vm = VmProbes::new(&attached, &HitCost::flat(1000.0), t0);

@@ -55,6 +55,14 @@ impl HitCost {
     }
 }
 
+/// What tracking a hit of a probe for `seq:` features adds to counting it,
+/// ns (`cargo bench --bench collector -- seq`: +19 to +32).
+pub const TRACK_NS: f64 = 25.0;
+
+/// What reading a probe's arguments for `arg:` features adds per hit, ns
+/// (`cargo bench --bench collector -- arg`: +101, +102).
+pub const ARGS_NS: f64 = 100.0;
+
 /// The plan keeps this share of the budget free: rates change between the
 /// phase they were measured in and the phase they are planned for.
 pub const HEADROOM: f64 = 0.9;

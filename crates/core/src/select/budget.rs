@@ -10,13 +10,8 @@ use std::collections::{BTreeSet, HashMap};
 use crate::arguments::{self, ArgFeature};
 use crate::dataset::Table;
 use crate::features::{PerfEvent, ARG, KVM, KVM_EXIT, PERF, QEMU, SEQ, SYS};
+use crate::govern::{ARGS_NS, TRACK_NS};
 
-/// What tracking a hit of a probe for `seq:` adds to counting it, ns
-/// (`cargo bench --bench collector -- seq`: +19 to +32).
-pub const TRACK_NS: f64 = 25.0;
-/// What reading a probe's arguments for `arg:` adds per hit, ns (`cargo
-/// bench --bench collector -- arg`: +101, +102).
-pub const ARGS_NS: f64 = 100.0;
 /// What the syscall counter adds to each of the VM's syscalls, ns (the
 /// collector bench's getppid loop: 118.5 watched against 92.3 unmonitored).
 /// The KVM tracepoints are charged the same per event: a tracepoint with a
