@@ -613,8 +613,12 @@ mod tests {
             "task clock {all} ns for {spun} ns of CPU spun"
         );
         // The vCPU's first ~20 ms are counted before its own clock opens.
+        // Above: perf's task clock is not the thread's CPU-time clock;
+        // on CI (tests side by side on 2 CPUs, the spin preempted for a
+        // quarter of its time) it ran 5% ahead, 198.9 ms for 188.8 ms.
         assert!(
-            total.task_clock_vcpu_ns >= v * 80 / 100 && total.task_clock_vcpu_ns <= v + 5_000_000,
+            total.task_clock_vcpu_ns >= v * 80 / 100
+                && total.task_clock_vcpu_ns <= v + v / 10 + 5_000_000,
             "vCPU {} ns of {v} ns spun",
             total.task_clock_vcpu_ns
         );
