@@ -223,8 +223,7 @@ fn cost_report(out: &mut String, args: &Args, selection: &Selection) {
     writeln!(
         out,
         "\ncost of the selection: {} probes, at most {:.0} hits/s per VM (each probe's highest \
-         mean rate in the files) x {:.0} ns; with the other sources' work: {:.3}% of one \
-         CPU{parts}{budget}",
+         mean rate in the files) x {:.0} ns; {:.3}% of one CPU in all{parts}{budget}",
         cost.probes, cost.rate, args.hit_cost, cost.percent
     )
     .unwrap();
