@@ -126,6 +126,7 @@ fn collector(obj: &mut BpfObjects, features: Vec<String>, max: u32) -> Collector
         obj,
         CollectorConfig {
             columns: Columns::new(features.iter().map(|f| f.parse().expect("a feature name"))),
+            tracked: Vec::new(),
             max_vms: max,
             kvm: None,
             // The drain and attach costs of exact counting are measured.

@@ -24,7 +24,7 @@ fn measures_plausible_costs_per_hit() {
     // The program a collector counts QEMU's probes with, loaded the same way.
     let columns = Columns::new([Feature::Probe("calibrate".into())]);
     let mut objects = BpfObjects::default();
-    let kernel = attach::load(&mut objects, &columns, 1, None).unwrap();
+    let kernel = attach::load(&mut objects, &columns, &[], 1, None).unwrap();
     let optimizes = kernel_version().is_some_and(|v| v >= (6, 18));
     let mut ratios = Vec::new();
     for run in 1..=3 {

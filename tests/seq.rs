@@ -71,6 +71,43 @@ fn transitions_are_counted_per_thread_and_never_across_threads() {
     );
 }
 
+/// `--track`: every transition among the tracked probes is a column, after
+/// every probe's count, and a tracked probe between two others breaks
+/// their transition (the tracked set is what a transition means).
+#[test]
+fn track_counts_every_transition_among_the_tracked_probes() {
+    skip_without_bpf!();
+    let mut fx = Fixture::start();
+    let options = format!("--track {VF},{TS},{MRW} --interval 300ms --windows 10 --budget none");
+    let rec = Recording::start(&[fx.pid], &options, "track.csv");
+    let n = 20_000;
+    fx.sequences(n, &[&[VF, MRW, TS]]);
+    let (ds, _) = rec.finish();
+    let seq: Vec<&String> = ds
+        .features()
+        .iter()
+        .filter(|f| f.starts_with("seq:"))
+        .collect();
+    assert_eq!(seq.len(), 9, "columns: {:?}", ds.features());
+    assert!(
+        ds.col(&format!("qemu:{QDP}")).is_some(),
+        "every probe is counted too"
+    );
+    let mut want = vec![
+        (format!("seq:{VF}>{MRW}"), n),
+        (format!("seq:{MRW}>{TS}"), n),
+        (format!("seq:{TS}>{VF}"), n - 1),
+        // virtqueue_fill is never directly followed by tap_send: the
+        // tracked memory_region_ops_write is between them.
+        (format!("seq:{VF}>{TS}"), 0),
+    ];
+    for p in [VF, TS, MRW] {
+        want.push((format!("seq:{p}>{p}"), 0));
+    }
+    let want: Vec<(&str, u64)> = want.iter().map(|(f, c)| (f.as_str(), *c)).collect();
+    ds.assert_totals(fx.pid, &want);
+}
+
 #[test]
 fn a_probe_tracked_for_seq_features_is_never_duty_cycled() {
     skip_without_bpf!();
@@ -126,7 +163,7 @@ fn seq_features_must_be_named_and_well_formed() {
     let ran = common::run("record --source seq --windows 1")
         .pid(fx.pid)
         .out(&out)
-        .fails_with("--source seq counts only the transitions a feature list names");
+        .fails_with("--source seq counts only the transitions of tracked probes (--track A,B,...)");
     eprintln!("{}", ran.sentence());
     let list = common::feature_list(dir.path(), "qemu:tap_send\nseq:tap_send->virtqueue_fill\n");
     let ran = common::run("record --windows 1 --probes")

@@ -78,6 +78,8 @@ pub fn run(config: &AgentConfig, stop: &StopSignal) -> Result<Ended> {
             targets: vec![Target::Names(filter)],
             sources: Vec::new(),
             features: Some(config.features.clone()),
+            track: Vec::new(),
+            also_track: Vec::new(),
             max_vms: config.max_vms,
             budget: config.budget,
             hit_cost: config.hit_cost_ns.map(vmwatch_core::govern::HitCost::flat),

@@ -103,10 +103,11 @@ impl<'a> KernelSources<'a> {
 pub fn load<'obj>(
     objects: &'obj mut BpfObjects,
     columns: &Columns,
+    tracked: &[String],
     slots: u32,
     kvm: Option<&KvmEvents>,
 ) -> Result<Kernel<'obj>> {
-    let mut seq = Sequences::of(columns)?;
+    let mut seq = Sequences::of(columns, tracked)?;
     let args = Arguments::of(columns);
     // Probes whose arguments are read are attached, columns or not.
     let mut reading: Vec<&String> = args.roles.keys().collect();

@@ -41,8 +41,12 @@ pub struct Sequences {
 
 impl Sequences {
     /// The probes of `columns` (`qemu:` columns, and those their `seq:`
-    /// columns name) and the pairs; at most [`MAX_SEQ_PROBES`] tracked.
-    pub fn of(columns: &Columns) -> Result<Self> {
+    /// columns name) and the pairs. Tracked: the probes of `tracked` (in
+    /// that order, whether or not a `seq:` column names them: a thread's
+    /// previous probe is the last *tracked* probe it hit, so the set gives
+    /// a transition its meaning), then those the `seq:` columns name; at
+    /// most [`MAX_SEQ_PROBES`].
+    pub fn of(columns: &Columns, tracked: &[String]) -> Result<Self> {
         let mut probes: HashMap<String, ProbeIds> = columns
             .iter()
             .filter_map(|(i, f)| match f {
@@ -80,6 +84,9 @@ impl Sequences {
             }
             p.seq
         };
+        for name in tracked {
+            id_of(name);
+        }
         let pairs: Vec<(u16, u16, u32)> = seq
             .iter()
             .map(|&(col, from, to)| (id_of(from), id_of(to), col as u32))
@@ -87,8 +94,8 @@ impl Sequences {
         let tracked = usize::from(next_id);
         if tracked > MAX_SEQ_PROBES {
             return Err(Error::Invalid(format!(
-                "the seq: features name {tracked} probes, more than the {MAX_SEQ_PROBES} vmwatch \
-                 tracks at once"
+                "the seq: features and --track name {tracked} probes, more than the \
+                 {MAX_SEQ_PROBES} vmwatch tracks at once"
             )));
         }
         Ok(Self {
@@ -148,7 +155,7 @@ mod tests {
             Feature::seq("c", "a"),
             Feature::Probe("d".into()),
         ]);
-        let s = Sequences::of(&cols).unwrap();
+        let s = Sequences::of(&cols, &[]).unwrap();
         assert_eq!(s.width, 8, "6 columns, hidden b and c");
         let ids = |n: &str| s.probes[n];
         assert_eq!(ids("a"), ProbeIds { column: 0, seq: 1 });
@@ -160,7 +167,7 @@ mod tests {
         // Key (from - 1) * 3 + (to - 1) -> column.
         assert_eq!(s.table().collect::<Vec<_>>(), [(1, 1), (4, 3), (6, 4)]);
         assert!(s.any());
-        let plain = Sequences::of(&Columns::new([Feature::Probe("a".into())])).unwrap();
+        let plain = Sequences::of(&Columns::new([Feature::Probe("a".into())]), &[]).unwrap();
         assert!(!plain.any());
         assert_eq!((plain.width, plain.tracked, plain.table_len()), (1, 0, 1));
     }
@@ -171,12 +178,13 @@ mod tests {
         // A chain p0>p1, p1>p2, ...: 257 probes in 256 pairs.
         let chain =
             |names: &[String]| Columns::new(names.windows(2).map(|w| Feature::seq(&w[0], &w[1])));
-        let err = Sequences::of(&chain(&names)).unwrap_err().to_string();
+        let err = Sequences::of(&chain(&names), &[]).unwrap_err().to_string();
         assert_eq!(
             err,
-            "the seq: features name 257 probes, more than the 256 vmwatch tracks at once"
+            "the seq: features and --track name 257 probes, more than the 256 vmwatch tracks at \
+             once"
         );
-        let s = Sequences::of(&chain(&names[..MAX_SEQ_PROBES])).unwrap();
+        let s = Sequences::of(&chain(&names[..MAX_SEQ_PROBES]), &[]).unwrap();
         assert_eq!((s.tracked, s.table_len()), (256, 65_536));
         // Every pair of 256 probes fits the table, each at its own key.
         let all = Columns::new(names[..MAX_SEQ_PROBES].iter().flat_map(|a| {
@@ -184,9 +192,24 @@ mod tests {
                 .iter()
                 .map(move |b| Feature::seq(a, b))
         }));
-        let s = Sequences::of(&all).unwrap();
+        let s = Sequences::of(&all, &[]).unwrap();
         let keys: std::collections::BTreeSet<u32> = s.table().map(|(k, _)| k).collect();
         assert_eq!(keys.len(), 65_536);
         assert_eq!(keys.last(), Some(&65_535));
+    }
+
+    #[test]
+    fn tracked_probes_without_a_column_are_tracked_first_and_counted_hidden() {
+        let cols = Columns::new([Feature::Probe("a".into()), Feature::seq("b", "a")]);
+        let s = Sequences::of(&cols, &["c".into(), "a".into()]).unwrap();
+        let ids = |n: &str| s.probes[n];
+        assert_eq!(ids("c"), ProbeIds { column: 2, seq: 1 });
+        assert_eq!(ids("a"), ProbeIds { column: 0, seq: 2 });
+        assert_eq!(ids("b"), ProbeIds { column: 3, seq: 3 });
+        assert_eq!((s.tracked, s.width), (3, 4));
+        assert_eq!(s.pairs, [(3, 2, 1)]);
+        // Tracked but no transition counted: tracked all the same.
+        let s = Sequences::of(&Columns::new([Feature::Probe("a".into())]), &["a".into()]).unwrap();
+        assert_eq!((s.tracked, s.any()), (1, false));
     }
 }

@@ -67,8 +67,8 @@ pub struct CountArgs {
     /// (BPF syscall counter), `kvm` (KVM tracepoints and exit reasons),
     /// `perf` (software performance counters of the VM's threads: vCPU and
     /// other CPU time, context switches, page faults, CPU migrations),
-    /// `seq` (transitions between two probes on a thread, `seq:A>B`, only
-    /// as --probes names them), `arg` (log2 buckets of chosen probe
+    /// `seq` (transitions between two probes on a thread, `seq:A>B`, those
+    /// of --track and --probes), `arg` (log2 buckets of chosen probe
     /// arguments, e.g. `arg:virtqueue_fill:len:rx:64-127`), or `strace` alone (the real `strace -c -f`,
     /// the paper's baseline). Default: the sources of --probes, else qemu.
     #[arg(long = "source", value_delimiter = ',', value_name = "SOURCES")]
@@ -78,6 +78,12 @@ pub struct CountArgs {
     /// attached.
     #[arg(long, value_name = "FILE")]
     pub probes: Option<PathBuf>,
+    /// Track these QEMU probes (comma separated) and count every transition
+    /// among them, `seq:A>B` for each ordered pair: a thread's previous
+    /// probe is the last tracked one it hit. Implies `--source seq` when
+    /// --source is not given.
+    #[arg(long, value_delimiter = ',', value_name = "PROBES")]
+    pub track: Vec<String>,
     /// Window length (e.g. 2s, 500ms).
     #[arg(long, default_value = "2s", value_parser = vmwatch_core::window::parse_interval)]
     pub interval: std::time::Duration,

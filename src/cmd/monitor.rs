@@ -81,6 +81,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             targets: targets.clone(),
             sources: Vec::new(),
             features: Some(model.features.clone()),
+            track: Vec::new(),
+            also_track: model.training.tracked.clone(),
             max_vms: args.max_vms,
             budget: args.govern.budget,
             hit_cost: args.govern.hit_cost(),

@@ -64,6 +64,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             targets: args.targets.targets(),
             sources: args.count.sources.clone(),
             features,
+            track: args.count.track.clone(),
+            also_track: Vec::new(),
             max_vms: args.count.max_vms,
             budget: args.count.govern.budget,
             hit_cost: args.count.govern.hit_cost(),

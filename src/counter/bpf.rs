@@ -31,6 +31,9 @@ pub struct CollectorConfig {
     /// The features to count, in row order. Each attached binary attaches
     /// the sites of its probes among them only.
     pub columns: Columns,
+    /// Probes tracked for `seq:` transitions besides those the columns
+    /// name (`--track`).
+    pub tracked: Vec<String>,
     /// Most processes watched at once (sizes the kernel maps).
     pub max_vms: u32,
     /// The kernel's KVM tracepoints, when `kvm:` features are counted.
@@ -77,6 +80,7 @@ impl<'obj> Collector<'obj> {
         let kernel = attach::load(
             objects,
             &config.columns,
+            &config.tracked,
             config.max_vms,
             config.kvm.as_ref(),
         )?;

@@ -58,13 +58,15 @@ pub enum Backend {
 }
 
 /// The namespaces to count and the backend: the given `--source` list,
-/// else the sources of the requested features, else QEMU probes.
+/// else the sources of the requested features, else QEMU probes; `seq`
+/// too when probes are tracked (`--track`).
 pub fn plan(
     sources: &[CountSource],
     requested: Option<&[String]>,
+    tracks: bool,
 ) -> Result<(Vec<Source>, Backend)> {
     if sources.contains(&CountSource::Strace) {
-        if sources.len() > 1 {
+        if sources.len() > 1 || tracks {
             return Err(Error::Invalid(
                 "--source strace is a comparison baseline and cannot be combined with other sources"
                     .into(),
@@ -91,11 +93,20 @@ pub fn plan(
             })
             .collect()
     };
-    out.sort();
-    out.dedup();
     if out.is_empty() {
         out.push(Source::Qemu);
     }
+    if tracks {
+        if !sources.is_empty() && !sources.contains(&CountSource::Seq) {
+            return Err(Error::Invalid(
+                "--track names probes whose transitions seq: features count: add seq to --source"
+                    .into(),
+            ));
+        }
+        out.push(Source::Seq);
+    }
+    out.sort();
+    out.dedup();
     Ok((out, Backend::Bpf))
 }
 
@@ -154,24 +165,48 @@ pub fn probe_names(binaries: &HashMap<(u64, u64), Arc<UsdtBinary>>) -> BTreeSet<
 /// reported and stay zero). A `seq:` feature exists when both its probes
 /// are among `probes`. With `probes_as_requested`, requested probes and
 /// transitions are columns whether or not a binary seen so far has them:
-/// QEMU processes that start later may.
+/// QEMU processes that start later may. Every transition among the
+/// `tracked` probes is a column too, after the others.
 pub fn choose(
     available: Vec<Feature>,
     probes: &BTreeSet<String>,
     requested: Option<&[String]>,
     sources: &[Source],
     probes_as_requested: bool,
+    tracked: &[String],
 ) -> Result<Columns> {
+    let absent: Vec<&String> = tracked
+        .iter()
+        .filter(|p| !probes_as_requested && !probes.contains(*p))
+        .collect();
+    if !absent.is_empty() {
+        tracing::warn!(
+            "{} tracked probe(s) no QEMU here has; their transitions are not counted: {}",
+            absent.len(),
+            absent
+                .iter()
+                .map(|p| shown(p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let transitions: Vec<Feature> = features::transitions(tracked)?
+        .into_iter()
+        .filter(|f| match f {
+            Feature::Seq { from, to } => !absent.contains(&from) && !absent.contains(&to),
+            _ => false,
+        })
+        .collect();
     let Some(wanted) = requested else {
-        if sources.contains(&Source::Seq) {
+        if sources.contains(&Source::Seq) && tracked.is_empty() {
             return Err(Error::Invalid(
-                "--source seq counts only the transitions a feature list names (--probes FILE, \
-                 e.g. a line `seq:virtqueue_fill>virtio_notify`): there are millions of probe \
-                 pairs"
+                "--source seq counts only the transitions of tracked probes (--track A,B,...) or \
+                 those a feature list names (--probes FILE, e.g. a line \
+                 `seq:virtqueue_fill>virtio_notify`): there are millions of probe pairs"
                     .into(),
             ));
         }
-        return Ok(Columns::new(available));
+        return Ok(Columns::new(available.into_iter().chain(transitions)));
     };
     let have: std::collections::HashSet<&Feature> = available.iter().collect();
     let exists = |f: &Feature| match f {
@@ -215,6 +250,9 @@ pub fn choose(
             missing.join(", ")
         );
     }
+    // Columns keep their first place: a named transition stays where the
+    // list put it.
+    present.extend(transitions);
     if present.is_empty() {
         return Err(Error::Invalid(
             "none of the requested features exists for these targets".into(),
@@ -229,21 +267,33 @@ mod tests {
 
     #[test]
     fn perf_is_a_source_of_its_own_and_implied_by_its_features() {
-        let (s, b) = plan(&[CountSource::Perf, CountSource::Qemu], None).unwrap();
+        let (s, b) = plan(&[CountSource::Perf, CountSource::Qemu], None, false).unwrap();
         assert_eq!((s, b), (vec![Source::Qemu, Source::Perf], Backend::Bpf));
         let wanted = ["perf:page_faults".to_string()];
-        let (s, _) = plan(&[], Some(&wanted)).unwrap();
+        let (s, _) = plan(&[], Some(&wanted), false).unwrap();
         assert_eq!(s, [Source::Perf]);
-        assert_eq!(plan(&[], None).unwrap().0, [Source::Qemu], "the default");
-        assert!(plan(&[CountSource::Strace, CountSource::Perf], None).is_err());
+        assert_eq!(
+            plan(&[], None, false).unwrap().0,
+            [Source::Qemu],
+            "the default"
+        );
+        assert!(plan(&[CountSource::Strace, CountSource::Perf], None, false).is_err());
         assert_eq!("perf".parse::<CountSource>(), Ok(CountSource::Perf));
         let (all, kvm) = available(&[Source::Perf], &HashMap::new()).unwrap();
         assert!(kvm.is_none());
         assert_eq!(all, features::perf_features().collect::<Vec<_>>());
         let none = BTreeSet::new();
-        let cols = choose(all.clone(), &none, Some(&wanted), &[Source::Perf], false).unwrap();
+        let cols = choose(
+            all.clone(),
+            &none,
+            Some(&wanted),
+            &[Source::Perf],
+            false,
+            &[],
+        )
+        .unwrap();
         assert_eq!(cols.names(), ["perf:page_faults"]);
-        let err = choose(all, &none, Some(&wanted), &[Source::Qemu], false).unwrap_err();
+        let err = choose(all, &none, Some(&wanted), &[Source::Qemu], false, &[]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "feature `perf:page_faults` needs --source perf"
@@ -255,33 +305,81 @@ mod tests {
         let wanted: Vec<String> = ["qemu:a", "seq:a>b", "seq:b>c", "seq:a>a"]
             .map(String::from)
             .to_vec();
-        let (s, _) = plan(&[], Some(&wanted)).unwrap();
+        let (s, _) = plan(&[], Some(&wanted), false).unwrap();
         assert_eq!(s, [Source::Qemu, Source::Seq]);
         assert_eq!("seq".parse::<CountSource>(), Ok(CountSource::Seq));
         let probes: BTreeSet<String> = ["a", "b"].map(String::from).into();
         let all = vec![Feature::Probe("a".into()), Feature::Probe("b".into())];
         // `seq:b>c` names a probe no binary has: missing, zero.
-        let cols = choose(all.clone(), &probes, Some(&wanted), &s, false).unwrap();
+        let cols = choose(all.clone(), &probes, Some(&wanted), &s, false, &[]).unwrap();
         assert_eq!(cols.names(), ["qemu:a", "seq:a>b", "seq:a>a"]);
         // A VM that starts later may have it.
-        let cols = choose(all.clone(), &probes, Some(&wanted), &s, true).unwrap();
+        let cols = choose(all.clone(), &probes, Some(&wanted), &s, true, &[]).unwrap();
         assert_eq!(cols.len(), 4);
         // Never part of "every feature".
-        let (s, _) = plan(&[CountSource::Qemu, CountSource::Seq], None).unwrap();
-        let err = choose(all.clone(), &probes, None, &s, false).unwrap_err();
+        let (s, _) = plan(&[CountSource::Qemu, CountSource::Seq], None, false).unwrap();
+        let err = choose(all.clone(), &probes, None, &s, false, &[]).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("--source seq counts only the transitions a feature list names"),
+                .starts_with("--source seq counts only the transitions of tracked probes"),
             "{err}"
         );
-        let err = choose(all.clone(), &probes, Some(&wanted), &[Source::Qemu], false).unwrap_err();
+        let err = choose(
+            all.clone(),
+            &probes,
+            Some(&wanted),
+            &[Source::Qemu],
+            false,
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "feature `seq:a>b` needs --source seq");
         // A malformed transition is refused, not a column of zeros.
         let bad = ["seq:a>b>c".to_string()];
-        let err = choose(all, &probes, Some(&bad), &[Source::Seq], true).unwrap_err();
+        let err = choose(all, &probes, Some(&bad), &[Source::Seq], true, &[]).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("feature `seq:a>b>c` is not a transition between two QEMU probes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tracked_probes_add_every_transition_among_them() {
+        let track: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let (s, b) = plan(&[], None, true).unwrap();
+        assert_eq!(
+            (s.clone(), b),
+            (vec![Source::Qemu, Source::Seq], Backend::Bpf)
+        );
+        assert!(
+            plan(&[CountSource::Qemu], None, true).is_err(),
+            "seq not asked for"
+        );
+        assert!(plan(&[CountSource::Strace], None, true).is_err());
+        let probes: BTreeSet<String> = ["a", "b"].map(String::from).into();
+        let all = vec![Feature::Probe("a".into()), Feature::Probe("b".into())];
+        // `c` is in no binary: its transitions are not columns.
+        let cols = choose(all.clone(), &probes, None, &s, false, &track).unwrap();
+        assert_eq!(
+            cols.names(),
+            ["qemu:a", "qemu:b", "seq:a>a", "seq:a>b", "seq:b>a", "seq:b>b"]
+        );
+        // The agent's way: a QEMU that starts later may have it.
+        let cols = choose(all.clone(), &probes, None, &s, true, &track).unwrap();
+        assert_eq!(cols.len(), 2 + 9);
+        // Beside a list: named features first, a named transition once.
+        let wanted: Vec<String> = ["seq:b>a", "qemu:a"].map(String::from).to_vec();
+        let cols = choose(all.clone(), &probes, Some(&wanted), &s, false, &track).unwrap();
+        assert_eq!(
+            cols.names(),
+            ["seq:b>a", "qemu:a", "seq:a>a", "seq:a>b", "seq:b>b"]
+        );
+        let bad = ["a,b".to_string()];
+        let err = choose(all, &probes, None, &s, false, &bad).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("`a,b` is not a QEMU probe name"),
             "{err}"
         );
     }

@@ -34,6 +34,12 @@ pub struct SessionConfig {
     /// Features to count (`--probes`); `None` = every feature of the
     /// sources (every `qemu` probe of the targets' binaries, every syscall).
     pub features: Option<Vec<String>>,
+    /// Probes tracked for `seq:` transitions (`--track`); each transition
+    /// among them is a column too.
+    pub track: Vec<String>,
+    /// Probes tracked without columns of their own: the tracked set a
+    /// model's `seq:` features were learned with (its `tracked`).
+    pub also_track: Vec<String>,
     pub max_vms: u32,
     /// Share of one CPU each VM's QEMU probe hits may cost (the cost
     /// governor; 0.01 = 1%); `None`: every probe counted exactly.
@@ -74,7 +80,11 @@ impl<'obj> Session<'obj> {
     /// Resolves the targets, loads and attaches the counters, and starts
     /// counting every target process.
     pub fn start(objects: &'obj mut BpfObjects, config: SessionConfig) -> Result<Self> {
-        let (sources, backend) = catalogue::plan(&config.sources, config.features.as_deref())?;
+        let (sources, backend) = catalogue::plan(
+            &config.sources,
+            config.features.as_deref(),
+            !config.track.is_empty(),
+        )?;
         let resolved = resolve(&config.targets)?;
         let mut rejected: HashSet<(u32, u64)> =
             resolved.untrusted.iter().map(|(p, _)| key(p)).collect();
@@ -117,6 +127,7 @@ impl<'obj> Session<'obj> {
             config.features.as_deref(),
             &sources,
             waits,
+            &config.track,
         )?;
         let counts_qemu =
             columns.has(Source::Qemu) || columns.has(Source::Seq) || columns.has(Source::Arg);
@@ -126,6 +137,12 @@ impl<'obj> Session<'obj> {
                 objects,
                 CollectorConfig {
                     columns,
+                    tracked: config
+                        .track
+                        .iter()
+                        .chain(&config.also_track)
+                        .cloned()
+                        .collect(),
                     max_vms: config.max_vms,
                     kvm,
                     budget: config.budget,

@@ -2015,6 +2015,7 @@ vmwatch_odd{vm="a \"b\", c\\d"} 1
                 grid: "paper".into(),
                 qemu_builds: Vec::new(),
                 estimated: Vec::new(),
+                tracked: Vec::new(),
             },
             smoothing: Smoothing { k: 2, n: 3 },
         };

@@ -1186,6 +1186,23 @@ impl Table {
         crate::qemu::distinct(self.keys.iter().filter_map(|k| k.qemu.as_deref()))
     }
 
+    /// The probes the recording tracked for `seq:` transitions: those its
+    /// `seq:` columns name, in first-named order (a recording lists every
+    /// column it counted, zero or not, so this is its tracked set).
+    pub fn tracked(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for name in &self.features {
+            if let Ok(crate::features::Feature::Seq { from, to }) = name.parse() {
+                for p in [from, to] {
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Which of `features` were estimated in some rows (the [`SAMPLED`]
     /// column): the share of rows and the mean fraction, in `features`'
     /// order.
@@ -1263,6 +1280,18 @@ mod tests {
         let t = Table::from_reader("a.csv", text.as_bytes()).unwrap();
         let r = t.mean_rates(&["qemu:a".into(), "qemu:none".into()]);
         assert_eq!(r, [17.5, 0.0]);
+    }
+
+    #[test]
+    fn the_tracked_probes_are_those_the_seq_columns_name() {
+        let text = format!("{HEAD},qemu:a,seq:b>a,seq:c>c,seq:a>b\nv,1,x,0,10,2000,1,2,3,4\n");
+        let t = Table::from_reader("a.csv", text.as_bytes()).unwrap();
+        assert_eq!(t.tracked(), ["b", "a", "c"]);
+        let text = format!("{HEAD},qemu:a\nv,1,x,0,10,2000,1\n");
+        assert!(Table::from_reader("a.csv", text.as_bytes())
+            .unwrap()
+            .tracked()
+            .is_empty());
     }
 
     #[test]

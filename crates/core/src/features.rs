@@ -368,6 +368,28 @@ pub const ARG: &str = "arg:";
 /// What separates a sequence feature's two probes.
 const SEQ_ARROW: char = '>';
 
+/// Every transition among `probes` (`--track`): `seq:a>b` for each ordered
+/// pair, `a>a` included, in the order given; a repeated probe counts once.
+pub fn transitions(probes: &[String]) -> Result<Vec<Feature>> {
+    let mut unique: Vec<&str> = Vec::new();
+    for p in probes {
+        if !is_probe_name(p) {
+            return Err(Error::Invalid(format!(
+                "`{}` is not a QEMU probe name to track (a C identifier such as \
+                 `virtqueue_fill`)",
+                shown(p)
+            )));
+        }
+        if !unique.contains(&p.as_str()) {
+            unique.push(p);
+        }
+    }
+    Ok(unique
+        .iter()
+        .flat_map(|a| unique.iter().map(move |b| Feature::seq(a, b)))
+        .collect())
+}
+
 /// Whether `name` can be a QEMU probe's name in a `seq:` feature: a C
 /// identifier, as trace-events names are (so `>` cannot occur in it).
 fn is_probe_name(name: &str) -> bool {
@@ -610,6 +632,14 @@ mod tests {
         assert_eq!(Source::of("seq:a>b"), Some(Source::Seq));
         assert_eq!("seq".parse::<Source>(), Ok(Source::Seq));
         assert_eq!(Source::Seq.name(), "seq");
+        let t = transitions(&["a".into(), "b".into(), "a".into()]).unwrap();
+        let names: Vec<String> = t.iter().map(|f| f.to_string()).collect();
+        assert_eq!(names, ["seq:a>a", "seq:a>b", "seq:b>a", "seq:b>b"]);
+        let err = transitions(&["a>b".into()]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("`a>b` is not a QEMU probe name to track"),
+            "{err}"
+        );
         // A probe may follow itself; names are identifiers.
         let f: Feature = "seq:_x1>_x1".parse().unwrap();
         assert_eq!(f, Feature::seq("_x1", "_x1"));

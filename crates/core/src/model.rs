@@ -78,6 +78,12 @@ pub struct TrainingSummary {
     /// for. Empty when every count was exact (and in older models).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub estimated: Vec<Estimated>,
+    /// The probes the training recordings tracked for `seq:` transitions
+    /// when the model has `seq:` features: a thread's previous probe is the
+    /// last tracked one it hit, so a live session tracks these same probes
+    /// for its transitions to mean what they meant. Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracked: Vec<String>,
 }
 
 /// A feature estimated in some training windows.

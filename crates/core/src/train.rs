@@ -322,6 +322,9 @@ pub struct TrainingSet {
     pub qemu_builds: Vec<QemuBuild>,
     /// Which features were estimated in some windows, recorded in the model.
     pub estimated: Vec<crate::model::Estimated>,
+    /// The probes the windows' `seq:` transitions were tracked with (when a
+    /// chosen feature is one), recorded in the model.
+    pub tracked: Vec<String>,
 }
 
 impl TrainingSet {
@@ -336,7 +339,9 @@ impl TrainingSet {
         }
         let features = features.resolve(&[table])?;
         let raw = table.project(&features);
+        let seq = features.iter().any(|f| Source::of(f) == Some(Source::Seq));
         Ok(Self {
+            tracked: if seq { table.tracked() } else { Vec::new() },
             estimated: table.estimated(&features),
             features,
             raw,
@@ -379,6 +384,7 @@ pub fn train(
         raw,
         qemu_builds,
         estimated,
+        tracked,
     } = set;
     let chosen = choose_params(raw.view(), config.folds, config.params, progress)?;
     let fp_rate = match chosen.fp_rate {
@@ -393,6 +399,7 @@ pub fn train(
         grid: chosen.grid.map_or("fixed", Grid::name).to_string(),
         qemu_builds,
         estimated,
+        tracked,
     };
     let mut model = Model::fit(features, raw.view(), chosen.nu, chosen.gamma, summary)?;
     model.smoothing = config.smoothing;
