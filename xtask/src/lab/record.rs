@@ -24,7 +24,15 @@ use crate::qemu;
 use crate::util::{self, note};
 
 /// Every source vmwatch has (kvm rows are all zero under TCG).
-pub const SOURCES: &str = "qemu,syscalls,kvm,perf,arg";
+pub const SOURCES: &str = "qemu,syscalls,kvm,perf,arg,seq";
+/// The probes whose transitions `seq:` counts (every ordered pair, 64
+/// columns): the path of a virtio request and of its interrupt, from the
+/// guest's kick to the interrupt it gets back. Their order tells how the
+/// device is driven (one request per kick or a batch, a reply per request or
+/// none) where counts only say how much; each fires hundreds of times a
+/// window, so tracking them (never duty-cycled) stays cheap.
+pub const TRACK: &str = "virtio_queue_notify,virtqueue_pop,virtqueue_fill,virtqueue_flush,\
+                         virtio_notify,apic_deliver_irq,apic_local_deliver,ioapic_set_irq";
 /// Seconds the client load and attacks run before recording starts.
 pub const WARM_UP: Duration = Duration::from_secs(4);
 /// How long a phased guest may take to switch its side of a scenario.
@@ -543,7 +551,8 @@ pub fn record(o: &RecordOpts) -> Result<Recorded> {
     for pid in &pids {
         cmd.args(["--pid", &pid.to_string()]);
     }
-    cmd.args(["--source", SOURCES, "--label", o.scenario.name])
+    cmd.args(["--source", SOURCES, "--track", TRACK])
+        .args(["--label", o.scenario.name])
         .args(["--budget", &run.budget])
         .args(["--interval", &run.interval])
         .args(["--windows", &run.windows.to_string()])
@@ -1038,6 +1047,7 @@ pub fn smoke(vmwatch: Option<&Path>) -> Result<()> {
         bail!("the web windows received no frame: no arg:virtqueue_fill:len:rx:* bucket counted");
     }
     note(bucketed_hits(&dir.0.join("phased.csv"))?);
+    note(transitions_in(&dir.0.join("phased.csv"))?);
     note(format!(
         "received frames in the web windows, by size: {}",
         frames
@@ -1095,6 +1105,50 @@ fn bucketed_hits(path: &Path) -> Result<String> {
         out.push(format!("{}.{} {bucketed}/{hits}", fam.probe, fam.arg));
     }
     Ok(format!("argument buckets / probe hits: {}", out.join(", ")))
+}
+
+/// Checks that the `seq:` transitions into each tracked probe add up to its
+/// hits in the dataset `path`: every hit follows some tracked probe on its
+/// thread but a thread's first (a QEMU has a few dozen threads), so the
+/// kernel lost or invented none. Probes with no hit are left out.
+fn transitions_in(path: &Path) -> Result<String> {
+    /// A thread's first tracked hit, and hits that land between the reads
+    /// of a probe's chunk and its transitions' chunk at the last drain.
+    const SLACK: f64 = 64.0;
+    let table = Table::read(path)?;
+    let sum = |j: usize| table.x.column(j).sum();
+    let mut out = Vec::new();
+    for probe in TRACK.split(',') {
+        let col = format!("{}{probe}", features::QEMU);
+        let Some(j) = table.features.iter().position(|f| *f == col) else {
+            bail!(
+                "{}: no `{col}` column to check its transitions against",
+                path.display()
+            );
+        };
+        let hits = sum(j);
+        let into: f64 = (0..table.features.len())
+            .filter(|&k| {
+                matches!(table.features[k].parse(),
+                         Ok(features::Feature::Seq { ref to, .. }) if to == probe)
+            })
+            .map(sum)
+            .sum();
+        if hits == 0.0 {
+            continue;
+        }
+        if into > hits + SLACK || into + SLACK < hits {
+            bail!(
+                "{}: {hits} {probe} hits, but {into} transitions into it",
+                path.display()
+            );
+        }
+        out.push(format!("{probe} {into}/{hits}"));
+    }
+    if out.is_empty() {
+        bail!("{}: no tracked probe fired", path.display());
+    }
+    Ok(format!("transitions into / hits: {}", out.join(", ")))
 }
 
 /// The receive queues' frames of the windows labelled `label` in the
