@@ -311,3 +311,74 @@ fn monitor_all_skips_a_vm_on_a_qemu_without_the_models_probes() {
     );
     fx.exit();
 }
+
+/// A model that keeps one of its recording's `seq:` transitions records
+/// the probes the recording tracked, and `monitor` tracks them all (here
+/// `memory_region_ops_write`, which no model feature names, is attached),
+/// so that `virtqueue_fill>tap_send` means what it meant in training.
+#[test]
+fn monitor_tracks_the_probes_the_models_transitions_were_learned_with() {
+    skip_without_bpf!();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tracked.csv");
+    let (vf, ts, mrw) = ("virtqueue_fill", "tap_send", "memory_region_ops_write");
+    let mut columns: Vec<String> = vec![format!("qemu:{vf}")];
+    for a in [vf, ts, mrw] {
+        for b in [vf, ts, mrw] {
+            columns.push(format!("seq:{a}>{b}"));
+        }
+    }
+    let counts = common::around(1000, 37, 101);
+    let spec: Vec<(&str, &dyn Fn(usize) -> u64)> = columns
+        .iter()
+        .map(|c| (c.as_str(), &counts as &dyn Fn(usize) -> u64))
+        .collect();
+    common::write_dataset(&data, |_| "web".into(), 40, &spec);
+    let list = common::feature_list(dir.path(), &format!("qemu:{vf}\nseq:{vf}>{ts}\n"));
+    let model = dir.path().join("model.json");
+    run("train")
+        .arg(&data)
+        .args("--nu 0.05 --gamma 0.5 --features")
+        .arg(list)
+        .out(&model)
+        .succeeds();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+    assert_eq!(
+        json["training"]["tracked"],
+        serde_json::json!([vf, ts, mrw])
+    );
+    // The same model without the record: only the probes its features name.
+    json["training"].as_object_mut().unwrap().remove("tracked");
+    let untracked = dir.path().join("untracked.json");
+    std::fs::write(&untracked, serde_json::to_vec(&json).unwrap()).unwrap();
+
+    let fx = Fixture::start();
+    let sites = |model: &std::path::Path| -> (usize, String) {
+        let ran = run("monitor --interval 200ms --windows 2 --model")
+            .arg(model)
+            .pid(fx.pid)
+            .succeeds();
+        let line = ran
+            .stderr
+            .lines()
+            .find(|l| l.contains("probe sites)"))
+            .unwrap_or_else(|| panic!("no sites line: {}", ran.stderr))
+            .to_string();
+        let n = line.split(" features (").nth(1).unwrap();
+        let n: usize = n.split(' ').next().unwrap().parse().unwrap();
+        (n, ran.stderr)
+    };
+    let (with, log) = sites(&model);
+    assert!(
+        log.contains(&format!(
+            "tracking the 3 probes the model's seq: transitions were learned with: {vf}, {ts}, {mrw}"
+        )),
+        "{log}"
+    );
+    let (without, _) = sites(&untracked);
+    assert!(
+        with > without,
+        "{with} probe sites attached with the tracked set, {without} without"
+    );
+}

@@ -88,6 +88,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
             hit_cost: args.govern.hit_cost(),
         },
     )?;
+    tracing::info!(
+        "counting {} features ({} probe sites) for {} process(es)",
+        session.features().len(),
+        session.attached_sites(),
+        session.watched().len()
+    );
+    if !model.training.tracked.is_empty() {
+        tracing::info!(
+            "tracking the {} probes the model's seq: transitions were learned with: {}",
+            model.training.tracked.len(),
+            model.training.tracked.join(", ")
+        );
+    }
     // The session drops model features no target has; they stay zero, and
     // so do probes a VM's own QEMU lacks: each VM is vetted.
     let mut judge = Judge::new(model, session.features(), smooth, "the watched VMs")?;
