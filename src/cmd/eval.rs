@@ -52,12 +52,23 @@ pub struct Args {
     svm: super::SvmArgs,
     /// Flag a window only when K of the last N windows of its held-out
     /// stretch are anomalous (the monitor's --smooth; section 5.1).
-    #[arg(long, default_value = "1/1", value_name = "K/N")]
+    #[arg(long, default_value = "2/3", value_name = "K/N")]
     smooth: Smoothing,
     /// A second normal (e.g. web-peak): report false positives before and
     /// after adding it to the training windows.
     #[arg(long, value_name = "FILE", conflicts_with = "boot")]
     relearn: Option<PathBuf>,
+    /// With --boot: boots of a second normal (e.g. `web-peak`; at least 2,
+    /// every window normal): the re-learning experiment, each scored by the
+    /// model of every normal window of the --boot files, then by one that
+    /// also learned the other boots given here (repeatable).
+    #[arg(long, value_name = "FILE", requires = "boot")]
+    relearn_boot: Vec<PathBuf>,
+    /// With --boot: also the learning curve, each held-out boot scored by
+    /// models of only K other boots, for each K given (comma separated,
+    /// e.g. 1,2,4,8).
+    #[arg(long, value_name = "K,...", value_delimiter = ',', requires = "boot")]
+    curve_boots: Vec<usize>,
     /// Also draw the figures as SVG into DIR: learning-curve.svg (Fig. 3)
     /// and scenarios.svg (F-measure and sensitivity per scenario, Fig. 4).
     #[arg(long, value_name = "DIR")]
@@ -82,7 +93,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .iter()
                 .map(|p| Ok((p.display().to_string(), Table::read(p)?)))
                 .collect::<Result<Vec<_>>>()?;
-            eval::boots::run(&boots, &args.normal_label, &config, &mut |step| {
+            let relearn = args
+                .relearn_boot
+                .iter()
+                .map(|p| Ok((p.display().to_string(), Table::read(p)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let extras = eval::boots::Extras {
+                curve: args.curve_boots.clone(),
+                relearn: &relearn,
+            };
+            eval::boots::run(&boots, &args.normal_label, &config, &extras, &mut |step| {
                 eprintln!("{step}")
             })?
         }

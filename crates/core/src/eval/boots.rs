@@ -8,16 +8,23 @@
 //! boot, in time order, smoothed as a monitor smooths. So false positives
 //! are counted on boots no model they are scored by has seen, and an
 //! anomaly's windows are scored against normal windows of its own boot.
+//!
+//! Optionally also the learning curve by boot (each held-out boot scored by
+//! models of only K other boots) and the re-learning experiment on boots of
+//! a second normal (e.g. `web-peak`), each such boot scored by the model of
+//! every normal window, then by one that also learned the other such boots.
 
 use std::collections::BTreeMap;
 
 use ndarray::{Array2, Axis};
 
 use super::{
-    flagged_each, Columns, Confusion, EvalConfig, Fold, FoldChoice, Report, ScenarioReport,
+    flagged_each, Columns, Confusion, EvalConfig, Fold, FoldChoice, RelearnReport, Report,
+    ScenarioReport,
 };
 use crate::dataset::Table;
 use crate::error::{Error, Result};
+use crate::model::Smoothing;
 use crate::train::FeatureChoice;
 
 /// Label of the windows between phases, which are not scored.
@@ -29,6 +36,23 @@ enum Role {
     Normal,
     Anomaly(String),
     Skip,
+}
+
+impl Role {
+    /// The window's letter in [`BootResult::verdicts`]: lower case when the
+    /// model passed it, upper case when it flagged it.
+    fn letter(&self, flagged: bool) -> char {
+        let c = match self {
+            Role::Normal => 'n',
+            Role::Anomaly(_) => 'a',
+            Role::Skip => 's',
+        };
+        if flagged {
+            c.to_ascii_uppercase()
+        } else {
+            c
+        }
+    }
 }
 
 /// One boot: its windows in time order.
@@ -51,10 +75,117 @@ pub struct BootResult {
     pub anomaly_windows: usize,
     pub detected: usize,
     pub skipped: usize,
+    /// The model's raw verdict on each window, in time order, before
+    /// smoothing: `n`/`N` a normal window passed/flagged, `a`/`A` an
+    /// anomalous one, `s`/`S` a switch window (not scored). With it a
+    /// report can be re-scored under another smoothing ([`BootResult::smoothed`]).
+    #[serde(default)]
+    pub verdicts: String,
+}
+
+impl BootResult {
+    /// This boot's counts when its raw verdicts are smoothed with `smoothing`.
+    pub fn smoothed(&self, smoothing: Smoothing) -> BootResult {
+        let raw: Vec<bool> = self
+            .verdicts
+            .chars()
+            .map(|c| c.is_ascii_uppercase())
+            .collect();
+        let flags = smoothing.apply(&raw);
+        let mut r = BootResult {
+            normal_windows: 0,
+            false_positives: 0,
+            anomaly_windows: 0,
+            detected: 0,
+            skipped: 0,
+            ..self.clone()
+        };
+        for (c, f) in self.verdicts.chars().zip(flags) {
+            match c.to_ascii_lowercase() {
+                'n' => {
+                    r.normal_windows += 1;
+                    r.false_positives += usize::from(f);
+                }
+                'a' => {
+                    r.anomaly_windows += 1;
+                    r.detected += usize::from(f);
+                }
+                _ => r.skipped += 1,
+            }
+        }
+        r
+    }
+}
+
+/// What a set of held-out boots adds up to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Per anomaly: its windows, and its own boots' normal windows.
+    pub scenarios: Vec<ScenarioReport>,
+    pub median_f_measure: f64,
+    pub median_sensitivity: f64,
+    /// False positives over every held-out normal window.
+    pub fp_rate: f64,
+    pub normal_windows: usize,
+}
+
+/// The per-scenario results and medians of `results` (already smoothed).
+pub fn summarize(results: &[BootResult]) -> Summary {
+    let mut per_scenario: BTreeMap<String, Confusion> = BTreeMap::new();
+    let (mut fp, mut normal) = (0usize, 0usize);
+    for r in results {
+        fp += r.false_positives;
+        normal += r.normal_windows;
+        if let Some(a) = &r.anomaly {
+            let c = per_scenario.entry(a.clone()).or_default();
+            c.tp += r.detected as f64;
+            c.fn_ += (r.anomaly_windows - r.detected) as f64;
+            c.fp += r.false_positives as f64;
+            c.tn += (r.normal_windows - r.false_positives) as f64;
+        }
+    }
+    let scenarios: Vec<ScenarioReport> = per_scenario
+        .into_iter()
+        .map(|(name, c)| ScenarioReport::new(name, (c.tp + c.fn_) as usize, &c))
+        .collect();
+    let of =
+        |f: fn(&ScenarioReport) -> f64| super::median(&scenarios.iter().map(f).collect::<Vec<_>>());
+    Summary {
+        median_f_measure: of(|s| s.f_measure),
+        median_sensitivity: of(|s| s.sensitivity),
+        fp_rate: fp as f64 / normal.max(1) as f64,
+        normal_windows: normal,
+        scenarios,
+    }
+}
+
+/// One point of the learning curve by boot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CurvePoint {
+    /// Boots each model learned from.
+    pub boots: usize,
+    /// Their normal windows, averaged over the held-out boots.
+    pub training_windows: usize,
+    pub median_f_measure: f64,
+    pub median_sensitivity: f64,
+    pub fp_rate: f64,
+}
+
+/// What `run` does besides holding out each boot.
+#[derive(Default)]
+pub struct Extras<'a> {
+    /// Learning curve: numbers of training boots (each below the boots'
+    /// count); each held-out boot is scored by a model of the K boots that
+    /// follow it (cyclically, in input order).
+    pub curve: Vec<usize>,
+    /// Boots of a second normal (every window normal but switches), at
+    /// least 2, for the re-learning experiment.
+    pub relearn: &'a [(String, Table)],
 }
 
 /// The boots of `tables` (one per QEMU process of each file), with each
-/// window's role.
+/// window's role; with `normal_labels` empty every window but switches is
+/// normal.
 fn boots(tables: &[(String, Table)], normal_labels: &[String]) -> Vec<Boot> {
     let mut out = Vec::new();
     for (t, (name, table)) in tables.iter().enumerate() {
@@ -69,10 +200,10 @@ fn boots(tables: &[(String, Table)], normal_labels: &[String]) -> Vec<Boot> {
                 .iter()
                 .map(|&i| {
                     let l = &table.keys[i].label;
-                    if normal_labels.contains(l) {
-                        Role::Normal
-                    } else if l == SWITCH_LABEL {
+                    if l == SWITCH_LABEL {
                         Role::Skip
+                    } else if normal_labels.is_empty() || normal_labels.contains(l) {
+                        Role::Normal
                     } else {
                         Role::Anomaly(l.clone())
                     }
@@ -93,24 +224,9 @@ fn boots(tables: &[(String, Table)], normal_labels: &[String]) -> Vec<Boot> {
     out
 }
 
-/// The evaluation by boot of `tables`, nested: see the module's comment.
-/// `progress` hears each held-out boot.
-pub fn run(
-    tables: &[(String, Table)],
-    normal_labels: &[String],
-    config: &EvalConfig,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Report> {
-    let boots = boots(tables, normal_labels);
-    if boots.len() < 2 {
-        return Err(Error::Invalid(format!(
-            "{} boot(s) given: evaluating by boot holds each out, so it needs at least 2",
-            boots.len()
-        )));
-    }
-    // Candidate features from normal windows only; each held-out boot's
-    // model narrows them to its training windows' nonzero columns.
-    let normal_only: Vec<Table> = tables
+/// The normal windows of `boots` as tables (for choosing candidate features).
+fn normal_tables(tables: &[(String, Table)], boots: &[Boot]) -> Vec<Table> {
+    tables
         .iter()
         .enumerate()
         .map(|(t, (_, table))| {
@@ -131,37 +247,134 @@ pub fn run(
                 x: table.x.select(Axis(0), &keep),
             }
         })
+        .collect()
+}
+
+/// The boots' windows in the chosen features: each boot's every window,
+/// and its normal ones.
+struct Projected {
+    all: Vec<Array2<f64>>,
+    normal: Vec<Array2<f64>>,
+}
+
+impl Projected {
+    fn new(tables: &[(String, Table)], boots: &[Boot], features: &[String]) -> Self {
+        let projected: Vec<Array2<f64>> = tables.iter().map(|(_, t)| t.project(features)).collect();
+        let all: Vec<Array2<f64>> = boots
+            .iter()
+            .map(|b| projected[b.table].select(Axis(0), &b.rows))
+            .collect();
+        let normal = boots
+            .iter()
+            .zip(&all)
+            .map(|(b, x)| {
+                let keep: Vec<usize> = (0..b.rows.len())
+                    .filter(|&i| b.roles[i] == Role::Normal)
+                    .collect();
+                x.select(Axis(0), &keep)
+            })
+            .collect();
+        Self { all, normal }
+    }
+
+    /// The normal windows of the boots `which` picks, stacked.
+    fn stack(&self, which: impl Fn(usize) -> bool) -> Result<Array2<f64>> {
+        let parts: Vec<_> = self
+            .normal
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| which(*i))
+            .map(|(_, x)| x.view())
+            .collect();
+        if parts.is_empty() {
+            return Err(Error::Invalid("no training boot left".into()));
+        }
+        ndarray::concatenate(Axis(0), &parts)
+            .map_err(|e| Error::Invalid(format!("stacking the boots' windows: {e}")))
+    }
+}
+
+/// `boot`'s raw verdicts by `fold`'s model, tallied unsmoothed.
+fn score(boot: &Boot, x: &Array2<f64>, fold: &Fold) -> Result<BootResult> {
+    let flags = flagged_each(fold, x.view(), Smoothing::default());
+    let mut anomaly: Option<String> = None;
+    for role in &boot.roles {
+        if let Role::Anomaly(name) = role {
+            match &anomaly {
+                Some(a) if a != name => {
+                    return Err(Error::Invalid(format!(
+                        "{} has windows of two anomalies ({a} and {name}): one per boot",
+                        boot.name
+                    )))
+                }
+                _ => anomaly = Some(name.clone()),
+            }
+        }
+    }
+    let verdicts: String = boot
+        .roles
+        .iter()
+        .zip(&flags)
+        .map(|(role, &f)| role.letter(f))
         .collect();
+    Ok(BootResult {
+        name: boot.name.clone(),
+        normal_windows: 0,
+        false_positives: 0,
+        anomaly,
+        anomaly_windows: 0,
+        detected: 0,
+        skipped: 0,
+        verdicts,
+    }
+    .smoothed(Smoothing::default()))
+}
+
+/// The evaluation by boot of `tables`, nested: see the module's comment.
+/// `progress` hears each held-out boot.
+pub fn run(
+    tables: &[(String, Table)],
+    normal_labels: &[String],
+    config: &EvalConfig,
+    extras: &Extras,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Report> {
+    let boots = boots(tables, normal_labels);
+    if boots.len() < 2 {
+        return Err(Error::Invalid(format!(
+            "{} boot(s) given: evaluating by boot holds each out, so it needs at least 2",
+            boots.len()
+        )));
+    }
+    if let Some(&k) = extras.curve.iter().find(|&&k| k == 0 || k >= boots.len()) {
+        return Err(Error::Invalid(format!(
+            "a learning curve over {k} training boot(s) needs 1 to {} (one fewer than the {} boots)",
+            boots.len() - 1,
+            boots.len()
+        )));
+    }
+    // Candidate features from normal windows only; each model narrows
+    // them to its training windows' nonzero columns.
+    let normal_only = normal_tables(tables, &boots);
     let refs: Vec<&Table> = normal_only.iter().collect();
     let features = config.features.resolve(&refs)?;
     let columns = match &config.features {
         FeatureChoice::List(_) => Columns::All,
         FeatureChoice::Nonzero(_) => Columns::Nonzero,
     };
-    let projected: Vec<Array2<f64>> = tables.iter().map(|(_, t)| t.project(&features)).collect();
-    let x_of = |b: &Boot| projected[b.table].select(Axis(0), &b.rows);
-    let normal_of = |b: &Boot| {
-        let keep: Vec<usize> = (0..b.rows.len())
-            .filter(|&i| b.roles[i] == Role::Normal)
-            .collect();
-        x_of(b).select(Axis(0), &keep)
-    };
-    let normals: Vec<Array2<f64>> = boots.iter().map(normal_of).collect();
-    let stack = |skip: Option<usize>| -> Result<Array2<f64>> {
-        let parts: Vec<_> = normals
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| Some(*i) != skip)
-            .map(|(_, x)| x.view())
-            .collect();
-        ndarray::concatenate(Axis(0), &parts)
-            .map_err(|e| Error::Invalid(format!("stacking the boots' windows: {e}")))
-    };
+    let data = Projected::new(tables, &boots, &features);
     let folds = config.folds;
-    let mut results = Vec::new();
+    let train = |x: Array2<f64>, what: &str| -> Result<Fold> {
+        if x.nrows() < folds * 2 {
+            return Err(Error::Invalid(format!(
+                "{what}: {} normal windows are too few for {folds} folds",
+                x.nrows()
+            )));
+        }
+        Fold::train(x.view(), 0..0, columns, folds, config.params, &|| {})
+    };
+    let mut raw = Vec::new();
     let mut choices = Vec::new();
-    let mut per_scenario: BTreeMap<String, Confusion> = BTreeMap::new();
-    let mut all_normal = (0usize, 0usize);
     for (b, boot) in boots.iter().enumerate() {
         progress(&format!(
             "boot {}/{} held out: {}…",
@@ -169,88 +382,66 @@ pub fn run(
             boots.len(),
             boot.name
         ));
-        let train = stack(Some(b))?;
-        if train.nrows() < folds * 2 {
-            return Err(Error::Invalid(format!(
-                "without {}, {} normal windows are too few for {folds} folds",
-                boot.name,
-                train.nrows()
-            )));
-        }
-        let fold = Fold::train(train.view(), 0..0, columns, folds, config.params, &|| {})?;
+        let fold = train(data.stack(|i| i != b)?, &format!("without {}", boot.name))?;
         choices.push(fold.choice());
         // Scored as a monitor sees them: every window in time order,
         // switches included, smoothed over the boot.
-        let flags = flagged_each(&fold, x_of(boot).view(), config.smoothing);
-        let mut r = BootResult {
-            name: boot.name.clone(),
-            normal_windows: 0,
-            false_positives: 0,
-            anomaly: None,
-            anomaly_windows: 0,
-            detected: 0,
-            skipped: 0,
-        };
-        for (role, &f) in boot.roles.iter().zip(&flags) {
-            match role {
-                Role::Normal => {
-                    r.normal_windows += 1;
-                    r.false_positives += usize::from(f);
-                }
-                Role::Anomaly(name) => {
-                    if r.anomaly.as_deref().is_some_and(|a| a != name) {
-                        return Err(Error::Invalid(format!(
-                            "{} has windows of two anomalies ({} and {name}): one per boot",
-                            boot.name,
-                            r.anomaly.as_deref().unwrap_or_default()
-                        )));
-                    }
-                    r.anomaly = Some(name.clone());
-                    r.anomaly_windows += 1;
-                    r.detected += usize::from(f);
-                }
-                Role::Skip => r.skipped += 1,
-            }
-        }
-        all_normal.0 += r.false_positives;
-        all_normal.1 += r.normal_windows;
-        if let Some(a) = &r.anomaly {
-            let c = per_scenario.entry(a.clone()).or_default();
-            c.tp += r.detected as f64;
-            c.fn_ += (r.anomaly_windows - r.detected) as f64;
-            c.fp += r.false_positives as f64;
-            c.tn += (r.normal_windows - r.false_positives) as f64;
-        }
-        results.push(r);
+        raw.push(score(boot, &data.all[b], &fold)?);
     }
-    if per_scenario.is_empty() {
+    let results: Vec<BootResult> = raw.iter().map(|r| r.smoothed(config.smoothing)).collect();
+    let summary = summarize(&results);
+    if summary.scenarios.is_empty() {
         return Err(Error::Invalid(
             "no window of the boots is labelled as an anomaly: nothing to detect".into(),
         ));
     }
+    let mut curve = Vec::new();
+    for &k in &extras.curve {
+        let mut points = Vec::new();
+        let mut windows = 0;
+        for (b, boot) in boots.iter().enumerate() {
+            progress(&format!(
+                "learning curve, {k} training boot(s): boot {}/{} held out…",
+                b + 1,
+                boots.len()
+            ));
+            let chosen: Vec<usize> = (1..=k).map(|d| (b + d) % boots.len()).collect();
+            let x = data.stack(|i| chosen.contains(&i))?;
+            windows += x.nrows();
+            let fold = train(x, &format!("{k} boot(s) without {}", boot.name))?;
+            points.push(score(boot, &data.all[b], &fold)?.smoothed(config.smoothing));
+        }
+        let s = summarize(&points);
+        curve.push(CurvePoint {
+            boots: k,
+            training_windows: windows / boots.len(),
+            median_f_measure: s.median_f_measure,
+            median_sensitivity: s.median_sensitivity,
+            fp_rate: s.fp_rate,
+        });
+    }
     progress("all normal windows…");
-    let all = Fold::train(
-        stack(None)?.view(),
-        0..0,
-        columns,
-        folds,
-        config.params,
-        &|| {},
-    )?;
-    let scenarios: Vec<ScenarioReport> = per_scenario
-        .into_iter()
-        .map(|(name, c)| ScenarioReport::new(name, (c.tp + c.fn_) as usize, &c))
-        .collect();
-    let of =
-        |f: fn(&ScenarioReport) -> f64| super::median(&scenarios.iter().map(f).collect::<Vec<_>>());
-    let fp_rate = all_normal.0 as f64 / all_normal.1.max(1) as f64;
-    let report = Report {
+    let all = train(data.stack(|_| true)?, "all boots")?;
+    let relearn = if extras.relearn.is_empty() {
+        None
+    } else {
+        Some(relearn_boots(
+            extras.relearn,
+            &features,
+            &data,
+            &all,
+            config.smoothing,
+            &train,
+            progress,
+        )?)
+    };
+    Ok(Report {
         normal: format!(
             "{} boots (labels {})",
             boots.len(),
             normal_labels.join(", ")
         ),
-        normal_windows: all_normal.1,
+        normal_windows: summary.normal_windows,
         features: all.columns.len(),
         nu: all.chosen.nu,
         gamma: all.chosen.gamma,
@@ -258,15 +449,66 @@ pub fn run(
         folds,
         fold_choices: choices,
         smoothing: config.smoothing.to_string(),
-        median_f_measure: of(|s| s.f_measure),
-        median_sensitivity: of(|s| s.sensitivity),
-        median_fp_rate: fp_rate,
-        scenarios,
+        median_f_measure: summary.median_f_measure,
+        median_sensitivity: summary.median_sensitivity,
+        median_fp_rate: summary.fp_rate,
+        scenarios: summary.scenarios,
         learning_curve: Vec::new(),
-        relearn: None,
+        relearn,
         boots: results,
-    };
-    Ok(report)
+        boot_curve: curve,
+    })
+}
+
+/// The re-learning experiment on boots of a second normal: each is scored
+/// by `all` (the model of every normal window of the evaluated boots), then
+/// by a model that also learned the other second-normal boots.
+fn relearn_boots(
+    peak: &[(String, Table)],
+    features: &[String],
+    data: &Projected,
+    all: &Fold,
+    smoothing: Smoothing,
+    train: &dyn Fn(Array2<f64>, &str) -> Result<Fold>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<RelearnReport> {
+    let peak_boots = boots(peak, &[]);
+    if peak_boots.len() < 2 {
+        return Err(Error::Invalid(format!(
+            "re-learning by boot holds out each boot of the new normal, so it needs at least 2 \
+             ({} given)",
+            peak_boots.len()
+        )));
+    }
+    let peak_data = Projected::new(peak, &peak_boots, features);
+    let base = data.stack(|_| true)?;
+    let (mut before, mut after, mut windows) = (0usize, 0usize, 0usize);
+    for (p, boot) in peak_boots.iter().enumerate() {
+        progress(&format!(
+            "re-learning: boot {}/{} of the new normal held out…",
+            p + 1,
+            peak_boots.len()
+        ));
+        let x = &peak_data.all[p];
+        let old = score(boot, x, all)?.smoothed(smoothing);
+        let others = peak_data.stack(|i| i != p)?;
+        let both = ndarray::concatenate(Axis(0), &[base.view(), others.view()])
+            .map_err(|e| Error::Invalid(format!("stacking the boots' windows: {e}")))?;
+        let fold = train(both, &format!("re-learning without {}", boot.name))?;
+        let new = score(boot, x, &fold)?.smoothed(smoothing);
+        before += old.false_positives;
+        after += new.false_positives;
+        windows += old.normal_windows;
+    }
+    Ok(RelearnReport {
+        file: peak_boots
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        fp_rate_before: before as f64 / windows.max(1) as f64,
+        fp_rate_after: after as f64 / windows.max(1) as f64,
+    })
 }
 
 /// The per-boot table of a boot-wise report (markdown).
@@ -371,7 +613,14 @@ mod tests {
             // it would call it normal.
             ("odd.csv".to_string(), boot(4, 40, 4000.0, None)),
         ];
-        let report = run(&tables, &["web".to_string()], &config(), &mut |_| {}).unwrap();
+        let report = run(
+            &tables,
+            &["web".to_string()],
+            &config(),
+            &Extras::default(),
+            &mut |_| {},
+        )
+        .unwrap();
         let results = &report.boots;
         assert_eq!(results.len(), 4);
         assert_eq!(report.fold_choices.len(), 4);
@@ -406,13 +655,134 @@ mod tests {
             "a.csv".to_string(),
             boot(1, 60, 1000.0, Some(("x", 30, 40))),
         )];
-        let e = run(&one, &["web".to_string()], &config(), &mut |_| {}).unwrap_err();
+        let e = run(
+            &one,
+            &["web".to_string()],
+            &config(),
+            &Extras::default(),
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("at least 2"), "{e}");
         let calm = vec![
             ("a.csv".to_string(), boot(1, 60, 1000.0, None)),
             ("b.csv".to_string(), boot(2, 60, 1000.0, None)),
         ];
-        let e = run(&calm, &["web".to_string()], &config(), &mut |_| {}).unwrap_err();
+        let e = run(
+            &calm,
+            &["web".to_string()],
+            &config(),
+            &Extras::default(),
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("nothing to detect"), "{e}");
+    }
+
+    #[test]
+    fn raw_verdicts_are_rescored_under_another_smoothing() {
+        let r = BootResult {
+            name: "b".into(),
+            normal_windows: 0,
+            false_positives: 0,
+            anomaly: Some("x".into()),
+            anomaly_windows: 0,
+            detected: 0,
+            skipped: 0,
+            verdicts: "nNnnsAAaA".into(),
+        };
+        let raw = r.smoothed(Smoothing::default());
+        assert_eq!(
+            (
+                raw.normal_windows,
+                raw.false_positives,
+                raw.anomaly_windows,
+                raw.detected,
+                raw.skipped
+            ),
+            (4, 1, 4, 3, 1)
+        );
+        // 2 of the last 3: the lone false positive goes, and the missed
+        // anomalous window is covered by its neighbours; the first
+        // anomalous window is not yet flagged.
+        let two = r.smoothed(Smoothing { k: 2, n: 3 });
+        assert_eq!((two.false_positives, two.detected), (0, 3));
+    }
+
+    #[test]
+    fn learning_curve_and_relearning_by_boot() {
+        let tables = vec![
+            (
+                "a.csv".to_string(),
+                boot(1, 60, 1000.0, Some(("flood", 30, 45))),
+            ),
+            (
+                "b.csv".to_string(),
+                boot(2, 60, 1000.0, Some(("scan", 20, 30))),
+            ),
+            ("c.csv".to_string(), boot(3, 60, 1000.0, None)),
+        ];
+        // A second normal well above the first: every boot but switches
+        // is normal whatever its label.
+        let relabel = |mut t: Table| {
+            for k in &mut t.keys {
+                k.label = "web-peak".into();
+            }
+            t
+        };
+        let peak = vec![
+            ("p1.csv".to_string(), relabel(boot(5, 40, 2500.0, None))),
+            ("p2.csv".to_string(), relabel(boot(6, 40, 2500.0, None))),
+        ];
+        let extras = Extras {
+            curve: vec![1, 2],
+            relearn: &peak,
+        };
+        let report = run(
+            &tables,
+            &["web".to_string()],
+            &config(),
+            &extras,
+            &mut |_| {},
+        )
+        .unwrap();
+        let curve = &report.boot_curve;
+        assert_eq!(curve.iter().map(|p| p.boots).collect::<Vec<_>>(), [1, 2]);
+        // Normal windows: a 44, b 49, c 60; each boot learns from the K after it.
+        assert_eq!(curve[0].training_windows, (49 + 60 + 44) / 3);
+        assert_eq!(curve[1].training_windows, (109 + 104 + 93) / 3);
+        let rl = report.relearn.as_ref().unwrap();
+        assert!(rl.fp_rate_before > 0.9, "{rl:?}");
+        assert!(rl.fp_rate_after < 0.5 * rl.fp_rate_before, "{rl:?}");
+        assert!(
+            report.markdown().contains("| 2 | 102 |"),
+            "{}",
+            report.markdown()
+        );
+
+        let e = run(
+            &tables,
+            &["web".to_string()],
+            &config(),
+            &Extras {
+                curve: vec![3],
+                relearn: &[],
+            },
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("needs 1 to 2"), "{e}");
+        let e = run(
+            &tables,
+            &["web".to_string()],
+            &config(),
+            &Extras {
+                curve: Vec::new(),
+                relearn: &peak[..1],
+            },
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("at least 2"), "{e}");
     }
 }
