@@ -13,8 +13,9 @@
 //!    memory = VmRSS / VmHWM of /proc/PID/status.
 //! 2. Training time: what the agent does when a VM has learned (read its
 //!    training set, `TrainingSet::new`, `train::train` with the paper grid
-//!    and 5 folds, save the model) on 300 lab windows (data/web.csv.gz +
-//!    data/web-peak.csv.gz) with the default features and with every column.
+//!    and 5 folds, save the model) on 300 lab windows (data/boots/web-1,2
+//!    and web-peak-1,2, 75 each) with the default features and with every
+//!    column.
 //! 3. Time from a VM's first window to its first verdict, read from the
 //!    agent's events, against learning length + training time.
 //!
@@ -917,8 +918,12 @@ fn agent_training(path: &Path, features: &[String], out: &Path) -> (f64, train::
 }
 
 fn training_part(quick: bool) -> Seeds {
-    let data = repo().join("data");
-    let table = Table::read_all(&[data.join("web.csv.gz"), data.join("web-peak.csv.gz")]).unwrap();
+    let data = repo().join("data/boots");
+    let files: Vec<_> = ["web-1", "web-2", "web-peak-1", "web-peak-2"]
+        .iter()
+        .map(|f| data.join(format!("{f}.csv.gz")))
+        .collect();
+    let table = Table::read_all(&files).unwrap();
     assert_eq!(table.len(), TRAIN_WINDOWS, "lab windows");
     let default = AgentConfig::default().features;
     assert_eq!(

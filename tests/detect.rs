@@ -36,7 +36,9 @@ fn train_then_detect_flags_the_anomaly_not_the_normal() {
     let held = dataset(dir.path(), "web2.csv", "web", 50, 1);
     let attack = dataset(dir.path(), "flood.csv", "synflood", 50, 100);
     let model = dir.path().join("model.json");
-    let stdout = train(&normal, "", &model).succeeds().stdout;
+    // Raw verdicts (the default smoothing, 2/3, would pass the first flood
+    // window).
+    let stdout = train(&normal, "--smooth 1/1", &model).succeeds().stdout;
     assert!(stdout.contains("false positives"), "{stdout}");
 
     let verdicts = detect(&model, &held)
@@ -111,7 +113,8 @@ fn eval_reports_the_papers_metrics() {
     let normal = dataset(dir.path(), "web.csv", "web", 200, 1);
     let flood = dataset(dir.path(), "flood.csv", "synflood-target", 50, 100);
     let peak = dataset(dir.path(), "peak.csv", "web-peak", 50, 5);
-    let report = run("eval --nu 0.05 --gamma 0.1 --normal")
+    let report = run("eval --nu 0.05 --gamma 0.1 --smooth 1/1")
+        .arg("--normal")
         .arg(&normal)
         .arg("--anomaly")
         .arg(&flood)
@@ -200,7 +203,8 @@ fn eval_by_boot_holds_each_boot_out() {
         Some(("portscan-target", 30..50)),
     );
     let calm = phased(dir.path(), "calm.csv", 100, None);
-    let report = run("eval --nu 0.05 --gamma 0.1 --boot")
+    let report = run("eval --nu 0.05 --gamma 0.1 --smooth 1/1")
+        .arg("--boot")
         .arg(&flood)
         .arg("--boot")
         .arg(&scan)
@@ -249,15 +253,21 @@ fn eval_by_boot_holds_each_boot_out() {
     );
 }
 
-/// The pilot phased recordings in data/pilot-phased (real lab boots): `eval
-/// --boot` holds each of the 10 out, and its per-boot counts of normal,
-/// anomalous and switch windows are the lab manifest's labels.
+/// The lab's boots in data/boots (real lab boots): `eval --boot` holds
+/// each of the 19 attack and web boots out, and its per-boot counts of
+/// normal, anomalous and switch windows are the lab manifest's labels; the
+/// 2 web-peak boots go to the re-learning experiment.
 #[test]
-fn eval_by_boot_on_the_pilot_phased_boots_matches_the_manifests_labels() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/pilot-phased");
+fn eval_by_boot_on_the_labs_boots_matches_the_manifests_labels() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/boots");
     let mut boots = Vec::new();
+    let mut peaks = Vec::new();
     let mut expected = Vec::new();
-    for manifest in ["MANIFEST-attacks.json", "MANIFEST-web.json"] {
+    for manifest in [
+        "MANIFEST-attacks.json",
+        "MANIFEST-web.json",
+        "MANIFEST-web-peak.json",
+    ] {
         let text = std::fs::read_to_string(dir.join(manifest)).unwrap();
         let m: serde_json::Value = serde_json::from_str(&text).unwrap();
         for s in m["scenarios"].as_array().unwrap() {
@@ -272,14 +282,21 @@ fn eval_by_boot_on_the_pilot_phased_boots_matches_the_manifests_labels() {
                 n("web")
             };
             let name = s["name"].as_str().unwrap();
+            if name == "web-peak" {
+                peaks.push(file);
+                continue;
+            }
             expected.push((file.clone(), normal, n(name), n("switch")));
             boots.push(file);
         }
     }
-    assert_eq!(boots.len(), 10);
-    let mut cmd = run("eval --nu 0.05 --gamma 0.01");
+    assert_eq!((boots.len(), peaks.len()), (19, 2));
+    let mut cmd = run("eval --nu 0.05 --gamma 0.01 --curve-boots 1,4");
     for b in &boots {
         cmd = cmd.arg("--boot").arg(b);
+    }
+    for p in &peaks {
+        cmd = cmd.arg("--relearn-boot").arg(p);
     }
     let report = cmd.succeeds().stdout;
     for (file, normal, anomalous, switch) in expected {
@@ -300,4 +317,9 @@ fn eval_by_boot_on_the_pilot_phased_boots_matches_the_manifests_labels() {
         );
     }
     assert!(report.contains("Median over 8 scenarios"), "{report}");
+    assert!(report.contains("Re-learning with the boots"), "{report}");
+    assert!(
+        report.contains("| 4 |"),
+        "no learning-curve row of 4 boots: {report}"
+    );
 }
