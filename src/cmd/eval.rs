@@ -52,7 +52,7 @@ pub struct Args {
     svm: super::SvmArgs,
     /// Flag a window only when K of the last N windows of its held-out
     /// stretch are anomalous (the monitor's --smooth; section 5.1).
-    #[arg(long, default_value = "2/3", value_name = "K/N")]
+    #[arg(long, default_value = "1/1", value_name = "K/N")]
     smooth: Smoothing,
     /// A second normal (e.g. web-peak): report false positives before and
     /// after adding it to the training windows.

@@ -835,7 +835,7 @@ impl Watch<'_> {
                         learned = Some((first, last));
                         note(format!(
                             "the agent learned {} windows of `{}` (its windows {first}-{last}) \
-                             and trains its model (the paper's grid search, 5-fold \
+                             and trains its model (grid search of nu and gamma, 5-fold \
                              cross-validation)",
                             w.len(),
                             self.vm

@@ -237,7 +237,9 @@ impl FeatureChoice {
                 .count();
             if missing == features.len() {
                 return Err(Error::Invalid(
-                    "none of the requested features is a column of the input files".into(),
+                    "none of the requested features is a column of the input files (--features \
+                     FILE or --source SOURCES chooses others)"
+                        .into(),
                 ));
             }
             if missing > 0 {
