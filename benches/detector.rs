@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use ndarray::Array2;
 use vmwatch_core::model::{Model, TrainingSummary};
-use vmwatch_core::train::{grid_search, Grid};
+use vmwatch_core::train::{grid_search, Folds, Grid};
 
 fn windows(rows: usize, features: usize, seed: u64) -> Array2<f64> {
     let mut state = seed;
@@ -40,7 +40,8 @@ fn main() {
         let x = windows(400, features, 7);
         let points = Grid::Paper.points();
         let t = Instant::now();
-        let (best, _) = grid_search(x.view(), 5, &points, &|| {}).unwrap();
+        let folds = Folds::contiguous(x.nrows(), 5).unwrap();
+        let (best, _) = grid_search(x.view(), &folds, &points, &|| {}).unwrap();
         let grid_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let model = Model::fit(

@@ -99,12 +99,75 @@ pub fn check_folds(rows: usize, folds: usize) -> Result<()> {
     Ok(())
 }
 
-/// Mean false-positive rate over `folds` folds for one (nu, gamma).
-pub fn cv_fp_rate(raw: ArrayView2<f64>, folds: usize, nu: f64, gamma: f64) -> Result<f64> {
-    check_folds(raw.nrows(), folds)?;
-    let mut rates = Vec::with_capacity(folds);
-    for test in fold_ranges(raw.nrows(), folds) {
-        let train = without(raw, &test);
+/// The held-out rows of each fold of a cross-validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Folds(Vec<std::ops::Range<usize>>);
+
+impl Folds {
+    /// `folds` contiguous folds of `rows` windows ([`fold_ranges`]).
+    pub fn contiguous(rows: usize, folds: usize) -> Result<Self> {
+        check_folds(rows, folds)?;
+        Ok(Self(fold_ranges(rows, folds)))
+    }
+
+    /// `folds` folds of whole groups: the rows are groups of `sizes`
+    /// windows one after another (the normal windows of each boot), and
+    /// each fold holds out whole groups, so the search scores each (nu,
+    /// gamma) on boots its models did not learn from, as the evaluation
+    /// then does. With fewer groups than folds, contiguous folds of the
+    /// rows.
+    pub fn by_group(sizes: &[usize], folds: usize) -> Result<Self> {
+        let rows = sizes.iter().sum();
+        let groups = sizes.iter().filter(|&&n| n > 0).count();
+        if groups < folds {
+            return Self::contiguous(rows, folds);
+        }
+        check_folds(rows, folds)?;
+        let mut starts = Vec::with_capacity(sizes.len() + 1);
+        let mut at = 0;
+        for &n in sizes.iter().filter(|&&n| n > 0) {
+            starts.push(at);
+            at += n;
+        }
+        starts.push(at);
+        Ok(Self(
+            (0..folds)
+                .map(|f| starts[f * groups / folds]..starts[(f + 1) * groups / folds])
+                .collect(),
+        ))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Each fold's held-out rows.
+    pub fn ranges(&self) -> &[std::ops::Range<usize>] {
+        &self.0
+    }
+
+    /// Fails unless the folds cover exactly `rows` windows.
+    fn check(&self, rows: usize) -> Result<()> {
+        if self.0.last().map_or(0, |r| r.end) != rows {
+            return Err(Error::Invalid(format!(
+                "cross-validation folds of {} windows given for {rows}",
+                self.0.last().map_or(0, |r| r.end)
+            )));
+        }
+        check_folds(rows, self.0.len())
+    }
+}
+
+/// Mean false-positive rate over the held-out folds for one (nu, gamma).
+pub fn cv_fp_rate(raw: ArrayView2<f64>, folds: &Folds, nu: f64, gamma: f64) -> Result<f64> {
+    folds.check(raw.nrows())?;
+    let mut rates = Vec::with_capacity(folds.len());
+    for test in folds.ranges() {
+        let train = without(raw, test);
         let model = Model::fit(
             Vec::new(),
             train.view(),
@@ -124,15 +187,16 @@ pub fn cv_fp_rate(raw: ArrayView2<f64>, folds: usize, nu: f64, gamma: f64) -> Re
 /// larger nu: the tightest boundary among equally quiet ones detects most.
 pub fn grid_search(
     raw: ArrayView2<f64>,
-    folds: usize,
+    folds: &Folds,
     grid: &[(f64, f64)],
     progress: &(dyn Fn() + Sync),
 ) -> Result<(Scored, Vec<Scored>)> {
-    check_folds(raw.nrows(), folds)?;
-    if raw.nrows() < folds * 2 {
+    folds.check(raw.nrows())?;
+    if raw.nrows() < folds.len() * 2 {
         return Err(Error::Invalid(format!(
-            "{} training windows are too few for {folds}-fold cross-validation",
-            raw.nrows()
+            "{} training windows are too few for {}-fold cross-validation",
+            raw.nrows(),
+            folds.len()
         )));
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -189,6 +253,28 @@ mod tests {
     }
 
     #[test]
+    fn group_folds_hold_out_whole_groups() {
+        // Five boots of 4, 6, 5, 0 and 5 normal windows, 3 folds: the empty
+        // boot is no group, every fold ends at a boot's end.
+        let f = Folds::by_group(&[4, 6, 5, 0, 5], 3).unwrap();
+        assert_eq!(f.ranges(), [0..4, 4..10, 10..20]);
+        // As many folds as boots: leave one boot out.
+        let f = Folds::by_group(&[4, 6, 5], 3).unwrap();
+        assert_eq!(f.ranges(), [0..4, 4..10, 10..15]);
+        // Fewer boots than folds: contiguous folds of the rows.
+        let f = Folds::by_group(&[10], 3).unwrap();
+        assert_eq!(f, Folds::contiguous(10, 3).unwrap());
+        assert!(Folds::by_group(&[1], 3).is_err());
+        // Folds for other rows than the windows given are refused.
+        let x = Array2::<f64>::zeros((12, 1));
+        let err = cv_fp_rate(x.view(), &f, 0.1, 0.1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cross-validation folds of 10 windows given for 12"
+        );
+    }
+
+    #[test]
     fn grid_search_prefers_quiet_then_tight() {
         let mut v = Vec::new();
         for i in 0..50u32 {
@@ -196,11 +282,17 @@ mod tests {
         }
         let x = Array2::from_shape_vec((50, 2), v).unwrap();
         let grid = [(0.05, 0.1), (0.1, 0.1), (0.05, 1.0)];
-        let (best, all) = grid_search(x.view(), 5, &grid, &|| {}).unwrap();
+        let folds = Folds::contiguous(50, 5).unwrap();
+        let (best, all) = grid_search(x.view(), &folds, &grid, &|| {}).unwrap();
         assert_eq!(all.len(), 3);
         let min = all.iter().map(|s| s.fp_rate).fold(f64::INFINITY, f64::min);
         assert_eq!(best.fp_rate, min);
-        assert!(grid_search(x.view(), 1, &grid, &|| {}).is_err());
+        // 10 folds of 5 windows each leave too few to learn from.
+        let ten = Folds::contiguous(50, 10).unwrap();
+        assert!(grid_search(x.view(), &ten, &grid, &|| {}).is_ok());
+        let small = x.slice(ndarray::s![..15, ..]);
+        let ten = Folds::contiguous(15, 10).unwrap();
+        assert!(grid_search(small, &ten, &grid, &|| {}).is_err());
     }
 }
 
@@ -287,7 +379,7 @@ impl Chosen {
 /// (`progress` is called once per grid point scored).
 pub fn choose_params(
     raw: ArrayView2<f64>,
-    folds: usize,
+    folds: &Folds,
     params: SvmParams,
     progress: &(dyn Fn() + Sync),
 ) -> Result<Chosen> {
@@ -388,10 +480,11 @@ pub fn train(
         estimated,
         tracked,
     } = set;
-    let chosen = choose_params(raw.view(), config.folds, config.params, progress)?;
+    let folds = Folds::contiguous(raw.nrows(), config.folds)?;
+    let chosen = choose_params(raw.view(), &folds, config.params, progress)?;
     let fp_rate = match chosen.fp_rate {
         Some(fp) => fp,
-        None => cv_fp_rate(raw.view(), config.folds, chosen.nu, chosen.gamma)?,
+        None => cv_fp_rate(raw.view(), &folds, chosen.nu, chosen.gamma)?,
     };
     let summary = TrainingSummary {
         windows: raw.nrows(),

@@ -25,7 +25,7 @@ use super::{
 use crate::dataset::Table;
 use crate::error::{Error, Result};
 use crate::model::Smoothing;
-use crate::train::FeatureChoice;
+use crate::train::{FeatureChoice, Folds};
 
 /// Label of the windows between phases, which are not scored.
 pub const SWITCH_LABEL: &str = "switch";
@@ -278,7 +278,7 @@ impl Projected {
     }
 
     /// The normal windows of the boots `which` picks, stacked.
-    fn stack(&self, which: impl Fn(usize) -> bool) -> Result<Array2<f64>> {
+    fn stack(&self, which: impl Fn(usize) -> bool) -> Result<Stacked> {
         let parts: Vec<_> = self
             .normal
             .iter()
@@ -289,8 +289,29 @@ impl Projected {
         if parts.is_empty() {
             return Err(Error::Invalid("no training boot left".into()));
         }
-        ndarray::concatenate(Axis(0), &parts)
-            .map_err(|e| Error::Invalid(format!("stacking the boots' windows: {e}")))
+        Ok(Stacked {
+            x: ndarray::concatenate(Axis(0), &parts)
+                .map_err(|e| Error::Invalid(format!("stacking the boots' windows: {e}")))?,
+            sizes: parts.iter().map(|p| p.nrows()).collect(),
+        })
+    }
+}
+
+/// Training windows of several boots, one boot after another.
+struct Stacked {
+    x: Array2<f64>,
+    /// Each boot's windows, in order (the inner cross-validation's groups).
+    sizes: Vec<usize>,
+}
+
+impl Stacked {
+    /// These boots' windows, then `other`'s.
+    fn and(self, other: Stacked) -> Result<Stacked> {
+        Ok(Stacked {
+            x: ndarray::concatenate(Axis(0), &[self.x.view(), other.x.view()])
+                .map_err(|e| Error::Invalid(format!("stacking the boots' windows: {e}")))?,
+            sizes: self.sizes.into_iter().chain(other.sizes).collect(),
+        })
     }
 }
 
@@ -364,14 +385,17 @@ pub fn run(
     };
     let data = Projected::new(tables, &boots, &features);
     let folds = config.folds;
-    let train = |x: Array2<f64>, what: &str| -> Result<Fold> {
-        if x.nrows() < folds * 2 {
+    // The inner cross-validation holds out whole boots, as the outer
+    // evaluation does, so (nu, gamma) are chosen for boots not learned.
+    let train = |s: Stacked, what: &str| -> Result<Fold> {
+        if s.x.nrows() < folds * 2 {
             return Err(Error::Invalid(format!(
                 "{what}: {} normal windows are too few for {folds} folds",
-                x.nrows()
+                s.x.nrows()
             )));
         }
-        Fold::train(x.view(), 0..0, columns, folds, config.params, &|| {})
+        let inner = Folds::by_group(&s.sizes, folds)?;
+        Fold::train(s.x.view(), 0..0, columns, &inner, config.params, &|| {})
     };
     let mut raw = Vec::new();
     let mut choices = Vec::new();
@@ -407,7 +431,7 @@ pub fn run(
             ));
             let chosen: Vec<usize> = (1..=k).map(|d| (b + d) % boots.len()).collect();
             let x = data.stack(|i| chosen.contains(&i))?;
-            windows += x.nrows();
+            windows += x.x.nrows();
             let fold = train(x, &format!("{k} boot(s) without {}", boot.name))?;
             points.push(score(boot, &data.all[b], &fold)?.smoothed(config.smoothing));
         }
@@ -469,7 +493,7 @@ fn relearn_boots(
     data: &Projected,
     all: &Fold,
     smoothing: Smoothing,
-    train: &dyn Fn(Array2<f64>, &str) -> Result<Fold>,
+    train: &dyn Fn(Stacked, &str) -> Result<Fold>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<RelearnReport> {
     let peak_boots = boots(peak, &[]);
@@ -481,7 +505,6 @@ fn relearn_boots(
         )));
     }
     let peak_data = Projected::new(peak, &peak_boots, features);
-    let base = data.stack(|_| true)?;
     let (mut before, mut after, mut windows) = (0usize, 0usize, 0usize);
     for (p, boot) in peak_boots.iter().enumerate() {
         progress(&format!(
@@ -491,9 +514,7 @@ fn relearn_boots(
         ));
         let x = &peak_data.all[p];
         let old = score(boot, x, all)?.smoothed(smoothing);
-        let others = peak_data.stack(|i| i != p)?;
-        let both = ndarray::concatenate(Axis(0), &[base.view(), others.view()])
-            .map_err(|e| Error::Invalid(format!("stacking the boots' windows: {e}")))?;
+        let both = data.stack(|_| true)?.and(peak_data.stack(|i| i != p)?)?;
         let fold = train(both, &format!("re-learning without {}", boot.name))?;
         let new = score(boot, x, &fold)?.smoothed(smoothing);
         before += old.false_positives;

@@ -18,7 +18,7 @@ use crate::dataset::Table;
 use crate::error::{Error, Result};
 use crate::model::{Model, Smoothing, TrainingSummary};
 use crate::train::{
-    check_folds, choose_params, fold_ranges, without, Chosen, FeatureChoice, SvmParams,
+    check_folds, choose_params, fold_ranges, without, Chosen, FeatureChoice, Folds, SvmParams,
 };
 
 /// Confusion counts (averaged over folds, so fractional).
@@ -126,12 +126,13 @@ pub struct Fold {
 
 impl Fold {
     /// Trains one outer fold on `train`'s rows (`test`: the rows held out
-    /// of the normal windows, for the record).
+    /// of the normal windows, for the record), the grid search
+    /// cross-validating over `folds` of them.
     fn train(
         train: ArrayView2<f64>,
         test: Range<usize>,
         columns: Columns,
-        folds: usize,
+        folds: &Folds,
         params: SvmParams,
         progress: &(dyn Fn() + Sync),
     ) -> Result<Fold> {
@@ -187,7 +188,8 @@ pub fn nested_folds(
         .map(|(i, test)| {
             progress(i);
             let train = without(normal, &test);
-            Fold::train(train.view(), test, columns, folds, params, &|| {})
+            let inner = Folds::contiguous(train.nrows(), folds)?;
+            Fold::train(train.view(), test, columns, &inner, params, &|| {})
         })
         .collect()
 }
@@ -425,7 +427,8 @@ pub fn run(
         "all {} normal windows{searching}…",
         x_normal.nrows()
     ));
-    let all = Fold::train(x_normal.view(), 0..0, columns, folds, config.params, &|| {})?;
+    let inner = Folds::contiguous(x_normal.nrows(), folds)?;
+    let all = Fold::train(x_normal.view(), 0..0, columns, &inner, config.params, &|| {})?;
     let (nu, gamma) = (all.chosen.nu, all.chosen.gamma);
     let mut scenarios = Vec::new();
     for (name, table) in anomalies {
@@ -737,7 +740,8 @@ mod tests {
         // alone, which the held-out fold changes.
         for f in &folds {
             let train = without(normal.view(), &f.test).select(Axis(1), &f.columns);
-            let alone = choose_params(train.view(), 5, grid, &|| {}).unwrap();
+            let inner = Folds::contiguous(train.nrows(), 5).unwrap();
+            let alone = choose_params(train.view(), &inner, grid, &|| {}).unwrap();
             assert_eq!(f.chosen, alone);
         }
         let all = Columns::Nonzero.of(normal.view()).unwrap();
