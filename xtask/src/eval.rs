@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use vmwatch_core::dataset::Table;
 use vmwatch_core::eval::boots::{summarize, Summary};
-use vmwatch_core::eval::Report;
+use vmwatch_core::eval::{explain, Report};
 use vmwatch_core::features::read_feature_list;
 use vmwatch_core::model::Smoothing;
 
@@ -43,7 +43,7 @@ const BOOT_MANIFESTS: [&str; 3] = [
 /// built in; the paper's grid; smoothing 2/3).
 const DEFAULT_FEATURES: &str = "packaging/features.txt";
 const DEFAULT_SMOOTH: &str = "2/3";
-/// The grid vmwatch does not use by default, tried on the default features.
+/// The grid vmwatch does not use by default, tried on some sets.
 const OTHER_GRID: &str = "wide";
 const OTHER_GRID_TITLE: &str =
     "the default features, vmwatch's wide grid (nu 0.005..0.1, gamma 1e-4..10)";
@@ -129,6 +129,16 @@ fn sets() -> Vec<FeatureSet> {
             Choice::Lda("qemu,seq"),
             false,
         ),
+        FeatureSet {
+            extra: &["--grid", OTHER_GRID],
+            ..set(
+                "seq-wide",
+                "counts + sequences, wide grid",
+                "—",
+                Choice::Lda("qemu,seq"),
+                false,
+            )
+        },
         set(
             "perf",
             "counts + perf counters (LDA over qemu, perf)",
@@ -171,6 +181,16 @@ fn sets() -> Vec<FeatureSet> {
             Choice::Nonzero("qemu,arg,seq,perf"),
             false,
         ),
+        FeatureSet {
+            extra: &["--grid", OTHER_GRID],
+            ..set(
+                "all-nonzero-wide",
+                "every qemu, arg, seq and perf feature nonzero in training, wide grid",
+                "—",
+                Choice::Nonzero("qemu,arg,seq,perf"),
+                false,
+            )
+        },
         set(
             "all-probes",
             "every QEMU probe nonzero in training",
@@ -467,79 +487,31 @@ fn visibility(attacks: &[Recording]) -> Result<String> {
         "| attack | boots | attack / normal windows | best features (AUC; ↑ more, ↓ fewer in the attack) |\n|---|---:|---:|---|\n",
     );
     for name in scenario::in_group(Group::Attack) {
-        let boots: Vec<&Recording> = attacks.iter().filter(|r| r.name == name).collect();
-        let mut features: Vec<String> = Vec::new();
-        let (mut attack, mut normal): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
-        let tables: Vec<Table> = boots
+        let tables: Vec<Table> = attacks
             .iter()
+            .filter(|r| r.name == name)
             .map(|r| Table::read(&r.file))
             .collect::<vmwatch_core::Result<_>>()?;
-        for t in &tables {
-            for f in &t.features {
-                if !features.contains(f) {
-                    features.push(f.clone());
-                }
-            }
-        }
-        for t in &tables {
-            let x = t.project(&features);
-            for (i, k) in t.keys.iter().enumerate() {
-                let row = x.row(i).to_vec();
-                if k.label == name {
-                    attack.push(row);
-                } else if k.label == NORMAL {
-                    normal.push(row);
-                }
-            }
-        }
-        let mut scored: Vec<(f64, &str)> = Vec::new();
-        for (j, f) in features.iter().enumerate() {
-            let a: Vec<f64> = attack.iter().map(|r| r[j]).collect();
-            let n: Vec<f64> = normal.iter().map(|r| r[j]).collect();
-            if a.iter().chain(&n).all(|v| *v == 0.0) {
-                continue;
-            }
-            scored.push((auc(&a, &n), f));
-        }
-        scored.sort_by(|x, y| (y.0 - 0.5).abs().total_cmp(&(x.0 - 0.5).abs()));
-        let best: Vec<String> = scored
+        let c = explain::changes(&tables, name, NORMAL);
+        let best: Vec<String> = c
+            .columns
             .iter()
             .take(4)
-            .map(|(auc, f)| {
-                let arrow = if *auc >= 0.5 { "↑" } else { "↓" };
-                format!("`{f}` {} {arrow}", pct(auc.max(1.0 - auc)))
+            .map(|s| {
+                let arrow = if s.auc >= 0.5 { "↑" } else { "↓" };
+                format!("`{}` {} {arrow}", s.feature, pct(s.strength()))
             })
             .collect();
         let _ = writeln!(
             out,
             "| {name} | {} | {} / {} | {} |",
-            boots.len(),
-            attack.len(),
-            normal.len(),
+            tables.len(),
+            c.anomaly_windows,
+            c.normal_windows,
             best.join(", ")
         );
     }
     Ok(out)
-}
-
-/// P(a > n) + P(a = n) / 2 over all pairs.
-fn auc(a: &[f64], n: &[f64]) -> f64 {
-    if a.is_empty() || n.is_empty() {
-        return 0.5;
-    }
-    let mut sum = 0.0;
-    for x in a {
-        for y in n {
-            sum += if x > y {
-                1.0
-            } else if x == y {
-                0.5
-            } else {
-                0.0
-            };
-        }
-    }
-    sum / (a.len() * n.len()) as f64
 }
 
 /// Shortest and longest window (ms) of the recordings.
@@ -704,7 +676,8 @@ fn render(r: &Render) -> Result<String> {
          features are the set's list (chosen by `vmwatch select` on `{BASELINE}` vs the stress \
          recordings, never on these boots) or, for \"nonzero\" sets, the columns nonzero in its \
          own training windows; its nu and gamma come from an inner {}-fold cross-validation of \
-         false positives inside those training windows. It then scores every window of the \
+         false positives inside those training windows, each inner fold holding out whole \
+         boots (the paper's grid, or the wide one where a row says so). It then scores every window of the \
          held-out boot in time order. So false positives are counted on boots the model never \
          saw, and each attack's windows are scored against the normal windows of its own boot. \
          Smoothing K/N flags a window when K of its boot's last N raw verdicts are anomalous, \
@@ -842,6 +815,8 @@ fn render(r: &Render) -> Result<String> {
             )?;
         }
         let all = default.at(&default.report.smoothing);
+        // Each held-out boot's model learned every other boot's normal
+        // windows: their mean over the boots is all × (n − 1) / n, exactly.
         writeln!(
             s,
             "| {} (all others) | {} | {} | {} | {} |\n",
@@ -956,14 +931,6 @@ mod tests {
         ] {
             assert_eq!(sig(x), short, "{x}");
         }
-    }
-
-    #[test]
-    fn auc_counts_pairs_and_ties() {
-        assert_eq!(auc(&[3.0, 4.0], &[1.0, 2.0]), 1.0);
-        assert_eq!(auc(&[1.0], &[2.0]), 0.0);
-        assert_eq!(auc(&[2.0, 2.0], &[2.0]), 0.5);
-        assert_eq!(auc(&[1.0, 3.0], &[2.0]), 0.5);
     }
 
     #[test]

@@ -618,9 +618,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn each_boot_is_scored_by_a_model_of_the_others() {
-        let tables = vec![
+    /// A boot with a flood, one with a scan, and a normal one.
+    fn three_boots() -> Vec<(String, Table)> {
+        vec![
             (
                 "a.csv".to_string(),
                 boot(1, 60, 1000.0, Some(("flood", 30, 45))),
@@ -630,10 +630,15 @@ mod tests {
                 boot(2, 60, 1000.0, Some(("scan", 20, 30))),
             ),
             ("c.csv".to_string(), boot(3, 60, 1000.0, None)),
-            // Normal, but unlike every other boot: only a model that saw
-            // it would call it normal.
-            ("odd.csv".to_string(), boot(4, 40, 4000.0, None)),
-        ];
+        ]
+    }
+
+    #[test]
+    fn each_boot_is_scored_by_a_model_of_the_others() {
+        let mut tables = three_boots();
+        // Normal, but unlike every other boot: only a model that saw it
+        // would call it normal.
+        tables.push(("odd.csv".to_string(), boot(4, 40, 4000.0, None)));
         let report = run(
             &tables,
             &["web".to_string()],
@@ -732,17 +737,7 @@ mod tests {
 
     #[test]
     fn learning_curve_and_relearning_by_boot() {
-        let tables = vec![
-            (
-                "a.csv".to_string(),
-                boot(1, 60, 1000.0, Some(("flood", 30, 45))),
-            ),
-            (
-                "b.csv".to_string(),
-                boot(2, 60, 1000.0, Some(("scan", 20, 30))),
-            ),
-            ("c.csv".to_string(), boot(3, 60, 1000.0, None)),
-        ];
+        let tables = three_boots();
         // A second normal well above the first: every boot but switches
         // is normal whatever its label.
         let relabel = |mut t: Table| {

@@ -6,6 +6,7 @@
 //! re-learning experiment (section 5.2).
 
 pub mod boots;
+pub mod explain;
 
 use std::fmt::Write as _;
 use std::ops::Range;
@@ -428,7 +429,14 @@ pub fn run(
         x_normal.nrows()
     ));
     let inner = Folds::contiguous(x_normal.nrows(), folds)?;
-    let all = Fold::train(x_normal.view(), 0..0, columns, &inner, config.params, &|| {})?;
+    let all = Fold::train(
+        x_normal.view(),
+        0..0,
+        columns,
+        &inner,
+        config.params,
+        &|| {},
+    )?;
     let (nu, gamma) = (all.chosen.nu, all.chosen.gamma);
     let mut scenarios = Vec::new();
     for (name, table) in anomalies {
