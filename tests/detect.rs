@@ -318,8 +318,12 @@ fn eval_by_boot_on_the_labs_boots_matches_the_manifests_labels() {
     }
     assert!(report.contains("Median over 8 scenarios"), "{report}");
     assert!(report.contains("Re-learning with the boots"), "{report}");
+    let curve = report
+        .split("Learning curve by boot")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no learning curve by boot: {report}"));
     assert!(
-        report.contains("| 4 |"),
-        "no learning-curve row of 4 boots: {report}"
+        curve.lines().any(|l| l.starts_with("| 1 | ")),
+        "no learning-curve row of 1 boot: {report}"
     );
 }

@@ -94,7 +94,7 @@ impl Default for AgentConfig {
             )
             .expect("the built-in feature list parses"),
             features_from: "the built-in selection".into(),
-            smoothing: Smoothing { k: 2, n: 3 },
+            smoothing: Smoothing::RECOMMENDED,
             include: vec!["*".into()],
             exclude: Vec::new(),
             events: None,

@@ -51,8 +51,9 @@ pub struct Args {
     #[command(flatten)]
     svm: super::SvmArgs,
     /// Flag a window only when K of the last N windows of its held-out
-    /// stretch are anomalous (the monitor's --smooth; section 5.1).
-    #[arg(long, default_value = "1/1", value_name = "K/N")]
+    /// stretch are anomalous (the monitor's --smooth, section 5.1; 1/1 for
+    /// raw verdicts).
+    #[arg(long, default_value_t = Smoothing::RECOMMENDED, value_name = "K/N")]
     smooth: Smoothing,
     /// A second normal (e.g. web-peak): report false positives before and
     /// after adding it to the training windows.

@@ -25,8 +25,9 @@ pub struct Args {
     features: super::FeatureArgs,
     #[command(flatten)]
     svm: super::SvmArgs,
-    /// Default smoothing stored in the model (K/N: K anomalous of the last N).
-    #[arg(long, default_value = "1/1")]
+    /// Default smoothing stored in the model (K/N: K anomalous of the last
+    /// N; 1/1 for raw verdicts).
+    #[arg(long, default_value_t = Smoothing::RECOMMENDED)]
     smooth: Smoothing,
     /// Where to write the model (JSON, written atomically).
     #[arg(short, long, value_name = "MODEL")]
