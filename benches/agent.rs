@@ -45,7 +45,7 @@ const LEARN: u64 = 20;
 const MEASURED: u64 = 12;
 /// Window length of the CPU runs (one check at the default 2 s).
 const INTERVAL_MS: u64 = 500;
-/// Lab windows the training part learns from (150 + 150).
+/// Lab windows the training part learns from (4 boots of 75).
 const TRAIN_WINDOWS: usize = 300;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -944,7 +944,7 @@ fn training_part(quick: bool) -> Seeds {
         .collect();
     let (reps_default, reps_every) = if quick { (3, 1) } else { (7, 3) };
     println!(
-        "training on {TRAIN_WINDOWS} lab windows (data/web + data/web-peak), {} grid, {} folds, \
+        "training on {TRAIN_WINDOWS} lab windows (data/boots/web-1,2 + web-peak-1,2), {} grid, {} folds, \
          as the agent does (read training.csv, train, save the model); interleaved:",
         AgentConfig::default().grid.name(),
         AgentConfig::default().folds
