@@ -676,6 +676,39 @@ mod tests {
     }
 
     #[test]
+    fn the_grid_search_holds_out_whole_boots() {
+        let mut tables = three_boots();
+        tables.push(("odd.csv".to_string(), boot(4, 40, 4000.0, None)));
+        let params = SvmParams::Search(crate::train::Grid::Paper);
+        let config = EvalConfig { params, ..config() };
+        let report = run(
+            &tables,
+            &["web".to_string()],
+            &config,
+            &Extras::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        // Each held-out boot's parameters are those of a search whose
+        // inner folds are whole other boots (not stretches of rows).
+        let labels = ["web".to_string()];
+        let all = boots(&tables, &labels);
+        let features = ["qemu:a".to_string(), "qemu:b".to_string()];
+        let data = Projected::new(&tables, &all, &features);
+        for (b, choice) in report.fold_choices.iter().enumerate() {
+            let s = data.stack(|i| i != b).unwrap();
+            let inner = Folds::by_group(&s.sizes, 3).unwrap();
+            assert_ne!(inner, Folds::contiguous(s.x.nrows(), 3).unwrap());
+            let alone = crate::train::choose_params(s.x.view(), &inner, params, &|| {}).unwrap();
+            assert_eq!(
+                (choice.nu, choice.gamma, choice.cv_fp_rate),
+                (alone.nu, alone.gamma, alone.fp_rate),
+                "boot {b}"
+            );
+        }
+    }
+
+    #[test]
     fn needs_two_boots_and_an_anomaly() {
         let one = vec![(
             "a.csv".to_string(),

@@ -32,16 +32,10 @@ pub struct Changes {
 }
 
 /// The windows labelled `anomaly` against those labelled `normal`, over
-/// the union of the tables' columns (a column a table lacks is 0 there).
+/// the tables' nonzero columns (a column a table lacks is 0 there).
 pub fn changes(tables: &[Table], anomaly: &str, normal: &str) -> Changes {
-    let mut features: Vec<String> = Vec::new();
-    for t in tables {
-        for f in &t.features {
-            if !features.contains(f) {
-                features.push(f.clone());
-            }
-        }
-    }
+    let refs: Vec<&Table> = tables.iter().collect();
+    let features = Table::nonzero_features(&refs, &[]);
     let (mut attack, mut calm): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
     for t in tables {
         let x = t.project(&features);
