@@ -90,6 +90,10 @@ fn sets() -> Vec<FeatureSet> {
         ablation,
         extra: &[],
     };
+    let wide = |s: FeatureSet| FeatureSet {
+        extra: &["--grid", OTHER_GRID],
+        ..s
+    };
     vec![
         set(
             "default",
@@ -98,16 +102,13 @@ fn sets() -> Vec<FeatureSet> {
             Choice::File(DEFAULT_FEATURES),
             false,
         ),
-        FeatureSet {
-            extra: &["--grid", OTHER_GRID],
-            ..set(
-                "default-other-grid",
-                OTHER_GRID_TITLE,
-                "—",
-                Choice::File(DEFAULT_FEATURES),
-                false,
-            )
-        },
+        wide(set(
+            "default-other-grid",
+            OTHER_GRID_TITLE,
+            "—",
+            Choice::File(DEFAULT_FEATURES),
+            false,
+        )),
         set(
             "counts",
             "counts: QEMU probes (LDA, the paper's method)",
@@ -129,16 +130,13 @@ fn sets() -> Vec<FeatureSet> {
             Choice::Lda("qemu,seq"),
             false,
         ),
-        FeatureSet {
-            extra: &["--grid", OTHER_GRID],
-            ..set(
-                "seq-wide",
-                "counts + sequences, wide grid",
-                "—",
-                Choice::Lda("qemu,seq"),
-                false,
-            )
-        },
+        wide(set(
+            "seq-wide",
+            "counts + sequences, wide grid",
+            "—",
+            Choice::Lda("qemu,seq"),
+            false,
+        )),
         set(
             "perf",
             "counts + perf counters (LDA over qemu, perf)",
@@ -181,16 +179,13 @@ fn sets() -> Vec<FeatureSet> {
             Choice::Nonzero("qemu,arg,seq,perf"),
             false,
         ),
-        FeatureSet {
-            extra: &["--grid", OTHER_GRID],
-            ..set(
-                "all-nonzero-wide",
-                "every qemu, arg, seq and perf feature nonzero in training, wide grid",
-                "—",
-                Choice::Nonzero("qemu,arg,seq,perf"),
-                false,
-            )
-        },
+        wide(set(
+            "all-nonzero-wide",
+            "every qemu, arg, seq and perf feature nonzero in training, wide grid",
+            "—",
+            Choice::Nonzero("qemu,arg,seq,perf"),
+            false,
+        )),
         set(
             "all-probes",
             "every QEMU probe nonzero in training",
