@@ -36,6 +36,7 @@ use vmwatch::agent::config::{AgentConfig, DEFAULT_FEATURES};
 use vmwatch::agent::state::{Phase, StateDir, VmKey, VmMeta};
 use vmwatch::discover::stapsdt::UsdtBinary;
 use vmwatch_core::dataset::{DatasetWriter, Row, Table};
+use vmwatch_core::features::FeatureList;
 use vmwatch_core::model::{Model, TrainingSummary};
 use vmwatch_core::train::{self, FeatureChoice, SvmParams, TrainConfig, TrainingSet};
 
@@ -899,7 +900,11 @@ fn agent_training(path: &Path, features: &[String], out: &Path) -> (f64, train::
     let before = status_kb(me, "VmRSS");
     let t = Instant::now();
     let table = Table::read(path).unwrap();
-    let set = TrainingSet::new(&table, &FeatureChoice::List(features.to_vec())).unwrap();
+    let set = TrainingSet::new(
+        &table,
+        &FeatureChoice::List(FeatureList::new(features.to_vec())),
+    )
+    .unwrap();
     let trained = train::train(
         set,
         &TrainConfig {
@@ -925,10 +930,12 @@ fn training_part(quick: bool) -> Seeds {
         .collect();
     let table = Table::read_all(&files).unwrap();
     assert_eq!(table.len(), TRAIN_WINDOWS, "lab windows");
-    let default = AgentConfig::default().features;
+    let default = AgentConfig::default().features.features;
     assert_eq!(
         default,
-        vmwatch_core::features::parse_feature_list("features.txt", DEFAULT_FEATURES).unwrap()
+        vmwatch_core::features::parse_feature_list("features.txt", DEFAULT_FEATURES)
+            .unwrap()
+            .features
     );
     let every = table.features.clone();
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{run, write_dataset, Ran, Run};
+use common::{run, write_dataset, Feature, Ran, Run};
 
 /// Baseline plus two stress files: `qemu:tap_send` (absent from the
 /// baseline) separates stress-net, `qemu:bdrv_aio_flush` separates
@@ -256,5 +256,72 @@ fn budget_charges_the_probes_a_sequence_feature_reads() {
     assert!(
         report.contains("probe hits 0.250%, seq tracking 0.006%"),
         "{report}"
+    );
+}
+
+#[test]
+fn a_selected_transition_keeps_its_tracked_set() {
+    // Both files tracked a and b (every transition a column); seq:a>a
+    // separates stress-net. The list names only a, so it says in track:
+    // lines that b was tracked too, and train takes it back.
+    let dir = tempfile::tempdir().unwrap();
+    let noise = |i: usize| (i * 7 % 5 + 10) as u64;
+    let tracked = |aa: &'static dyn Fn(usize) -> u64| -> Vec<Feature<'static>> {
+        let noise: &'static dyn Fn(usize) -> u64 = &|i| (i * 7 % 5 + 10) as u64;
+        vec![
+            ("qemu:a", noise),
+            ("seq:a>a", aa),
+            ("seq:a>b", noise),
+            ("seq:b>a", noise),
+            ("seq:b>b", noise),
+        ]
+    };
+    let idle = write_dataset(
+        &dir.path().join("idle.csv"),
+        |_| "idle".into(),
+        20,
+        &tracked(&|i| (i % 3) as u64),
+    );
+    let net = write_dataset(
+        &dir.path().join("net.csv"),
+        |_| "stress-net".into(),
+        20,
+        &tracked(&|i| (900 + i % 7) as u64),
+    );
+    let list = dir.path().join("list.txt");
+    select(&idle).arg(&net).arg("-o").arg(&list).succeeds();
+    let text = std::fs::read_to_string(&list).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines[0], "seq:a>a", "{text}");
+    assert!(
+        lines.ends_with(&["track:a", "track:b"]),
+        "the tracked set is not in the list: {text}"
+    );
+    run("train --folds 2 --nu 0.1 --gamma 0.1 --features")
+        .arg(&list)
+        .arg("-o")
+        .arg(dir.path().join("m.json"))
+        .arg(&idle)
+        .succeeds();
+    // Files that tracked only a: the same name counts other pairs.
+    let only_a = write_dataset(
+        &dir.path().join("only-a.csv"),
+        |_| "idle".into(),
+        20,
+        &[("qemu:a", &noise), ("seq:a>a", &noise)],
+    );
+    fails_with(
+        run("train --folds 2 --nu 0.1 --gamma 0.1 --features")
+            .arg(&list)
+            .arg("-o")
+            .arg(dir.path().join("m2.json"))
+            .arg(&only_a),
+        "the feature list's seq: features were counted among the tracked probes a, b but the \
+         input files tracked a",
+    );
+    // And select refuses files that tracked different sets.
+    fails_with(
+        select(&idle).arg(&only_a),
+        "tracked the probes [a] for seq: transitions but",
     );
 }

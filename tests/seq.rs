@@ -108,6 +108,45 @@ fn track_counts_every_transition_among_the_tracked_probes() {
     ds.assert_totals(fx.pid, &want);
 }
 
+/// A feature list's `track:` lines (as `vmwatch select` writes them): its
+/// one transition is counted among the whole tracked set, which is
+/// recorded with every transition as a column, so the file says what its
+/// seq: columns were counted among.
+#[test]
+fn a_lists_track_lines_keep_what_its_transition_means() {
+    skip_without_bpf!();
+    let dir = tempfile::tempdir().unwrap();
+    let list = common::feature_list(
+        dir.path(),
+        &format!("qemu:{VF}\nseq:{VF}>{TS}\ntrack:{VF}\ntrack:{TS}\ntrack:{MRW}\n"),
+    );
+    let mut fx = Fixture::start();
+    let options = format!(
+        "--probes {} --interval 300ms --windows 10 --budget none",
+        list.display()
+    );
+    let rec = Recording::start(&[fx.pid], &options, "listed.csv");
+    let n = 20_000;
+    fx.sequences(n, &[&[VF, MRW, TS]]);
+    let (ds, _) = rec.finish();
+    let seq = ds
+        .features()
+        .iter()
+        .filter(|f| f.starts_with("seq:"))
+        .count();
+    assert_eq!(seq, 9, "columns: {:?}", ds.features());
+    ds.assert_totals(
+        fx.pid,
+        &[
+            (&format!("qemu:{VF}"), n),
+            // Without the track: lines this would be n: memory_region_ops_write
+            // is tracked and between them.
+            (&format!("seq:{VF}>{TS}"), 0),
+            (&format!("seq:{VF}>{MRW}"), n),
+        ],
+    );
+}
+
 #[test]
 fn a_probe_tracked_for_seq_features_is_never_duty_cycled() {
     skip_without_bpf!();

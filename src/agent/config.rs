@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use vmwatch_core::features::FeatureList;
 use vmwatch_core::model::Smoothing;
 use vmwatch_core::train::Grid;
 
@@ -58,8 +59,9 @@ pub struct AgentConfig {
     pub interval: Duration,
     /// Windows a new VM learns before it is trained.
     pub learn_windows: u64,
-    /// Features counted and learned (names).
-    pub features: Vec<String>,
+    /// Features counted and learned, and the probes their `seq:` features
+    /// are counted among.
+    pub features: FeatureList,
     /// Where they came from, for logs.
     pub features_from: String,
     pub smoothing: Smoothing,
@@ -225,7 +227,7 @@ mod tests {
         assert_eq!(d.state_dir, Path::new("/var/lib/vmwatch"));
         assert_eq!(d.metrics, Some("127.0.0.1:9477".parse().unwrap()));
         assert_eq!(d.learn_windows, 300);
-        assert!(!d.features.is_empty());
+        assert!(!d.features.features.is_empty());
         let c = AgentConfig::parse(
             "t",
             r#"

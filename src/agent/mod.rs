@@ -16,6 +16,7 @@ pub mod vm;
 use std::collections::HashMap;
 
 use vmwatch_core::dataset::Row;
+use vmwatch_core::features::FeatureList;
 use vmwatch_core::train::SvmParams;
 
 use crate::bpf::BpfObjects;
@@ -60,6 +61,21 @@ struct Agent {
     offline: Option<Vec<state::VmMeta>>,
 }
 
+/// What the VMs' models learn: the session's `columns` that `list` names
+/// (in the columns' order; a feature this host cannot count is no column),
+/// without the extra transitions its tracked set adds, and that set.
+fn learned(columns: &[String], list: &FeatureList) -> FeatureList {
+    let listed: std::collections::HashSet<&String> = list.features.iter().collect();
+    FeatureList {
+        features: columns
+            .iter()
+            .filter(|f| listed.contains(f))
+            .cloned()
+            .collect(),
+        track: list.track.clone(),
+    }
+}
+
 /// Runs the agent until a stop signal.
 pub fn run(config: &AgentConfig, stop: &StopSignal) -> Result<Ended> {
     let state = StateDir::open(&config.state_dir)?;
@@ -77,8 +93,10 @@ pub fn run(config: &AgentConfig, stop: &StopSignal) -> Result<Ended> {
         SessionConfig {
             targets: vec![Target::Names(filter)],
             sources: Vec::new(),
-            features: Some(config.features.clone()),
-            track: Vec::new(),
+            features: Some(config.features.features.clone()),
+            // Every transition among the list's tracked set is a column, so
+            // the VMs' training files say what they tracked (Table::tracked).
+            track: config.features.track.clone(),
             also_track: Vec::new(),
             max_vms: config.max_vms,
             budget: config.budget,
@@ -97,6 +115,7 @@ pub fn run(config: &AgentConfig, stop: &StopSignal) -> Result<Ended> {
         state,
         how: Learning {
             features: session.features().to_vec(),
+            learn: learned(session.features(), &config.features),
             learn_windows: config.learn_windows,
             smoothing: config.smoothing,
             params: SvmParams::Search(config.grid),
@@ -526,5 +545,22 @@ mod tests {
         assert_eq!(super::percent(1e-6), "0.00010%");
         assert_eq!(super::percent(0.01), "1.00%");
         assert_eq!(super::percent(0.0), "0.00%");
+    }
+
+    #[test]
+    fn models_learn_the_listed_columns_not_the_tracked_sets_extras() {
+        let list = vmwatch_core::features::parse_feature_list(
+            "f",
+            "seq:a>b\nqemu:x\nsys:no_such_call\ntrack:a\ntrack:b\n",
+        )
+        .unwrap();
+        // The session's columns: the list's (one this host cannot count
+        // is none), then every transition of the tracked set.
+        let columns: Vec<String> = ["seq:a>b", "qemu:x", "seq:a>a", "seq:b>a", "seq:b>b"]
+            .map(String::from)
+            .to_vec();
+        let learned = super::learned(&columns, &list);
+        assert_eq!(learned.features, ["seq:a>b", "qemu:x"]);
+        assert_eq!(learned.track, ["a", "b"]);
     }
 }

@@ -8,6 +8,7 @@
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 
 use vmwatch_core::dataset::{DatasetWriter, Row, Table};
+use vmwatch_core::features::FeatureList;
 use vmwatch_core::model::{Model, Smoothing};
 use vmwatch_core::train::{self, FeatureChoice, SvmParams, TrainConfig, TrainingSet};
 use vmwatch_core::verdict::Judge;
@@ -22,6 +23,9 @@ use crate::error::Result;
 pub struct Learning {
     /// The columns of the rows the VM's windows come in.
     pub features: Vec<String>,
+    /// What models learn: the configured features among those columns
+    /// (not the extra transitions of its tracked set), and that set.
+    pub learn: FeatureList,
     pub learn_windows: u64,
     pub smoothing: Smoothing,
     pub params: SvmParams,
@@ -482,7 +486,7 @@ fn learned_rows(dir: &VmDir) -> u64 {
 /// Trains on the training set at `path`.
 fn fit(path: &std::path::Path, how: &Learning) -> vmwatch_core::Result<Model> {
     let table = Table::read(path)?;
-    let set = TrainingSet::new(&table, &FeatureChoice::List(how.features.clone()))?;
+    let set = TrainingSet::new(&table, &FeatureChoice::List(how.learn.clone()))?;
     let config = TrainConfig {
         params: how.params,
         folds: how.folds,

@@ -50,12 +50,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // like before attaching, which takes long; creating it later stays
     // exclusive (O_EXCL), so a file that appears meanwhile is not clobbered.
     DatasetWriter::check(&args.output, args.force)?;
-    let features = args
+    let list = args
         .count
         .probes
         .as_deref()
         .map(vmwatch_core::features::read_feature_list)
         .transpose()?;
+    // A list's tracked set is tracked with every transition as a column,
+    // so the recording says what its seq: columns were counted among.
+    let mut track = args.count.track.clone();
+    for p in list.iter().flat_map(|l| &l.track) {
+        if !track.contains(p) {
+            track.push(p.clone());
+        }
+    }
+    let features = list.map(|l| l.features);
     let mut objects = BpfObjects::default();
     let t = Instant::now();
     let mut session = Session::start(
@@ -64,7 +73,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             targets: args.targets.targets(),
             sources: args.count.sources.clone(),
             features,
-            track: args.count.track.clone(),
+            track,
             also_track: Vec::new(),
             max_vms: args.count.max_vms,
             budget: args.count.govern.budget,

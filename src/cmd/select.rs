@@ -114,14 +114,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(path) => {
             let header = features_header(&args, transform, top);
             // Atomic (temp file + rename): a reader never sees a half list.
-            vmwatch_core::atomic::write(path, features_file(&header, union).as_bytes())?;
+            vmwatch_core::atomic::write(path, selection.list().to_text(&header).as_bytes())?;
             tracing::info!("wrote {} features to {}", union.len(), path.display());
         }
         None => {
             writeln!(out, "\nselected features (union of the subsets):").unwrap();
-            for f in union {
-                writeln!(out, "{f}").unwrap();
-            }
+            out.push_str(&selection.list().to_text(""));
         }
     }
     // With `-o /dev/stdout` the feature list alone goes to stdout.
@@ -206,7 +204,7 @@ fn report(
 
 /// What counting the selection costs the VM, by the cost model of --budget.
 fn cost_report(out: &mut String, args: &Args, selection: &Selection) {
-    let cost = selection.costs.of(&selection.union);
+    let cost = selection.costs.of(&selection.list());
     let budget = args
         .budget
         .map_or_else(String::new, |b| format!(" (budget {b}%)"));
@@ -279,13 +277,4 @@ fn features_header(args: &Args, transform: Transform, top: usize) -> String {
         stress.join(", "),
         transform.describe()
     )
-}
-
-fn features_file(header: &str, features: &[String]) -> String {
-    let mut s = header.to_string();
-    for f in features {
-        s.push_str(f);
-        s.push('\n');
-    }
-    s
 }

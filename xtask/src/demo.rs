@@ -1483,7 +1483,7 @@ fn choose_features(a: &Args, vmwatch: &Path, dest: &Path) -> Result<Vec<String>>
         }
     }
     // As `vmwatch record --probes` reads it (an empty list is an error).
-    let features = read_feature_list(dest)?;
+    let features = read_feature_list(dest)?.features;
     note(format!(
         "{} features: {}",
         features.len(),
@@ -2135,7 +2135,8 @@ vmwatch_odd{vm="a \"b\", c\\d"} 1
             assert!(smooth(bad).is_err(), "{bad}");
         }
         let f = vmwatch_core::features::parse_feature_list("DEFAULT_FEATURES", DEFAULT_FEATURES)
-            .unwrap();
+            .unwrap()
+            .features;
         assert!(f.len() >= 4 && f.iter().all(|n| n.contains(':')), "{f:?}");
         assert!(!f.iter().any(|n| n.starts_with("qemu:exec_tb")), "{f:?}");
     }

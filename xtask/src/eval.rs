@@ -381,7 +381,7 @@ pub fn run(o: &Options) -> Result<()> {
                 let list = results.join(format!("selected-{}.txt", set.key));
                 let report = select(sources, &list)?;
                 selections.push((set.title.to_string(), report, rel(&list)));
-                let n = read_feature_list(&list)?.len();
+                let n = read_feature_list(&list)?.features.len();
                 (
                     vec!["--features".into(), rel(&list).display().to_string()],
                     Some(n),
@@ -389,7 +389,7 @@ pub fn run(o: &Options) -> Result<()> {
             }
             Choice::Nonzero(sources) => (vec!["--source".into(), sources.into()], None),
             Choice::File(f) => {
-                let n = read_feature_list(&root.join(f))?.len();
+                let n = read_feature_list(&root.join(f))?.features.len();
                 (vec!["--features".into(), f.into()], Some(n))
             }
         };

@@ -1190,17 +1190,7 @@ impl Table {
     /// `seq:` columns name, in first-named order (a recording lists every
     /// column it counted, zero or not, so this is its tracked set).
     pub fn tracked(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for name in &self.features {
-            if let Ok(crate::features::Feature::Seq { from, to }) = name.parse() {
-                for p in [from, to] {
-                    if !out.contains(&p) {
-                        out.push(p);
-                    }
-                }
-            }
-        }
-        out
+        crate::features::named_probes(&self.features)
     }
 
     /// Which of `features` were estimated in some rows (the [`SAMPLED`]

@@ -365,6 +365,9 @@ pub const SEQ: &str = "seq:";
 /// Prefix of argument features.
 pub const ARG: &str = "arg:";
 
+/// Prefix of a feature list's lines naming a tracked probe (no column).
+pub const TRACK: &str = "track:";
+
 /// What separates a sequence feature's two probes.
 const SEQ_ARROW: char = '>';
 
@@ -451,10 +454,82 @@ impl Projection {
     }
 }
 
+/// A feature list (`--features`, `--probes`, the agent's `features`): the
+/// features, and the probes their `seq:` features were counted among.
+///
+/// A `seq:a>b` column counts hits of `b` whose previous *tracked* hit was
+/// `a`, so it means something only with its tracked set: a list selected
+/// from recordings that tracked more probes than its `seq:` features name
+/// says so with `track:PROBE` lines, and whoever counts it tracks them too.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FeatureList {
+    /// Feature names, in order, each once.
+    pub features: Vec<String>,
+    /// `track:` lines, in order; empty: the probes the `seq:` features name.
+    pub track: Vec<String>,
+}
+
+impl FeatureList {
+    /// A list without `track:` lines.
+    pub fn new(features: Vec<String>) -> Self {
+        Self {
+            features,
+            track: Vec::new(),
+        }
+    }
+
+    /// The tracked set its `seq:` features were counted with: the `track:`
+    /// lines, else the probes they name (empty without `seq:` features).
+    pub fn tracked(&self) -> Vec<String> {
+        if self.track.is_empty() {
+            named_probes(&self.features)
+        } else {
+            self.track.clone()
+        }
+    }
+
+    /// The list as a file: `header` (comment lines), the features, then one
+    /// `track:` line per tracked probe. [`parse_feature_list`] reads it back.
+    pub fn to_text(&self, header: &str) -> String {
+        let mut s = header.to_string();
+        for f in &self.features {
+            s.push_str(f);
+            s.push('\n');
+        }
+        if !self.track.is_empty() {
+            s.push_str(
+                "# the probes the seq: transitions are counted among (tracked, no columns)\n",
+            );
+            for p in &self.track {
+                s.push_str(TRACK);
+                s.push_str(p);
+                s.push('\n');
+            }
+        }
+        s
+    }
+}
+
+/// The probes the `seq:` features among `names` name, each once, in
+/// first-named order.
+pub fn named_probes(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        if let Ok(Feature::Seq { from, to }) = name.parse() {
+            for p in [from, to] {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Reads a feature list (at most
 /// [`MAX_FEATURE_LIST_BYTES`](crate::limits::MAX_FEATURE_LIST_BYTES)); see
 /// [`parse_feature_list`].
-pub fn read_feature_list(path: &Path) -> Result<Vec<String>> {
+pub fn read_feature_list(path: &Path) -> Result<FeatureList> {
     let bytes = crate::limits::read_file(
         path,
         crate::limits::MAX_FEATURE_LIST_BYTES,
@@ -471,14 +546,14 @@ pub fn read_feature_list(path: &Path) -> Result<Vec<String>> {
 }
 
 /// Parses a feature list: one name per line; blank lines and `#` comments
-/// are ignored. A bare probe name means `qemu:NAME`. `name` names the list
-/// in messages.
-pub fn parse_feature_list(name: &str, text: &str) -> Result<Vec<String>> {
+/// are ignored. A bare probe name means `qemu:NAME`; `track:NAME` names a
+/// tracked probe ([`FeatureList`]). `name` names the list in messages.
+pub fn parse_feature_list(name: &str, text: &str) -> Result<FeatureList> {
     parse_lines(text).map_err(|msg| Error::Invalid(format!("{name}: {msg}")))
 }
 
-fn parse_lines(text: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
+fn parse_lines(text: &str) -> Result<FeatureList, String> {
+    let mut out = FeatureList::default();
     let mut seen = std::collections::HashSet::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -492,6 +567,20 @@ fn parse_lines(text: &str) -> Result<Vec<String>, String> {
                 shown(line)
             ));
         }
+        if let Some(probe) = line.strip_prefix(TRACK) {
+            if !is_probe_name(probe) {
+                return Err(format!(
+                    "line {}: `{}` is not a QEMU probe name to track (a C identifier such as \
+                     `virtio_queue_notify`)",
+                    i + 1,
+                    shown(probe)
+                ));
+            }
+            if !out.track.iter().any(|p| p == probe) {
+                out.track.push(probe.to_string());
+            }
+            continue;
+        }
         let name = if line.starts_with(SEQ) || line.starts_with(ARG) {
             // Refused here, with its line, rather than counted as missing.
             Feature::from_str(line)
@@ -504,11 +593,24 @@ fn parse_lines(text: &str) -> Result<Vec<String>, String> {
         };
         // A set, not `out.contains`: a long list must not take quadratic time.
         if seen.insert(name.clone()) {
-            out.push(name);
+            out.features.push(name);
         }
     }
-    if out.is_empty() {
+    if out.features.is_empty() {
         return Err("the feature list is empty".into());
+    }
+    if !out.track.is_empty() {
+        let untracked: Vec<String> = named_probes(&out.features)
+            .into_iter()
+            .filter(|p| !out.track.contains(p))
+            .collect();
+        if !untracked.is_empty() {
+            return Err(format!(
+                "its seq: features name probes its track: lines leave out ({}): a transition \
+                 counts only among tracked probes",
+                untracked.join(", ")
+            ));
+        }
     }
     Ok(out)
 }
@@ -534,7 +636,55 @@ mod tests {
             "# chosen\nqemu:tap_send\n\nvirtqueue_fill # mem\nqemu:tap_send\n",
         )
         .unwrap();
-        assert_eq!(list, ["qemu:tap_send", "qemu:virtqueue_fill"]);
+        assert_eq!(
+            list,
+            FeatureList::new(vec!["qemu:tap_send".into(), "qemu:virtqueue_fill".into()])
+        );
+    }
+
+    #[test]
+    fn track_lines_name_the_tracked_set_and_round_trip() {
+        let list = parse_feature_list(
+            "f",
+            "qemu:a\nseq:a>b\ntrack:a\ntrack:b # kick\ntrack:c\ntrack:a\n",
+        )
+        .unwrap();
+        assert_eq!(list.features, ["qemu:a", "seq:a>b"]);
+        assert_eq!(list.track, ["a", "b", "c"]);
+        assert_eq!(list.tracked(), ["a", "b", "c"]);
+        let text = list.to_text("# made by a test\n");
+        assert!(
+            text.starts_with("# made by a test\nqemu:a\nseq:a>b\n#"),
+            "{text}"
+        );
+        assert_eq!(parse_feature_list("f", &text).unwrap(), list);
+        // Without track: lines the tracked set is what the seq: features name.
+        let plain = parse_feature_list("f", "seq:b>a\nseq:c>b\nqemu:d\n").unwrap();
+        assert_eq!(plain.tracked(), ["b", "a", "c"]);
+        assert!(!plain.to_text("").contains(TRACK));
+        assert!(parse_feature_list("f", "qemu:d\n")
+            .unwrap()
+            .tracked()
+            .is_empty());
+    }
+
+    #[test]
+    fn track_lines_must_cover_the_seq_features_and_be_probe_names() {
+        let err = parse_feature_list("f", "seq:a>b\nseq:c>a\ntrack:a\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "f: its seq: features name probes its track: lines leave out (b, c): a transition \
+             counts only among tracked probes"
+        );
+        let err = parse_feature_list("f", "qemu:a\ntrack:a>b\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("f: line 2: `a>b` is not a QEMU probe name to track"),
+            "{err}"
+        );
+        // Tracked probes alone are no features.
+        let err = parse_feature_list("f", "track:a\n").unwrap_err();
+        assert_eq!(err.to_string(), "f: the feature list is empty");
     }
 
     #[test]
@@ -683,7 +833,7 @@ mod tests {
     #[test]
     fn feature_lists_refuse_malformed_seq_names_by_line() {
         let list = parse_feature_list("f", "qemu:a\nseq:a>b\n").unwrap();
-        assert_eq!(list, ["qemu:a", "seq:a>b"]);
+        assert_eq!(list.features, ["qemu:a", "seq:a>b"]);
         let err = parse_feature_list("f", "qemu:a\nseq:a>b>c\n").unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -6,7 +6,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 
 use crate::dataset::Table;
 use crate::error::{Error, Result};
-use crate::features::Source;
+use crate::features::{FeatureList, Source};
 use crate::model::{Model, Smoothing, TrainingSummary};
 use crate::qemu::QemuBuild;
 
@@ -275,6 +275,47 @@ mod tests {
     }
 
     #[test]
+    fn a_list_counted_among_other_tracked_probes_is_refused() {
+        // Recorded with --track a,b,c: every transition among the three.
+        let features: Vec<String> =
+            crate::features::transitions(&["a", "b", "c"].map(String::from))
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        let table = Table {
+            x: Array2::zeros((0, features.len())),
+            features,
+            keys: Vec::new(),
+        };
+        let list = |text: &str| {
+            FeatureChoice::List(crate::features::parse_feature_list("f", text).unwrap())
+        };
+        // Selected from such files: its track: lines say so.
+        let ok = list("seq:a>b\ntrack:a\ntrack:b\ntrack:c\n");
+        assert_eq!(ok.resolve(&[&table]).unwrap(), ["seq:a>b"]);
+        // A list whose seq: features were counted among a and b only.
+        let err = list("seq:a>b\n").resolve(&[&table]).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "the feature list's seq: features were counted among the tracked probes a, b but \
+                 the input files tracked a, b, c"
+            ),
+            "{err}"
+        );
+        // Lists without seq: features do not care what was tracked.
+        let counts = Table {
+            x: Array2::zeros((0, 1)),
+            features: vec!["qemu:a".into()],
+            keys: Vec::new(),
+        };
+        assert!(list("qemu:a\n").resolve(&[&table, &counts]).is_ok());
+        assert!(list("seq:a>b\ntrack:a\ntrack:b\ntrack:c\nqemu:a\n")
+            .resolve(&[&table, &counts])
+            .is_ok());
+    }
+
+    #[test]
     fn grid_search_prefers_quiet_then_tight() {
         let mut v = Vec::new();
         for i in 0..50u32 {
@@ -299,8 +340,8 @@ mod tests {
 /// Which features to learn from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FeatureChoice {
-    /// These, in this order (a `--features` list).
-    List(Vec<String>),
+    /// These, in this order (a `--features` list, with its tracked set).
+    List(FeatureList),
     /// Every feature of these sources (empty: any) that is nonzero in some
     /// row of the given tables.
     Nonzero(Vec<Source>),
@@ -308,11 +349,15 @@ pub enum FeatureChoice {
 
 impl FeatureChoice {
     /// The features to use for `tables` (the training tables, for
-    /// `Nonzero`). Fails when nothing is left, or when none of a list is
-    /// a column of the tables.
+    /// `Nonzero`). Fails when nothing is left, when none of a list is a
+    /// column of the tables, or when the list's `seq:` features were chosen
+    /// with another tracked set than the tables were counted with.
     pub fn resolve(&self, tables: &[&Table]) -> Result<Vec<String>> {
+        if let FeatureChoice::List(list) = self {
+            check_tracked(list, tables)?;
+        }
         let features = match self {
-            FeatureChoice::List(list) => list.clone(),
+            FeatureChoice::List(list) => list.features.clone(),
             FeatureChoice::Nonzero(sources) => Table::nonzero_features(tables, sources),
         };
         if features.is_empty() {
@@ -342,6 +387,38 @@ impl FeatureChoice {
         }
         Ok(features)
     }
+}
+
+/// A list's `seq:` features mean what they meant when it was chosen only if
+/// the tables tracked the same probes: a transition counts the previous
+/// *tracked* hit, so another set counts other pairs under the same names.
+fn check_tracked(list: &FeatureList, tables: &[&Table]) -> Result<()> {
+    if !list
+        .features
+        .iter()
+        .any(|f| Source::of(f) == Some(Source::Seq))
+    {
+        return Ok(());
+    }
+    let want: std::collections::BTreeSet<String> = list.tracked().into_iter().collect();
+    for t in tables {
+        let have: std::collections::BTreeSet<String> = t.tracked().into_iter().collect();
+        // Tables without seq: columns have all-zero transitions (warned as absent).
+        if !have.is_empty() && have != want {
+            let names = |s: &std::collections::BTreeSet<String>| {
+                s.iter().cloned().collect::<Vec<_>>().join(", ")
+            };
+            return Err(Error::Invalid(format!(
+                "the feature list's seq: features were counted among the tracked probes {} but \
+                 the input files tracked {}: the same transition names count different pairs \
+                 (record with the list's track: lines, or select the features again from these \
+                 files)",
+                names(&want),
+                names(&have)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The one-class SVM's parameters: given, or searched on a grid.

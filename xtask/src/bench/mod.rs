@@ -402,6 +402,7 @@ fn selection(o: &Opts, vmwatch: &Path, tmp: &Path, all: &[String]) -> Result<Sel
             let listed =
                 features::parse_feature_list(&out.display().to_string(), &text).unwrap_or_default();
             Ok(listed
+                .features
                 .into_iter()
                 .filter(|f| f.starts_with(features::QEMU) && all.contains(f))
                 .collect())

@@ -490,7 +490,8 @@ pub fn diff_report(old: &Build, new: &Build) -> Result<String> {
     let new_names = probes::qemu_probes(&new.binary)?;
     let features_path = util::repo_root().join("packaging/features.txt");
     let packaged = vmwatch_core::features::read_feature_list(&features_path)
-        .with_context(|| format!("could not read {}", features_path.display()))?;
+        .with_context(|| format!("could not read {}", features_path.display()))?
+        .features;
     let builtin: Vec<String> = crate::demo::DEFAULT_FEATURES
         .lines()
         .map(str::trim)

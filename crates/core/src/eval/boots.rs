@@ -562,6 +562,7 @@ pub fn markdown(results: &[BootResult], choices: &[FoldChoice]) -> String {
 mod tests {
     use super::*;
     use crate::dataset::RowKey;
+    use crate::features::FeatureList;
     use crate::model::Smoothing;
     use crate::train::SvmParams;
 
@@ -608,7 +609,7 @@ mod tests {
 
     fn config() -> EvalConfig {
         EvalConfig {
-            features: FeatureChoice::List(vec!["qemu:a".into(), "qemu:b".into()]),
+            features: FeatureChoice::List(FeatureList::new(vec!["qemu:a".into(), "qemu:b".into()])),
             params: SvmParams::Fixed {
                 nu: 0.05,
                 gamma: 0.5,

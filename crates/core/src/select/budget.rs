@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::arguments::{self, ArgFeature};
 use crate::dataset::Table;
-use crate::features::{PerfEvent, ARG, KVM, KVM_EXIT, PERF, QEMU, SEQ, SYS};
+use crate::features::{FeatureList, PerfEvent, ARG, KVM, KVM_EXIT, PERF, QEMU, SEQ, SYS};
 use crate::govern::{ARGS_NS, TRACK_NS};
 
 /// What the syscall counter adds to each of the VM's syscalls, ns (the
@@ -53,6 +53,22 @@ impl Charge {
             Charge::Kvm(_) => "kvm tracepoints",
             Charge::Perf => "perf counters",
         }
+    }
+
+    /// The work `feature` needs when `tracked` are the tracked probes: a
+    /// `seq:` feature traps every one of them, not only the two it names.
+    pub fn needed_with(feature: &str, tracked: &[String]) -> Vec<Charge> {
+        let mut out = Self::needed_by(feature);
+        if feature.starts_with(SEQ) {
+            out.extend(
+                tracked
+                    .iter()
+                    .flat_map(|p| [Charge::Hits(p.clone()), Charge::Track(p.clone())]),
+            );
+            out.sort();
+            out.dedup();
+        }
+        out
     }
 
     /// The work `feature` needs (none for a name of no source).
@@ -192,10 +208,15 @@ impl CostModel {
         self.percent.get(charge).copied().unwrap_or(0.0)
     }
 
-    /// What counting all of `features` costs, each piece of work once.
-    pub fn of(&self, features: &[String]) -> Cost {
-        let charges: BTreeSet<Charge> =
-            features.iter().flat_map(|f| Charge::needed_by(f)).collect();
+    /// What counting all of `list`'s features costs (its tracked set
+    /// included), each piece of work once.
+    pub fn of(&self, list: &FeatureList) -> Cost {
+        let tracked = list.tracked();
+        let charges: BTreeSet<Charge> = list
+            .features
+            .iter()
+            .flat_map(|f| Charge::needed_with(f, &tracked))
+            .collect();
         let mut by_kind: Vec<(&'static str, f64)> = Vec::new();
         let (mut probes, mut rate, mut percent) = (0, 0.0, 0.0);
         for c in &charges {
@@ -275,19 +296,53 @@ mod tests {
             &[1000, 4000, 6000, 100],
         );
         let m = CostModel::new(&[&t], 1000.0);
-        let one = m.of(&["qemu:a".into()]);
+        let one = m.of(&FeatureList::new(vec!["qemu:a".into()]));
         assert_eq!((one.probes, one.rate), (1, 1000.0));
         assert!((one.percent - 0.1).abs() < 1e-12, "{one:?}");
         // Tracking a for seq:a>a adds 25 ns per hit on top of its hits.
-        let seq = m.of(&["qemu:a".into(), "seq:a>a".into()]);
+        let seq = m.of(&FeatureList::new(vec!["qemu:a".into(), "seq:a>a".into()]));
         assert!((seq.percent - 0.1025).abs() < 1e-12, "{seq:?}");
         assert_eq!(seq.probes, 1);
         // Both syscall columns share one counter: 10,000/s x 26 ns.
-        let sys = m.of(&["sys:read".into(), "sys:write".into()]);
+        let sys = m.of(&FeatureList::new(vec![
+            "sys:read".into(),
+            "sys:write".into(),
+        ]));
         assert!((sys.percent - 0.026).abs() < 1e-12, "{sys:?}");
         assert_eq!(sys.by_kind, [("syscall counter", sys.percent)]);
-        let perf = m.of(&["perf:task_clock_vcpu_ns".into()]);
+        let perf = m.of(&FeatureList::new(vec!["perf:task_clock_vcpu_ns".into()]));
         assert!((perf.percent - 0.017).abs() < 1e-12, "{perf:?}");
+    }
+
+    #[test]
+    fn a_transition_pays_for_every_tracked_probe() {
+        // 1,000 hits/s of a, 3,000 of the tracked but unnamed c.
+        let t = table(&["qemu:a", "qemu:c"], &[1000, 3000]);
+        let m = CostModel::new(&[&t], 1000.0);
+        assert_eq!(
+            Charge::needed_with("seq:a>a", &["a".into(), "c".into()]),
+            [
+                Charge::Hits("a".into()),
+                Charge::Hits("c".into()),
+                Charge::Track("a".into()),
+                Charge::Track("c".into())
+            ]
+        );
+        // Counts are not transitions: the tracked set adds nothing to them.
+        assert_eq!(
+            Charge::needed_with("qemu:a", &["c".into()]),
+            [Charge::Hits("a".into())]
+        );
+        let named = m.of(&FeatureList::new(vec!["seq:a>a".into()]));
+        let mut list = FeatureList::new(vec!["seq:a>a".into()]);
+        list.track = vec!["a".into(), "c".into()];
+        let tracked = m.of(&list);
+        assert_eq!((named.probes, tracked.probes), (1, 2));
+        // c's 3,000 hits/s at 1 us and 25 ns each for tracking them.
+        assert!(
+            (tracked.percent - named.percent - 0.3075).abs() < 1e-12,
+            "{tracked:?}"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub use lda::*;
 
 use crate::dataset::Table;
 use crate::error::{Error, Result};
-use crate::features::Source;
+use crate::features::{FeatureList, Source, SEQ};
 use budget::{Charge, CostModel};
 
 /// How `vmwatch select` runs.
@@ -50,7 +50,21 @@ pub struct Selection {
     /// The union of the pairs' greedy subsets, in pair order then
     /// selection order.
     pub union: Vec<String>,
+    /// The probes the files tracked, when the union has `seq:` features
+    /// (their meaning depends on it; a feature list keeps it in `track:`
+    /// lines); else empty.
+    pub tracked: Vec<String>,
     pub costs: CostModel,
+}
+
+impl Selection {
+    /// The union as a feature list, with its tracked set.
+    pub fn list(&self) -> FeatureList {
+        FeatureList {
+            features: self.union.clone(),
+            track: self.tracked.clone(),
+        }
+    }
 }
 
 /// Reads a dataset for selection: it must have at least `min_rows` rows.
@@ -78,6 +92,19 @@ pub fn select(
     let mut tables = vec![baseline];
     tables.extend(stresses.iter().map(|(_, t)| t));
     let costs = CostModel::new(&tables, config.hit_cost_ns);
+    let tracked = baseline.tracked();
+    for (path, stress) in stresses {
+        if stress.tracked() != tracked {
+            return Err(Error::Invalid(format!(
+                "{} tracked the probes [{}] for seq: transitions but {} tracked [{}]: record \
+                 them with the same --track",
+                path.display(),
+                stress.tracked().join(", "),
+                baseline_path.display(),
+                tracked.join(", ")
+            )));
+        }
+    }
     let mut union: Vec<String> = Vec::new();
     let mut chosen: HashSet<String> = HashSet::new();
     let mut paid: HashSet<Charge> = HashSet::new();
@@ -91,7 +118,7 @@ pub fn select(
         let needs: Vec<Vec<usize>> = features
             .iter()
             .map(|f| {
-                Charge::needed_by(f)
+                Charge::needed_with(f, &tracked)
                     .into_iter()
                     .filter(|c| !paid.contains(c))
                     .map(|c| {
@@ -126,7 +153,7 @@ pub fn select(
         for step in &scores.greedy {
             let f = &features[step.feature];
             if chosen.insert(f.clone()) {
-                for c in Charge::needed_by(f) {
+                for c in Charge::needed_with(f, &tracked) {
                     if !paid.contains(&c) {
                         spent += costs.percent(&c);
                         paid.insert(c);
@@ -144,9 +171,11 @@ pub fn select(
         });
     }
     disambiguate(&mut pairs);
+    let seq = union.iter().any(|f| f.starts_with(SEQ));
     Ok(Selection {
         pairs,
         union,
+        tracked: if seq { tracked } else { Vec::new() },
         costs,
     })
 }
