@@ -295,7 +295,9 @@ mod tests {
         let ok = list("seq:a>b\ntrack:a\ntrack:b\ntrack:c\n");
         assert_eq!(ok.resolve(&[&table]).unwrap(), ["seq:a>b"]);
         // A list whose seq: features were counted among a and b only.
-        let err = list("seq:a>b\n").resolve(&[&table]).unwrap_err();
+        let err = list("seq:a>b\ntrack:a\ntrack:b\n")
+            .resolve(&[&table])
+            .unwrap_err();
         assert!(
             err.to_string().starts_with(
                 "the feature list's seq: features were counted among the tracked probes a, b but \
@@ -303,6 +305,9 @@ mod tests {
             ),
             "{err}"
         );
+        // A list that does not say takes a subset of the files' columns
+        // (the model records their tracked set).
+        assert!(list("seq:a>b\n").resolve(&[&table]).is_ok());
         // Lists without seq: features do not care what was tracked.
         let counts = Table {
             x: Array2::zeros((0, 1)),
@@ -389,18 +394,20 @@ impl FeatureChoice {
     }
 }
 
-/// A list's `seq:` features mean what they meant when it was chosen only if
-/// the tables tracked the same probes: a transition counts the previous
-/// *tracked* hit, so another set counts other pairs under the same names.
+/// A list that says what its `seq:` features were counted among (`track:`
+/// lines) means that only for tables that tracked the same probes: a
+/// transition counts the previous *tracked* hit, so another set counts
+/// other pairs under the same names. A list without them takes the tables'
+/// tracked set (recorded in the model), as a subset of their columns.
 fn check_tracked(list: &FeatureList, tables: &[&Table]) -> Result<()> {
-    if !list
+    let seq = list
         .features
         .iter()
-        .any(|f| Source::of(f) == Some(Source::Seq))
-    {
+        .any(|f| Source::of(f) == Some(Source::Seq));
+    if !seq || list.track.is_empty() {
         return Ok(());
     }
-    let want: std::collections::BTreeSet<String> = list.tracked().into_iter().collect();
+    let want: std::collections::BTreeSet<String> = list.track.iter().cloned().collect();
     for t in tables {
         let have: std::collections::BTreeSet<String> = t.tracked().into_iter().collect();
         // Tables without seq: columns have all-zero transitions (warned as absent).
