@@ -123,7 +123,10 @@ fn the_default_features_exist_in_this_qemu() {
         ["thread_pool_complete", "thread_pool_complete_aio"],
     ];
     for pair in RENAMED {
-        let listed = pair.iter().filter(|p| needed.iter().any(|n| n == *p)).count();
+        let listed = pair
+            .iter()
+            .filter(|p| needed.iter().any(|n| n == *p))
+            .count();
         if listed == 2 {
             assert_eq!(
                 pair.iter().filter(|p| names.contains(**p)).count(),
