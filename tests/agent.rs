@@ -662,3 +662,62 @@ fn the_agent_learns_every_probe_of_a_real_qemu_within_its_budget() {
         .count();
     assert_eq!(raised, 0, "semaphores left raised");
 }
+
+/// A feature list with `track:` lines (as `vmwatch select` writes them) on
+/// a real QEMU: the agent tracks the whole set, its training file has every
+/// transition among it as a column, and the model it learns keeps the
+/// listed features and records the tracked set, so `monitor` would track
+/// the same probes.
+#[test]
+fn the_agent_tracks_a_lists_track_lines_on_a_real_qemu() {
+    let test = "the_agent_tracks_a_lists_track_lines_on_a_real_qemu";
+    let Some(bin) = requires_root_and_qemu(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let name = format!("vmwatch-agent-{}-tracked", std::process::id());
+    let _q = vm(&bin, d, &name, 16);
+    let features = format!(
+        "{}seq:x86_pic_interrupt>memory_region_ops_read\n\
+         track:x86_pic_interrupt\ntrack:memory_region_ops_read\ntrack:memory_region_ops_write\n",
+        common::agent::FEATURES
+    );
+    let agent = Agent::start_with_features(d, "none", &name, &features, "");
+    agent.wait_for(&name, "monitoring");
+    let training = find_files(&agent.state, "training.csv");
+    assert_eq!(training.len(), 1, "{training:?}");
+    let ds = common::Dataset::read(&training[0]);
+    let seq: Vec<&String> = ds.header.iter().filter(|c| c.starts_with("seq:")).collect();
+    assert_eq!(seq.len(), 9, "every transition of the 3 tracked: {seq:?}");
+    let model = find_files(&agent.state, "model.json");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&model[0]).unwrap()).unwrap();
+    let learned: Vec<&str> = m["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        learned.iter().filter(|f| f.starts_with("seq:")).count(),
+        1,
+        "the model learns the listed transition only: {learned:?}"
+    );
+    let tracked: std::collections::BTreeSet<&str> = m["training"]["tracked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tracked,
+        [
+            "memory_region_ops_read",
+            "memory_region_ops_write",
+            "x86_pic_interrupt"
+        ]
+        .into(),
+        "{m}"
+    );
+    agent.stop();
+}

@@ -93,8 +93,10 @@ pub fn select(
     tables.extend(stresses.iter().map(|(_, t)| t));
     let costs = CostModel::new(&tables, config.hit_cost_ns);
     let tracked = baseline.tracked();
+    let set = |t: &[String]| t.iter().cloned().collect::<HashSet<String>>();
     for (path, stress) in stresses {
-        if stress.tracked() != tracked {
+        // The same probes, in whatever order --track named them.
+        if set(&stress.tracked()) != set(&tracked) {
             return Err(Error::Invalid(format!(
                 "{} tracked the probes [{}] for seq: transitions but {} tracked [{}]: record \
                  them with the same --track",
